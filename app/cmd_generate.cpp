@@ -1,0 +1,95 @@
+// cmd_generate.cpp: `freekv generate`: prompt in, text streamed to stdout, perf block to stderr.
+#include <cstdio>
+#include <random>
+
+#include "app/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/progress.h"
+#include "engine/generator.h"
+#include "tokenizer/streaming_decoder.h"
+
+namespace freekv::app {
+
+namespace {
+
+struct GenerateFlags {
+    std::string model, prompt, file;
+    int64_t n_predict = 128, n_ctx = 0, page_size = 32;
+    float temp = -1, top_p = -1;
+    int top_k = -1, threads = 0;
+    int64_t seed = -1;
+    bool no_progress = false;
+};
+
+void print_perf(const GenerateStats& s) {
+    auto per = [](double ms, int64_t n) { return n > 0 ? ms / static_cast<double>(n) : 0.0; };
+    auto rate = [](double ms, int64_t n) { return ms > 0 ? 1000.0 * static_cast<double>(n) / ms : 0.0; };
+    const int64_t n_eval = std::max<int64_t>(s.n_generated - 1, 0);
+    fmt::print(stderr, "\nperf: prompt eval time = {:10.2f} ms / {:5} tokens ({:8.2f} ms per token, {:8.2f} tokens per second)\n",
+               s.prompt_ms, s.n_prompt, per(s.prompt_ms, s.n_prompt), rate(s.prompt_ms, s.n_prompt));
+    fmt::print(stderr, "perf: eval time        = {:10.2f} ms / {:5} runs   ({:8.2f} ms per token, {:8.2f} tokens per second)\n",
+               s.decode_ms, n_eval, per(s.decode_ms, n_eval), rate(s.decode_ms, n_eval));
+    std::vector<double> steps = s.step_ms;
+    std::sort(steps.begin(), steps.end());
+    const double p99 = steps.empty() ? 0.0 : steps[std::min(steps.size() - 1, steps.size() * 99 / 100)];
+    fmt::print(stderr, "perf: TTFT {:.2f} ms | TPOT {:.2f} ms mean, {:.2f} ms p99\n", s.ttft_ms, per(s.decode_ms, n_eval), p99);
+}
+
+}  // namespace
+
+Command register_generate(CLI::App& cmd) {
+    auto f = std::make_shared<GenerateFlags>();
+    add_model_flag(cmd, f->model);
+    auto* p = cmd.add_option("-p,--prompt", f->prompt, "prompt text")->envname("FREEKV_ARG_PROMPT");
+    auto* file = cmd.add_option("-f,--file", f->file, "prompt file")->envname("FREEKV_ARG_FILE");
+    p->excludes(file);
+    cmd.add_option("-n,--n-predict", f->n_predict, "tokens to generate (-1 = until EOS or the context is full)")
+        ->envname("FREEKV_ARG_N_PREDICT")->check(CLI::Range(int64_t{-1}, int64_t{1} << 30));
+    cmd.add_option("-c,--ctx-size", f->n_ctx, "context length (0 = the model's trained context)")
+        ->envname("FREEKV_ARG_CTX_SIZE")->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+    cmd.add_option("--temp", f->temp, "temperature (0 = greedy; default generation_config.json, else 0.8)")
+        ->envname("FREEKV_ARG_TEMP")->check(CLI::Range(0.0f, 100.0f));
+    cmd.add_option("--top-k", f->top_k, "top-k (0 = off; default generation_config.json, else 40)")
+        ->envname("FREEKV_ARG_TOP_K")->check(CLI::Range(0, 1 << 24));
+    cmd.add_option("--top-p", f->top_p, "top-p (1 = off; default generation_config.json, else 0.95)")
+        ->envname("FREEKV_ARG_TOP_P")->check(CLI::Range(0.0f, 1.0f));
+    cmd.add_option("-s,--seed", f->seed, "seed (-1 = random; the seed used is logged)")->envname("FREEKV_ARG_SEED");
+    cmd.add_option("--kv-page-size", f->page_size, "tokens per KV page")
+        ->envname("FREEKV_ARG_KV_PAGE_SIZE")->check(CLI::IsMember({16, 32, 64}));
+    cmd.add_flag("--no-progress", f->no_progress, "no progress line");
+    add_threads_flag(cmd, f->threads);
+    return [f]() -> int {
+        apply_threads(f->threads);
+        ProgressLine::set_enabled(!f->no_progress);
+        if (f->prompt.empty() && f->file.empty()) FREEKV_FAIL("no prompt: pass -p TEXT or -f FILE");
+        const std::string text = read_prompt(f->prompt, f->file);
+        LoadedModel m = load_model(f->model);
+        fmt::print(stderr, "{}\n", m.summary());
+        if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json; freekv needs it to turn the prompt into tokens", f->model);
+        GenerateParams params;
+        params.n_ctx = f->n_ctx;
+        params.n_predict = f->n_predict;
+        params.page_size = f->page_size;
+        params.progress = !f->no_progress;
+        params.sampling.temperature = f->temp >= 0 ? f->temp : m.generation.temperature.value_or(0.8f);
+        params.sampling.top_k = f->top_k >= 0 ? f->top_k : m.generation.top_k.value_or(40);
+        params.sampling.top_p = f->top_p >= 0 ? f->top_p : m.generation.top_p.value_or(0.95f);
+        params.sampling.seed = f->seed >= 0 ? static_cast<uint64_t>(f->seed) : std::random_device{}();
+        fmt::print(stderr, "sampling: temp {} | top-k {} | top-p {} | seed {}\n", params.sampling.temperature,
+                   params.sampling.top_k, params.sampling.top_p, params.sampling.seed);
+        const std::vector<int32_t> prompt = m.tokenizer->encode(text, /*add_special=*/true);
+        StreamingDecoder decoder(*m.tokenizer);
+        const GenerateStats stats = generate(m, prompt, params, [&](int32_t id) {
+            std::fputs(decoder.push(id).c_str(), stdout);
+            std::fflush(stdout);
+            return true;
+        });
+        std::fputs(decoder.flush().c_str(), stdout);
+        std::fputs("\n", stdout);
+        print_perf(stats);
+        return 0;
+    };
+}
+
+}  // namespace freekv::app

@@ -1,0 +1,26 @@
+// commands.h: registration of each subcommand on the CLI11 app. Each register_* adds its flags
+// and returns the callback main() runs when that subcommand is chosen.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+namespace freekv::app {
+
+using Command = std::function<int()>;
+
+Command register_generate(CLI::App& app);
+Command register_tokenize(CLI::App& app);
+Command register_inspect(CLI::App& app);
+
+/// Adds -m/--model (required) with its environment variable.
+CLI::Option* add_model_flag(CLI::App& cmd, std::string& model_path);
+/// Adds -t/--threads; applies it (OpenMP / OpenBLAS) when the command runs.
+CLI::Option* add_threads_flag(CLI::App& cmd, int& threads);
+void apply_threads(int threads);
+/// Reads the prompt from -p or -f (one of them is required).
+std::string read_prompt(const std::string& prompt, const std::string& file);
+
+}  // namespace freekv::app

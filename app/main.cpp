@@ -1,0 +1,62 @@
+// main.cpp: the freekv binary: parses the subcommand and runs it; every freekv::Error becomes one
+// "error: ..." line on stderr and exit code 1.
+#include <omp.h>
+
+#include <map>
+
+#include "app/commands.h"
+#include "core/error.h"
+#include "core/mapped_file.h"
+
+namespace freekv::app {
+
+CLI::Option* add_model_flag(CLI::App& cmd, std::string& model_path) {
+    return cmd.add_option("-m,--model", model_path, "Hugging Face model folder or .gguf file")
+        ->required()
+        ->envname("FREEKV_ARG_MODEL");
+}
+
+CLI::Option* add_threads_flag(CLI::App& cmd, int& threads) {
+    return cmd.add_option("-t,--threads", threads, "CPU threads (default: all cores)")
+        ->envname("FREEKV_ARG_THREADS")
+        ->check(CLI::Range(1, 4096));
+}
+
+void apply_threads(int threads) {
+    if (threads > 0) omp_set_num_threads(threads);
+}
+
+std::string read_prompt(const std::string& prompt, const std::string& file) {
+    if (!file.empty()) return read_text_file(file);
+    return prompt;
+}
+
+}  // namespace freekv::app
+
+int main(int argc, char** argv) {
+    using namespace freekv::app;
+    CLI::App app{"freekv: long-context LLM inference with the KV cache in CPU memory"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", std::string("freekv ") + FREEKV_VERSION + " (backends: cpu" +
+                                          (FREEKV_HAVE_CUDA_BUILD ? ", cuda build" : "") + ")");
+    std::map<CLI::App*, Command> commands;
+    auto add = [&](const char* name, const char* help, Command (*reg)(CLI::App&)) {
+        CLI::App* sub = app.add_subcommand(name, help);
+        commands[sub] = reg(*sub);
+    };
+    add("generate", "generate text from a prompt", register_generate);
+    add("tokenize", "print the token ids of a text (--decode: ids to text)", register_tokenize);
+    add("inspect", "print the model summary and its tensors; runs nothing", register_inspect);
+    CLI11_PARSE(app, argc, argv);
+    try {
+        for (auto& [sub, run] : commands)
+            if (sub->parsed()) return run();
+    } catch (const freekv::Error& e) {
+        fmt::print(stderr, "error: {}\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "error: {}\n", e.what());
+        return 1;
+    }
+    return 0;
+}

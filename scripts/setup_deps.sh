@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# setup_deps.sh: installs every Debian 12 package freekv needs to build and test (one apt-get).
+# Invariant: this is the only place dependencies come from; nothing is downloaded at build or run time.
+# Safe to run again: apt-get skips what is already installed. Runs as root or through sudo.
+set -euo pipefail
+
+packages=(
+    cmake ninja-build g++ pkg-config git
+    libcli11-dev nlohmann-json3-dev libfmt-dev
+    libpcre2-dev libutf8proc-dev
+    libopenblas-openmp-dev
+    googletest libgtest-dev libgmock-dev libbenchmark-dev
+    clang-format-14
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup_deps: installing ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "setup_deps: $(cmake --version | head -1); g++ $(g++ -dumpfullversion);" \
+     "openblas $(dpkg-query -W -f='${Version}' libopenblas-openmp-dev)" >&2

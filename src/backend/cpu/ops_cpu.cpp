@@ -1,0 +1,185 @@
+// ops_cpu.cpp: the optimized CPU implementation of backend/ops.h.
+// matmul: weights stay in their stored dtype; each OpenMP thread converts a tile of weight rows
+// to fp32 in a thread-local buffer sized to stay in L2 and multiplies it with OpenBLAS (which runs
+// single-threaded inside the parallel region), so no fp32 copy of the model ever exists.
+// attention: per KV head, the sequence's keys and values are gathered into contiguous fp32
+// buffers, then a chunk of query tokens x G query heads is scored with one SGEMM, masked causally,
+// soft-maxed in fp32 and multiplied with V by a second SGEMM.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "kv/paged_kv_cache.h"
+
+namespace freekv::cpu {
+
+namespace {
+
+// Rows of a weight tile: about 256 KiB of fp32 per tile, at least 8 rows.
+int64_t tile_rows(int64_t k) { return std::max<int64_t>(8, (int64_t{64} * 1024) / std::max<int64_t>(k, 1)); }
+
+}  // namespace
+
+void matmul(const float* x, int64_t m, const WeightView& w, float* y, const WeightView* bias) {
+    const int64_t n = w.rows(), k = w.cols();
+    if (w.dtype == DType::kF32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n),
+                    static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k), static_cast<const float*>(w.data),
+                    static_cast<blasint>(k), 0.0f, y, static_cast<blasint>(n));
+    } else {
+        const int64_t rows = tile_rows(k);
+        const int64_t n_tiles = (n + rows - 1) / rows;
+#pragma omp parallel
+        {
+            std::vector<float> tile(static_cast<size_t>(rows * k));
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < n_tiles; ++it) {
+                const int64_t r0 = it * rows, nr = std::min(rows, n - r0);
+                convert_to_f32(w.dtype, w.row(r0), tile.data(), nr * k);
+                if (m == 1) {
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f,
+                                tile.data(), static_cast<blasint>(k), x, 1, 0.0f, y + r0, 1);
+                } else {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
+                                static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k),
+                                tile.data(), static_cast<blasint>(k), 0.0f, y + r0, static_cast<blasint>(n));
+                }
+            }
+        }
+    }
+    if (bias != nullptr && bias->data != nullptr) {
+        std::vector<float> b(static_cast<size_t>(n));
+        convert_to_f32(bias->dtype, bias->data, b.data(), n);
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) y[i * n + j] += b[static_cast<size_t>(j)];
+    }
+}
+
+void rms_norm(const float* x, int64_t m, int64_t n, const WeightView& w, float eps, float* y) {
+    std::vector<float> weight(static_cast<size_t>(n));
+    convert_to_f32(w.dtype, w.data, weight.data(), n);
+#pragma omp parallel for if (m > 4)
+    for (int64_t i = 0; i < m; ++i) {
+        float ss = 0.0f;
+        for (int64_t j = 0; j < n; ++j) ss += x[i * n + j] * x[i * n + j];
+        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+        for (int64_t j = 0; j < n; ++j) y[i * n + j] = weight[static_cast<size_t>(j)] * (x[i * n + j] * inv);
+    }
+}
+
+void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          std::span<const float> inv_freq, RopeStyle style) {
+    const int64_t half = head_dim / 2;
+#pragma omp parallel if (n_tok > 4)
+    {
+        std::vector<float> cos_t(static_cast<size_t>(half)), sin_t(static_cast<size_t>(half));
+#pragma omp for
+        for (int64_t t = 0; t < n_tok; ++t) {
+            for (int64_t i = 0; i < half; ++i) {
+                const float angle = static_cast<float>(positions[t]) * inv_freq[static_cast<size_t>(i)];
+                cos_t[static_cast<size_t>(i)] = static_cast<float>(std::cos(static_cast<double>(angle)));
+                sin_t[static_cast<size_t>(i)] = static_cast<float>(std::sin(static_cast<double>(angle)));
+            }
+            for (int64_t h = 0; h < n_heads; ++h) {
+                float* v = x + (t * n_heads + h) * head_dim;
+                for (int64_t i = 0; i < half; ++i) {
+                    const int64_t a = style == RopeStyle::kNeox ? i : 2 * i;
+                    const int64_t b = style == RopeStyle::kNeox ? i + half : 2 * i + 1;
+                    const float c = cos_t[static_cast<size_t>(i)], s = sin_t[static_cast<size_t>(i)];
+                    const float x0 = v[a], x1 = v[b];
+                    v[a] = x0 * c - x1 * s;
+                    v[b] = x1 * c + x0 * s;
+                }
+            }
+        }
+    }
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+#pragma omp parallel for simd if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void embedding(const WeightView& table, const int32_t* ids, int64_t n_tok, float* out) {
+    const int64_t n_embd = table.cols();
+    for (int64_t t = 0; t < n_tok; ++t) {
+        FREEKV_CHECK(ids[t] >= 0 && ids[t] < table.rows(), "token id {} outside the vocabulary of {}", ids[t],
+                     table.rows());
+        convert_to_f32(table.dtype, table.row(ids[t]), out + t * n_embd, n_embd);
+    }
+}
+
+void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, float* out) {
+    const int64_t group = a.n_head / a.n_head_kv, hd = a.head_dim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    int64_t max_pos = 0;
+    for (int64_t t = 0; t < a.n_tok; ++t) max_pos = std::max<int64_t>(max_pos, a.positions[t]);
+    const int64_t n_kv_pos = max_pos + 1;
+    // Query tokens per chunk: keep the score matrix [chunk * group, n_kv_pos] near 4 MiB.
+    const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(group * n_kv_pos, 1), 1, 64);
+    const int64_t n_chunks = (a.n_tok + chunk - 1) / chunk;
+
+    // Gather K and V of every KV head into contiguous [n_kv_pos, hd] buffers.
+    std::vector<float> keys(static_cast<size_t>(a.n_head_kv * n_kv_pos * hd));
+    std::vector<float> values(keys.size());
+#pragma omp parallel for if (n_kv_pos > 256)
+    for (int64_t j = 0; j < n_kv_pos; ++j) {
+        const float* k = kv.key(a.il, a.seq, j);
+        const float* v = kv.value(a.il, a.seq, j);
+        for (int64_t ikv = 0; ikv < a.n_head_kv; ++ikv) {
+            std::memcpy(&keys[static_cast<size_t>((ikv * n_kv_pos + j) * hd)], k + ikv * hd, static_cast<size_t>(hd) * 4);
+            std::memcpy(&values[static_cast<size_t>((ikv * n_kv_pos + j) * hd)], v + ikv * hd, static_cast<size_t>(hd) * 4);
+        }
+    }
+
+#pragma omp parallel
+    {
+        std::vector<float> q_rows(static_cast<size_t>(chunk * group * hd));
+        std::vector<float> scores(static_cast<size_t>(chunk * group * n_kv_pos));
+        std::vector<float> o_rows(q_rows.size());
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int64_t ikv = 0; ikv < a.n_head_kv; ++ikv) {
+            for (int64_t ic = 0; ic < n_chunks; ++ic) {
+                const int64_t t0 = ic * chunk, nt = std::min(chunk, a.n_tok - t0);
+                int64_t len = 0;  // keys needed by this chunk
+                for (int64_t t = t0; t < t0 + nt; ++t) len = std::max<int64_t>(len, a.positions[t] + 1);
+                const int64_t n_rows = nt * group;
+                for (int64_t t = 0; t < nt; ++t)
+                    std::memcpy(&q_rows[static_cast<size_t>(t * group * hd)], q + ((t0 + t) * a.n_head + ikv * group) * hd,
+                                static_cast<size_t>(group * hd) * 4);
+                const float* k_head = &keys[static_cast<size_t>(ikv * n_kv_pos * hd)];
+                const float* v_head = &values[static_cast<size_t>(ikv * n_kv_pos * hd)];
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n_rows),
+                            static_cast<blasint>(len), static_cast<blasint>(hd), scale, q_rows.data(),
+                            static_cast<blasint>(hd), k_head, static_cast<blasint>(hd), 0.0f, scores.data(),
+                            static_cast<blasint>(len));
+                for (int64_t r = 0; r < n_rows; ++r) {
+                    float* s = &scores[static_cast<size_t>(r * len)];
+                    const int64_t visible = a.positions[t0 + r / group] + 1;
+                    float mx = -INFINITY;
+                    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, s[j]);
+                    float sum = 0.0f;
+                    for (int64_t j = 0; j < visible; ++j) sum += (s[j] = std::exp(s[j] - mx));
+                    const float inv = 1.0f / sum;
+                    for (int64_t j = 0; j < visible; ++j) s[j] *= inv;
+                    for (int64_t j = visible; j < len; ++j) s[j] = 0.0f;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(n_rows),
+                            static_cast<blasint>(hd), static_cast<blasint>(len), 1.0f, scores.data(),
+                            static_cast<blasint>(len), v_head, static_cast<blasint>(hd), 0.0f, o_rows.data(),
+                            static_cast<blasint>(hd));
+                for (int64_t t = 0; t < nt; ++t)
+                    std::memcpy(out + ((t0 + t) * a.n_head + ikv * group) * hd, &o_rows[static_cast<size_t>(t * group * hd)],
+                                static_cast<size_t>(group * hd) * 4);
+            }
+        }
+    }
+}
+
+}  // namespace freekv::cpu

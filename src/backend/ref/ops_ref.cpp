@@ -1,0 +1,103 @@
+// ops_ref.cpp: the reference twin of every op in backend/ops.h. Plain loops, one element at a
+// time, fp32 math with double accumulation where it is free; never optimized. It is the oracle
+// the CPU (and later CUDA) backend is tested against.
+#include <cmath>
+#include <vector>
+
+#include "backend/ops.h"
+#include "core/error.h"
+#include "kv/paged_kv_cache.h"
+
+namespace freekv::ref {
+
+void matmul(const float* x, int64_t m, const WeightView& w, float* y, const WeightView* bias) {
+    const int64_t n = w.rows(), k = w.cols();
+    std::vector<float> row(static_cast<size_t>(k));
+    std::vector<float> b(static_cast<size_t>(n), 0.0f);
+    if (bias != nullptr && bias->data != nullptr) convert_to_f32(bias->dtype, bias->data, b.data(), n);
+    for (int64_t j = 0; j < n; ++j) {
+        convert_to_f32(w.dtype, w.row(j), row.data(), k);
+        for (int64_t i = 0; i < m; ++i) {
+            double acc = 0.0;
+            for (int64_t t = 0; t < k; ++t) acc += static_cast<double>(x[i * k + t]) * row[static_cast<size_t>(t)];
+            y[i * n + j] = static_cast<float>(acc) + b[static_cast<size_t>(j)];
+        }
+    }
+}
+
+void rms_norm(const float* x, int64_t m, int64_t n, const WeightView& w, float eps, float* y) {
+    std::vector<float> weight(static_cast<size_t>(n));
+    convert_to_f32(w.dtype, w.data, weight.data(), n);
+    for (int64_t i = 0; i < m; ++i) {
+        double ss = 0.0;
+        for (int64_t j = 0; j < n; ++j) ss += static_cast<double>(x[i * n + j]) * x[i * n + j];
+        const float inv = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(n)) + eps);
+        for (int64_t j = 0; j < n; ++j) y[i * n + j] = weight[static_cast<size_t>(j)] * (x[i * n + j] * inv);
+    }
+}
+
+void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          std::span<const float> inv_freq, RopeStyle style) {
+    const int64_t half = head_dim / 2;
+    for (int64_t t = 0; t < n_tok; ++t) {
+        for (int64_t h = 0; h < n_heads; ++h) {
+            float* v = x + (t * n_heads + h) * head_dim;
+            for (int64_t i = 0; i < half; ++i) {
+                // The angle is formed in fp32 as transformers does, then cos/sin taken exactly.
+                const float angle = static_cast<float>(positions[t]) * inv_freq[static_cast<size_t>(i)];
+                const float c = static_cast<float>(std::cos(static_cast<double>(angle)));
+                const float s = static_cast<float>(std::sin(static_cast<double>(angle)));
+                const int64_t a = style == RopeStyle::kNeox ? i : 2 * i;
+                const int64_t b = style == RopeStyle::kNeox ? i + half : 2 * i + 1;
+                const float x0 = v[a], x1 = v[b];
+                v[a] = x0 * c - x1 * s;
+                v[b] = x1 * c + x0 * s;
+            }
+        }
+    }
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void embedding(const WeightView& table, const int32_t* ids, int64_t n_tok, float* out) {
+    const int64_t n_embd = table.cols();
+    for (int64_t t = 0; t < n_tok; ++t) {
+        FREEKV_CHECK(ids[t] >= 0 && ids[t] < table.rows(), "token id {} outside the vocabulary of {}", ids[t],
+                     table.rows());
+        convert_to_f32(table.dtype, table.row(ids[t]), out + t * n_embd, n_embd);
+    }
+}
+
+void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, float* out) {
+    const int64_t group = a.n_head / a.n_head_kv;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
+    for (int64_t t = 0; t < a.n_tok; ++t) {
+        const int64_t n_pos = a.positions[t] + 1;
+        std::vector<double> p(static_cast<size_t>(n_pos));
+        for (int64_t h = 0; h < a.n_head; ++h) {
+            const int64_t ikv = h / group;
+            const float* qh = q + (t * a.n_head + h) * a.head_dim;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < n_pos; ++j) {
+                const float* k = kv.key(a.il, a.seq, j) + ikv * a.head_dim;
+                double s = 0.0;
+                for (int64_t d = 0; d < a.head_dim; ++d) s += static_cast<double>(qh[d]) * k[d];
+                p[static_cast<size_t>(j)] = s * scale;
+                mx = std::max(mx, p[static_cast<size_t>(j)]);
+            }
+            double sum = 0.0;
+            for (auto& e : p) sum += (e = std::exp(e - mx));
+            float* o = out + (t * a.n_head + h) * a.head_dim;
+            for (int64_t d = 0; d < a.head_dim; ++d) {
+                double acc = 0.0;
+                for (int64_t j = 0; j < n_pos; ++j)
+                    acc += p[static_cast<size_t>(j)] * kv.value(a.il, a.seq, j)[ikv * a.head_dim + d];
+                o[d] = static_cast<float>(acc / sum);
+            }
+        }
+    }
+}
+
+}  // namespace freekv::ref

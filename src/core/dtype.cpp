@@ -1,0 +1,84 @@
+// dtype.cpp: scalar conversions between storage types and fp32.
+#include "core/dtype.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace freekv {
+
+std::string_view dtype_name(DType t) {
+    switch (t) {
+        case DType::kF32: return "f32";
+        case DType::kF16: return "f16";
+        case DType::kBF16: return "bf16";
+        case DType::kI32: return "i32";
+        case DType::kI64: return "i64";
+        case DType::kQ8_0: return "q8_0";
+    }
+    return "?";
+}
+
+float f16_to_f32(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu;
+    const uint32_t mant = h & 0x3ffu;
+    if (exp == 0) {
+        // zero or subnormal: value = mant * 2^-24
+        const float v = std::ldexp(static_cast<float>(mant), -24);
+        return sign ? -v : v;
+    }
+    if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
+    return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+uint16_t f32_to_f16(float f) {
+    const uint32_t u = std::bit_cast<uint32_t>(f);
+    const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+    const float a = std::fabs(f);
+    if (std::isnan(f)) return static_cast<uint16_t>(sign | 0x7e00u);
+    if (a >= 65520.0f) return static_cast<uint16_t>(sign | 0x7c00u);
+    if (a < 6.103515625e-05f) {  // subnormal range: round to nearest multiple of 2^-24
+        const float m = std::nearbyint(a * 16777216.0f);
+        return static_cast<uint16_t>(sign | static_cast<uint16_t>(m));
+    }
+    uint32_t mag = std::bit_cast<uint32_t>(a);
+    mag += 0xfffu + ((mag >> 13) & 1u);  // round to nearest even at bit 13
+    const uint32_t exp = (mag >> 23) - 112u;
+    return static_cast<uint16_t>(sign | (exp << 10) | ((mag >> 13) & 0x3ffu));
+}
+
+void convert_to_f32(DType from, const void* src, float* dst, int64_t n) {
+    switch (from) {
+        case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
+        case DType::kBF16: {
+            const auto* s = static_cast<const uint16_t*>(src);
+            for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+            return;
+        }
+        case DType::kF16: {
+            const auto* s = static_cast<const uint16_t*>(src);
+            for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+            return;
+        }
+        case DType::kQ8_0: {
+            FREEKV_CHECK(n % kQ8BlockSize == 0, "q8_0 row of {} elements is not a multiple of 32", n);
+            const auto* s = static_cast<const uint8_t*>(src);
+            for (int64_t b = 0; b < n / kQ8BlockSize; ++b) {
+                uint16_t scale_bits;
+                std::memcpy(&scale_bits, s + b * kQ8BlockBytes, 2);
+                const float scale = f16_to_f32(scale_bits);
+                const auto* q = reinterpret_cast<const int8_t*>(s + b * kQ8BlockBytes + 2);
+                for (int64_t i = 0; i < kQ8BlockSize; ++i)
+                    dst[b * kQ8BlockSize + i] = scale * static_cast<float>(q[i]);
+            }
+            return;
+        }
+        case DType::kI32:
+        case DType::kI64: break;
+    }
+    FREEKV_FAIL("cannot convert {} to f32", dtype_name(from));
+}
+
+}  // namespace freekv

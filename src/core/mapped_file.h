@@ -1,0 +1,37 @@
+// mapped_file.h: a read-only memory map of a whole file (RAII).
+// Why: model weights are used in place from the page cache, never copied into process memory.
+// Invariant: data() stays valid for the life of the object; size() is the file size at open.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace freekv {
+
+class MappedFile {
+public:
+    /// Maps `path` read-only; throws Error naming the path when it cannot be opened or mapped.
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(MappedFile&& other) noexcept;
+    MappedFile& operator=(MappedFile&&) = delete;
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    const uint8_t* data() const { return data_; }
+    size_t size() const { return size_; }
+    std::span<const uint8_t> bytes() const { return {data_, size_}; }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+    const uint8_t* data_ = nullptr;
+    size_t size_ = 0;
+};
+
+/// Reads a whole (small) text file; throws Error naming the path on failure.
+std::string read_text_file(const std::string& path);
+
+}  // namespace freekv

@@ -1,0 +1,37 @@
+// llama_model.h: the Llama-family forward pass on the CPU (embeddings, RMSNorm, q/k/v with
+// optional bias, RoPE, GQA attention over the paged KV cache, o_proj, SwiGLU MLP, final norm,
+// output head). Prefill and decode are the same call with n_tok >= 1.
+// Invariants: forward() appends exactly n_tok tokens to `seq` in every layer before attention of
+// that layer reads them; positions are consecutive from kv.n_tokens(seq) at entry.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "kv/paged_kv_cache.h"
+#include "model/llama_weights.h"
+#include "model/model_config.h"
+
+namespace freekv {
+
+enum class OpsImpl { kCpu, kRef };
+
+class LlamaModel {
+public:
+    LlamaModel(ModelConfig config, LlamaWeights weights, OpsImpl impl = OpsImpl::kCpu);
+
+    /// Runs n_tok tokens of sequence `seq` through the model, appending their K/V to `kv`.
+    /// logits: [n_out, n_vocab] for the last n_out tokens (n_out <= n_tok; 0 = none).
+    void forward(std::span<const int32_t> tokens, int32_t seq, PagedKvCache& kv, int64_t n_out,
+                 std::vector<float>& logits) const;
+
+    const ModelConfig& config() const { return config_; }
+
+private:
+    ModelConfig config_;
+    LlamaWeights weights_;
+    OpsImpl impl_;
+    std::vector<float> inv_freq_;  // [head_dim / 2]
+};
+
+}  // namespace freekv
