@@ -1,0 +1,86 @@
+// test_cli.cpp: the freekv binary end to end: errors name what to change and exit non-zero; on the
+// reference model (when ../shared exists) greedy generate prints the golden continuation and a perf
+// block, tokenize prints the golden ids; a prompt longer than the context is refused.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+
+#include "test_util.h"
+
+namespace freekv {
+namespace {
+
+struct Result {
+    int code;
+    std::string output;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+    const std::string cmd = std::string(FREEKV_BINARY_PATH) + " " + args + " 2>&1";
+    FILE* pipe = popen(cmd.c_str(), "r");
+    if (pipe == nullptr) return {-1, "popen failed"};
+    std::string out;
+    std::array<char, 4096> buf{};
+    while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+    const int status = pclose(pipe);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(Cli, MissingModelPathIsAClearError) {
+    const Result r = run("generate -m /nonexistent/model -p hi");
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.output.find("error: model path /nonexistent/model does not exist"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("-m"), std::string::npos) << r.output;
+}
+
+TEST(Cli, FolderWithoutConfigIsAClearError) {
+    test::TempDir dir("freekv-cli");
+    const Result r = run("inspect -m " + dir.path.string());
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.output.find("has no config.json"), std::string::npos) << r.output;
+}
+
+TEST(Cli, VersionAndHelp) {
+    EXPECT_EQ(run("--version").code, 0);
+    const Result r = run("generate --help");
+    EXPECT_EQ(r.code, 0);
+    EXPECT_NE(r.output.find("--n-predict"), std::string::npos);
+}
+
+TEST(Cli, GenerateOnReferenceModel) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    const Result r = run("generate -m " + dir->string() +
+                         " -p 'And it came to pass, when the king had heard these words, that he' -n 32 --temp 0 --no-progress");
+    EXPECT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find(" said unto him, What is the matter with you?\nAnd he said, What is the matter with you? "
+                            "And he said, I know that the king"),
+              std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("perf: prompt eval time"), std::string::npos);
+    EXPECT_NE(r.output.find("perf: TTFT"), std::string::npos);
+    EXPECT_NE(r.output.find("load: arch llama | n_layer 8"), std::string::npos);
+}
+
+TEST(Cli, PromptLongerThanContextIsRefused) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    const Result r = run("generate -m " + dir->string() + " -p 'one two three four five six seven' -c 4 -n 4");
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.output.find("-c/--ctx-size"), std::string::npos) << r.output;
+}
+
+TEST(Cli, TokenizeRoundTrip) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    Result r = run("tokenize -m " + dir->string() + " -p 'Hello world!'");
+    EXPECT_EQ(r.code, 0);
+    EXPECT_EQ(r.output, "41, 497, 80, 1018, 2\n");
+    r = run("tokenize -m " + dir->string() + " --decode -p '41, 497, 80, 1018, 2'");
+    EXPECT_EQ(r.output, "Hello world!\n");
+}
+
+}  // namespace
+}  // namespace freekv
