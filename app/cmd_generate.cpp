@@ -14,7 +14,7 @@ namespace freekv::app {
 namespace {
 
 struct GenerateFlags {
-    std::string model, prompt, file;
+    std::string model, prompt, file, device = "auto";
     int64_t n_predict = 128, n_ctx = 0, page_size = 32;
     float temp = -1, top_p = -1;
     int top_k = -1, threads = 0;
@@ -59,8 +59,10 @@ Command register_generate(CLI::App& cmd) {
         ->envname("FREEKV_ARG_KV_PAGE_SIZE")->check(CLI::IsMember({16, 32, 64}));
     cmd.add_flag("--no-progress", f->no_progress, "no progress line");
     add_threads_flag(cmd, f->threads);
+    add_device_flag(cmd, f->device);
     return [f]() -> int {
         apply_threads(f->threads);
+        resolve_device(f->device);
         ProgressLine::set_enabled(!f->no_progress);
         if (f->prompt.empty() && f->file.empty()) FREEKV_FAIL("no prompt: pass -p TEXT or -f FILE");
         const std::string text = read_prompt(f->prompt, f->file);

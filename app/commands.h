@@ -20,6 +20,11 @@ CLI::Option* add_model_flag(CLI::App& cmd, std::string& model_path);
 /// Adds -t/--threads; applies it (OpenMP / OpenBLAS) when the command runs.
 CLI::Option* add_threads_flag(CLI::App& cmd, int& threads);
 void apply_threads(int threads);
+/// Adds --device auto|cpu|cuda[:N].
+CLI::Option* add_device_flag(CLI::App& cmd, std::string& device);
+/// Resolves --device to the backend that will run: today always "cpu". auto prints one line when
+/// CUDA is unavailable and continues; cuda fails with a message naming the flag.
+std::string resolve_device(const std::string& device);
 /// Reads the prompt from -p or -f (one of them is required).
 std::string read_prompt(const std::string& prompt, const std::string& file);
 

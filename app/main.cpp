@@ -5,6 +5,7 @@
 #include <map>
 
 #include "app/commands.h"
+#include "backend/cuda/cuda_device.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
 
@@ -24,6 +25,32 @@ CLI::Option* add_threads_flag(CLI::App& cmd, int& threads) {
 
 void apply_threads(int threads) {
     if (threads > 0) omp_set_num_threads(threads);
+}
+
+CLI::Option* add_device_flag(CLI::App& cmd, std::string& device) {
+    return cmd.add_option("--device", device, "auto, cpu or cuda[:N] (auto)")
+        ->envname("FREEKV_ARG_DEVICE")
+        ->check([](const std::string& v) {
+            return v == "auto" || v == "cpu" || v.rfind("cuda", 0) == 0 ? std::string() : "must be auto, cpu or cuda[:N]";
+        });
+}
+
+std::string resolve_device(const std::string& device) {
+    if (device == "cpu") return "cpu";
+    const cuda::CudaProbe probe = cuda::probe_cuda();
+    if (device == "auto") {
+        if (!probe.available) {
+            fmt::print(stderr, "freekv: CUDA unavailable ({}); using the CPU backend. Pass --device cpu to skip this check.\n",
+                       probe.reason);
+        } else {
+            // TODO(#4): the CUDA engine; until then generation runs on the CPU backend.
+            fmt::print(stderr, "freekv: found {} but this build runs generation on the CPU backend only (CUDA engine: "
+                       "issue #4). Pass --device cpu to skip this check.\n", probe.device_name);
+        }
+        return "cpu";
+    }
+    if (!probe.available) FREEKV_FAIL("--device {}: CUDA is unavailable ({}); use --device cpu", device, probe.reason);
+    FREEKV_FAIL("--device {}: the CUDA engine is not implemented yet (issue #4); use --device cpu or auto", device);
 }
 
 std::string read_prompt(const std::string& prompt, const std::string& file) {

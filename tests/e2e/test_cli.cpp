@@ -42,6 +42,18 @@ TEST(Cli, FolderWithoutConfigIsAClearError) {
     EXPECT_NE(r.output.find("has no config.json"), std::string::npos) << r.output;
 }
 
+TEST(Cli, DeviceAutoFallsBackToCpuWithOneLine) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    const Result r = run("generate -m " + dir->string() + " -p 'The' -n 2 --temp 0 --no-progress --device auto");
+    EXPECT_EQ(r.code, 0) << r.output;
+    // Without a GPU (CI) the fallback line names the reason; with one, it says the CPU backend runs.
+    EXPECT_NE(r.output.find("Pass --device cpu to skip this check."), std::string::npos) << r.output;
+    const Result cuda = run("generate -m " + dir->string() + " -p 'The' -n 2 --device cuda");
+    EXPECT_EQ(cuda.code, 1);
+    EXPECT_NE(cuda.output.find("--device cuda"), std::string::npos) << cuda.output;
+}
+
 TEST(Cli, VersionAndHelp) {
     EXPECT_EQ(run("--version").code, 0);
     const Result r = run("generate --help");

@@ -21,6 +21,13 @@ namespace freekv::cpu {
 
 namespace {
 
+// A per-thread buffer that only grows, so that hot ops neither page-fault nor zero memory per
+// call (a fresh multi-MiB std::vector is a fresh mmap: every page faults and is cleared).
+float* scratch(std::vector<float>& buffer, int64_t n) {
+    if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n));
+    return buffer.data();
+}
+
 // Rows of a weight tile: about 256 KiB of fp32 per tile, at least 8 rows.
 int64_t tile_rows(int64_t k) { return std::max<int64_t>(8, (int64_t{64} * 1024) / std::max<int64_t>(k, 1)); }
 
@@ -37,18 +44,19 @@ void matmul(const float* x, int64_t m, const WeightView& w, float* y, const Weig
         const int64_t n_tiles = (n + rows - 1) / rows;
 #pragma omp parallel
         {
-            std::vector<float> tile(static_cast<size_t>(rows * k));
+            thread_local std::vector<float> tile_buffer;
+            float* tile = scratch(tile_buffer, rows * k);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t it = 0; it < n_tiles; ++it) {
                 const int64_t r0 = it * rows, nr = std::min(rows, n - r0);
-                convert_to_f32(w.dtype, w.row(r0), tile.data(), nr * k);
+                convert_to_f32(w.dtype, w.row(r0), tile, nr * k);
                 if (m == 1) {
                     cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f,
-                                tile.data(), static_cast<blasint>(k), x, 1, 0.0f, y + r0, 1);
+                                tile, static_cast<blasint>(k), x, 1, 0.0f, y + r0, 1);
                 } else {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
                                 static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k),
-                                tile.data(), static_cast<blasint>(k), 0.0f, y + r0, static_cast<blasint>(n));
+                                tile, static_cast<blasint>(k), 0.0f, y + r0, static_cast<blasint>(n));
                 }
             }
         }
@@ -122,27 +130,30 @@ void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, f
     for (int64_t t = 0; t < a.n_tok; ++t) max_pos = std::max<int64_t>(max_pos, a.positions[t]);
     const int64_t n_kv_pos = max_pos + 1;
     // Query tokens per chunk: keep the score matrix [chunk * group, n_kv_pos] near 4 MiB.
-    const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(group * n_kv_pos, 1), 1, 64);
+    const int64_t chunk =
+        std::min(a.n_tok, std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(group * n_kv_pos, 1), 1, 64));
     const int64_t n_chunks = (a.n_tok + chunk - 1) / chunk;
 
     // Gather K and V of every KV head into contiguous [n_kv_pos, hd] buffers.
-    std::vector<float> keys(static_cast<size_t>(a.n_head_kv * n_kv_pos * hd));
-    std::vector<float> values(keys.size());
+    thread_local std::vector<float> keys_buffer, values_buffer;
+    float* keys = scratch(keys_buffer, a.n_head_kv * n_kv_pos * hd);
+    float* values = scratch(values_buffer, a.n_head_kv * n_kv_pos * hd);
 #pragma omp parallel for if (n_kv_pos > 256)
     for (int64_t j = 0; j < n_kv_pos; ++j) {
         const float* k = kv.key(a.il, a.seq, j);
         const float* v = kv.value(a.il, a.seq, j);
         for (int64_t ikv = 0; ikv < a.n_head_kv; ++ikv) {
-            std::memcpy(&keys[static_cast<size_t>((ikv * n_kv_pos + j) * hd)], k + ikv * hd, static_cast<size_t>(hd) * 4);
-            std::memcpy(&values[static_cast<size_t>((ikv * n_kv_pos + j) * hd)], v + ikv * hd, static_cast<size_t>(hd) * 4);
+            std::memcpy(keys + (ikv * n_kv_pos + j) * hd, k + ikv * hd, static_cast<size_t>(hd) * 4);
+            std::memcpy(values + (ikv * n_kv_pos + j) * hd, v + ikv * hd, static_cast<size_t>(hd) * 4);
         }
     }
 
 #pragma omp parallel
     {
-        std::vector<float> q_rows(static_cast<size_t>(chunk * group * hd));
-        std::vector<float> scores(static_cast<size_t>(chunk * group * n_kv_pos));
-        std::vector<float> o_rows(q_rows.size());
+        thread_local std::vector<float> q_buffer, score_buffer, o_buffer;
+        float* q_rows = scratch(q_buffer, chunk * group * hd);
+        float* scores = scratch(score_buffer, chunk * group * n_kv_pos);
+        float* o_rows = scratch(o_buffer, chunk * group * hd);
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (int64_t ikv = 0; ikv < a.n_head_kv; ++ikv) {
             for (int64_t ic = 0; ic < n_chunks; ++ic) {
@@ -151,16 +162,16 @@ void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, f
                 for (int64_t t = t0; t < t0 + nt; ++t) len = std::max<int64_t>(len, a.positions[t] + 1);
                 const int64_t n_rows = nt * group;
                 for (int64_t t = 0; t < nt; ++t)
-                    std::memcpy(&q_rows[static_cast<size_t>(t * group * hd)], q + ((t0 + t) * a.n_head + ikv * group) * hd,
+                    std::memcpy(q_rows + t * group * hd, q + ((t0 + t) * a.n_head + ikv * group) * hd,
                                 static_cast<size_t>(group * hd) * 4);
-                const float* k_head = &keys[static_cast<size_t>(ikv * n_kv_pos * hd)];
-                const float* v_head = &values[static_cast<size_t>(ikv * n_kv_pos * hd)];
+                const float* k_head = keys + ikv * n_kv_pos * hd;
+                const float* v_head = values + ikv * n_kv_pos * hd;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n_rows),
-                            static_cast<blasint>(len), static_cast<blasint>(hd), scale, q_rows.data(),
-                            static_cast<blasint>(hd), k_head, static_cast<blasint>(hd), 0.0f, scores.data(),
+                            static_cast<blasint>(len), static_cast<blasint>(hd), scale, q_rows,
+                            static_cast<blasint>(hd), k_head, static_cast<blasint>(hd), 0.0f, scores,
                             static_cast<blasint>(len));
                 for (int64_t r = 0; r < n_rows; ++r) {
-                    float* s = &scores[static_cast<size_t>(r * len)];
+                    float* s = scores + r * len;
                     const int64_t visible = a.positions[t0 + r / group] + 1;
                     float mx = -INFINITY;
                     for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, s[j]);
@@ -171,11 +182,11 @@ void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, f
                     for (int64_t j = visible; j < len; ++j) s[j] = 0.0f;
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(n_rows),
-                            static_cast<blasint>(hd), static_cast<blasint>(len), 1.0f, scores.data(),
-                            static_cast<blasint>(len), v_head, static_cast<blasint>(hd), 0.0f, o_rows.data(),
+                            static_cast<blasint>(hd), static_cast<blasint>(len), 1.0f, scores,
+                            static_cast<blasint>(len), v_head, static_cast<blasint>(hd), 0.0f, o_rows,
                             static_cast<blasint>(hd));
                 for (int64_t t = 0; t < nt; ++t)
-                    std::memcpy(out + ((t0 + t) * a.n_head + ikv * group) * hd, &o_rows[static_cast<size_t>(t * group * hd)],
+                    std::memcpy(out + ((t0 + t) * a.n_head + ikv * group) * hd, o_rows + t * group * hd,
                                 static_cast<size_t>(group * hd) * 4);
             }
         }
