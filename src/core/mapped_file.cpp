@@ -46,6 +46,11 @@ MappedFile::~MappedFile() {
     if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+void MappedFile::advise_will_need(size_t offset, size_t length) const {
+    const size_t page = 4096, start = offset / page * page;
+    ::madvise(const_cast<uint8_t*>(data_) + start, length + (offset - start), MADV_WILLNEED);
+}
+
 std::string read_text_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) FREEKV_FAIL("cannot open {}: {}", path, std::strerror(errno));

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "core/progress.h"
 #include "model/loader/gguf.h"
 
 namespace freekv {
@@ -83,6 +84,20 @@ LoadedModel load_model(const std::string& path, OpsImpl impl) {
         m.tokenizer = std::make_unique<Tokenizer>(g.tokenizer);
     }
     LlamaWeights weights = LlamaWeights::bind(*m.tensors, m.config);
+    // Page the weights in now, with a progress line for large models, rather than stalling silently
+    // inside the first forward pass.
+    const int64_t total = m.tensors->total_bytes();
+    if (total >= (int64_t{1} << 30)) {
+        int64_t files_bytes = 0;
+        for (int i = 0; i < m.tensors->n_files(); ++i) files_bytes += static_cast<int64_t>(m.tensors->file(i).size());
+        ProgressLine progress("load", files_bytes >> 20, "MiB");
+        int64_t done = 0;
+        for (int i = 0; i < m.tensors->n_files(); ++i)
+            m.tensors->file(i).prefetch(0, m.tensors->file(i).size(), [&](size_t n) {
+                done += static_cast<int64_t>(n);
+                progress.update(done >> 20);
+            });
+    }
     m.weights_dtype = std::string(dtype_name(weights.layers.front().wq.dtype));
     if (m.tokenizer && m.tokenizer->n_vocab() > m.config.n_vocab)
         FREEKV_FAIL("{}: the tokenizer has {} tokens but the model's vocabulary is {}", path, m.tokenizer->n_vocab(),

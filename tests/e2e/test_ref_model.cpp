@@ -89,21 +89,19 @@ TEST_F(RefModel, Greedy32MatchesTransformers) {
 }
 
 std::vector<int32_t> greedy_32(const LoadedModel& m, const std::vector<int32_t>& ids) {
-    {
-        const size_t n_new = 32;
-        PagedKvCache kv(m.config.n_layer, m.config.n_head_kv, m.config.head_dim, 32,
-                        static_cast<int64_t>(ids.size() + n_new) / 32 + 2);
-        const int32_t seq = kv.add_sequence();
-        std::vector<float> logits;
-        m.model->forward(ids, seq, kv, 1, logits);
-        std::vector<int32_t> got;
-        for (size_t i = 0; i < n_new; ++i) {
-            got.push_back(Sampler::argmax(logits));
-            const int32_t t[1] = {got.back()};
-            m.model->forward(t, seq, kv, 1, logits);
-        }
-        return got;
+    const size_t n_new = 32;
+    PagedKvCache kv(m.config.n_layer, m.config.n_head_kv, m.config.head_dim, 32,
+                    static_cast<int64_t>(ids.size() + n_new) / 32 + 2);
+    const int32_t seq = kv.add_sequence();
+    std::vector<float> logits;
+    m.model->forward(ids, seq, kv, 1, logits);
+    std::vector<int32_t> got;
+    for (size_t i = 0; i < n_new; ++i) {
+        got.push_back(Sampler::argmax(logits));
+        const int32_t t[1] = {got.back()};
+        m.model->forward(t, seq, kv, 1, logits);
     }
+    return got;
 }
 
 TEST_F(RefModel, LastLogitsMatchTransformersFp32Rerun) {

