@@ -16,6 +16,6 @@ log=build/cpu-debug/Testing/Temporary/LastTest.log
 if [ -f "$log" ]; then
     skipped=$(grep -c '^\[  SKIPPED \] .*ms)$' "$log" || true)
     echo "test.sh: ${skipped} test cases skipped"
-    grep -B1 '^\[  SKIPPED \]' "$log" | grep -v -e '^\[  SKIPPED \]' -e '^--$' | sort | uniq -c | head -20 || true
+    grep -B1 '^\[  SKIPPED \]' "$log" | grep -v -e '^\[' -e '^--$' | sort | uniq -c | head -20 || true
 fi
 exit "$status"
