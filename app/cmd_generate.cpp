@@ -20,6 +20,7 @@ struct GenerateFlags {
     int top_k = -1, threads = 0;
     int64_t seed = -1;
     bool no_progress = false;
+    std::string rope_freq_dtype = "f32";
 };
 
 void print_perf(const GenerateStats& s) {
@@ -60,13 +61,19 @@ Command register_generate(CLI::App& cmd) {
     cmd.add_flag("--no-progress", f->no_progress, "no progress line");
     add_threads_flag(cmd, f->threads);
     add_device_flag(cmd, f->device);
+    cmd.add_option("--rope-freq-dtype", f->rope_freq_dtype,
+                   "rotary frequency precision: f32 (exact) or checkpoint (rounded to the stored dtype, as transformers "
+                   "does after loading a bf16 checkpoint in bf16)")
+        ->envname("FREEKV_ARG_ROPE_FREQ_DTYPE")->check(CLI::IsMember({"f32", "checkpoint"}));
     return [f]() -> int {
         apply_threads(f->threads);
         resolve_device(f->device);
         ProgressLine::set_enabled(!f->no_progress);
         if (f->prompt.empty() && f->file.empty()) FREEKV_FAIL("no prompt: pass -p TEXT or -f FILE");
         const std::string text = read_prompt(f->prompt, f->file);
-        LoadedModel m = load_model(f->model);
+        LoadOptions options;
+        options.rope_freq_checkpoint_dtype = f->rope_freq_dtype == "checkpoint";
+        LoadedModel m = load_model(f->model, options);
         fmt::print(stderr, "{}\n", m.summary());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json; freekv needs it to turn the prompt into tokens", f->model);
         GenerateParams params;

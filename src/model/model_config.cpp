@@ -157,7 +157,10 @@ std::vector<float> ModelConfig::rope_inv_freq() const {
             }
         }
         if (!rope_freq_divisors.empty()) f /= static_cast<double>(rope_freq_divisors[static_cast<size_t>(i)]);
-        inv[static_cast<size_t>(i)] = static_cast<float>(f);
+        float value = static_cast<float>(f);
+        if (rope_freq_dtype == DType::kBF16) value = bf16_to_f32(f32_to_bf16(value));
+        if (rope_freq_dtype == DType::kF16) value = f16_to_f32(f32_to_f16(value));
+        inv[static_cast<size_t>(i)] = value;
     }
     return inv;
 }

@@ -10,6 +10,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "core/dtype.h"
+
 namespace freekv {
 
 enum class RopeScaling { kNone, kLlama3, kLinear };
@@ -30,6 +32,10 @@ struct ModelConfig {
     double rope_factor = 1.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
     int64_t rope_original_ctx = 0;
     std::vector<float> rope_freq_divisors;  // [head_dim / 2] from a GGUF rope_freqs tensor, else empty
+    // Precision of the rotary frequencies: kF32 (exact, the default) or the checkpoint's bf16/f16.
+    // NOTE: transformers rounds its inv_freq buffer to the model dtype when a checkpoint is loaded in
+    // bf16 (and keeps the rounding after .float()); kBF16 reproduces those outputs bit for bit.
+    DType rope_freq_dtype = DType::kF32;
     int32_t bos_token_id = -1;
     std::vector<int32_t> eos_token_ids;
     std::string torch_dtype;

@@ -55,6 +55,8 @@ std::string LoadedModel::summary() const {
     s += fmt::format("load: n_ctx_train {} | rope {}{} | {} | weights {:.2f} GiB ({})\n", c.n_ctx_train,
                      c.rope_description(), c.rope_style == RopeStyle::kInterleaved ? " (interleaved)" : "",
                      weights_dtype, gib, format);
+    if (c.rope_freq_dtype != DType::kF32)
+        s += fmt::format("load: rope frequencies rounded to {} (--rope-freq-dtype checkpoint)\n", dtype_name(c.rope_freq_dtype));
     s += fmt::format("load: kv {} KiB/token at bf16 ({} KiB at f32) | qkv bias {} | tied embeddings {}",
                      static_cast<double>(c.kv_bytes_per_token(2)) / 1024.0,
                      static_cast<double>(c.kv_bytes_per_token(4)) / 1024.0, c.qkv_bias ? "yes" : "no",
@@ -62,7 +64,7 @@ std::string LoadedModel::summary() const {
     return s;
 }
 
-LoadedModel load_model(const std::string& path, OpsImpl impl) {
+LoadedModel load_model(const std::string& path, const LoadOptions& options) {
     namespace fs = std::filesystem;
     LoadedModel m;
     m.path = path;
@@ -99,10 +101,14 @@ LoadedModel load_model(const std::string& path, OpsImpl impl) {
             });
     }
     m.weights_dtype = std::string(dtype_name(weights.layers.front().wq.dtype));
+    if (options.rope_freq_checkpoint_dtype) {
+        const DType stored = weights.layers.front().wq.dtype;
+        if (stored == DType::kBF16 || stored == DType::kF16) m.config.rope_freq_dtype = stored;
+    }
     if (m.tokenizer && m.tokenizer->n_vocab() > m.config.n_vocab)
         FREEKV_FAIL("{}: the tokenizer has {} tokens but the model's vocabulary is {}", path, m.tokenizer->n_vocab(),
                     m.config.n_vocab);
-    m.model = std::make_unique<LlamaModel>(m.config, std::move(weights), impl);
+    m.model = std::make_unique<LlamaModel>(m.config, std::move(weights), options.impl);
     return m;
 }
 

@@ -34,7 +34,14 @@ struct LoadedModel {
     std::string summary() const;
 };
 
+struct LoadOptions {
+    OpsImpl impl = OpsImpl::kCpu;
+    /// Round the rotary frequencies to the checkpoint dtype, as transformers does for a checkpoint
+    /// loaded in its own dtype (see ModelConfig::rope_freq_dtype). Default: exact fp32.
+    bool rope_freq_checkpoint_dtype = false;
+};
+
 /// Loads and validates a model; throws Error naming the file and problem.
-LoadedModel load_model(const std::string& path, OpsImpl impl = OpsImpl::kCpu);
+LoadedModel load_model(const std::string& path, const LoadOptions& options = {});
 
 }  // namespace freekv
