@@ -14,17 +14,32 @@
 
 namespace freekv {
 
-class PagedKvCache;
+/// K/V of one (layer, sequence) as a list of pages in some storage; owns nothing. Layout inside a
+/// page is NHD: element (page, token r, kv head h, dim i) of K is at
+/// k[page_ids[...] * stride_page + r * stride_tok + h * head_dim + i], V likewise.
+/// With stride_head_list == 0 all KV heads share one page list of n_pages entries; otherwise KV head
+/// h uses page_ids + h * stride_head_list (per-head contents, as in the budget cache's middle slots).
+/// The last listed page holds last_page_len valid tokens, every other page page_size.
+struct PagedKvView {
+    const float* k = nullptr;
+    const float* v = nullptr;
+    const int32_t* page_ids = nullptr;  // [n_pages] or [n_head_kv][stride_head_list]
+    int64_t n_pages = 0;
+    int64_t last_page_len = 0;
+    int64_t page_size = 0;
+    int64_t stride_page = 0, stride_tok = 0;  // elements
+    int64_t stride_head_list = 0;
 
-/// The K/V positions one query token sees: positions [0, n_kv_pos) of sequence `seq` in layer `il`.
+    const int32_t* pages_of(int64_t ikv) const { return page_ids + ikv * stride_head_list; }
+};
+
+/// Shapes of one attention call.
 struct AttentionArgs {
     int64_t n_tok = 0;       // query tokens
     int64_t n_head = 0;      // query heads
     int64_t n_head_kv = 0;   // KV heads; n_head % n_head_kv == 0
     int64_t head_dim = 0;
-    const int32_t* positions = nullptr;  // [n_tok] position of each query token; it attends to [0, pos]
-    int32_t seq = 0;
-    int64_t il = 0;
+    const int32_t* positions = nullptr;  // attention(): [n_tok]; token t sees view tokens [0, positions[t]]
 };
 
 // The reference twin: plain loops, fp32 accumulation, never optimized.
@@ -40,9 +55,13 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int3
 void silu_mul(float* gate, const float* up, int64_t n);
 /// out[n_tok, n_embd] = rows `ids` of table[n_vocab, n_embd].
 void embedding(const WeightView& table, const int32_t* ids, int64_t n_tok, float* out);
-/// Causal attention: out[n_tok, n_head, head_dim] from q[n_tok, n_head, head_dim] and the cache;
-/// scale 1/sqrt(head_dim), fp32 softmax.
-void attention(const float* q, const AttentionArgs& args, const PagedKvCache& kv, float* out);
+/// Causal attention: out[n_tok, n_head, head_dim] from q[n_tok, n_head, head_dim]; token t attends
+/// to view tokens [0, positions[t]] (token j = row j % page_size of listed page j / page_size);
+/// scale 1/sqrt(head_dim), fp32 softmax. The view's page list is shared by all KV heads.
+void attention(const float* q, const AttentionArgs& args, const PagedKvView& kv, float* out);
+/// One query token per call attending to every token of its KV head's listed pages (decode over a
+/// page set, e.g. budget slots): out[n_head, head_dim] from q[n_head, head_dim]; args.n_tok == 1.
+void attention_pages(const float* q, const AttentionArgs& args, const PagedKvView& kv, float* out);
 }  // namespace ref
 
 // The optimized CPU backend: OpenBLAS GEMM on converted weight tiles, OpenMP.
@@ -53,7 +72,8 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int3
           std::span<const float> inv_freq, RopeStyle style);
 void silu_mul(float* gate, const float* up, int64_t n);
 void embedding(const WeightView& table, const int32_t* ids, int64_t n_tok, float* out);
-void attention(const float* q, const AttentionArgs& args, const PagedKvCache& kv, float* out);
+void attention(const float* q, const AttentionArgs& args, const PagedKvView& kv, float* out);
+void attention_pages(const float* q, const AttentionArgs& args, const PagedKvView& kv, float* out);
 }  // namespace cpu
 
 }  // namespace freekv

@@ -65,6 +65,21 @@ float* PagedKvCache::token_ptr(int64_t il, int32_t seq, int64_t pos, int kv) con
     return const_cast<float*>(storage_.data()) + offset;
 }
 
+PagedKvView PagedKvCache::view(int64_t il, int32_t seq) const {
+    const Sequence& s = seqs_.at(static_cast<size_t>(seq));
+    PagedKvView v;
+    const int64_t layer_offset = il * 2 * page_size_ * n_head_kv_ * head_dim_;
+    v.k = storage_.data() + layer_offset;
+    v.v = v.k + page_size_ * n_head_kv_ * head_dim_;
+    v.page_ids = s.pages.data();
+    v.n_pages = static_cast<int64_t>(s.pages.size());
+    v.last_page_len = s.n_tokens - (v.n_pages - 1) * page_size_;
+    v.page_size = page_size_;
+    v.stride_page = page_floats_;
+    v.stride_tok = n_head_kv_ * head_dim_;
+    return v;
+}
+
 void PagedKvCache::write(int64_t il, int32_t seq, int64_t pos, const float* k, const float* v) {
     const size_t bytes = static_cast<size_t>(n_head_kv_ * head_dim_) * sizeof(float);
     std::memcpy(token_ptr(il, seq, pos, 0), k, bytes);

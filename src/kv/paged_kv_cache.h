@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/ops.h"
+
 namespace freekv {
 
 class PagedKvCache {
@@ -42,6 +44,8 @@ public:
     int64_t n_free_pages() const { return static_cast<int64_t>(free_pages_.size()); }
     int64_t capacity_tokens() const { return n_page_capacity_ * page_size_; }
     const std::vector<int32_t>& page_table(int32_t seq) const { return seqs_.at(static_cast<size_t>(seq)).pages; }
+    /// The sequence's K/V in layer il as a view (valid until the next reserve()).
+    PagedKvView view(int64_t il, int32_t seq) const;
 
 private:
     struct Sequence {

@@ -4,6 +4,8 @@
 #include "backend/ops.h"
 #include "core/error.h"
 
+#include <algorithm>
+
 namespace freekv {
 
 namespace {
@@ -28,9 +30,6 @@ struct Ops {
     void embedding(const WeightView& t, const int32_t* ids, int64_t n, float* out) const {
         impl == OpsImpl::kRef ? ref::embedding(t, ids, n, out) : cpu::embedding(t, ids, n, out);
     }
-    void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, float* out) const {
-        impl == OpsImpl::kRef ? ref::attention(q, a, kv, out) : cpu::attention(q, a, kv, out);
-    }
 };
 
 }  // namespace
@@ -40,18 +39,31 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, OpsImpl impl)
 
 void LlamaModel::forward(std::span<const int32_t> tokens, int32_t seq, PagedKvCache& kv, int64_t n_out,
                          std::vector<float>& logits) const {
+    const auto n_tok = static_cast<int64_t>(tokens.size());
+    FREEKV_CHECK(n_tok > 0 && n_out >= 0 && n_out <= n_tok, "forward of {} tokens with {} outputs", n_tok, n_out);
+    FullAttentionKv full(kv, config_.n_head, impl_);
+    const SequenceSpan span{seq, kv.n_tokens(seq), n_tok, 0};
+    std::vector<int64_t> rows;
+    for (int64_t r = n_tok - n_out; r < n_tok; ++r) rows.push_back(r);
+    forward_batch(tokens, std::span(&span, 1), full, rows, logits);
+}
+
+void LlamaModel::forward_batch(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, AttentionKv& kv,
+                               std::span<const int64_t> out_rows, std::vector<float>& logits) const {
     const ModelConfig& c = config_;
     const Ops ops{impl_};
     const auto n_tok = static_cast<int64_t>(tokens.size());
-    FREEKV_CHECK(n_tok > 0 && n_out >= 0 && n_out <= n_tok, "forward of {} tokens with {} outputs", n_tok, n_out);
-    const int64_t pos0 = kv.n_tokens(seq);
-    FREEKV_CHECK(kv.can_reserve(seq, n_tok), "KV cache has no room for {} more tokens after {} (capacity {} tokens)",
-                 n_tok, pos0, kv.capacity_tokens());
-    kv.reserve(seq, n_tok);
+    int64_t covered = 0;
+    for (const auto& s : spans) {
+        FREEKV_CHECK(s.offset == covered && s.n_tok > 0, "spans must tile the batch in order");
+        covered += s.n_tok;
+    }
+    FREEKV_CHECK(covered == n_tok && n_tok > 0, "spans cover {} of {} tokens", covered, n_tok);
 
     const int64_t q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
     std::vector<int32_t> positions(static_cast<size_t>(n_tok));
-    for (int64_t t = 0; t < n_tok; ++t) positions[static_cast<size_t>(t)] = static_cast<int32_t>(pos0 + t);
+    for (const auto& s : spans)
+        for (int64_t t = 0; t < s.n_tok; ++t) positions[static_cast<size_t>(s.offset + t)] = static_cast<int32_t>(s.pos0 + t);
 
     auto buf = [](int64_t n) { return std::vector<float>(static_cast<size_t>(n)); };
     std::vector<float> x = buf(n_tok * c.n_embd), h = buf(n_tok * c.n_embd);
@@ -59,6 +71,7 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int32_t seq, PagedKvCa
     std::vector<float> attn = buf(n_tok * q_dim), proj = buf(n_tok * c.n_embd);
     std::vector<float> gate = buf(n_tok * c.n_ff), up = buf(n_tok * c.n_ff);
 
+    kv.begin_forward(spans);
     ops.embedding(weights_.token_embd, tokens.data(), n_tok, x.data());
     for (int64_t il = 0; il < c.n_layer; ++il) {
         const LlamaLayerWeights& w = weights_.layers[static_cast<size_t>(il)];
@@ -69,10 +82,7 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int32_t seq, PagedKvCa
         ops.matmul(h.data(), n_tok, w.wv, v.data(), c.qkv_bias ? &w.bv : nullptr);
         ops.rope(q.data(), n_tok, c.n_head, c.head_dim, positions.data(), inv_freq_, c.rope_style);
         ops.rope(k.data(), n_tok, c.n_head_kv, c.head_dim, positions.data(), inv_freq_, c.rope_style);
-        for (int64_t t = 0; t < n_tok; ++t)
-            kv.write(il, seq, pos0 + t, k.data() + t * kv_dim, v.data() + t * kv_dim);
-        AttentionArgs args{n_tok, c.n_head, c.n_head_kv, c.head_dim, positions.data(), seq, il};
-        ops.attention(q.data(), args, kv, attn.data());
+        kv.attend(il, spans, q.data(), k.data(), v.data(), attn.data());
         ops.matmul(attn.data(), n_tok, w.wo, proj.data());
         for (int64_t i = 0; i < n_tok * c.n_embd; ++i) x[static_cast<size_t>(i)] += proj[static_cast<size_t>(i)];
         // ---- feed-forward ----
@@ -83,11 +93,17 @@ void LlamaModel::forward(std::span<const int32_t> tokens, int32_t seq, PagedKvCa
         ops.matmul(gate.data(), n_tok, w.w_down, proj.data());
         for (int64_t i = 0; i < n_tok * c.n_embd; ++i) x[static_cast<size_t>(i)] += proj[static_cast<size_t>(i)];
     }
+    kv.end_forward(spans);
+    const auto n_out = static_cast<int64_t>(out_rows.size());
     if (n_out == 0) return;
-    const float* last = x.data() + (n_tok - n_out) * c.n_embd;
-    ops.rms_norm(last, n_out, c.n_embd, weights_.output_norm, c.rms_norm_eps, h.data());
+    std::vector<float> selected = buf(n_out * c.n_embd);
+    for (int64_t r = 0; r < n_out; ++r) {
+        FREEKV_CHECK(out_rows[static_cast<size_t>(r)] >= 0 && out_rows[static_cast<size_t>(r)] < n_tok, "output row out of range");
+        std::copy_n(x.data() + out_rows[static_cast<size_t>(r)] * c.n_embd, c.n_embd, selected.data() + r * c.n_embd);
+    }
+    ops.rms_norm(selected.data(), n_out, c.n_embd, weights_.output_norm, c.rms_norm_eps, selected.data());
     logits.resize(static_cast<size_t>(n_out * c.n_vocab));
-    ops.matmul(h.data(), n_out, weights_.output, logits.data());
+    ops.matmul(selected.data(), n_out, weights_.output, logits.data());
 }
 
 }  // namespace freekv

@@ -8,22 +8,28 @@
 #include <span>
 #include <vector>
 
+#include "kv/full_attention_kv.h"
 #include "kv/paged_kv_cache.h"
+#include "model/attention_kv.h"
 #include "model/llama_weights.h"
 #include "model/model_config.h"
 
 namespace freekv {
 
-enum class OpsImpl { kCpu, kRef };
-
 class LlamaModel {
 public:
     LlamaModel(ModelConfig config, LlamaWeights weights, OpsImpl impl = OpsImpl::kCpu);
 
-    /// Runs n_tok tokens of sequence `seq` through the model, appending their K/V to `kv`.
+    /// Runs n_tok tokens of sequence `seq` through the model with full attention over `kv`.
     /// logits: [n_out, n_vocab] for the last n_out tokens (n_out <= n_tok; 0 = none).
     void forward(std::span<const int32_t> tokens, int32_t seq, PagedKvCache& kv, int64_t n_out,
                  std::vector<float>& logits) const;
+
+    /// Runs a batch of spans (one per sequence; tokens concatenated in span order) through the
+    /// model; `kv` stores K/V and computes attention. out_rows: batch indices of the tokens whose
+    /// logits are wanted; logits: [out_rows.size(), n_vocab].
+    void forward_batch(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, AttentionKv& kv,
+                       std::span<const int64_t> out_rows, std::vector<float>& logits) const;
 
     const ModelConfig& config() const { return config_; }
 

@@ -116,10 +116,10 @@ TEST(Ops, AttentionGroupSizesHeadDimsPartialPages) {
             std::vector<int32_t> positions;
             for (int64_t t = 0; t < n_tok; ++t) positions.push_back(static_cast<int32_t>(n_past + t));
             const auto q = random_vector(n_tok * n_head * head_dim, rng);
-            AttentionArgs args{n_tok, n_head, n_head_kv, head_dim, positions.data(), seq, 1};
+            AttentionArgs args{n_tok, n_head, n_head_kv, head_dim, positions.data()};
             std::vector<float> a(q.size()), b(q.size());
-            ref::attention(q.data(), args, kv, a.data());
-            cpu::attention(q.data(), args, kv, b.data());
+            ref::attention(q.data(), args, kv.view(1, seq), a.data());
+            cpu::attention(q.data(), args, kv.view(1, seq), b.data());
             EXPECT_LE(test::nmse(b, a), kNmse) << "group " << group << " head_dim " << head_dim;
         }
     }
@@ -138,9 +138,56 @@ TEST(Ops, HarnessCatchesAWrongAnswer) {
     const auto q = random_vector(64, rng);
     const int32_t pos19[1] = {19}, pos18[1] = {18};
     std::vector<float> a(64), b(64);
-    ref::attention(q.data(), {1, 1, 1, 64, pos19, seq, 0}, kv, a.data());
-    cpu::attention(q.data(), {1, 1, 1, 64, pos18, seq, 0}, kv, b.data());
+    ref::attention(q.data(), {1, 1, 1, 64, pos19}, kv.view(0, seq), a.data());
+    cpu::attention(q.data(), {1, 1, 1, 64, pos18}, kv.view(0, seq), b.data());
     EXPECT_GT(test::nmse(b, a), 1e-4);
+}
+
+TEST(Ops, AttentionPagesPerHeadListsAndPartialLastPage) {
+    std::mt19937 rng(5);
+    for (int64_t head_dim : {64, 128}) {
+        for (int64_t group : {1, 4, 7}) {
+            const int64_t n_head_kv = 2, n_head = n_head_kv * group, page_size = 16, n_slots = 6;
+            // Slot storage [n_slots][page_size][n_head_kv][head_dim] for K and for V.
+            const auto k = random_vector(n_slots * page_size * n_head_kv * head_dim, rng);
+            const auto v = random_vector(k.size(), rng);
+            // KV head 0 reads slots {0, 2, 3, 5}, head 1 reads {1, 4, 2, 5}; slot 5 is the partial last page.
+            const std::vector<int32_t> lists{0, 2, 3, 5, 1, 4, 2, 5};
+            PagedKvView view{k.data(), v.data(), lists.data(), 4, 9, page_size, page_size * n_head_kv * head_dim,
+                             n_head_kv * head_dim, 4};
+            const auto q = random_vector(n_head * head_dim, rng);
+            const AttentionArgs args{1, n_head, n_head_kv, head_dim, nullptr};
+            std::vector<float> a(q.size()), b(q.size());
+            ref::attention_pages(q.data(), args, view, a.data());
+            cpu::attention_pages(q.data(), args, view, b.data());
+            EXPECT_LE(test::nmse(b, a), kNmse) << "group " << group << " head_dim " << head_dim;
+            // Swapping head 1's list for head 0's changes head-1 outputs: per-head lists are honoured.
+            std::vector<int32_t> shared{0, 2, 3, 5, 0, 2, 3, 5};
+            view.page_ids = shared.data();
+            ref::attention_pages(q.data(), args, view, b.data());
+            std::span<const float> head1_a(a.data() + group * head_dim, static_cast<size_t>(group * head_dim));
+            std::span<const float> head1_b(b.data() + group * head_dim, static_cast<size_t>(group * head_dim));
+            EXPECT_GT(test::nmse(head1_b, head1_a), 1e-3);
+        }
+    }
+}
+
+TEST(Ops, AttentionPagesOverAllPagesEqualsCausalAtTheLastPosition) {
+    std::mt19937 rng(6);
+    const int64_t n_head_kv = 2, n_head = 8, head_dim = 64, page_size = 16, n_tok = 41;
+    PagedKvCache kv(1, n_head_kv, head_dim, page_size, 4);
+    const int32_t seq = kv.add_sequence();
+    kv.reserve(seq, n_tok);
+    for (int64_t p = 0; p < n_tok; ++p) {
+        const auto k = random_vector(n_head_kv * head_dim, rng), v = random_vector(n_head_kv * head_dim, rng);
+        kv.write(0, seq, p, k.data(), v.data());
+    }
+    const auto q = random_vector(n_head * head_dim, rng);
+    const int32_t last[1] = {n_tok - 1};
+    std::vector<float> causal(q.size()), paged(q.size());
+    cpu::attention(q.data(), {1, n_head, n_head_kv, head_dim, last}, kv.view(0, seq), causal.data());
+    cpu::attention_pages(q.data(), {1, n_head, n_head_kv, head_dim, nullptr}, kv.view(0, seq), paged.data());
+    EXPECT_LE(test::nmse(paged, causal), 1e-12);
 }
 
 }  // namespace

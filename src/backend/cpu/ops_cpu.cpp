@@ -11,11 +11,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "backend/ops.h"
 #include "core/error.h"
-#include "kv/paged_kv_cache.h"
 
 namespace freekv::cpu {
 
@@ -123,9 +123,51 @@ void embedding(const WeightView& table, const int32_t* ids, int64_t n_tok, float
     }
 }
 
-void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, float* out) {
-    const int64_t group = a.n_head / a.n_head_kv, hd = a.head_dim;
+namespace {
+
+// Copies K and V of one KV head, tokens [0, n) of its page list, into contiguous [n, head_dim].
+void gather_head(const PagedKvView& kv, const int32_t* pages, int64_t ikv, int64_t head_dim, int64_t n, float* keys,
+                 float* values) {
+    const auto row_bytes = static_cast<size_t>(head_dim) * sizeof(float);
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t offset = pages[j / kv.page_size] * kv.stride_page + (j % kv.page_size) * kv.stride_tok + ikv * head_dim;
+        std::memcpy(keys + j * head_dim, kv.k + offset, row_bytes);
+        std::memcpy(values + j * head_dim, kv.v + offset, row_bytes);
+    }
+}
+
+// rows x len scores (already scaled) -> probabilities, row r seeing its first visible[r] columns.
+void softmax_rows(float* scores, int64_t rows, int64_t len, const std::function<int64_t(int64_t)>& visible) {
+    for (int64_t r = 0; r < rows; ++r) {
+        float* s = scores + r * len;
+        const int64_t n = visible(r);
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+        for (int64_t j = n; j < len; ++j) s[j] = 0.0f;
+    }
+}
+
+// out[rows, hd] = softmax(q_rows[rows, hd] . keys[len, hd]^T * scale) . values[len, hd]
+void attend_rows(const float* q_rows, int64_t rows, const float* keys, const float* values, int64_t len, int64_t hd,
+                 float* scores, float* o_rows, const std::function<int64_t(int64_t)>& visible) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(rows), static_cast<blasint>(len),
+                static_cast<blasint>(hd), scale, q_rows, static_cast<blasint>(hd), keys, static_cast<blasint>(hd), 0.0f,
+                scores, static_cast<blasint>(len));
+    softmax_rows(scores, rows, len, visible);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(rows), static_cast<blasint>(hd),
+                static_cast<blasint>(len), 1.0f, scores, static_cast<blasint>(len), values, static_cast<blasint>(hd), 0.0f,
+                o_rows, static_cast<blasint>(hd));
+}
+
+}  // namespace
+
+void attention(const float* q, const AttentionArgs& a, const PagedKvView& kv, float* out) {
+    const int64_t group = a.n_head / a.n_head_kv, hd = a.head_dim;
     int64_t max_pos = 0;
     for (int64_t t = 0; t < a.n_tok; ++t) max_pos = std::max<int64_t>(max_pos, a.positions[t]);
     const int64_t n_kv_pos = max_pos + 1;
@@ -134,19 +176,12 @@ void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, f
         std::min(a.n_tok, std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(group * n_kv_pos, 1), 1, 64));
     const int64_t n_chunks = (a.n_tok + chunk - 1) / chunk;
 
-    // Gather K and V of every KV head into contiguous [n_kv_pos, hd] buffers.
     thread_local std::vector<float> keys_buffer, values_buffer;
     float* keys = scratch(keys_buffer, a.n_head_kv * n_kv_pos * hd);
     float* values = scratch(values_buffer, a.n_head_kv * n_kv_pos * hd);
 #pragma omp parallel for if (n_kv_pos > 256)
-    for (int64_t j = 0; j < n_kv_pos; ++j) {
-        const float* k = kv.key(a.il, a.seq, j);
-        const float* v = kv.value(a.il, a.seq, j);
-        for (int64_t ikv = 0; ikv < a.n_head_kv; ++ikv) {
-            std::memcpy(keys + (ikv * n_kv_pos + j) * hd, k + ikv * hd, static_cast<size_t>(hd) * 4);
-            std::memcpy(values + (ikv * n_kv_pos + j) * hd, v + ikv * hd, static_cast<size_t>(hd) * 4);
-        }
-    }
+    for (int64_t ikv = 0; ikv < a.n_head_kv; ++ikv)
+        gather_head(kv, kv.page_ids, ikv, hd, n_kv_pos, keys + ikv * n_kv_pos * hd, values + ikv * n_kv_pos * hd);
 
 #pragma omp parallel
     {
@@ -160,36 +195,33 @@ void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, f
                 const int64_t t0 = ic * chunk, nt = std::min(chunk, a.n_tok - t0);
                 int64_t len = 0;  // keys needed by this chunk
                 for (int64_t t = t0; t < t0 + nt; ++t) len = std::max<int64_t>(len, a.positions[t] + 1);
-                const int64_t n_rows = nt * group;
                 for (int64_t t = 0; t < nt; ++t)
                     std::memcpy(q_rows + t * group * hd, q + ((t0 + t) * a.n_head + ikv * group) * hd,
                                 static_cast<size_t>(group * hd) * 4);
-                const float* k_head = keys + ikv * n_kv_pos * hd;
-                const float* v_head = values + ikv * n_kv_pos * hd;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n_rows),
-                            static_cast<blasint>(len), static_cast<blasint>(hd), scale, q_rows,
-                            static_cast<blasint>(hd), k_head, static_cast<blasint>(hd), 0.0f, scores,
-                            static_cast<blasint>(len));
-                for (int64_t r = 0; r < n_rows; ++r) {
-                    float* s = scores + r * len;
-                    const int64_t visible = a.positions[t0 + r / group] + 1;
-                    float mx = -INFINITY;
-                    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, s[j]);
-                    float sum = 0.0f;
-                    for (int64_t j = 0; j < visible; ++j) sum += (s[j] = std::exp(s[j] - mx));
-                    const float inv = 1.0f / sum;
-                    for (int64_t j = 0; j < visible; ++j) s[j] *= inv;
-                    for (int64_t j = visible; j < len; ++j) s[j] = 0.0f;
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(n_rows),
-                            static_cast<blasint>(hd), static_cast<blasint>(len), 1.0f, scores,
-                            static_cast<blasint>(len), v_head, static_cast<blasint>(hd), 0.0f, o_rows,
-                            static_cast<blasint>(hd));
+                attend_rows(q_rows, nt * group, keys + ikv * n_kv_pos * hd, values + ikv * n_kv_pos * hd, len, hd, scores,
+                            o_rows, [&](int64_t r) { return int64_t{a.positions[t0 + r / group]} + 1; });
                 for (int64_t t = 0; t < nt; ++t)
                     std::memcpy(out + ((t0 + t) * a.n_head + ikv * group) * hd, o_rows + t * group * hd,
                                 static_cast<size_t>(group * hd) * 4);
             }
         }
+    }
+}
+
+void attention_pages(const float* q, const AttentionArgs& a, const PagedKvView& kv, float* out) {
+    FREEKV_CHECK(a.n_tok == 1, "attention_pages takes one query token, got {}", a.n_tok);
+    const int64_t group = a.n_head / a.n_head_kv, hd = a.head_dim;
+    const int64_t n = (kv.n_pages - 1) * kv.page_size + kv.last_page_len;
+    thread_local std::vector<float> keys_buffer, values_buffer, score_buffer;
+    float* keys = scratch(keys_buffer, n * hd);
+    float* values = scratch(values_buffer, n * hd);
+    float* scores = scratch(score_buffer, group * n);
+    // One query token: the per-head work is small, so heads run in sequence on this thread (the
+    // caller parallelizes over sequences).
+    for (int64_t ikv = 0; ikv < a.n_head_kv; ++ikv) {
+        gather_head(kv, kv.pages_of(ikv), ikv, hd, n, keys, values);
+        attend_rows(q + ikv * group * hd, group, keys, values, n, hd, scores, out + ikv * group * hd,
+                    [n](int64_t) { return n; });
     }
 }
 

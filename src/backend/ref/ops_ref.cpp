@@ -1,12 +1,13 @@
 // ops_ref.cpp: the reference twin of every op in backend/ops.h. Plain loops, one element at a
 // time, fp32 math with double accumulation where it is free; never optimized. It is the oracle
 // the CPU (and later CUDA) backend is tested against.
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "backend/ops.h"
 #include "core/error.h"
-#include "kv/paged_kv_cache.h"
 
 namespace freekv::ref {
 
@@ -70,33 +71,60 @@ void embedding(const WeightView& table, const int32_t* ids, int64_t n_tok, float
     }
 }
 
-void attention(const float* q, const AttentionArgs& a, const PagedKvCache& kv, float* out) {
+namespace {
+
+// Softmax-weighted sum over n keys of one KV head for one query head, in double.
+void attend_one(const float* qh, int64_t head_dim, int64_t n, const std::function<const float*(int64_t)>& key,
+                const std::function<const float*(int64_t)>& value, float* o) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    std::vector<double> p(static_cast<size_t>(n));
+    double mx = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+        const float* k = key(j);
+        double s = 0.0;
+        for (int64_t d = 0; d < head_dim; ++d) s += static_cast<double>(qh[d]) * k[d];
+        p[static_cast<size_t>(j)] = s * scale;
+        mx = std::max(mx, p[static_cast<size_t>(j)]);
+    }
+    double sum = 0.0;
+    for (auto& e : p) sum += (e = std::exp(e - mx));
+    for (int64_t d = 0; d < head_dim; ++d) {
+        double acc = 0.0;
+        for (int64_t j = 0; j < n; ++j) acc += p[static_cast<size_t>(j)] * value(j)[d];
+        o[d] = static_cast<float>(acc / sum);
+    }
+}
+
+}  // namespace
+
+void attention(const float* q, const AttentionArgs& a, const PagedKvView& kv, float* out) {
     const int64_t group = a.n_head / a.n_head_kv;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
     for (int64_t t = 0; t < a.n_tok; ++t) {
-        const int64_t n_pos = a.positions[t] + 1;
-        std::vector<double> p(static_cast<size_t>(n_pos));
         for (int64_t h = 0; h < a.n_head; ++h) {
             const int64_t ikv = h / group;
-            const float* qh = q + (t * a.n_head + h) * a.head_dim;
-            double mx = -INFINITY;
-            for (int64_t j = 0; j < n_pos; ++j) {
-                const float* k = kv.key(a.il, a.seq, j) + ikv * a.head_dim;
-                double s = 0.0;
-                for (int64_t d = 0; d < a.head_dim; ++d) s += static_cast<double>(qh[d]) * k[d];
-                p[static_cast<size_t>(j)] = s * scale;
-                mx = std::max(mx, p[static_cast<size_t>(j)]);
-            }
-            double sum = 0.0;
-            for (auto& e : p) sum += (e = std::exp(e - mx));
-            float* o = out + (t * a.n_head + h) * a.head_dim;
-            for (int64_t d = 0; d < a.head_dim; ++d) {
-                double acc = 0.0;
-                for (int64_t j = 0; j < n_pos; ++j)
-                    acc += p[static_cast<size_t>(j)] * kv.value(a.il, a.seq, j)[ikv * a.head_dim + d];
-                o[d] = static_cast<float>(acc / sum);
-            }
+            auto at = [&](const float* base, int64_t j) {
+                const int64_t page = kv.page_ids[j / kv.page_size];
+                return base + page * kv.stride_page + (j % kv.page_size) * kv.stride_tok + ikv * a.head_dim;
+            };
+            attend_one(q + (t * a.n_head + h) * a.head_dim, a.head_dim, a.positions[t] + 1,
+                       [&](int64_t j) { return at(kv.k, j); }, [&](int64_t j) { return at(kv.v, j); },
+                       out + (t * a.n_head + h) * a.head_dim);
         }
+    }
+}
+
+void attention_pages(const float* q, const AttentionArgs& a, const PagedKvView& kv, float* out) {
+    FREEKV_CHECK(a.n_tok == 1, "attention_pages takes one query token, got {}", a.n_tok);
+    const int64_t group = a.n_head / a.n_head_kv;
+    const int64_t n = (kv.n_pages - 1) * kv.page_size + kv.last_page_len;
+    for (int64_t h = 0; h < a.n_head; ++h) {
+        const int64_t ikv = h / group;
+        const int32_t* pages = kv.pages_of(ikv);
+        auto at = [&](const float* base, int64_t j) {
+            return base + pages[j / kv.page_size] * kv.stride_page + (j % kv.page_size) * kv.stride_tok + ikv * a.head_dim;
+        };
+        attend_one(q + h * a.head_dim, a.head_dim, n, [&](int64_t j) { return at(kv.k, j); },
+                   [&](int64_t j) { return at(kv.v, j); }, out + h * a.head_dim);
     }
 }
 
