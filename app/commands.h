@@ -14,6 +14,7 @@ using Command = std::function<int()>;
 Command register_generate(CLI::App& app);
 Command register_tokenize(CLI::App& app);
 Command register_inspect(CLI::App& app);
+Command register_perplexity(CLI::App& app);
 
 /// Adds -m/--model (required) with its environment variable.
 CLI::Option* add_model_flag(CLI::App& cmd, std::string& model_path);

@@ -74,6 +74,8 @@ int main(int argc, char** argv) {
     add("generate", "generate text from a prompt", register_generate);
     add("tokenize", "print the token ids of a text (--decode: ids to text)", register_tokenize);
     add("inspect", "print the model summary and its tensors; runs nothing", register_inspect);
+    add("perplexity", "decode-time perplexity of a text under a KV mode (--compare full for KL, top-1, mass recall)",
+        register_perplexity);
     CLI11_PARSE(app, argc, argv);
     try {
         for (auto& [sub, run] : commands)

@@ -1,0 +1,79 @@
+// cmd_perplexity.cpp: `freekv perplexity`: decode-time perplexity of a text file under a KV mode,
+// with --compare full adding KL divergence, top-1 agreement and attention-mass recall.
+#include <fmt/format.h>
+
+#include "app/commands.h"
+#include "app/kv_flags.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "engine/perplexity.h"
+
+namespace freekv::app {
+
+Command register_perplexity(CLI::App& cmd) {
+    struct Flags {
+        std::string model, file, compare, output = "md", device = "auto";
+        int64_t n_ctx = 8192, prefix = 4096, chunks = 0;
+        int threads = 0;
+        bool no_progress = false;
+        KvFlags kv;
+    };
+    auto f = std::make_shared<Flags>();
+    add_model_flag(cmd, f->model);
+    cmd.add_option("-f,--file", f->file, "text file")->required()->envname("FREEKV_ARG_FILE");
+    cmd.add_option("-c,--ctx-size", f->n_ctx, "window length in tokens (8192)")->envname("FREEKV_ARG_CTX_SIZE");
+    cmd.add_option("--prefix", f->prefix, "tokens prefilled per window; the rest are decoded one by one (4096)")
+        ->envname("FREEKV_ARG_PREFIX");
+    cmd.add_option("--chunks", f->chunks, "windows to score (0 = all)")->envname("FREEKV_ARG_CHUNKS");
+    cmd.add_option("--compare", f->compare, "reference mode run in lockstep: full")->check(CLI::IsMember({"full"}));
+    cmd.add_option("-o,--output", f->output, "md or json")->check(CLI::IsMember({"md", "json"}));
+    cmd.add_flag("--no-progress", f->no_progress, "no progress line");
+    add_threads_flag(cmd, f->threads);
+    add_device_flag(cmd, f->device);
+    f->kv.add_to(cmd);
+    return [f]() -> int {
+        apply_threads(f->threads);
+        resolve_device(f->device);
+        ProgressLine::set_enabled(!f->no_progress);
+        PerplexityParams params;
+        params.n_ctx = f->n_ctx;
+        params.prefix = f->prefix;
+        params.max_windows = f->chunks;
+        params.compare_full = f->compare == "full";
+        params.mode = f->kv.resolve();
+        LoadedModel m = load_model(f->model);
+        fmt::print(stderr, "{}\n{}\n", m.summary(), params.mode.describe());
+        if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json", f->model);
+        const std::vector<int32_t> tokens = m.tokenizer->encode(read_prompt("", f->file));
+        std::unique_ptr<ProgressLine> line;
+        const PerplexityResult r = run_perplexity(m, tokens, params, [&](int64_t done, int64_t total) {
+            if (!line) line = std::make_unique<ProgressLine>("perplexity", total, "tokens");
+            line->update(done);
+        });
+        if (line) line->finish();
+        const KvStats& s = r.kv_stats;
+        if (f->output == "json") {
+            fmt::print("{{\"kv_mode\":\"{}\",\"windows\":{},\"scored\":{},\"ppl\":{:.6f},\"ppl_err\":{:.6f}", f->kv.mode,
+                       r.n_windows, r.n_scored, r.ppl(), r.ppl_error());
+            if (params.compare_full)
+                fmt::print(",\"full_ppl\":{:.6f},\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1\":{:.6f},"
+                           "\"mass_recall_mean\":{:.6f},\"mass_recall_p5\":{:.6f}",
+                           std::exp(r.full_nll_mean), r.kl_mean, r.kl_p99, r.top1_agreement, s.mass_recall_mean(),
+                           s.mass_recall_percentile(5));
+            fmt::print(",\"correction_rate\":{:.6f},\"pages_per_step\":{:.4f}}}\n", s.correction_rate(), s.pages_per_step());
+            return 0;
+        }
+        fmt::print("| kv mode | windows | scored | PPL | ", f->kv.mode);
+        if (params.compare_full) fmt::print("full PPL | KL mean | KL p99 | top-1 | mass recall mean | mass recall p5 | ");
+        fmt::print("correction rate | pages/step |\n|---|---|---|---|");
+        if (params.compare_full) fmt::print("---|---|---|---|---|---|");
+        fmt::print("---|---|\n| {} | {} | {} | {:.3f} ± {:.3f} | ", f->kv.mode, r.n_windows, r.n_scored, r.ppl(), r.ppl_error());
+        if (params.compare_full)
+            fmt::print("{:.3f} | {:.5f} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | ", std::exp(r.full_nll_mean), r.kl_mean, r.kl_p99,
+                       r.top1_agreement, s.mass_recall_mean(), s.mass_recall_percentile(5));
+        fmt::print("{:.4f} | {:.2f} |\n", s.correction_rate(), s.pages_per_step());
+        return 0;
+    };
+}
+
+}  // namespace freekv::app

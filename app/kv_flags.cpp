@@ -1,0 +1,40 @@
+// kv_flags.cpp: registration and validation of the KV-mode flags.
+#include "app/kv_flags.h"
+
+namespace freekv::app {
+
+void KvFlags::add_to(CLI::App& cmd) {
+    cmd.add_option("--kv-mode", mode, "full, budget-only, streaming, quest, arkvale, freekv (freekv)")
+        ->envname("FREEKV_ARG_KV_MODE");
+    cmd.add_option("--kv-budget", budget, "tokens attended per layer and KV head, sink and recent included (2048)")
+        ->envname("FREEKV_ARG_KV_BUDGET");
+    cmd.add_option("--kv-sink", sink, "sink tokens always attended (512)")->envname("FREEKV_ARG_KV_SINK");
+    cmd.add_option("--kv-recent", recent, "recent-window tokens, current page included (512)")->envname("FREEKV_ARG_KV_RECENT");
+    cmd.add_option("--kv-page-size", page_size, "tokens per page: 16, 32 or 64 (32)")->envname("FREEKV_ARG_KV_PAGE_SIZE");
+    cmd.add_option("--corr-threshold", corr_threshold, "correction threshold tau: off or a number in [-1, 2] (0.9)")
+        ->envname("FREEKV_ARG_CORR_THRESHOLD");
+    cmd.add_flag("--no-spec-retrieval", no_spec, "select with the current query, synchronously, every sparse step")
+        ->envname("FREEKV_ARG_NO_SPEC_RETRIEVAL");
+    cmd.add_option("--summary", summary, "page summary: minmax or cuboid (mode default)")->envname("FREEKV_ARG_SUMMARY");
+    cmd.add_option("--group-agg", group_agg, "GQA group aggregation: softmax-mean, mean or max (mode default)")
+        ->envname("FREEKV_ARG_GROUP_AGG");
+    cmd.add_flag("--kv-check-invariants", check_invariants, "check slot maps and slot data after every sparse step (slow)");
+}
+
+KvModeConfig KvFlags::resolve() const {
+    KvModeConfig c;
+    c.mode = parse_kv_mode(mode);
+    c.budget = budget;
+    c.sink = sink;
+    c.recent = recent;
+    c.page_size = page_size;
+    c.correction_threshold = parse_correction_threshold(corr_threshold);
+    c.spec_retrieval = !no_spec;
+    if (!summary.empty()) c.summary = parse_summary_kind(summary);
+    if (!group_agg.empty()) c.group_agg = parse_group_agg(group_agg);
+    c.check_invariants = check_invariants;
+    if (c.mode != KvMode::kFull) (void)c.make_budget();  // validates and names the flag
+    return c;
+}
+
+}  // namespace freekv::app

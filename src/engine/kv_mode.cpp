@@ -1,0 +1,60 @@
+// kv_mode.cpp: parsing and description of the KV mode settings.
+#include "engine/kv_mode.h"
+
+#include <fmt/format.h>
+
+#include <limits>
+
+#include "core/error.h"
+
+namespace freekv {
+
+KvMode parse_kv_mode(const std::string& s) {
+    if (s == "full") return KvMode::kFull;
+    if (s == "budget-only") return KvMode::kBudgetOnly;
+    if (s == "streaming") return KvMode::kStreaming;
+    if (s == "quest") return KvMode::kQuest;
+    if (s == "arkvale") return KvMode::kArkvale;
+    if (s == "freekv") return KvMode::kFreekv;
+    FREEKV_FAIL("--kv-mode '{}' must be one of full, budget-only, streaming, quest, arkvale, freekv", s);
+}
+
+const char* kv_mode_name(KvMode m) {
+    switch (m) {
+        case KvMode::kFull: return "full";
+        case KvMode::kBudgetOnly: return "budget-only";
+        case KvMode::kStreaming: return "streaming";
+        case KvMode::kQuest: return "quest";
+        case KvMode::kArkvale: return "arkvale";
+        case KvMode::kFreekv: return "freekv";
+    }
+    return "?";
+}
+
+float parse_correction_threshold(const std::string& s) {
+    if (s == "off") return std::numeric_limits<float>::quiet_NaN();
+    float v = 0;
+    try {
+        size_t used = 0;
+        v = std::stof(s, &used);
+        if (used != s.size()) throw std::invalid_argument(s);
+    } catch (const std::exception&) {
+        FREEKV_FAIL("--corr-threshold '{}' must be 'off' or a number in [-1, 2]", s);
+    }
+    if (!(v >= -1.0f && v <= 2.0f)) FREEKV_FAIL("--corr-threshold {} must be in [-1, 2] (or 'off')", v);
+    return v;
+}
+
+std::string KvModeConfig::describe() const {
+    std::string s = fmt::format("kv-mode {}", kv_mode_name(mode));
+    if (mode == KvMode::kFull) return s;
+    s += " | " + make_budget().describe();
+    if (mode == KvMode::kQuest || mode == KvMode::kArkvale || mode == KvMode::kFreekv)
+        s += fmt::format(" | summary {} | group-agg {}", summary_kind_name(summary_kind()), group_agg_name(aggregation()));
+    if (mode == KvMode::kFreekv)
+        s += fmt::format(" | spec {} | corr {}", spec_retrieval ? "on" : "off",
+                         correction_on() ? fmt::format("{:.2f}", correction_threshold) : std::string("off"));
+    return s;
+}
+
+}  // namespace freekv

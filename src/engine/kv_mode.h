@@ -1,0 +1,47 @@
+// kv_mode.h: the KV management method (--kv-mode) and its knobs (design doc 5.1, 7).
+// Invariants after resolve(): summary and group aggregation carry the mode's defaults unless the
+// user chose them; correction_threshold is NaN when correction is off.
+#pragma once
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "kv/kv_budget.h"
+#include "retrieval/selection.h"
+
+namespace freekv {
+
+enum class KvMode { kFull, kBudgetOnly, kStreaming, kQuest, kArkvale, kFreekv };
+
+KvMode parse_kv_mode(const std::string& s);  // Error lists the modes and names --kv-mode
+const char* kv_mode_name(KvMode m);
+
+struct KvModeConfig {
+    KvMode mode = KvMode::kFreekv;
+    int64_t page_size = 32, budget = 2048, sink = 512, recent = 512;
+    float correction_threshold = 0.9f;   // NaN: off (never flag); > 1: flag every head
+    bool spec_retrieval = true;
+    std::optional<SummaryKind> summary;  // default per mode
+    std::optional<GroupAgg> group_agg;   // default per mode
+    bool check_invariants = false;       // T6 checks after every sparse attention (slow)
+    bool attention_mass_recall = false;  // compute the share of full attention mass attended
+
+    KvBudget make_budget() const { return KvBudget::make(page_size, budget, sink, recent, mode == KvMode::kStreaming); }
+    SummaryKind summary_kind() const {
+        return summary.value_or(mode == KvMode::kArkvale ? SummaryKind::kCuboid : SummaryKind::kMinMax);
+    }
+    GroupAgg aggregation() const {
+        if (group_agg) return *group_agg;
+        if (mode == KvMode::kQuest) return GroupAgg::kMax;
+        if (mode == KvMode::kArkvale) return GroupAgg::kMean;
+        return GroupAgg::kSoftmaxMean;
+    }
+    bool correction_on() const { return !std::isnan(correction_threshold); }
+    std::string describe() const;
+};
+
+/// Parses --corr-threshold: "off", or a number in [-1, 2].
+float parse_correction_threshold(const std::string& s);
+
+}  // namespace freekv

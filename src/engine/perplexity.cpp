@@ -1,0 +1,161 @@
+// perplexity.cpp: teacher-forced decode over windows, with a lockstep full-attention reference.
+#include "engine/perplexity.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+
+#include "core/error.h"
+#include "kv/full_attention_kv.h"
+
+namespace freekv {
+
+namespace {
+
+// log-softmax value of `target` and the distribution, in double.
+struct Distribution {
+    std::vector<double> log_p;
+    int32_t argmax = 0;
+};
+
+Distribution log_softmax(std::span<const float> logits) {
+    Distribution d;
+    d.log_p.resize(logits.size());
+    const float mx = *std::max_element(logits.begin(), logits.end());
+    double sum = 0.0;
+    for (float x : logits) sum += std::exp(static_cast<double>(x - mx));
+    const double log_sum = std::log(sum) + mx;
+    for (size_t i = 0; i < logits.size(); ++i) d.log_p[i] = static_cast<double>(logits[i]) - log_sum;
+    d.argmax = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    return d;
+}
+
+// One KV mode's state for one window: the AttentionKv and the sequence in it.
+struct Runner {
+    std::unique_ptr<PagedKvCache> cache;
+    std::unique_ptr<FullAttentionKv> full;
+    std::unique_ptr<RetrievalKv> retrieval;
+    int32_t seq = 0;
+    AttentionKv& kv() { return full ? static_cast<AttentionKv&>(*full) : *retrieval; }
+
+    Runner(const ModelConfig& c, const KvModeConfig& mode, int64_t n_ctx) {
+        if (mode.mode == KvMode::kFull) {
+            cache = std::make_unique<PagedKvCache>(c.n_layer, c.n_head_kv, c.head_dim, mode.page_size,
+                                                   (n_ctx + mode.page_size - 1) / mode.page_size);
+            full = std::make_unique<FullAttentionKv>(*cache, c.n_head);
+            seq = cache->add_sequence();
+        } else {
+            retrieval = make_retrieval_kv(c, mode, 1, n_ctx);
+            seq = retrieval->add_sequence(n_ctx);
+        }
+    }
+    void forward(const LlamaModel& m, std::span<const int32_t> tokens, int64_t pos0, std::vector<float>& logits) {
+        const SequenceSpan span{seq, pos0, static_cast<int64_t>(tokens.size()), 0};
+        const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
+        m.forward_batch(tokens, std::span(&span, 1), kv(), std::span(&last, 1), logits);
+    }
+};
+
+void add_stats(KvStats& total, const KvStats& s) {
+    if (total.sparse_pairs.empty()) {
+        total = s;
+        return;
+    }
+    total.decode_steps += s.decode_steps;
+    total.sequence_steps += s.sequence_steps;
+    for (size_t l = 0; l < s.sparse_pairs.size(); ++l) {
+        total.sparse_pairs[l] += s.sparse_pairs[l];
+        total.corrected_pairs[l] += s.corrected_pairs[l];
+        total.forced_pairs[l] += s.forced_pairs[l];
+        total.head_tests[l] += s.head_tests[l];
+        total.head_flags[l] += s.head_flags[l];
+    }
+    total.transfer.sync_jobs += s.transfer.sync_jobs;
+    total.transfer.background_jobs += s.transfer.background_jobs;
+    total.transfer.sync_bytes += s.transfer.sync_bytes;
+    total.transfer.background_bytes += s.transfer.background_bytes;
+    total.mass_recall.insert(total.mass_recall.end(), s.mass_recall.begin(), s.mass_recall.end());
+}
+
+}  // namespace
+
+double PerplexityResult::ppl() const { return std::exp(nll_mean); }
+double PerplexityResult::ppl_error() const { return std::exp(nll_mean) * nll_stderr; }
+
+PerplexityResult run_perplexity(const LoadedModel& model, const std::vector<int32_t>& tokens, const PerplexityParams& params,
+                                const std::function<void(int64_t, int64_t)>& progress) {
+    const ModelConfig& c = model.config;
+    if (params.prefix < 1 || params.prefix >= params.n_ctx)
+        FREEKV_FAIL("--prefix {} must be at least 1 and below the window length -c {}", params.prefix, params.n_ctx);
+    if (params.n_ctx > c.n_ctx_train)
+        FREEKV_FAIL("-c {} exceeds the model's trained context {}", params.n_ctx, c.n_ctx_train);
+    int64_t n_windows = static_cast<int64_t>(tokens.size()) / params.n_ctx;
+    if (params.max_windows > 0) n_windows = std::min(n_windows, params.max_windows);
+    if (n_windows == 0)
+        FREEKV_FAIL("the text has {} tokens, fewer than one window of -c {}; use a longer text or a smaller -c",
+                    tokens.size(), params.n_ctx);
+
+    const bool compare = params.compare_full && params.mode.mode != KvMode::kFull;
+    KvModeConfig mode = params.mode;
+    mode.attention_mass_recall = mode.attention_mass_recall || params.compare_full;
+    KvModeConfig full_mode;
+    full_mode.mode = KvMode::kFull;
+    full_mode.page_size = mode.page_size;
+
+    PerplexityResult r;
+    r.n_windows = n_windows;
+    std::vector<double> nll, kl;
+    double full_nll = 0.0;
+    int64_t agree = 0;
+    const int64_t per_window = params.n_ctx - params.prefix, total = per_window * n_windows;
+    std::vector<float> logits, full_logits;
+    for (int64_t w = 0; w < n_windows; ++w) {
+        const std::span<const int32_t> window(tokens.data() + w * params.n_ctx, static_cast<size_t>(params.n_ctx));
+        Runner runner(c, mode, params.n_ctx);
+        std::unique_ptr<Runner> reference;
+        if (compare) reference = std::make_unique<Runner>(c, full_mode, params.n_ctx);
+        runner.forward(*model.model, window.first(static_cast<size_t>(params.prefix)), 0, logits);
+        if (reference) reference->forward(*model.model, window.first(static_cast<size_t>(params.prefix)), 0, full_logits);
+        for (int64_t i = params.prefix; i < params.n_ctx; ++i) {
+            const int32_t target = window[static_cast<size_t>(i)];
+            const Distribution d = log_softmax(logits);
+            nll.push_back(-d.log_p[static_cast<size_t>(target)]);
+            if (reference) {
+                const Distribution f = log_softmax(full_logits);
+                full_nll -= f.log_p[static_cast<size_t>(target)];
+                double divergence = 0.0;
+                for (size_t j = 0; j < f.log_p.size(); ++j)
+                    divergence += std::exp(f.log_p[j]) * (f.log_p[j] - d.log_p[j]);
+                kl.push_back(std::max(divergence, 0.0));
+                agree += d.argmax == f.argmax ? 1 : 0;
+            }
+            if (i + 1 < params.n_ctx) {
+                runner.forward(*model.model, window.subspan(static_cast<size_t>(i), 1), i, logits);
+                if (reference) reference->forward(*model.model, window.subspan(static_cast<size_t>(i), 1), i, full_logits);
+            }
+            if (progress) progress(w * per_window + (i - params.prefix) + 1, total);
+        }
+        if (runner.retrieval) add_stats(r.kv_stats, runner.retrieval->stats());
+    }
+    r.n_scored = static_cast<int64_t>(nll.size());
+    r.nll_mean = std::accumulate(nll.begin(), nll.end(), 0.0) / static_cast<double>(nll.size());
+    double var = 0.0;
+    for (double x : nll) var += (x - r.nll_mean) * (x - r.nll_mean);
+    var /= static_cast<double>(std::max<size_t>(nll.size() - 1, 1));
+    r.nll_stderr = std::sqrt(var / static_cast<double>(nll.size()));
+    if (compare) {
+        r.full_nll_mean = full_nll / static_cast<double>(nll.size());
+        r.kl_mean = std::accumulate(kl.begin(), kl.end(), 0.0) / static_cast<double>(kl.size());
+        std::vector<double> sorted = kl;
+        std::sort(sorted.begin(), sorted.end());
+        r.kl_p99 = sorted[std::min(sorted.size() - 1, sorted.size() * 99 / 100)];
+        r.top1_agreement = static_cast<double>(agree) / static_cast<double>(kl.size());
+    } else if (params.compare_full) {  // the mode is full itself
+        r.full_nll_mean = r.nll_mean;
+        r.top1_agreement = 1.0;
+    }
+    return r;
+}
+
+}  // namespace freekv

@@ -1,0 +1,399 @@
+// retrieval_kv.cpp: prefill, page boundaries and the decode step for the offloading KV modes
+// (see retrieval_kv.h and design doc 3.6-3.10).
+#include "engine/retrieval_kv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "backend/ops.h"
+#include "core/error.h"
+
+namespace freekv {
+
+namespace {
+
+size_t sz(int64_t n) { return static_cast<size_t>(n); }
+
+}  // namespace
+
+// ---- stats ----
+
+double KvStats::correction_rate() const {
+    const int64_t tested = std::accumulate(sparse_pairs.begin(), sparse_pairs.end(), int64_t{0});
+    const int64_t corrected = std::accumulate(corrected_pairs.begin(), corrected_pairs.end(), int64_t{0});
+    return tested > 0 ? static_cast<double>(corrected) / static_cast<double>(tested) : 0.0;
+}
+
+double KvStats::pages_per_step() const {
+    return sequence_steps > 0 ? static_cast<double>(transfer.sync_jobs + transfer.background_jobs) /
+                                    static_cast<double>(sequence_steps)
+                              : 0.0;
+}
+
+double KvStats::mass_recall_mean() const {
+    if (mass_recall.empty()) return 1.0;
+    return std::accumulate(mass_recall.begin(), mass_recall.end(), 0.0) / static_cast<double>(mass_recall.size());
+}
+
+double KvStats::mass_recall_percentile(double p) const {
+    if (mass_recall.empty()) return 1.0;
+    std::vector<float> v = mass_recall;
+    const auto k = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1));
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+    return v[k];
+}
+
+// ---- construction ----
+
+RetrievalKv::RetrievalKv(const ModelConfig& model, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens)
+    : model_(model),
+      mode_(mode),
+      budget_(mode.make_budget()),
+      summary_kind_(mode.summary_kind()),
+      aggregation_(mode.aggregation()) {
+    FREEKV_CHECK(mode.mode != KvMode::kFull, "RetrievalKv does not implement --kv-mode full");
+    KvManagerShape shape;
+    shape.n_layer = model.n_layer;
+    shape.n_head = model.n_head;
+    shape.n_head_kv = model.n_head_kv;
+    shape.head_dim = model.head_dim;
+    shape.max_batch = max_batch;
+    shape.max_tokens = max_tokens;
+    kv_ = std::make_unique<KvManager>(shape, budget_);
+    transfer_ = make_cpu_transfer_engine(*kv_, model.n_layer);
+    seqs_.resize(sz(max_batch));
+    identity_slots_.resize(sz(budget_.n_budget_page));
+    std::iota(identity_slots_.begin(), identity_slots_.end(), 0);
+    for (auto* v : {&stats_.sparse_pairs, &stats_.corrected_pairs, &stats_.forced_pairs, &stats_.head_tests, &stats_.head_flags})
+        v->assign(sz(model.n_layer), 0);
+}
+
+RetrievalKv::~RetrievalKv() {
+    try {
+        transfer_->wait_all();
+    } catch (...) {  // errors were reported to the thread that waited; nothing to add while unwinding
+    }
+}
+
+std::unique_ptr<RetrievalKv> make_retrieval_kv(const ModelConfig& model, const KvModeConfig& mode, int64_t max_batch,
+                                               int64_t max_tokens) {
+    return std::make_unique<RetrievalKv>(model, mode, max_batch, max_tokens);
+}
+
+int32_t RetrievalKv::add_sequence(int64_t max_tokens) {
+    const int32_t seq = kv_->admit(max_tokens);
+    seqs_[sz(seq)] = SeqState{true, 0, 0, false, false};
+    return seq;
+}
+
+void RetrievalKv::remove_sequence(int32_t seq) {
+    transfer_->wait_all();  // no background task may still touch its slots
+    kv_->release(seq);
+    seqs_[sz(seq)] = SeqState{};
+}
+
+bool RetrievalKv::selects() const {
+    return mode_.mode == KvMode::kFreekv || mode_.mode == KvMode::kArkvale || mode_.mode == KvMode::kQuest;
+}
+
+KvStats RetrievalKv::stats() {
+    transfer_->wait_all();
+    stats_.transfer = transfer_->counters();
+    return stats_;
+}
+
+// ---- forward ----
+
+void RetrievalKv::begin_forward(std::span<const SequenceSpan> spans) {
+    bool any_decode = false;
+    for (const auto& span : spans) {
+        SeqState& s = seqs_.at(sz(span.seq));
+        FREEKV_CHECK(s.live, "sequence {} was not added", span.seq);
+        FREEKV_CHECK(span.pos0 == s.n_tokens, "sequence {} holds {} tokens but the span starts at {}", span.seq,
+                     s.n_tokens, span.pos0);
+        FREEKV_CHECK(span.pos0 + span.n_tok <= kv_->max_pages() * budget_.page_size,
+                     "sequence {} would hold {} tokens, more than its context of {} (-c/--ctx-size)", span.seq,
+                     span.pos0 + span.n_tok, kv_->max_pages() * budget_.page_size);
+        s.decoding = span.n_tok == 1 && s.n_tokens > 0;
+        any_decode = any_decode || s.decoding;
+    }
+    if (any_decode) {
+        ++step_;
+        ++stats_.decode_steps;
+    }
+    for (const auto& span : spans) {
+        if (seqs_[sz(span.seq)].decoding) {
+            page_boundary(span.seq, span.pos0);
+            ++stats_.sequence_steps;
+        }
+        kv_->set_n_tokens(span.seq, span.pos0 + span.n_tok);
+    }
+}
+
+void RetrievalKv::end_forward(std::span<const SequenceSpan> spans) {
+    for (const auto& span : spans) {
+        SeqState& s = seqs_[sz(span.seq)];
+        s.n_tokens = span.pos0 + span.n_tok;
+        ++s.n_queries;
+        if (s.decoding) s.forced = false;
+        // A prefill that leaves the sequence sparse makes its first decode step synchronous.
+        if (!s.decoding && budget_.is_sparse(kv_->n_pages(span.seq))) s.forced = true;
+        s.decoding = false;
+    }
+}
+
+void RetrievalKv::attend(int64_t il, std::span<const SequenceSpan> spans, const float* q, const float* k, const float* v,
+                         float* out) {
+    const int64_t q_row = model_.n_head * model_.head_dim, kv_row = model_.n_head_kv * model_.head_dim;
+    std::vector<Background> background;
+    for (const auto& span : spans) {
+        const float* qs = q + span.offset * q_row;
+        const float* ks = k + span.offset * kv_row;
+        const float* vs = v + span.offset * kv_row;
+        float* os = out + span.offset * q_row;
+        if (seqs_[sz(span.seq)].decoding) decode_layer(il, span, qs, ks, vs, os, background);
+        else prefill_layer(il, span, qs, ks, vs, os);
+    }
+    if (background.empty()) return;
+    // Sel_t for the unflagged heads, selected and recalled on the worker after this attention.
+    transfer_->submit(il, step_, [this, il, background = std::move(background)] {
+        RecallPlan plan;
+        plan.il = il;
+        for (const Background& b : background)
+            for (int32_t ikv : b.heads) select_head(il, b.seq, ikv, b.q, b.n_pages, plan.jobs);
+        kv_->apply_maps(plan);
+        return plan;
+    });
+}
+
+// ---- page life cycle ----
+
+void RetrievalKv::page_boundary(int32_t seq, int64_t n_tokens_before) {
+    const int64_t p = budget_.page_size;
+    if (n_tokens_before == 0 || n_tokens_before % p != 0) return;
+    const int64_t done = n_tokens_before / p - 1;  // the page that has just completed
+    const int64_t last_slot = budget_.current_slot();
+    const int64_t src_slot = std::min(done, last_slot);
+    const int64_t row_stride = model_.n_head_kv * model_.head_dim;
+    for (int64_t il = 0; il < model_.n_layer; ++il) {
+        for (int64_t ikv = 0; ikv < model_.n_head_kv; ++ikv)
+            summarize_page(summary_kind_, kv_->slot_k(il, seq, src_slot) + ikv * model_.head_dim, p, row_stride,
+                           model_.head_dim, kv_->summary(il, seq, ikv, done));
+        if (done >= last_slot) {
+            const int64_t ring = budget_.ring_slot(done);
+            kv_->copy_slot(il, seq, src_slot, ring);
+            kv_->offload(il, seq, ring, done);
+        } else {
+            kv_->offload(il, seq, done, done);
+            if (done >= budget_.n_sink_page && done < budget_.first_ring_slot()) kv_->place(il, seq, -1, done, done);
+        }
+    }
+    if (done == last_slot) seqs_[sz(seq)].forced = true;  // entering the sparse regime
+}
+
+void RetrievalKv::prefill_layer(int64_t il, const SequenceSpan& span, const float* q, const float* k, const float* v,
+                                float* out) {
+    const int64_t p = budget_.page_size, hd = model_.head_dim, n_kv = model_.n_head_kv, row = n_kv * hd;
+    const int64_t pos0 = span.pos0, n_tokens = pos0 + span.n_tok;
+    const int32_t seq = span.seq;
+    history_k_.resize(sz(n_tokens * row));
+    history_v_.resize(sz(n_tokens * row));
+    // ---- history: complete earlier pages from the CPU store, the partial one from its slot ----
+    const int64_t old_complete = pos0 / p;
+    for (int64_t page = 0; page < old_complete; ++page)
+        for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
+            const float* block = kv_->block(seq, page, il, ikv);
+            for (int64_t r = 0; r < p; ++r) {
+                std::memcpy(&history_k_[sz((page * p + r) * row + ikv * hd)], block + r * hd, sz(hd) * 4);
+                std::memcpy(&history_v_[sz((page * p + r) * row + ikv * hd)], block + (p + r) * hd, sz(hd) * 4);
+            }
+        }
+    if (pos0 % p != 0) {
+        const int64_t slot = budget_.is_sparse(old_complete + 1) ? budget_.current_slot() : old_complete;
+        std::memcpy(&history_k_[sz(old_complete * p * row)], kv_->slot_k(il, seq, slot), sz((pos0 % p) * row) * 4);
+        std::memcpy(&history_v_[sz(old_complete * p * row)], kv_->slot_v(il, seq, slot), sz((pos0 % p) * row) * 4);
+    }
+    std::memcpy(&history_k_[sz(pos0 * row)], k, sz(span.n_tok * row) * 4);
+    std::memcpy(&history_v_[sz(pos0 * row)], v, sz(span.n_tok * row) * 4);
+
+    // ---- dense causal attention over the whole history ----
+    const int32_t single_page[1] = {0};
+    PagedKvView view{history_k_.data(), history_v_.data(), single_page, 1, n_tokens, n_tokens, 0, row, 0};
+    std::vector<int32_t> positions(sz(span.n_tok));
+    std::iota(positions.begin(), positions.end(), static_cast<int32_t>(pos0));
+    cpu::attention(q, {span.n_tok, model_.n_head, n_kv, hd, positions.data()}, view, out);
+
+    // ---- summaries and offload of the pages completed by this chunk ----
+    const int64_t current = (n_tokens - 1) / p, n_pages = current + 1, fill = n_tokens - current * p;
+    for (int64_t page = old_complete; page < current; ++page)
+        for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
+            const float* keys = &history_k_[sz(page * p * row + ikv * hd)];
+            summarize_page(summary_kind_, keys, p, row, hd, kv_->summary(il, seq, ikv, page));
+            float* block = kv_->block(seq, page, il, ikv);
+            for (int64_t r = 0; r < p; ++r) {
+                std::memcpy(block + r * hd, &history_k_[sz((page * p + r) * row + ikv * hd)], sz(hd) * 4);
+                std::memcpy(block + (p + r) * hd, &history_v_[sz((page * p + r) * row + ikv * hd)], sz(hd) * 4);
+            }
+        }
+
+    // ---- budget cache ----
+    auto put_page = [&](int64_t page, int64_t slot) {
+        const int64_t rows = page == current ? fill : p;
+        std::memcpy(kv_->slot_k(il, seq, slot), &history_k_[sz(page * p * row)], sz(rows * row) * 4);
+        std::memcpy(kv_->slot_v(il, seq, slot), &history_v_[sz(page * p * row)], sz(rows * row) * 4);
+    };
+    const int64_t ns = budget_.n_sink_page, n_select = budget_.n_select;
+    for (int64_t ikv = 0; ikv < n_kv; ++ikv)
+        for (int64_t slot = ns; slot < ns + n_select; ++slot) {
+            const int32_t old = kv_->page_of_slot(il, seq, ikv, slot);
+            if (old >= 0) kv_->slot_of_page(il, seq, ikv, old) = -1;
+            kv_->page_of_slot(il, seq, ikv, slot) = -1;
+        }
+    if (!budget_.is_sparse(n_pages)) {
+        for (int64_t page = 0; page < n_pages; ++page) {
+            put_page(page, page);
+            if (page < current && page >= ns && page < ns + n_select) kv_->place(il, seq, -1, page, page);
+        }
+    } else {
+        for (int64_t page = 0; page < ns; ++page) put_page(page, page);
+        for (int64_t page = n_pages - budget_.n_recent_page; page < current; ++page) put_page(page, budget_.ring_slot(page));
+        put_page(current, budget_.current_slot());
+        const int64_t end_candidate = budget_.end_candidate(n_pages);
+        for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
+            std::vector<int32_t> chosen;
+            if (mode_.mode == KvMode::kBudgetOnly) {
+                for (int64_t page = end_candidate - n_select; page < end_candidate; ++page) chosen.push_back(static_cast<int32_t>(page));
+            } else if (n_select > 0) {
+                std::vector<RecallJob> jobs;  // middle slots are empty: every selected page is a job
+                select_head(il, seq, ikv, q + (span.n_tok - 1) * model_.n_head * hd, n_pages, jobs);
+                for (const auto& j : jobs) chosen.push_back(j.page);
+                std::sort(chosen.begin(), chosen.end());
+            }
+            for (size_t i = 0; i < chosen.size(); ++i) {
+                const int64_t slot = ns + static_cast<int64_t>(i);
+                kv_->place(il, seq, ikv, chosen[i], slot);
+                kv_->recall_now(il, {seq, static_cast<int32_t>(ikv), chosen[i], static_cast<int32_t>(slot)});
+            }
+        }
+    }
+    // The last prompt token's query is step 1's previous query.
+    SeqState& s = seqs_[sz(seq)];
+    std::memcpy(kv_->query(il, seq, s.n_queries % 2), q + (span.n_tok - 1) * model_.n_head * hd,
+                sz(model_.n_head * hd) * 4);
+}
+
+// ---- decode ----
+
+void RetrievalKv::select_head(int64_t il, int32_t seq, int64_t ikv, const float* q, int64_t n_pages,
+                              std::vector<RecallJob>& jobs) const {
+    const int64_t group = model_.group_size(), hd = model_.head_dim;
+    const int64_t first = budget_.first_candidate(), end = budget_.end_candidate(n_pages), n = end - first;
+    std::vector<float> scores(sz(group * n)), aggregated(sz(n));
+    score_pages(q + ikv * group * hd, group, hd, kv_->summaries_of(il, seq, ikv), first, end, scores.data());
+    aggregate_scores(scores.data(), group, n, aggregation_, aggregated.data());
+    const std::vector<int32_t> selected = top_k_pages(aggregated, first, budget_.n_select);
+    std::vector<int32_t> resident(sz(budget_.n_select));
+    for (int64_t s = 0; s < budget_.n_select; ++s) resident[sz(s)] = kv_->page_of_slot(il, seq, ikv, first + s);
+    // Empty middle slots (-1, before the first selection) hold no candidate, so they are evicted.
+    plan_head_recall(seq, static_cast<int32_t>(ikv), selected, resident, budget_.n_sink_page, jobs);
+}
+
+void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float* q, const float* k, const float* v,
+                               float* out, std::vector<Background>& background) {
+    const int64_t p = budget_.page_size, hd = model_.head_dim, n_kv = model_.n_head_kv, row = n_kv * hd;
+    const int32_t seq = span.seq;
+    SeqState& s = seqs_[sz(seq)];
+    const int64_t n_tokens = span.pos0 + 1, current = (n_tokens - 1) / p, n_pages = current + 1;
+    const int64_t fill = n_tokens - current * p;
+    const bool sparse = budget_.is_sparse(n_pages);
+    const int64_t slot = sparse ? budget_.current_slot() : current;
+    std::memcpy(kv_->slot_k(il, seq, slot) + (fill - 1) * row, k, sz(row) * 4);
+    std::memcpy(kv_->slot_v(il, seq, slot) + (fill - 1) * row, v, sz(row) * 4);
+    float* ring_now = kv_->query(il, seq, s.n_queries % 2);
+    const float* ring_prev = kv_->query(il, seq, (s.n_queries + 1) % 2);
+
+    if (!sparse) {  // dense: the same attention call as full mode, over slots 0 .. n_pages-1
+        const auto position = static_cast<int32_t>(n_tokens - 1);
+        cpu::attention(q, {1, model_.n_head, n_kv, hd, &position},
+                       kv_->slot_view(il, seq, identity_slots_.data(), n_pages, p), out);
+        std::memcpy(ring_now, q, sz(model_.n_head * hd) * 4);
+        return;
+    }
+
+    if (speculative()) transfer_->wait(il, step_ - 1);  // Sel_{t-1} has landed
+    // ---- correction test (design doc 3.7) ----
+    std::vector<int32_t> flagged, unflagged;
+    if (selects()) {
+        const bool all = s.forced || mode_.mode != KvMode::kFreekv || !mode_.spec_retrieval;
+        const int64_t group = model_.group_size();
+        for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
+            bool flag = all;
+            if (!all && mode_.correction_on())
+                flag = group_cosine(q + ikv * group * hd, ring_prev + ikv * group * hd, group, hd) < mode_.correction_threshold;
+            (flag ? flagged : unflagged).push_back(static_cast<int32_t>(ikv));
+        }
+        if (s.forced) {
+            ++stats_.forced_pairs[sz(il)];
+        } else if (speculative()) {
+            ++stats_.sparse_pairs[sz(il)];
+            stats_.head_tests[sz(il)] += n_kv;
+            stats_.head_flags[sz(il)] += static_cast<int64_t>(flagged.size());
+            if (!flagged.empty()) ++stats_.corrected_pairs[sz(il)];
+        }
+        RecallPlan plan;
+        plan.il = il;
+        for (int32_t ikv : flagged) select_head(il, seq, ikv, q, n_pages, plan.jobs);
+        kv_->apply_maps(plan);
+        transfer_->recall_sync(plan);
+    }
+
+    // ---- attention over all slots; each KV head sees its own middle pages ----
+    cpu::attention_pages(q, {1, model_.n_head, n_kv, hd, nullptr},
+                         kv_->slot_view(il, seq, identity_slots_.data(), budget_.n_budget_page, fill), out);
+    if (mode_.attention_mass_recall) record_mass_recall(il, seq, q, n_tokens);
+    if (observer_) {
+        for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
+            std::vector<int32_t> middle;
+            for (int64_t m = 0; m < budget_.n_select; ++m) middle.push_back(kv_->page_of_slot(il, seq, ikv, budget_.n_sink_page + m));
+            std::sort(middle.begin(), middle.end());
+            observer_(step_, il, seq, ikv, middle);
+        }
+    }
+    if (mode_.check_invariants) kv_->check_invariants(il, seq);
+    std::memcpy(ring_now, q, sz(model_.n_head * hd) * 4);
+    if (speculative() && !unflagged.empty()) background.push_back({seq, n_pages, ring_now, std::move(unflagged)});
+}
+
+void RetrievalKv::record_mass_recall(int64_t il, int32_t seq, const float* q, int64_t n_tokens) {
+    const int64_t p = budget_.page_size, hd = model_.head_dim, n_kv = model_.n_head_kv, group = model_.group_size();
+    const int64_t current = (n_tokens - 1) / p, n_pages = current + 1;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::vector<float> logits(sz(n_tokens));
+    for (int64_t h = 0; h < model_.n_head; ++h) {
+        const int64_t ikv = h / group;
+        const float* qh = q + h * hd;
+        for (int64_t j = 0; j < n_tokens; ++j) {
+            const int64_t page = j / p, r = j % p;
+            const float* key = page < current ? kv_->block(seq, page, il, ikv) + r * hd
+                                              : kv_->slot_k(il, seq, budget_.current_slot()) + r * n_kv * hd + ikv * hd;
+            float dot = 0.0f;
+            for (int64_t i = 0; i < hd; ++i) dot += qh[i] * key[i];
+            logits[sz(j)] = dot * scale;
+        }
+        const float mx = *std::max_element(logits.begin(), logits.end());
+        double total = 0.0, attended = 0.0;
+        for (int64_t j = 0; j < n_tokens; ++j) {
+            const double e = std::exp(static_cast<double>(logits[sz(j)] - mx));
+            total += e;
+            const int64_t page = j / p;
+            const bool in_set = page < budget_.n_sink_page || page >= n_pages - budget_.n_recent_page ||
+                                kv_->slot_of_page(il, seq, ikv, page) >= 0;
+            if (in_set) attended += e;
+        }
+        stats_.mass_recall.push_back(static_cast<float>(attended / total));
+    }
+}
+
+}  // namespace freekv

@@ -1,0 +1,114 @@
+// retrieval_kv.h: the AttentionKv of every offloading KV mode (budget-only, streaming, quest,
+// arkvale, freekv): the decode step of design doc 3.9 on the CPU backend.
+// Who does what: KvManager owns the bytes and maps; retrieval/selection.h scores and plans; the
+// TransferEngine moves blocks (corrective and ArkVale-style recall synchronously, FreeKV's
+// speculative recall on its worker); this class orders those steps.
+// Invariants:
+//   - a span with one token on a sequence that already holds tokens is a decode step; any other
+//     span is (a chunk of) prefill, with dense causal attention over the whole history;
+//   - at step t, layer l, the background work of (t-1, l) has landed before the correction test
+//     reads the maps and before attention reads the slots;
+//   - attention sets follow design doc 3.6/3.7: flagged (or forced) heads attend to Sel_t, the
+//     others to Sel_{t-1}; the page that left the window this step is not attended by unflagged
+//     heads.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "engine/kv_mode.h"
+#include "kv/kv_manager.h"
+#include "model/attention_kv.h"
+#include "model/model_config.h"
+#include "transfer/transfer_engine.h"
+
+namespace freekv {
+
+struct KvStats {
+    int64_t decode_steps = 0;               // forwards with at least one decode span
+    std::vector<int64_t> sparse_pairs;      // [n_layer] (step, seq) pairs tested for correction
+    std::vector<int64_t> corrected_pairs;   // [n_layer] of those, with at least one flagged KV head
+    std::vector<int64_t> forced_pairs;      // [n_layer] forced-synchronous (step, seq) pairs
+    std::vector<int64_t> head_tests, head_flags;  // [n_layer] per KV head
+    int64_t sequence_steps = 0;             // (step, seq) pairs decoded
+    TransferCounters transfer;
+    std::vector<float> mass_recall;         // per (sparse step, layer, seq, query head)
+
+    double correction_rate() const;         // over all layers
+    double pages_per_step() const;          // recalled blocks per decoded (step, seq)
+    double mass_recall_mean() const;
+    double mass_recall_percentile(double p) const;
+};
+
+/// Called after each attention of a sparse (step, layer, seq) with, per KV head, the pages in its
+/// middle slots (ascending): the attended selection. Tests use it to compare attention sets.
+using AttendObserver =
+    std::function<void(int64_t step, int64_t il, int32_t seq, int64_t ikv, const std::vector<int32_t>& middle_pages)>;
+
+class RetrievalKv : public AttentionKv {
+public:
+    RetrievalKv(const ModelConfig& model, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens);
+    ~RetrievalKv() override;
+
+    /// Admits a sequence of up to max_tokens (prompt + generation); returns its id.
+    int32_t add_sequence(int64_t max_tokens);
+    void remove_sequence(int32_t seq);
+
+    void begin_forward(std::span<const SequenceSpan> spans) override;
+    void attend(int64_t il, std::span<const SequenceSpan> spans, const float* q, const float* k, const float* v,
+                float* out) override;
+    void end_forward(std::span<const SequenceSpan> spans) override;
+
+    /// Waits for background work and returns the counters.
+    KvStats stats();
+    void set_observer(AttendObserver observer) { observer_ = std::move(observer); }
+    const KvManager& kv() const { return *kv_; }
+    const KvModeConfig& mode() const { return mode_; }
+
+private:
+    struct SeqState {
+        bool live = false;
+        int64_t n_tokens = 0;      // committed before the current forward
+        int64_t n_queries = 0;     // forwards that stored a query (parity of the query ring)
+        bool forced = false;       // the next decode step is forced-synchronous
+        bool decoding = false;     // this forward is a decode step for it
+    };
+    struct Background {            // unflagged heads of one sparse (seq, layer) to select after attention
+        int32_t seq;
+        int64_t n_pages;
+        const float* q;            // [n_head][head_dim] in the query ring
+        std::vector<int32_t> heads;
+    };
+
+    void page_boundary(int32_t seq, int64_t n_tokens_before);
+    void prefill_layer(int64_t il, const SequenceSpan& span, const float* q, const float* k, const float* v, float* out);
+    void decode_layer(int64_t il, const SequenceSpan& span, const float* q, const float* k, const float* v, float* out,
+                      std::vector<Background>& background);
+    /// Selection of one KV head with query q ([n_head][head_dim]) over the candidates of n_pages,
+    /// planned against its resident middle set.
+    void select_head(int64_t il, int32_t seq, int64_t ikv, const float* q, int64_t n_pages, std::vector<RecallJob>& jobs) const;
+    void record_mass_recall(int64_t il, int32_t seq, const float* q, int64_t n_tokens);
+    bool selects() const;
+    bool speculative() const { return mode_.mode == KvMode::kFreekv && mode_.spec_retrieval; }
+
+    ModelConfig model_;
+    KvModeConfig mode_;
+    KvBudget budget_;
+    SummaryKind summary_kind_;
+    GroupAgg aggregation_;
+    std::unique_ptr<KvManager> kv_;
+    std::unique_ptr<TransferEngine> transfer_;
+    std::vector<SeqState> seqs_;
+    std::vector<int32_t> identity_slots_;       // 0 .. n_slots - 1
+    std::vector<float> history_k_, history_v_;  // prefill scratch [T][n_head_kv][head_dim]
+    int64_t step_ = 0;
+    KvStats stats_;
+    AttendObserver observer_;
+};
+
+/// Creates the AttentionKv for a mode other than full (which uses FullAttentionKv).
+std::unique_ptr<RetrievalKv> make_retrieval_kv(const ModelConfig& model, const KvModeConfig& mode, int64_t max_batch,
+                                               int64_t max_tokens);
+
+}  // namespace freekv
