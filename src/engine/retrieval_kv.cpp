@@ -355,10 +355,13 @@ void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float
     if (mode_.attention_mass_recall) record_mass_recall(il, seq, q, n_tokens);
     if (observer_) {
         for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
-            std::vector<int32_t> middle;
-            for (int64_t m = 0; m < budget_.n_select; ++m) middle.push_back(kv_->page_of_slot(il, seq, ikv, budget_.n_sink_page + m));
-            std::sort(middle.begin(), middle.end());
-            observer_(step_, il, seq, ikv, middle);
+            AttendEvent e{step_, il, seq, ikv, n_pages,
+                          std::find(flagged.begin(), flagged.end(), ikv) != flagged.end(),
+                          q + ikv * model_.group_size() * hd, {}};
+            for (int64_t m = 0; m < budget_.n_select; ++m)
+                e.middle_pages.push_back(kv_->page_of_slot(il, seq, ikv, budget_.n_sink_page + m));
+            std::sort(e.middle_pages.begin(), e.middle_pages.end());
+            observer_(e);
         }
     }
     if (mode_.check_invariants) kv_->check_invariants(il, seq);

@@ -41,10 +41,18 @@ struct KvStats {
     double mass_recall_percentile(double p) const;
 };
 
-/// Called after each attention of a sparse (step, layer, seq) with, per KV head, the pages in its
-/// middle slots (ascending): the attended selection. Tests use it to compare attention sets.
-using AttendObserver =
-    std::function<void(int64_t step, int64_t il, int32_t seq, int64_t ikv, const std::vector<int32_t>& middle_pages)>;
+/// What one KV head attended to at one sparse (step, layer, sequence); tests compare these
+/// attention sets with an eager simulation of design doc 3.6/3.7.
+struct AttendEvent {
+    int64_t step = 0, il = 0;
+    int32_t seq = 0;
+    int64_t ikv = 0;
+    int64_t n_pages = 0;                // pages of the sequence at this step
+    bool flagged = false;               // selected with this step's query (corrected or forced)
+    const float* q = nullptr;           // [group][head_dim]: this step's query heads of the KV head
+    std::vector<int32_t> middle_pages;  // pages in its middle slots, ascending
+};
+using AttendObserver = std::function<void(const AttendEvent&)>;
 
 class RetrievalKv : public AttentionKv {
 public:
