@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: the README's second command and what CI runs. Installs the Debian dependencies, builds
 # the cpu-debug preset (AddressSanitizer + UndefinedBehaviorSanitizer, debug checks, -Werror) and
-# runs the whole test suite with ctest. Exits non-zero when any test fails.
+# runs the whole test suite with ctest, then the threaded KV tests under ThreadSanitizer (cpu-tsan).
+# Exits non-zero when any test fails.
 # Tests that need ../shared (the reference model) or the npm tokenizer files skip with a message
 # when those are missing; `ctest -L unit` runs only the self-contained ones.
 set -euo pipefail
@@ -11,6 +12,11 @@ cmake --preset cpu-debug >/dev/null
 cmake --build --preset cpu-debug
 status=0
 ctest --preset cpu-debug "$@" || status=$?
+# The transfer engine's threads under ThreadSanitizer (OpenMP off there: libgomp is not
+# instrumented and its barriers would read as races).
+cmake --preset cpu-tsan >/dev/null
+cmake --build --preset cpu-tsan
+ctest --preset cpu-tsan || status=$?
 # ctest counts a test executable as passed when some of its cases skipped; list those cases.
 log=build/cpu-debug/Testing/Temporary/LastTest.log
 if [ -f "$log" ]; then
