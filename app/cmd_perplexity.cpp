@@ -2,6 +2,8 @@
 // with --compare full adding KL divergence, top-1 agreement and attention-mass recall.
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "app/commands.h"
 #include "app/kv_flags.h"
 #include "core/error.h"
@@ -40,38 +42,52 @@ Command register_perplexity(CLI::App& cmd) {
         params.prefix = f->prefix;
         params.max_windows = f->chunks;
         params.compare_full = f->compare == "full";
-        params.mode = f->kv.resolve();
+        for (auto& [label, mode] : f->kv.resolve_all()) {
+            params.labels.push_back(label);
+            params.modes.push_back(mode);
+        }
         LoadedModel m = load_model(f->model);
-        fmt::print(stderr, "{}\n{}\n", m.summary(), params.mode.describe());
+        fmt::print(stderr, "{}\n", m.summary());
+        for (size_t i = 0; i < params.modes.size(); ++i) fmt::print(stderr, "{}: {}\n", params.labels[i], params.modes[i].describe());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json", f->model);
         const std::vector<int32_t> tokens = m.tokenizer->encode(read_prompt("", f->file));
         std::unique_ptr<ProgressLine> line;
-        const PerplexityResult r = run_perplexity(m, tokens, params, [&](int64_t done, int64_t total) {
+        const auto results = run_perplexity(m, tokens, params, [&](int64_t done, int64_t total) {
             if (!line) line = std::make_unique<ProgressLine>("perplexity", total, "tokens");
             line->update(done);
         });
         if (line) line->finish();
-        const KvStats& s = r.kv_stats;
         if (f->output == "json") {
-            fmt::print("{{\"kv_mode\":\"{}\",\"windows\":{},\"scored\":{},\"ppl\":{:.6f},\"ppl_err\":{:.6f}", f->kv.mode,
-                       r.n_windows, r.n_scored, r.ppl(), r.ppl_error());
-            if (params.compare_full)
-                fmt::print(",\"full_ppl\":{:.6f},\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1\":{:.6f},"
-                           "\"mass_recall_mean\":{:.6f},\"mass_recall_p5\":{:.6f}",
-                           std::exp(r.full_nll_mean), r.kl_mean, r.kl_p99, r.top1_agreement, s.mass_recall_mean(),
-                           s.mass_recall_percentile(5));
-            fmt::print(",\"correction_rate\":{:.6f},\"pages_per_step\":{:.4f}}}\n", s.correction_rate(), s.pages_per_step());
+            for (const PerplexityResult& r : results) {
+                const KvStats& s = r.kv_stats;
+                fmt::print("{{\"kv_mode\":\"{}\",\"config\":\"{}\",\"windows\":{},\"scored\":{},\"ppl\":{:.6f},\"ppl_err\":{:.6f}",
+                           r.label, r.mode.describe(), r.n_windows, r.n_scored, r.ppl(), r.ppl_error());
+                if (params.compare_full)
+                    fmt::print(",\"full_ppl\":{:.6f},\"kl_mean\":{:.6g},\"kl_p99\":{:.6g},\"top1\":{:.6f},"
+                               "\"mass_recall_mean\":{:.6f},\"mass_recall_p5\":{:.6f}",
+                               std::exp(r.full_nll_mean), r.kl_mean, r.kl_p99, r.top1_agreement, s.mass_recall_mean(),
+                               s.mass_recall_percentile(5));
+                fmt::print(",\"correction_rate\":{:.6f},\"pages_per_step\":{:.4f},\"recall_bytes\":{}}}\n",
+                           s.correction_rate(), s.pages_per_step(), s.transfer.sync_bytes + s.transfer.background_bytes);
+            }
             return 0;
         }
-        fmt::print("| kv mode | windows | scored | PPL | ", f->kv.mode);
-        if (params.compare_full) fmt::print("full PPL | KL mean | KL p99 | top-1 | mass recall mean | mass recall p5 | ");
-        fmt::print("correction rate | pages/step |\n|---|---|---|---|");
+        fmt::print("| kv mode | PPL | ");
+        if (params.compare_full) fmt::print("vs full | KL mean | KL p99 | top-1 agree | mass recall mean | mass recall p5 | ");
+        fmt::print("correction rate | pages/step |\n|---|---|");
         if (params.compare_full) fmt::print("---|---|---|---|---|---|");
-        fmt::print("---|---|\n| {} | {} | {} | {:.3f} ± {:.3f} | ", f->kv.mode, r.n_windows, r.n_scored, r.ppl(), r.ppl_error());
-        if (params.compare_full)
-            fmt::print("{:.3f} | {:.5f} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | ", std::exp(r.full_nll_mean), r.kl_mean, r.kl_p99,
-                       r.top1_agreement, s.mass_recall_mean(), s.mass_recall_percentile(5));
-        fmt::print("{:.4f} | {:.2f} |\n", s.correction_rate(), s.pages_per_step());
+        fmt::print("---|---|\n");
+        for (const PerplexityResult& r : results) {
+            const KvStats& s = r.kv_stats;
+            fmt::print("| {} | {:.3f} ± {:.3f} | ", r.label, r.ppl(), r.ppl_error());
+            if (params.compare_full)
+                fmt::print("{:+.2f}% | {:.5f} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | ",
+                           100.0 * (r.ppl() / std::exp(r.full_nll_mean) - 1.0), r.kl_mean, r.kl_p99, r.top1_agreement,
+                           s.mass_recall_mean(), s.mass_recall_percentile(5));
+            fmt::print("{:.4f} | {:.2f} |\n", s.correction_rate(), s.pages_per_step());
+        }
+        fmt::print("\n{} windows of {} tokens, prefix {}, {} scored tokens per mode; PPL ± one standard error\n",
+                   results.front().n_windows, params.n_ctx, params.prefix, results.front().n_scored);
         return 0;
     };
 }

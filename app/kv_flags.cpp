@@ -1,6 +1,10 @@
 // kv_flags.cpp: registration and validation of the KV-mode flags.
 #include "app/kv_flags.h"
 
+#include <sstream>
+
+#include "core/error.h"
+
 namespace freekv::app {
 
 void KvFlags::add_to(CLI::App& cmd) {
@@ -21,7 +25,36 @@ void KvFlags::add_to(CLI::App& cmd) {
     cmd.add_flag("--kv-check-invariants", check_invariants, "check slot maps and slot data after every sparse step (slow)");
 }
 
+std::vector<std::pair<std::string, KvModeConfig>> KvFlags::resolve_all() const {
+    std::vector<std::pair<std::string, KvModeConfig>> out;
+    std::stringstream list(mode);
+    std::string name;
+    while (std::getline(list, name, ',')) {
+        if (name.empty()) continue;
+        KvFlags one = *this;
+        std::string base = name, variant;
+        if (const size_t colon = name.find(':'); colon != std::string::npos) {
+            base = name.substr(0, colon);
+            variant = name.substr(colon + 1);
+        }
+        one.mode = base;
+        if (!variant.empty() && base != "freekv")
+            FREEKV_FAIL("--kv-mode {}: only freekv takes a variant (freekv:corr-off, freekv:no-spec)", name);
+        if (variant == "corr-off") one.corr_threshold = "off";
+        else if (variant == "no-spec") one.no_spec = true;
+        else if (!variant.empty()) FREEKV_FAIL("--kv-mode {}: unknown variant '{}' (corr-off, no-spec)", name, variant);
+        out.emplace_back(name, one.resolve());
+    }
+    if (out.empty()) FREEKV_FAIL("--kv-mode is empty");
+    return out;
+}
+
 KvModeConfig KvFlags::resolve() const {
+    if (mode.find(',') != std::string::npos || mode.find(':') != std::string::npos) {
+        const auto all = resolve_all();
+        if (all.size() != 1) FREEKV_FAIL("--kv-mode {} lists several modes; this command runs one", mode);
+        return all.front().second;
+    }
     KvModeConfig c;
     c.mode = parse_kv_mode(mode);
     c.budget = budget;

@@ -6,6 +6,8 @@
 #include <CLI/CLI.hpp>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/kv_mode.h"
 
@@ -17,7 +19,11 @@ struct KvFlags {
     bool no_spec = false, check_invariants = false;
 
     void add_to(CLI::App& cmd);
+    /// The single mode of --kv-mode (an Error if it lists several).
     KvModeConfig resolve() const;
+    /// Every mode of a comma-separated --kv-mode, each with the shared knobs. Names may carry a
+    /// FreeKV ablation suffix: freekv:corr-off, freekv:no-spec.
+    std::vector<std::pair<std::string, KvModeConfig>> resolve_all() const;
 };
 
 }  // namespace freekv::app

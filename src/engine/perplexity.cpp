@@ -83,9 +83,11 @@ void add_stats(KvStats& total, const KvStats& s) {
 double PerplexityResult::ppl() const { return std::exp(nll_mean); }
 double PerplexityResult::ppl_error() const { return std::exp(nll_mean) * nll_stderr; }
 
-PerplexityResult run_perplexity(const LoadedModel& model, const std::vector<int32_t>& tokens, const PerplexityParams& params,
-                                const std::function<void(int64_t, int64_t)>& progress) {
+std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std::vector<int32_t>& tokens,
+                                             const PerplexityParams& params,
+                                             const std::function<void(int64_t, int64_t)>& progress) {
     const ModelConfig& c = model.config;
+    if (params.modes.empty()) FREEKV_FAIL("no --kv-mode given");
     if (params.prefix < 1 || params.prefix >= params.n_ctx)
         FREEKV_FAIL("--prefix {} must be at least 1 and below the window length -c {}", params.prefix, params.n_ctx);
     if (params.n_ctx > c.n_ctx_train)
@@ -96,66 +98,80 @@ PerplexityResult run_perplexity(const LoadedModel& model, const std::vector<int3
         FREEKV_FAIL("the text has {} tokens, fewer than one window of -c {}; use a longer text or a smaller -c",
                     tokens.size(), params.n_ctx);
 
-    const bool compare = params.compare_full && params.mode.mode != KvMode::kFull;
-    KvModeConfig mode = params.mode;
-    mode.attention_mass_recall = mode.attention_mass_recall || params.compare_full;
+    const size_t n_modes = params.modes.size();
+    std::vector<KvModeConfig> modes = params.modes;
+    for (auto& m : modes) m.attention_mass_recall = m.attention_mass_recall || params.compare_full;
     KvModeConfig full_mode;
     full_mode.mode = KvMode::kFull;
-    full_mode.page_size = mode.page_size;
+    full_mode.page_size = modes.front().page_size;
 
-    PerplexityResult r;
-    r.n_windows = n_windows;
-    std::vector<double> nll, kl;
-    double full_nll = 0.0;
-    int64_t agree = 0;
+    struct Accumulator {
+        std::vector<double> nll, kl;
+        double full_nll = 0.0;
+        int64_t agree = 0;
+        KvStats stats;
+    };
+    std::vector<Accumulator> acc(n_modes);
     const int64_t per_window = params.n_ctx - params.prefix, total = per_window * n_windows;
-    std::vector<float> logits, full_logits;
+    std::vector<std::vector<float>> logits(n_modes);
+    std::vector<float> full_logits;
     for (int64_t w = 0; w < n_windows; ++w) {
         const std::span<const int32_t> window(tokens.data() + w * params.n_ctx, static_cast<size_t>(params.n_ctx));
-        Runner runner(c, mode, params.n_ctx);
+        std::vector<std::unique_ptr<Runner>> runners;
+        for (const auto& m : modes) runners.push_back(std::make_unique<Runner>(c, m, params.n_ctx));
         std::unique_ptr<Runner> reference;
-        if (compare) reference = std::make_unique<Runner>(c, full_mode, params.n_ctx);
-        runner.forward(*model.model, window.first(static_cast<size_t>(params.prefix)), 0, logits);
-        if (reference) reference->forward(*model.model, window.first(static_cast<size_t>(params.prefix)), 0, full_logits);
-        for (int64_t i = params.prefix; i < params.n_ctx; ++i) {
-            const int32_t target = window[static_cast<size_t>(i)];
-            const Distribution d = log_softmax(logits);
-            nll.push_back(-d.log_p[static_cast<size_t>(target)]);
-            if (reference) {
-                const Distribution f = log_softmax(full_logits);
-                full_nll -= f.log_p[static_cast<size_t>(target)];
+        if (params.compare_full) reference = std::make_unique<Runner>(c, full_mode, params.n_ctx);
+        const auto prompt = window.first(static_cast<size_t>(params.prefix));
+        for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, prompt, 0, logits[i]);
+        if (reference) reference->forward(*model.model, prompt, 0, full_logits);
+        for (int64_t t = params.prefix; t < params.n_ctx; ++t) {
+            const auto target = static_cast<size_t>(window[static_cast<size_t>(t)]);
+            Distribution f;
+            if (reference) f = log_softmax(full_logits);
+            for (size_t i = 0; i < n_modes; ++i) {
+                const Distribution d = log_softmax(logits[i]);
+                acc[i].nll.push_back(-d.log_p[target]);
+                if (!reference) continue;
+                acc[i].full_nll -= f.log_p[target];
                 double divergence = 0.0;
-                for (size_t j = 0; j < f.log_p.size(); ++j)
-                    divergence += std::exp(f.log_p[j]) * (f.log_p[j] - d.log_p[j]);
-                kl.push_back(std::max(divergence, 0.0));
-                agree += d.argmax == f.argmax ? 1 : 0;
+                for (size_t j = 0; j < f.log_p.size(); ++j) divergence += std::exp(f.log_p[j]) * (f.log_p[j] - d.log_p[j]);
+                acc[i].kl.push_back(std::max(divergence, 0.0));
+                acc[i].agree += d.argmax == f.argmax ? 1 : 0;
             }
-            if (i + 1 < params.n_ctx) {
-                runner.forward(*model.model, window.subspan(static_cast<size_t>(i), 1), i, logits);
-                if (reference) reference->forward(*model.model, window.subspan(static_cast<size_t>(i), 1), i, full_logits);
+            if (t + 1 < params.n_ctx) {
+                const auto next = window.subspan(static_cast<size_t>(t), 1);
+                for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, next, t, logits[i]);
+                if (reference) reference->forward(*model.model, next, t, full_logits);
             }
-            if (progress) progress(w * per_window + (i - params.prefix) + 1, total);
+            if (progress) progress(w * per_window + (t - params.prefix) + 1, total);
         }
-        if (runner.retrieval) add_stats(r.kv_stats, runner.retrieval->stats());
+        for (size_t i = 0; i < n_modes; ++i)
+            if (runners[i]->retrieval) add_stats(acc[i].stats, runners[i]->retrieval->stats());
     }
-    r.n_scored = static_cast<int64_t>(nll.size());
-    r.nll_mean = std::accumulate(nll.begin(), nll.end(), 0.0) / static_cast<double>(nll.size());
-    double var = 0.0;
-    for (double x : nll) var += (x - r.nll_mean) * (x - r.nll_mean);
-    var /= static_cast<double>(std::max<size_t>(nll.size() - 1, 1));
-    r.nll_stderr = std::sqrt(var / static_cast<double>(nll.size()));
-    if (compare) {
-        r.full_nll_mean = full_nll / static_cast<double>(nll.size());
-        r.kl_mean = std::accumulate(kl.begin(), kl.end(), 0.0) / static_cast<double>(kl.size());
-        std::vector<double> sorted = kl;
-        std::sort(sorted.begin(), sorted.end());
-        r.kl_p99 = sorted[std::min(sorted.size() - 1, sorted.size() * 99 / 100)];
-        r.top1_agreement = static_cast<double>(agree) / static_cast<double>(kl.size());
-    } else if (params.compare_full) {  // the mode is full itself
-        r.full_nll_mean = r.nll_mean;
-        r.top1_agreement = 1.0;
+    std::vector<PerplexityResult> results(n_modes);
+    for (size_t i = 0; i < n_modes; ++i) {
+        PerplexityResult& r = results[i];
+        const Accumulator& a = acc[i];
+        r.label = i < params.labels.size() ? params.labels[i] : kv_mode_name(modes[i].mode);
+        r.mode = modes[i];
+        r.n_windows = n_windows;
+        r.n_scored = static_cast<int64_t>(a.nll.size());
+        r.nll_mean = std::accumulate(a.nll.begin(), a.nll.end(), 0.0) / static_cast<double>(a.nll.size());
+        double var = 0.0;
+        for (double x : a.nll) var += (x - r.nll_mean) * (x - r.nll_mean);
+        var /= static_cast<double>(std::max<size_t>(a.nll.size() - 1, 1));
+        r.nll_stderr = std::sqrt(var / static_cast<double>(a.nll.size()));
+        r.kv_stats = a.stats;
+        if (params.compare_full) {
+            r.full_nll_mean = a.full_nll / static_cast<double>(a.nll.size());
+            r.kl_mean = std::accumulate(a.kl.begin(), a.kl.end(), 0.0) / static_cast<double>(a.kl.size());
+            std::vector<double> sorted = a.kl;
+            std::sort(sorted.begin(), sorted.end());
+            r.kl_p99 = sorted[std::min(sorted.size() - 1, sorted.size() * 99 / 100)];
+            r.top1_agreement = static_cast<double>(a.agree) / static_cast<double>(a.kl.size());
+        }
     }
-    return r;
+    return results;
 }
 
 }  // namespace freekv

@@ -21,10 +21,13 @@ struct PerplexityParams {
     int64_t prefix = 4096;     // prefilled tokens per window (not scored)
     int64_t max_windows = 0;   // 0 = every full window of the text
     bool compare_full = false;
-    KvModeConfig mode;
+    std::vector<KvModeConfig> modes;  // all run in lockstep on the same tokens and weights
+    std::vector<std::string> labels;  // one per mode, for reports
 };
 
 struct PerplexityResult {
+    std::string label;
+    KvModeConfig mode;
     int64_t n_windows = 0, n_scored = 0;
     double nll_mean = 0, nll_stderr = 0;           // nats per token
     double ppl() const;
@@ -35,8 +38,8 @@ struct PerplexityResult {
     KvStats kv_stats;                              // summed over windows (not for full)
 };
 
-/// progress(done, total) is called after every decoded token.
-PerplexityResult run_perplexity(const LoadedModel& model, const std::vector<int32_t>& tokens, const PerplexityParams& params,
+/// One result per mode, in order. progress(done, total) is called after every decoded token.
+std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std::vector<int32_t>& tokens, const PerplexityParams& params,
                                 const std::function<void(int64_t, int64_t)>& progress = {});
 
 }  // namespace freekv

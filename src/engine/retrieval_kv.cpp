@@ -2,6 +2,8 @@
 // (see retrieval_kv.h and design doc 3.6-3.10).
 #include "engine/retrieval_kv.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -373,29 +375,35 @@ void RetrievalKv::record_mass_recall(int64_t il, int32_t seq, const float* q, in
     const int64_t p = budget_.page_size, hd = model_.head_dim, n_kv = model_.n_head_kv, group = model_.group_size();
     const int64_t current = (n_tokens - 1) / p, n_pages = current + 1;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    std::vector<float> logits(sz(n_tokens));
-    for (int64_t h = 0; h < model_.n_head; ++h) {
-        const int64_t ikv = h / group;
-        const float* qh = q + h * hd;
-        for (int64_t j = 0; j < n_tokens; ++j) {
-            const int64_t page = j / p, r = j % p;
-            const float* key = page < current ? kv_->block(seq, page, il, ikv) + r * hd
-                                              : kv_->slot_k(il, seq, budget_.current_slot()) + r * n_kv * hd + ikv * hd;
-            float dot = 0.0f;
-            for (int64_t i = 0; i < hd; ++i) dot += qh[i] * key[i];
-            logits[sz(j)] = dot * scale;
+    // logits[g][j]: the group's query heads against every key of the sequence, one GEMM per page.
+    std::vector<float> logits(sz(group * n_tokens));
+    for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
+        const float* q_group = q + ikv * group * hd;
+        for (int64_t page = 0; page < n_pages; ++page) {
+            const bool in_store = page < current;
+            const float* keys = in_store ? kv_->block(seq, page, il, ikv)
+                                         : kv_->slot_k(il, seq, budget_.current_slot()) + ikv * hd;
+            const int64_t rows = in_store ? p : n_tokens - current * p;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(group), static_cast<blasint>(rows),
+                        static_cast<blasint>(hd), scale, q_group, static_cast<blasint>(hd), keys,
+                        static_cast<blasint>(in_store ? hd : n_kv * hd), 0.0f, logits.data() + page * p,
+                        static_cast<blasint>(n_tokens));
         }
-        const float mx = *std::max_element(logits.begin(), logits.end());
-        double total = 0.0, attended = 0.0;
-        for (int64_t j = 0; j < n_tokens; ++j) {
-            const double e = std::exp(static_cast<double>(logits[sz(j)] - mx));
-            total += e;
-            const int64_t page = j / p;
-            const bool in_set = page < budget_.n_sink_page || page >= n_pages - budget_.n_recent_page ||
-                                kv_->slot_of_page(il, seq, ikv, page) >= 0;
-            if (in_set) attended += e;
+        for (int64_t g = 0; g < group; ++g) {
+            const float* row = logits.data() + g * n_tokens;
+            const float mx = *std::max_element(row, row + n_tokens);
+            double total = 0.0, attended = 0.0;
+            for (int64_t page = 0; page < n_pages; ++page) {
+                const bool in_set = page < budget_.n_sink_page || page >= n_pages - budget_.n_recent_page ||
+                                    kv_->slot_of_page(il, seq, ikv, page) >= 0;
+                double mass = 0.0;
+                for (int64_t j = page * p; j < std::min(n_tokens, (page + 1) * p); ++j)
+                    mass += std::exp(static_cast<double>(row[j] - mx));
+                total += mass;
+                if (in_set) attended += mass;
+            }
+            stats_.mass_recall.push_back(static_cast<float>(attended / total));
         }
-        stats_.mass_recall.push_back(static_cast<float>(attended / total));
     }
 }
 
