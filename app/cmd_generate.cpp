@@ -3,6 +3,7 @@
 #include <random>
 
 #include "app/commands.h"
+#include "app/kv_flags.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/progress.h"
@@ -15,11 +16,12 @@ namespace {
 
 struct GenerateFlags {
     std::string model, prompt, file, device = "auto";
-    int64_t n_predict = 128, n_ctx = 0, page_size = 32;
+    int64_t n_predict = 128, n_ctx = 0;
     float temp = -1, top_p = -1;
     int top_k = -1, threads = 0;
     int64_t seed = -1;
-    bool no_progress = false;
+    bool no_progress = false, kv_stats = false;
+    KvFlags kv;
     std::string rope_freq_dtype = "f32";
 };
 
@@ -56,8 +58,8 @@ Command register_generate(CLI::App& cmd) {
     cmd.add_option("--top-p", f->top_p, "top-p (1 = off; default generation_config.json, else 0.95)")
         ->envname("FREEKV_ARG_TOP_P")->check(CLI::Range(0.0f, 1.0f));
     cmd.add_option("-s,--seed", f->seed, "seed (-1 = random; the seed used is logged)")->envname("FREEKV_ARG_SEED");
-    cmd.add_option("--kv-page-size", f->page_size, "tokens per KV page")
-        ->envname("FREEKV_ARG_KV_PAGE_SIZE")->check(CLI::IsMember({16, 32, 64}));
+    f->kv.add_to(cmd);
+    cmd.add_flag("--kv-stats", f->kv_stats, "print correction and recall counters at the end");
     cmd.add_flag("--no-progress", f->no_progress, "no progress line");
     add_threads_flag(cmd, f->threads);
     add_device_flag(cmd, f->device);
@@ -79,7 +81,8 @@ Command register_generate(CLI::App& cmd) {
         GenerateParams params;
         params.n_ctx = f->n_ctx;
         params.n_predict = f->n_predict;
-        params.page_size = f->page_size;
+        params.kv_mode = f->kv.resolve();
+        fmt::print(stderr, "{}\n", params.kv_mode.describe());
         params.progress = !f->no_progress;
         params.sampling.temperature = f->temp >= 0 ? f->temp : m.generation.temperature.value_or(0.8f);
         params.sampling.top_k = f->top_k >= 0 ? f->top_k : m.generation.top_k.value_or(40);
@@ -97,6 +100,13 @@ Command register_generate(CLI::App& cmd) {
         std::fputs(decoder.flush().c_str(), stdout);
         std::fputs("\n", stdout);
         print_perf(stats);
+        if (f->kv_stats || params.kv_mode.mode != KvMode::kFull) {
+            const KvStats& k = stats.kv;
+            fmt::print(stderr, "kv:   correction {:.1f}% of sparse layer-steps | {:.2f} pages/step recalled ({:.1f} MiB sync, "
+                       "{:.1f} MiB background)\n", 100.0 * k.correction_rate(), k.pages_per_step(),
+                       static_cast<double>(k.transfer.sync_bytes) / 1048576.0,
+                       static_cast<double>(k.transfer.background_bytes) / 1048576.0);
+        }
         return 0;
     };
 }

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "engine/kv_session.h"
 
 namespace freekv {
 
@@ -24,9 +25,7 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     const int64_t budget = n_ctx - n_prompt;
     const int64_t n_predict = params.n_predict < 0 ? budget : std::min(params.n_predict, budget);
 
-    PagedKvCache kv(c.n_layer, c.n_head_kv, c.head_dim, params.page_size,
-                    (n_prompt + n_predict + params.page_size - 1) / params.page_size + 1);
-    const int32_t seq = kv.add_sequence();
+    KvSession session(c, params.kv_mode, n_prompt + n_predict);
     const std::vector<int32_t> stop = m.stop_ids();
     Sampler sampler(params.sampling);
     GenerateStats stats;
@@ -38,8 +37,7 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
         ProgressLine progress("prefill", n_prompt, "tokens", params.progress && n_prompt > params.prefill_chunk);
         for (int64_t done = 0; done < n_prompt; done += params.prefill_chunk) {
             const int64_t n = std::min(params.prefill_chunk, n_prompt - done);
-            m.model->forward(std::span(prompt).subspan(static_cast<size_t>(done), static_cast<size_t>(n)), seq, kv,
-                             done + n == n_prompt ? 1 : 0, logits);
+            session.forward(*m.model, std::span(prompt).subspan(static_cast<size_t>(done), static_cast<size_t>(n)), logits);
             progress.update(done + n);
         }
     }
@@ -55,9 +53,10 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
         const bool is_stop = std::find(stop.begin(), stop.end(), next) != stop.end();
         if (!on_token(next) || is_stop || i + 1 == n_predict) break;
         const int32_t token[1] = {next};
-        m.model->forward(token, seq, kv, 1, logits);
+        session.forward(*m.model, token, logits);
     }
     stats.decode_ms = std::chrono::duration<double, std::milli>(t_last - t0).count() - stats.ttft_ms;
+    stats.kv = session.stats();
     return stats;
 }
 

@@ -1,5 +1,5 @@
 // generator.h: runs one prompt through prefill (in chunks, with a progress line) and decodes
-// token by token with a sampler, over a full-attention paged KV cache; reports timings.
+// token by token with a sampler, under any KV mode (KvSession); reports timings.
 // Invariants: the prompt plus generated tokens never exceed the context (checked before any work,
 // with a message naming -c); on_token is called once per generated token, in order.
 #pragma once
@@ -7,6 +7,8 @@
 #include <functional>
 #include <vector>
 
+#include "engine/kv_mode.h"
+#include "engine/retrieval_kv.h"
 #include "engine/sampler.h"
 #include "model/model_loader.h"
 
@@ -15,8 +17,8 @@ namespace freekv {
 struct GenerateParams {
     int64_t n_ctx = 0;           // 0 = the model's trained context
     int64_t n_predict = 128;     // -1 = until a stop token or the context is full
-    int64_t page_size = 32;
     int64_t prefill_chunk = 512;
+    KvModeConfig kv_mode = full_kv_mode();  // the CLI defaults to freekv
     SamplingParams sampling;
     bool progress = true;
 };
@@ -25,6 +27,7 @@ struct GenerateStats {
     int64_t n_prompt = 0, n_generated = 0;
     double prompt_ms = 0, decode_ms = 0, ttft_ms = 0;
     std::vector<double> step_ms;  // per decode step after the first token
+    KvStats kv;                   // retrieval counters (empty for full)
 };
 
 /// Generates a continuation of `prompt`; on_token(id) returns false to stop early.

@@ -41,6 +41,12 @@ struct KvModeConfig {
     std::string describe() const;
 };
 
+inline KvModeConfig full_kv_mode() {
+    KvModeConfig c;
+    c.mode = KvMode::kFull;
+    return c;
+}
+
 /// Parses --corr-threshold: "off", or a number in [-1, 2].
 float parse_correction_threshold(const std::string& s);
 

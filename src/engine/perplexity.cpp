@@ -7,7 +7,7 @@
 #include <numeric>
 
 #include "core/error.h"
-#include "kv/full_attention_kv.h"
+#include "engine/kv_session.h"
 
 namespace freekv {
 
@@ -30,32 +30,6 @@ Distribution log_softmax(std::span<const float> logits) {
     d.argmax = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     return d;
 }
-
-// One KV mode's state for one window: the AttentionKv and the sequence in it.
-struct Runner {
-    std::unique_ptr<PagedKvCache> cache;
-    std::unique_ptr<FullAttentionKv> full;
-    std::unique_ptr<RetrievalKv> retrieval;
-    int32_t seq = 0;
-    AttentionKv& kv() { return full ? static_cast<AttentionKv&>(*full) : *retrieval; }
-
-    Runner(const ModelConfig& c, const KvModeConfig& mode, int64_t n_ctx) {
-        if (mode.mode == KvMode::kFull) {
-            cache = std::make_unique<PagedKvCache>(c.n_layer, c.n_head_kv, c.head_dim, mode.page_size,
-                                                   (n_ctx + mode.page_size - 1) / mode.page_size);
-            full = std::make_unique<FullAttentionKv>(*cache, c.n_head);
-            seq = cache->add_sequence();
-        } else {
-            retrieval = make_retrieval_kv(c, mode, 1, n_ctx);
-            seq = retrieval->add_sequence(n_ctx);
-        }
-    }
-    void forward(const LlamaModel& m, std::span<const int32_t> tokens, int64_t pos0, std::vector<float>& logits) {
-        const SequenceSpan span{seq, pos0, static_cast<int64_t>(tokens.size()), 0};
-        const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
-        m.forward_batch(tokens, std::span(&span, 1), kv(), std::span(&last, 1), logits);
-    }
-};
 
 void add_stats(KvStats& total, const KvStats& s) {
     if (total.sparse_pairs.empty()) {
@@ -117,13 +91,13 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
     std::vector<float> full_logits;
     for (int64_t w = 0; w < n_windows; ++w) {
         const std::span<const int32_t> window(tokens.data() + w * params.n_ctx, static_cast<size_t>(params.n_ctx));
-        std::vector<std::unique_ptr<Runner>> runners;
-        for (const auto& m : modes) runners.push_back(std::make_unique<Runner>(c, m, params.n_ctx));
-        std::unique_ptr<Runner> reference;
-        if (params.compare_full) reference = std::make_unique<Runner>(c, full_mode, params.n_ctx);
+        std::vector<std::unique_ptr<KvSession>> runners;
+        for (const auto& m : modes) runners.push_back(std::make_unique<KvSession>(c, m, params.n_ctx));
+        std::unique_ptr<KvSession> reference;
+        if (params.compare_full) reference = std::make_unique<KvSession>(c, full_mode, params.n_ctx);
         const auto prompt = window.first(static_cast<size_t>(params.prefix));
-        for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, prompt, 0, logits[i]);
-        if (reference) reference->forward(*model.model, prompt, 0, full_logits);
+        for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, prompt, logits[i]);
+        if (reference) reference->forward(*model.model, prompt, full_logits);
         for (int64_t t = params.prefix; t < params.n_ctx; ++t) {
             const auto target = static_cast<size_t>(window[static_cast<size_t>(t)]);
             Distribution f;
@@ -140,13 +114,13 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
             }
             if (t + 1 < params.n_ctx) {
                 const auto next = window.subspan(static_cast<size_t>(t), 1);
-                for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, next, t, logits[i]);
-                if (reference) reference->forward(*model.model, next, t, full_logits);
+                for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, next, logits[i]);
+                if (reference) reference->forward(*model.model, next, full_logits);
             }
             if (progress) progress(w * per_window + (t - params.prefix) + 1, total);
         }
         for (size_t i = 0; i < n_modes; ++i)
-            if (runners[i]->retrieval) add_stats(acc[i].stats, runners[i]->retrieval->stats());
+            if (runners[i]->retrieval()) add_stats(acc[i].stats, runners[i]->stats());
     }
     std::vector<PerplexityResult> results(n_modes);
     for (size_t i = 0; i < n_modes; ++i) {

@@ -1,0 +1,35 @@
+// kv_session.cpp: see kv_session.h.
+#include "engine/kv_session.h"
+
+#include "core/error.h"
+
+namespace freekv {
+
+KvSession::KvSession(const ModelConfig& c, const KvModeConfig& mode, int64_t max_tokens) : max_tokens_(max_tokens) {
+    if (mode.mode == KvMode::kFull) {
+        cache_ = std::make_unique<PagedKvCache>(c.n_layer, c.n_head_kv, c.head_dim, mode.page_size,
+                                                (max_tokens + mode.page_size - 1) / mode.page_size);
+        full_ = std::make_unique<FullAttentionKv>(*cache_, c.n_head);
+        seq_ = cache_->add_sequence();
+    } else {
+        retrieval_ = make_retrieval_kv(c, mode, 1, max_tokens);
+        seq_ = retrieval_->add_sequence(max_tokens);
+    }
+}
+
+void KvSession::forward(const LlamaModel& model, std::span<const int32_t> tokens, std::vector<float>& logits) {
+    const auto n = static_cast<int64_t>(tokens.size());
+    FREEKV_CHECK(n > 0, "forward of no tokens");
+    if (n_tokens_ + n > max_tokens_)
+        FREEKV_FAIL("the sequence would hold {} tokens, more than the context of {} (-c/--ctx-size)", n_tokens_ + n,
+                    max_tokens_);
+    const SequenceSpan span{seq_, n_tokens_, n, 0};
+    const int64_t last = n - 1;
+    AttentionKv& kv = full_ ? static_cast<AttentionKv&>(*full_) : static_cast<AttentionKv&>(*retrieval_);
+    model.forward_batch(tokens, std::span(&span, 1), kv, std::span(&last, 1), logits);
+    n_tokens_ += n;
+}
+
+KvStats KvSession::stats() { return retrieval_ ? retrieval_->stats() : KvStats{}; }
+
+}  // namespace freekv

@@ -1,0 +1,38 @@
+// kv_session.h: one sequence decoded under one KV mode: the AttentionKv that mode needs (full:
+// a PagedKvCache with FullAttentionKv; any other mode: a RetrievalKv) plus the sequence in it.
+// Used by generate, perplexity and needle so that every tool runs every mode the same way.
+// Invariant: forward() feeds tokens at positions n_tokens() .. n_tokens() + size - 1.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/kv_mode.h"
+#include "engine/retrieval_kv.h"
+#include "kv/full_attention_kv.h"
+#include "model/llama_model.h"
+
+namespace freekv {
+
+class KvSession {
+public:
+    KvSession(const ModelConfig& config, const KvModeConfig& mode, int64_t max_tokens);
+
+    /// Runs `tokens` through the model; logits: [n_vocab] of the last token.
+    void forward(const LlamaModel& model, std::span<const int32_t> tokens, std::vector<float>& logits);
+    int64_t n_tokens() const { return n_tokens_; }
+    int64_t max_tokens() const { return max_tokens_; }
+    /// Counters of the retrieval modes (empty for full).
+    KvStats stats();
+    RetrievalKv* retrieval() { return retrieval_.get(); }
+
+private:
+    std::unique_ptr<PagedKvCache> cache_;
+    std::unique_ptr<FullAttentionKv> full_;
+    std::unique_ptr<RetrievalKv> retrieval_;
+    int32_t seq_ = 0;
+    int64_t n_tokens_ = 0, max_tokens_ = 0;
+};
+
+}  // namespace freekv
