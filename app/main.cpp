@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
     add("inspect", "print the model summary and its tensors; runs nothing", register_inspect);
     add("perplexity", "decode-time perplexity of a text under a KV mode (--compare full for KL, top-1, mass recall)",
         register_perplexity);
+    add("needle", "passkey / key-value retrieval accuracy by depth and length", register_needle);
     CLI11_PARSE(app, argc, argv);
     try {
         for (auto& [sub, run] : commands)

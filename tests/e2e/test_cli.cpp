@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 
@@ -82,6 +83,52 @@ TEST(Cli, PromptLongerThanContextIsRefused) {
     const Result r = run("generate -m " + dir->string() + " -p 'one two three four five six seven' -c 4 -n 4");
     EXPECT_EQ(r.code, 1);
     EXPECT_NE(r.output.find("-c/--ctx-size"), std::string::npos) << r.output;
+}
+
+TEST(Cli, PerplexityComparesModesInOneRun) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    const auto text = *test::shared_dir() / "text" / "eval_wp_tail.txt";
+    const Result r = run("perplexity -m " + dir->string() + " -f " + text.string() +
+                         " -c 512 --prefix 256 --chunks 1 --kv-mode full,streaming,freekv --kv-budget 192 --kv-sink 32 "
+                         "--kv-recent 64 --compare full --no-progress -o json");
+    ASSERT_EQ(r.code, 0) << r.output;
+    // full against itself: zero KL, perfect agreement; the others scored over the same 256 tokens.
+    EXPECT_NE(r.output.find("{\"kv_mode\":\"full\""), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\"kl_mean\":0,\"kl_p99\":0,\"top1\":1.000000"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("{\"kv_mode\":\"streaming\""), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("{\"kv_mode\":\"freekv\""), std::string::npos) << r.output;
+    EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n') >= 3, true);
+}
+
+TEST(Cli, PerplexityRejectsBadFlags) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    const auto text = *test::shared_dir() / "text" / "eval_wp_tail.txt";
+    Result r = run("perplexity -m " + dir->string() + " -f " + text.string() + " -c 512 --prefix 256 --kv-budget 100");
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.output.find("--kv-budget 100 must be a multiple of --kv-page-size 32"), std::string::npos) << r.output;
+    r = run("perplexity -m " + dir->string() + " -f " + text.string() + " -c 512 --prefix 256 --kv-mode bogus");
+    EXPECT_NE(r.output.find("--kv-mode 'bogus' must be one of"), std::string::npos) << r.output;
+    r = run("perplexity -m " + dir->string() + " -f " + text.string() + " -c 512 --prefix 600");
+    EXPECT_NE(r.output.find("--prefix 600"), std::string::npos) << r.output;
+}
+
+TEST(Cli, NeedleRunsEndToEnd) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    const auto text = *test::shared_dir() / "text" / "eval_wp_tail.txt";
+    const Result r = run("needle -m " + dir->string() + " --haystack " + text.string() +
+                         " --lengths 200,300 --depths 0,50,100 --trials 1 --kv-mode freekv --kv-budget 128 --kv-sink 32 "
+                         "--kv-recent 64 --no-progress");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("| depth | 200 | 300 |"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("| 50% |"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("overall "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("/6 = "), std::string::npos) << r.output;
+    const Result missing = run("needle -m " + dir->string() + " --lengths 200");
+    EXPECT_EQ(missing.code, 1);
+    EXPECT_NE(missing.output.find("--haystack"), std::string::npos) << missing.output;
 }
 
 TEST(Cli, TokenizeRoundTrip) {

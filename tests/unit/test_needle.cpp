@@ -1,0 +1,89 @@
+// test_needle.cpp: needle placement and scoring. A byte-level tokenizer without merges (one token
+// per byte) makes token positions easy to check by hand; cases must have the exact length, the
+// needle at the stated depth, and answers must be scored by exact match only.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "engine/needle.h"
+#include "tokenizer/byte_level.h"
+
+namespace freekv {
+namespace {
+
+std::unique_ptr<Tokenizer> byte_tokenizer() {
+    TokenizerSpec spec;
+    for (int i = 0; i < 256; ++i) {
+        std::string s;
+        append_utf8(s, byte_to_unicode(static_cast<uint8_t>(i)));
+        spec.vocab.emplace_back(s, i);
+    }
+    PreTokenizerStep bl;
+    bl.kind = PreTokenizerStep::Kind::kByteLevel;
+    spec.pre_tokenizer.push_back(bl);
+    return std::make_unique<Tokenizer>(spec);
+}
+
+TEST(Needle, ScoringIsExactMatch) {
+    EXPECT_TRUE(score_passkey(" 482913. Remember", "482913"));
+    EXPECT_TRUE(score_passkey("482913", "482913"));
+    EXPECT_FALSE(score_passkey(" 4829134", "482913"));  // longer number
+    EXPECT_FALSE(score_passkey(" 48291", "482913"));    // truncated
+    EXPECT_FALSE(score_passkey(" 11 482913", "482913")); // first number decides
+    EXPECT_FALSE(score_passkey(" none", "482913"));
+    EXPECT_TRUE(score_kv("a1b2-c3\" and more", "a1b2-c3"));
+    EXPECT_TRUE(score_kv(" \"a1b2-c3\"", "a1b2-c3"));
+    EXPECT_FALSE(score_kv("a1b2-c", "a1b2-c3"));
+    EXPECT_FALSE(score_kv("x a1b2-c3", "a1b2-c3"));
+}
+
+TEST(Needle, PasskeySitsAtTheStatedDepth) {
+    auto tok = byte_tokenizer();
+    std::string filler;
+    for (int i = 0; i < 400; ++i) filler += "The grass is green. ";
+    const auto haystack = tok->encode(filler);
+    for (double depth : {0.0, 0.1, 0.5, 0.9, 1.0}) {
+        std::mt19937_64 rng(7);
+        const NeedleCase c = make_passkey_case(*tok, haystack, 1000, depth, rng);
+        ASSERT_EQ(c.prompt.size(), 1000u);
+        EXPECT_GE(c.answer.size(), 5u);
+        EXPECT_LE(c.answer.size(), 8u);
+        const std::string text = tok->decode(c.prompt);
+        const std::string needle = "\nThe pass key is " + c.answer + ".";
+        EXPECT_EQ(text.substr(static_cast<size_t>(c.needle_pos), needle.size()), needle) << depth;
+        const auto intro = tok->encode("There is an important pass key hidden inside a lot of irrelevant text. Find it and "
+                                       "memorize it.\n\n").size();
+        EXPECT_EQ(c.needle_pos - static_cast<int64_t>(intro), std::llround(depth * static_cast<double>(c.filler_tokens)));
+        EXPECT_TRUE(text.ends_with("What is the pass key? The pass key is"));
+    }
+}
+
+TEST(Needle, KeyValueAsksThePairAtTheStatedDepth) {
+    auto tok = byte_tokenizer();
+    for (double depth : {0.0, 0.5, 1.0}) {
+        std::mt19937_64 rng(9);
+        const NeedleCase c = make_kv_case(*tok, 2000, depth, rng);
+        ASSERT_EQ(c.prompt.size(), 2000u);
+        EXPECT_EQ(c.answer.size(), 36u);
+        const std::string text = tok->decode(c.prompt);
+        const std::string pair = text.substr(static_cast<size_t>(c.needle_pos), 84);  // "k": "v",
+        const std::string key = pair.substr(1, 36);
+        EXPECT_EQ(pair.substr(41, 36), c.answer);
+        EXPECT_NE(text.find("Key: \"" + key + "\""), std::string::npos);
+        const int64_t pairs_before = static_cast<int64_t>(std::count(text.begin(), text.begin() + c.needle_pos, ':')) - 1;
+        EXPECT_EQ(pairs_before, std::llround(depth * static_cast<double>(c.filler_tokens - 1))) << depth;
+    }
+}
+
+TEST(Needle, TooShortLengthsAreRefused) {
+    auto tok = byte_tokenizer();
+    const auto haystack = tok->encode(std::string(5000, 'x'));
+    std::mt19937_64 rng(1);
+    EXPECT_THROW(make_passkey_case(*tok, haystack, 50, 0.5, rng), Error);
+    EXPECT_THROW(make_passkey_case(*tok, tok->encode("short"), 1000, 0.5, rng), Error);
+    EXPECT_THROW(make_kv_case(*tok, 80, 0.5, rng), Error);
+}
+
+}  // namespace
+}  // namespace freekv
