@@ -1,0 +1,34 @@
+// gather_pages.cuh: the recall job record shared by the gather kernel's launcher and its callers
+// (host and device), and the launcher's signature. Device-free: includes no CUDA headers.
+// Invariants: a job names one (sequence, KV head, logical page, destination slot); the source is
+// the HND block [2][page_size][head_dim] of that (page, layer, head) in the CPU store; the
+// destination is the KV head's slice of the slot in the NHD budget cache.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace freekv::cuda {
+
+struct GatherJob {
+    int32_t seq, ikv, page, slot;
+};
+
+/// Shapes and pointers of one gather launch. Element type is 2 bytes (bf16/fp16): the kernel
+/// moves bytes and never converts.
+struct GatherArgs {
+    const uint16_t* cpu_store = nullptr;   // device pointer to mapped pinned host memory
+    const int32_t* cpu_page_of = nullptr;  // [max_batch][max_pages] CPU page id of each logical page (device)
+    uint16_t* budget_cache = nullptr;      // [L][max_batch][n_slots][2][page_size][n_head_kv][head_dim] (device)
+    const GatherJob* jobs = nullptr;       // [n_jobs_capacity] (device)
+    const int32_t* n_jobs = nullptr;       // job count, in device memory (R1: no host copy)
+    int32_t il = 0, n_layer = 0, max_batch = 0, max_pages = 0, n_slots = 0;
+    int32_t page_size = 32, n_head_kv = 8, head_dim = 128;
+    int32_t ctas = 64;
+};
+
+/// Launches the zero-copy gather on `stream` (a cudaStream_t passed as void*). Returns "" or the
+/// CUDA error text.
+std::string gather_pages(const GatherArgs& args, void* stream);
+
+}  // namespace freekv::cuda
