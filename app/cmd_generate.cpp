@@ -106,6 +106,15 @@ Command register_generate(CLI::App& cmd) {
                        "{:.1f} MiB background)\n", 100.0 * k.correction_rate(), k.pages_per_step(),
                        static_cast<double>(k.transfer.sync_bytes) / 1048576.0,
                        static_cast<double>(k.transfer.background_bytes) / 1048576.0);
+            if (f->kv_stats && !k.sparse_pairs.empty()) {
+                const auto n_kv = static_cast<size_t>(m.config.n_head_kv);
+                for (size_t il = 0; il < k.sparse_pairs.size(); ++il) {
+                    std::string heads;
+                    for (size_t h = 0; h < n_kv; ++h) heads += fmt::format(" {:.2f}", k.layer_head_pages_per_step(il, h, n_kv));
+                    fmt::print(stderr, "kv:   layer {:2} | correction {:5.1f}% | pages/step per KV head:{}\n", il,
+                               100.0 * k.layer_correction_rate(il), heads);
+                }
+            }
         }
         return 0;
     };

@@ -15,7 +15,7 @@ void KvFlags::add_to(CLI::App& cmd) {
     cmd.add_option("--kv-sink", sink, "sink tokens always attended (512)")->envname("FREEKV_ARG_KV_SINK");
     cmd.add_option("--kv-recent", recent, "recent-window tokens, current page included (512)")->envname("FREEKV_ARG_KV_RECENT");
     cmd.add_option("--kv-page-size", page_size, "tokens per page: 16, 32 or 64 (32)")->envname("FREEKV_ARG_KV_PAGE_SIZE");
-    cmd.add_option("--corr-threshold", corr_threshold, "correction threshold tau: off or a number in [-1, 2] (0.9)")
+    cmd.add_option("--corr-threshold", corr_threshold, "correction threshold tau: a number in [-1, 2]; off or 0 turns correction off (0.9)")
         ->envname("FREEKV_ARG_CORR_THRESHOLD");
     cmd.add_flag("--no-spec-retrieval", no_spec, "select with the current query, synchronously, every sparse step")
         ->envname("FREEKV_ARG_NO_SPEC_RETRIEVAL");

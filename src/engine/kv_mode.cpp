@@ -32,7 +32,9 @@ const char* kv_mode_name(KvMode m) {
 }
 
 float parse_correction_threshold(const std::string& s) {
-    if (s == "off") return std::numeric_limits<float>::quiet_NaN();
+    // NOTE: "0" also means off (the issue tracker's spelling); a literal threshold of 0 would flag
+    // only heads whose query reversed direction, which the range [-1, 2] otherwise allows.
+    if (s == "off" || s == "0") return std::numeric_limits<float>::quiet_NaN();
     float v = 0;
     try {
         size_t used = 0;

@@ -47,7 +47,7 @@ inline KvModeConfig full_kv_mode() {
     return c;
 }
 
-/// Parses --corr-threshold: "off", or a number in [-1, 2].
+/// Parses --corr-threshold: "off" or "0" (correction off), or a number in [-1, 2].
 float parse_correction_threshold(const std::string& s);
 
 }  // namespace freekv

@@ -50,6 +50,10 @@ void add_stats(KvStats& total, const KvStats& s) {
     total.transfer.sync_bytes += s.transfer.sync_bytes;
     total.transfer.background_bytes += s.transfer.background_bytes;
     total.mass_recall.insert(total.mass_recall.end(), s.mass_recall.begin(), s.mass_recall.end());
+    for (size_t i = 0; i < s.recalled_sync.size(); ++i) {
+        total.recalled_sync[i] += s.recalled_sync[i];
+        total.recalled_background[i] += s.recalled_background[i];
+    }
 }
 
 }  // namespace

@@ -34,6 +34,17 @@ double KvStats::pages_per_step() const {
                               : 0.0;
 }
 
+double KvStats::layer_correction_rate(size_t il) const {
+    return sparse_pairs[il] > 0 ? static_cast<double>(corrected_pairs[il]) / static_cast<double>(sparse_pairs[il]) : 0.0;
+}
+
+double KvStats::layer_head_pages_per_step(size_t il, size_t ikv, size_t n_head_kv) const {
+    const size_t i = il * n_head_kv + ikv;
+    return sequence_steps > 0 ? static_cast<double>(recalled_sync[i] + recalled_background[i]) /
+                                    static_cast<double>(sequence_steps)
+                              : 0.0;
+}
+
 double KvStats::mass_recall_mean() const {
     if (mass_recall.empty()) return 1.0;
     return std::accumulate(mass_recall.begin(), mass_recall.end(), 0.0) / static_cast<double>(mass_recall.size());
@@ -70,6 +81,8 @@ RetrievalKv::RetrievalKv(const ModelConfig& model, const KvModeConfig& mode, int
     std::iota(identity_slots_.begin(), identity_slots_.end(), 0);
     for (auto* v : {&stats_.sparse_pairs, &stats_.corrected_pairs, &stats_.forced_pairs, &stats_.head_tests, &stats_.head_flags})
         v->assign(sz(model.n_layer), 0);
+    recalled_sync_.assign(sz(model.n_layer * model.n_head_kv), 0);
+    recalled_background_ = std::make_unique<std::atomic<int64_t>[]>(sz(model.n_layer * model.n_head_kv));
 }
 
 RetrievalKv::~RetrievalKv() {
@@ -103,6 +116,9 @@ bool RetrievalKv::selects() const {
 KvStats RetrievalKv::stats() {
     transfer_->wait_all();
     stats_.transfer = transfer_->counters();
+    stats_.recalled_sync = recalled_sync_;
+    stats_.recalled_background.resize(recalled_sync_.size());
+    for (size_t i = 0; i < recalled_sync_.size(); ++i) stats_.recalled_background[i] = recalled_background_[i].load();
     return stats_;
 }
 
@@ -166,6 +182,7 @@ void RetrievalKv::attend(int64_t il, std::span<const SequenceSpan> spans, const 
         for (const Background& b : background)
             for (int32_t ikv : b.heads) select_head(il, b.seq, ikv, b.q, b.n_pages, plan.jobs);
         kv_->apply_maps(plan);
+        for (const RecallJob& j : plan.jobs) recalled_background_[sz(il * model_.n_head_kv + j.ikv)].fetch_add(1);
         return plan;
     });
 }
@@ -349,6 +366,7 @@ void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float
         for (int32_t ikv : flagged) select_head(il, seq, ikv, q, n_pages, plan.jobs);
         kv_->apply_maps(plan);
         transfer_->recall_sync(plan);
+        for (const RecallJob& j : plan.jobs) ++recalled_sync_[sz(il * n_kv + j.ikv)];
     }
 
     // ---- attention over all slots; each KV head sees its own middle pages ----

@@ -13,6 +13,7 @@
 //     heads.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -32,6 +33,8 @@ struct KvStats {
     std::vector<int64_t> forced_pairs;      // [n_layer] forced-synchronous (step, seq) pairs
     std::vector<int64_t> head_tests, head_flags;  // [n_layer] per KV head
     int64_t sequence_steps = 0;             // (step, seq) pairs decoded
+    std::vector<int64_t> recalled_sync;     // [n_layer][n_head_kv] blocks recalled before attention
+    std::vector<int64_t> recalled_background;  // [n_layer][n_head_kv] blocks recalled speculatively
     TransferCounters transfer;
     std::vector<float> mass_recall;         // per (sparse step, layer, seq, query head)
 
@@ -39,6 +42,9 @@ struct KvStats {
     double pages_per_step() const;          // recalled blocks per decoded (step, seq)
     double mass_recall_mean() const;
     double mass_recall_percentile(double p) const;
+    /// Correction rate of one layer; blocks recalled per decoded (step, seq) for one layer and head.
+    double layer_correction_rate(size_t il) const;
+    double layer_head_pages_per_step(size_t il, size_t ikv, size_t n_head_kv) const;
 };
 
 /// What one KV head attended to at one sparse (step, layer, sequence); tests compare these
@@ -110,6 +116,9 @@ private:
     std::vector<SeqState> seqs_;
     std::vector<int32_t> identity_slots_;       // 0 .. n_slots - 1
     std::vector<float> history_k_, history_v_;  // prefill scratch [T][n_head_kv][head_dim]
+    // [n_layer][n_head_kv] recall counts; the background ones are written by the transfer worker.
+    std::vector<int64_t> recalled_sync_;
+    std::unique_ptr<std::atomic<int64_t>[]> recalled_background_;
     int64_t step_ = 0;
     KvStats stats_;
     AttendObserver observer_;
