@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test.sh: the README's second command and what CI runs. Installs the Debian dependencies, builds
 # the cpu-debug preset (AddressSanitizer + UndefinedBehaviorSanitizer, debug checks, -Werror) and
-# runs the whole test suite with ctest, then the threaded KV tests under ThreadSanitizer (cpu-tsan).
+# runs the whole test suite with ctest, then again under ThreadSanitizer (cpu-tsan).
 # Exits non-zero when any test fails.
 # Tests that need ../shared (the reference model) or the npm tokenizer files skip with a message
 # when those are missing; `ctest -L unit` runs only the self-contained ones.
@@ -12,8 +12,8 @@ cmake --preset cpu-debug >/dev/null
 cmake --build --preset cpu-debug
 status=0
 ctest --preset cpu-debug "$@" || status=$?
-# The transfer engine's threads under ThreadSanitizer (OpenMP off there: libgomp is not
-# instrumented and its barriers would read as races).
+# The whole suite again under ThreadSanitizer, for the transfer engine's threads (OpenMP runs one
+# thread there: libgomp is not instrumented and its barriers would read as races).
 cmake --preset cpu-tsan >/dev/null
 cmake --build --preset cpu-tsan
 ctest --preset cpu-tsan || status=$?
