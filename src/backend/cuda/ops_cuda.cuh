@@ -1,0 +1,37 @@
+// ops_cuda.cuh: host-callable CUDA ops (device pointers in, device pointers out; `stream` is a
+// cudaStream_t passed as void*). Same semantics as the reference twin in backend/ops.h, with
+// bf16 weights and KV (stored as uint16_t) and fp32 activations; checked by tests/cuda against it.
+// Invariant: every launcher checks cudaGetLastError and throws freekv::Error on failure.
+#pragma once
+
+#include <cstdint>
+
+namespace freekv::cuda {
+
+/// y[m, n] = x[m, n] / rms(x[m, :]) * w[n]; w bf16.
+void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream);
+/// In-place rotary embedding on x[n_tok, n_heads, head_dim]; neox = rotate-half pairs (i, i + d/2).
+void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions, const float* inv_freq,
+          bool neox, void* stream);
+/// gate[i] = silu(gate[i]) * up[i].
+void silu_mul(float* gate, const float* up, int64_t n, void* stream);
+/// out[n_tok, n_embd] = bf16 rows `ids` of table[n_vocab, n_embd], widened to fp32.
+void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream);
+
+/// Decode attention of one query token per sequence over per-(sequence, KV head) page lists of a
+/// bf16 NHD page store: element (page, token r, head h, dim i) of sequence s's K is at
+/// k[s * stride_seq + page * stride_page + r * stride_tok + h * head_dim + i].
+struct PagesAttentionArgs {
+    const float* q = nullptr;          // [n_seq][n_head][head_dim]
+    const uint16_t* k = nullptr;       // bf16 page store
+    const uint16_t* v = nullptr;
+    const int32_t* page_ids = nullptr; // [n_seq][n_head_kv][max_list]
+    const int32_t* n_pages = nullptr;  // [n_seq] list length
+    const int32_t* last_len = nullptr; // [n_seq] valid tokens of the last listed page
+    float* out = nullptr;              // [n_seq][n_head][head_dim]
+    int32_t n_seq = 0, n_head = 0, n_head_kv = 0, head_dim = 0, page_size = 0, max_list = 0;
+    int64_t stride_seq = 0, stride_page = 0, stride_tok = 0;
+};
+void attention_pages(const PagesAttentionArgs& args, void* stream);
+
+}  // namespace freekv::cuda
