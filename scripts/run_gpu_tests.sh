@@ -23,7 +23,7 @@ else
     status=1
 fi
 "$bin/bench_recall" 4096 20 > "$out/bench_recall.md" 2>&1 || status=1
-echo "== test_cuda_ops"; grep -E "^\[  (PASSED|FAILED|SKIPPED) \]|Failure" "$out/test_cuda_ops.txt" | head -20
+echo "== test_cuda_ops"; grep -E "^\[ +(OK|PASSED|FAILED|SKIPPED)|Failure" "$out/test_cuda_ops.txt" | head -20
 echo "== memcheck"; tail -3 "$out/memcheck.txt"
 echo "== racecheck"; tail -3 "$out/racecheck.txt"
 echo "== bench_recall"; grep -E "16 KiB \| 256 \||validation" "$out/bench_recall.md"
