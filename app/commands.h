@@ -16,6 +16,7 @@ Command register_tokenize(CLI::App& app);
 Command register_inspect(CLI::App& app);
 Command register_perplexity(CLI::App& app);
 Command register_needle(CLI::App& app);
+Command register_bench(CLI::App& app);
 
 /// Adds -m/--model (required) with its environment variable.
 CLI::Option* add_model_flag(CLI::App& cmd, std::string& model_path);

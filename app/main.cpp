@@ -77,6 +77,7 @@ int main(int argc, char** argv) {
     add("perplexity", "decode-time perplexity of a text under a KV mode (--compare full for KL, top-1, mass recall)",
         register_perplexity);
     add("needle", "passkey / key-value retrieval accuracy by depth and length", register_needle);
+    add("bench", "every KV mode side by side: decode speed, floor ratio, breakdown, recall volume", register_bench);
     CLI11_PARSE(app, argc, argv);
     try {
         for (auto& [sub, run] : commands)

@@ -55,7 +55,9 @@ std::string KvModeConfig::describe() const {
         s += fmt::format(" | summary {} | group-agg {}", summary_kind_name(summary_kind()), group_agg_name(aggregation()));
     if (mode == KvMode::kFreekv)
         s += fmt::format(" | spec {} | corr {}", spec_retrieval ? "on" : "off",
-                         correction_on() ? fmt::format("{:.2f}", correction_threshold) : std::string("off"));
+                         force_corr_rate ? fmt::format("forced at rate {:.2f}", *force_corr_rate)
+                         : correction_on() ? fmt::format("{:.2f}", correction_threshold)
+                                           : std::string("off"));
     return s;
 }
 

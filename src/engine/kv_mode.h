@@ -26,6 +26,7 @@ struct KvModeConfig {
     std::optional<GroupAgg> group_agg;   // default per mode
     bool check_invariants = false;       // T6 checks after every sparse attention (slow)
     bool attention_mass_recall = false;  // compute the share of full attention mass attended
+    std::optional<float> force_corr_rate;  // benchmarks: flag each (step, layer, seq, KV head) with this probability
 
     KvBudget make_budget() const { return KvBudget::make(page_size, budget, sink, recent, mode == KvMode::kStreaming); }
     SummaryKind summary_kind() const {

@@ -5,6 +5,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -333,15 +334,22 @@ void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float
     float* ring_now = kv_->query(il, seq, s.n_queries % 2);
     const float* ring_prev = kv_->query(il, seq, (s.n_queries + 1) % 2);
 
+    using clock = std::chrono::steady_clock;
+    auto ms_since = [](clock::time_point t) { return std::chrono::duration<double, std::milli>(clock::now() - t).count(); };
     if (!sparse) {  // dense: the same attention call as full mode, over slots 0 .. n_pages-1
         const auto position = static_cast<int32_t>(n_tokens - 1);
+        const auto t_attention = clock::now();
         cpu::attention(q, {1, model_.n_head, n_kv, hd, &position},
                        kv_->slot_view(il, seq, identity_slots_.data(), n_pages, p), out);
+        stats_.attention_ms += ms_since(t_attention);
         std::memcpy(ring_now, q, sz(model_.n_head * hd) * 4);
         return;
     }
 
+    const auto t_wait = clock::now();
     if (speculative()) transfer_->wait(il, step_ - 1);  // Sel_{t-1} has landed
+    stats_.recall_wait_ms += ms_since(t_wait);
+    const auto t_select = clock::now();
     // ---- correction test (design doc 3.7) ----
     std::vector<int32_t> flagged, unflagged;
     if (selects()) {
@@ -349,8 +357,11 @@ void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float
         const int64_t group = model_.group_size();
         for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
             bool flag = all;
-            if (!all && mode_.correction_on())
+            if (!all && mode_.force_corr_rate) {
+                flag = std::uniform_real_distribution<float>(0.0f, 1.0f)(force_rng_) < *mode_.force_corr_rate;
+            } else if (!all && mode_.correction_on()) {
                 flag = group_cosine(q + ikv * group * hd, ring_prev + ikv * group * hd, group, hd) < mode_.correction_threshold;
+            }
             (flag ? flagged : unflagged).push_back(static_cast<int32_t>(ikv));
         }
         if (s.forced) {
@@ -369,9 +380,12 @@ void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float
         for (const RecallJob& j : plan.jobs) ++recalled_sync_[sz(il * n_kv + j.ikv)];
     }
 
+    stats_.select_ms += ms_since(t_select);
     // ---- attention over all slots; each KV head sees its own middle pages ----
+    const auto t_attention = clock::now();
     cpu::attention_pages(q, {1, model_.n_head, n_kv, hd, nullptr},
                          kv_->slot_view(il, seq, identity_slots_.data(), budget_.n_budget_page, fill), out);
+    stats_.attention_ms += ms_since(t_attention);
     if (mode_.attention_mass_recall) record_mass_recall(il, seq, q, n_tokens);
     if (observer_) {
         for (int64_t ikv = 0; ikv < n_kv; ++ikv) {

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <random>
 #include <vector>
 
 #include "engine/kv_mode.h"
@@ -37,6 +38,9 @@ struct KvStats {
     std::vector<int64_t> recalled_background;  // [n_layer][n_head_kv] blocks recalled speculatively
     TransferCounters transfer;
     std::vector<float> mass_recall;         // per (sparse step, layer, seq, query head)
+    // Critical-path time on the main thread (ms): correction test + corrective selection + sync
+    // recall; waiting for the background recall of the previous step; attention.
+    double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
 
     double correction_rate() const;         // over all layers
     double pages_per_step() const;          // recalled blocks per decoded (step, seq)
@@ -121,6 +125,7 @@ private:
     std::unique_ptr<std::atomic<int64_t>[]> recalled_background_;
     int64_t step_ = 0;
     KvStats stats_;
+    std::mt19937_64 force_rng_{1234};  // --force-corr-rate draws
     AttendObserver observer_;
 };
 

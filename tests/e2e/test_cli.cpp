@@ -131,6 +131,20 @@ TEST(Cli, NeedleRunsEndToEnd) {
     EXPECT_NE(missing.output.find("--haystack"), std::string::npos) << missing.output;
 }
 
+TEST(Cli, BenchTinyPrintsEveryMode) {
+    const Result r = run("bench --shape tiny -d 300 -b 1,2 -n 3 -r 1 --kv-budget 256 --kv-sink 32 --kv-recent 64 --device cpu");
+    ASSERT_EQ(r.code, 0) << r.output;
+    for (const char* mode : {"full", "budget-only", "streaming", "quest", "arkvale", "freekv", "freekv:corr-off", "freekv:no-spec"})
+        for (const char* batch : {"| 300 | 1 |", "| 300 | 2 |"})
+            EXPECT_NE(r.output.find(std::string("| ") + mode + " " + batch), std::string::npos) << mode << batch << "\n" << r.output;
+    EXPECT_NE(r.output.find("| budget-only | 300 | 1 |"), std::string::npos);
+    EXPECT_NE(r.output.find("| 100% |"), std::string::npos) << "budget-only is its own floor";
+    EXPECT_NE(r.output.find("forced at rate 0.50"), std::string::npos);
+    const Result bad = run("bench --shape nope --device cpu");
+    EXPECT_EQ(bad.code, 1);
+    EXPECT_NE(bad.output.find("--shape 'nope'"), std::string::npos) << bad.output;
+}
+
 TEST(Cli, TokenizeRoundTrip) {
     auto dir = test::ref_model_dir();
     if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";

@@ -33,7 +33,7 @@ std::optional<WeightView> TensorSource::find(const std::string& name) const {
 
 std::string TensorSource::file_of(const std::string& name) const {
     auto it = file_of_tensor_.find(name);
-    if (it == file_of_tensor_.end()) return "?";
+    if (it == file_of_tensor_.end()) return "(synthetic)";
     return files_.at(static_cast<size_t>(it->second))->path();
 }
 
@@ -61,6 +61,17 @@ int64_t TensorSource::total_bytes() const {
 int TensorSource::add_file(MappedFile file) {
     files_.push_back(std::make_unique<MappedFile>(std::move(file)));
     return static_cast<int>(files_.size()) - 1;
+}
+
+WeightView TensorSource::add_owned(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                                   std::vector<uint8_t> bytes) {
+    FREEKV_CHECK(!tensors_.count(name), "tensor '{}' added twice", name);
+    owned_.push_back(std::move(bytes));
+    WeightView view{name, dtype, std::move(shape), owned_.back().data()};
+    FREEKV_CHECK(static_cast<int64_t>(owned_.back().size()) == view.rows() * view.row_bytes(),
+                 "tensor '{}': {} bytes for shape of {}", name, owned_.back().size(), view.rows() * view.row_bytes());
+    tensors_[name] = view;
+    return view;
 }
 
 void TensorSource::add(WeightView view, int file_index) {

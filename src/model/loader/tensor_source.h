@@ -33,6 +33,8 @@ public:
     /// Adds a tensor owned by another component (e.g. a GGUF reader).
     void add(WeightView view, int file_index);
     int add_file(MappedFile file);
+    /// Adds a tensor whose bytes this source owns (synthetic weights); returns its view.
+    WeightView add_owned(const std::string& name, DType dtype, std::vector<int64_t> shape, std::vector<uint8_t> bytes);
     const MappedFile& file(int index) const { return *files_.at(static_cast<size_t>(index)); }
     int n_files() const { return static_cast<int>(files_.size()); }
 
@@ -40,6 +42,7 @@ private:
     std::vector<std::unique_ptr<MappedFile>> files_;
     std::map<std::string, WeightView> tensors_;
     std::map<std::string, int> file_of_tensor_;
+    std::vector<std::vector<uint8_t>> owned_;  // bytes of add_owned tensors
 };
 
 /// Opens an HF folder's weights: model.safetensors.index.json (sharded) or model.safetensors.

@@ -1,0 +1,121 @@
+// cmd_bench.cpp: `freekv bench`: every KV mode side by side on one model (a named synthetic shape
+// by default, or -m), over depths and batch sizes, in one table (markdown, csv or json lines).
+#include <fmt/format.h>
+
+#include <sstream>
+
+#include "app/commands.h"
+#include "app/kv_flags.h"
+#include "core/error.h"
+#include "engine/bench.h"
+#include "model/synthetic_model.h"
+
+namespace freekv::app {
+
+namespace {
+
+std::vector<int64_t> parse_sizes(const std::string& s, const char* flag) {
+    std::vector<int64_t> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        try {
+            out.push_back(std::stoll(item));
+        } catch (const std::exception&) {
+            FREEKV_FAIL("{} '{}' must be a comma-separated list of integers", flag, s);
+        }
+        if (out.back() <= 0) FREEKV_FAIL("{} values must be positive, got {}", flag, out.back());
+    }
+    if (out.empty()) FREEKV_FAIL("{} is empty", flag);
+    return out;
+}
+
+}  // namespace
+
+Command register_bench(CLI::App& cmd) {
+    struct Flags {
+        std::string model, shape = "tiny", depths = "4096", batches = "1,2", output = "md", device = "auto";
+        int64_t n_gen = 32;
+        int reps = 2, threads = 0;
+        float force_corr_rate = -1;
+        KvFlags kv;
+    };
+    auto f = std::make_shared<Flags>();
+    f->kv.mode = "full,budget-only,streaming,quest,arkvale,freekv,freekv:corr-off,freekv:no-spec";
+    cmd.add_option("-m,--model", f->model, "model folder or .gguf (default: a synthetic --shape)")->envname("FREEKV_ARG_MODEL");
+    cmd.add_option("--shape", f->shape, "synthetic weights of a named shape: tiny, llama-3.1-8b, qwen2.5-7b (tiny)");
+    cmd.add_option("-d,--depth", f->depths, "context depths, comma-separated (4096)");
+    cmd.add_option("-b,--batch", f->batches, "batch sizes, comma-separated (1,2)");
+    cmd.add_option("-n,--n-gen", f->n_gen, "decode steps measured per cell (32)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    cmd.add_option("-r,--repetitions", f->reps, "repetitions per cell, mode order rotated (2)")->check(CLI::Range(1, 100));
+    cmd.add_option("-o,--output", f->output, "md, csv or json")->check(CLI::IsMember({"md", "csv", "json"}));
+    cmd.add_option("--force-corr-rate", f->force_corr_rate,
+                   "flag each (step, layer, sequence, KV head) with this probability (default 0.5 with synthetic weights, "
+                   "whose query similarity means nothing; natural correction with -m)")
+        ->check(CLI::Range(0.0f, 1.0f));
+    add_threads_flag(cmd, f->threads);
+    add_device_flag(cmd, f->device);
+    f->kv.add_to(cmd);
+    return [f]() -> int {
+        apply_threads(f->threads);
+        resolve_device(f->device);
+        const bool synthetic = f->model.empty();
+        LoadedModel m = synthetic ? make_synthetic_model(f->shape) : load_model(f->model);
+        fmt::print(stderr, "{}\n", m.summary());
+        BenchParams p;
+        p.depths = parse_sizes(f->depths, "-d/--depth");
+        p.batches = parse_sizes(f->batches, "-b/--batch");
+        p.n_gen = f->n_gen;
+        p.reps = f->reps;
+        const float rate = f->force_corr_rate >= 0 ? f->force_corr_rate : (synthetic ? 0.5f : -1.0f);
+        for (auto& [label, mode] : f->kv.resolve_all()) {
+            if (rate >= 0 && mode.mode == KvMode::kFreekv && mode.correction_on() && mode.spec_retrieval) mode.force_corr_rate = rate;
+            p.labels.push_back(label);
+            p.modes.push_back(mode);
+            fmt::print(stderr, "{}: {}\n", label, mode.describe());
+        }
+        const auto rows = run_bench(m, p, [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); });
+        const std::string name = synthetic ? f->shape + " (synthetic bf16)" : m.path;
+        if (f->output == "json") {
+            for (const auto& r : rows)
+                fmt::print("{{\"model\":\"{}\",\"kv_mode\":\"{}\",\"depth\":{},\"batch\":{},\"oom\":{},\"tokens_per_s\":{:.3f},"
+                           "\"tokens_per_s_std\":{:.3f},\"step_ms\":{:.4f},\"step_ms_p99\":{:.4f},\"floor_ratio\":{:.4f},"
+                           "\"select_ms\":{:.4f},\"recall_wait_ms\":{:.4f},\"attention_ms\":{:.4f},\"rest_ms\":{:.4f},"
+                           "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f}}}\n",
+                           name, r.label, r.depth, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
+                           r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
+                           r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s);
+            return 0;
+        }
+        const bool csv = f->output == "csv";
+        const char* sep = csv ? "," : " | ";
+        if (csv) fmt::print("model,kv_mode,depth,batch,tokens_per_s,tokens_per_s_std,step_ms,step_ms_p99,vs_floor,select_ms,"
+                            "recall_wait_ms,attention_ms,rest_ms,pages_per_step,correction_rate,prefill_tokens_per_s\n");
+        else fmt::print("| model | kv mode | depth | batch | t/s | ms/step | p99 ms | vs floor | select | recall wait | attention | "
+                        "rest | pages/step | corr rate | prefill t/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for (const auto& r : rows) {
+            if (!csv) fmt::print("| ");
+            if (r.oom) {
+                fmt::print("{}{}{}{}{}{}{}{}OOM: {}{}\n", name, sep, r.label, sep, r.depth, sep, r.batch, sep, r.error,
+                           csv ? "" : " |");
+                continue;
+            }
+            fmt::print("{}{}{}{}{}{}{}{}{:.1f} ± {:.1f}{}{:.2f}{}{:.2f}{}{}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.1f}{}{:.3f}{}{:.0f}{}\n",
+                       name, sep, r.label, sep, r.depth, sep, r.batch, sep, r.tokens_per_s, r.tokens_per_s_std, sep,
+                       r.step_ms_median, sep, r.step_ms_p99, sep,
+                       r.floor_ratio > 0 ? fmt::format("{:.0f}%", 100.0 * r.floor_ratio) : std::string("-"), sep,
+                       r.select_ms, sep, r.recall_wait_ms, sep, r.attention_ms, sep, r.rest_ms, sep, r.pages_per_step, sep,
+                       r.correction_rate, sep, r.prefill_tokens_per_s, csv ? "" : " |");
+        }
+        if (!csv)
+            fmt::print("\nt/s: mean ± std over {} repetitions of {} decode steps after {} warm-up steps; ms/step: median "
+                       "(p99) of all measured steps; vs floor: step time / budget-only's; select, recall wait, attention, "
+                       "rest: ms per step on the critical path. Excluded: tokenization and sampling (random token ids).{}\n",
+                       p.reps, p.n_gen, p.n_warmup,
+                       rate >= 0 ? fmt::format(" FreeKV correction is forced at rate {:.2f} (random weights).", rate)
+                                 : std::string());
+        return 0;
+    };
+}
+
+}  // namespace freekv::app

@@ -1,0 +1,177 @@
+// bench.cpp: see bench.h. Each (depth, batch, mode, repetition) builds its own AttentionKv,
+// prefills every sequence of the batch with the same random prompt tokens, discards warm-up steps,
+// then times decode steps of the whole batch (one forward per step, one token per sequence).
+#include "engine/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <new>
+#include <numeric>
+#include <random>
+
+#include "core/error.h"
+#include "engine/retrieval_kv.h"
+#include "kv/full_attention_kv.h"
+
+namespace freekv {
+
+namespace {
+
+struct CellResult {
+    double tokens_per_s = 0, prefill_tokens_per_s = 0;
+    std::vector<double> step_ms;
+    KvStats stats;
+};
+
+CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, int64_t depth, int64_t batch, const BenchParams& p,
+                    const std::vector<int32_t>& prompt) {
+    using clock = std::chrono::steady_clock;
+    const ModelConfig& c = m.config;
+    const int64_t max_tokens = depth + p.n_warmup + p.n_gen + 1;
+    std::unique_ptr<PagedKvCache> cache;
+    std::unique_ptr<AttentionKv> kv;
+    RetrievalKv* retrieval = nullptr;
+    std::vector<int32_t> seqs;
+    if (mode.mode == KvMode::kFull) {
+        cache = std::make_unique<PagedKvCache>(c.n_layer, c.n_head_kv, c.head_dim, mode.page_size,
+                                               batch * ((max_tokens + mode.page_size - 1) / mode.page_size));
+        for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache->add_sequence());
+        kv = std::make_unique<FullAttentionKv>(*cache, c.n_head);
+    } else {
+        auto r = make_retrieval_kv(c, mode, batch, max_tokens);
+        for (int64_t b = 0; b < batch; ++b) seqs.push_back(r->add_sequence(max_tokens));
+        retrieval = r.get();
+        kv = std::move(r);
+    }
+    CellResult out;
+    std::vector<float> logits;
+    const auto t_prefill = clock::now();
+    for (int64_t b = 0; b < batch; ++b) {
+        const SequenceSpan span{seqs[static_cast<size_t>(b)], 0, depth, 0};
+        const int64_t last = depth - 1;
+        m.model->forward_batch(std::span(prompt).first(static_cast<size_t>(depth)), std::span(&span, 1), *kv,
+                               std::span(&last, 1), logits);
+    }
+    out.prefill_tokens_per_s =
+        static_cast<double>(batch * depth) / std::chrono::duration<double>(clock::now() - t_prefill).count();
+    std::mt19937 rng(static_cast<uint32_t>(p.seed));
+    std::vector<int32_t> tokens(static_cast<size_t>(batch));
+    std::vector<SequenceSpan> spans(static_cast<size_t>(batch));
+    std::vector<int64_t> rows(static_cast<size_t>(batch));
+    std::iota(rows.begin(), rows.end(), 0);
+    KvStats before;
+    for (int64_t step = 0; step < p.n_warmup + p.n_gen; ++step) {
+        if (step == p.n_warmup && retrieval) before = retrieval->stats();
+        for (int64_t b = 0; b < batch; ++b) {
+            tokens[static_cast<size_t>(b)] = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.n_vocab));
+            spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], depth + step, 1, b};
+        }
+        const auto t = clock::now();
+        m.model->forward_batch(tokens, spans, *kv, rows, logits);
+        if (step >= p.n_warmup) out.step_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t).count());
+    }
+    const double total_s = std::accumulate(out.step_ms.begin(), out.step_ms.end(), 0.0) / 1000.0;
+    out.tokens_per_s = static_cast<double>(batch * p.n_gen) / total_s;
+    if (retrieval) {
+        KvStats after = retrieval->stats();  // the measured steps only: subtract the warm-up
+        after.select_ms -= before.select_ms;
+        after.recall_wait_ms -= before.recall_wait_ms;
+        after.attention_ms -= before.attention_ms;
+        after.sequence_steps -= before.sequence_steps;
+        after.transfer.sync_jobs -= before.transfer.sync_jobs;
+        after.transfer.background_jobs -= before.transfer.background_jobs;
+        for (size_t l = 0; l < after.sparse_pairs.size(); ++l) {
+            after.sparse_pairs[l] -= before.sparse_pairs[l];
+            after.corrected_pairs[l] -= before.corrected_pairs[l];
+        }
+        out.stats = after;
+    }
+    return out;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
+                                const std::function<void(const std::string&)>& progress) {
+    std::vector<BenchRow> rows;
+    std::mt19937 rng(static_cast<uint32_t>(p.seed));
+    for (int64_t depth : p.depths) {
+        if (depth + p.n_warmup + p.n_gen + 1 > m.config.n_ctx_train)
+            FREEKV_FAIL("-d {} plus {} generated tokens exceeds the model's context {}", depth, p.n_warmup + p.n_gen,
+                        m.config.n_ctx_train);
+        std::vector<int32_t> prompt(static_cast<size_t>(depth));
+        for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(m.config.n_vocab));
+        for (int64_t batch : p.batches) {
+            const size_t n_modes = p.modes.size();
+            std::vector<std::vector<CellResult>> results(n_modes);
+            std::vector<std::string> errors(n_modes);
+            for (int rep = 0; rep < p.reps; ++rep) {
+                for (size_t k = 0; k < n_modes; ++k) {
+                    const size_t i = (k + static_cast<size_t>(rep)) % n_modes;  // rotate the order
+                    if (!errors[i].empty()) continue;
+                    if (progress) progress(fmt::format("{} d{} b{} rep {}", p.labels[i], depth, batch, rep + 1));
+                    try {
+                        results[i].push_back(run_cell(m, p.modes[i], depth, batch, p, prompt));
+                    } catch (const std::bad_alloc&) {
+                        errors[i] = "out of memory";
+                    } catch (const Error& e) {
+                        errors[i] = e.what();
+                    }
+                }
+            }
+            const size_t first_row = rows.size();
+            double floor_ms = 0.0;
+            for (size_t i = 0; i < n_modes; ++i) {
+                BenchRow row;
+                row.label = p.labels[i];
+                row.depth = depth;
+                row.batch = batch;
+                if (!errors[i].empty()) {
+                    row.oom = true;
+                    row.error = errors[i];
+                    rows.push_back(row);
+                    continue;
+                }
+                std::vector<double> tps, steps;
+                for (const auto& r : results[i]) {
+                    tps.push_back(r.tokens_per_s);
+                    steps.insert(steps.end(), r.step_ms.begin(), r.step_ms.end());
+                    row.prefill_tokens_per_s += r.prefill_tokens_per_s / static_cast<double>(results[i].size());
+                }
+                const double mean = std::accumulate(tps.begin(), tps.end(), 0.0) / static_cast<double>(tps.size());
+                double var = 0.0;
+                for (double x : tps) var += (x - mean) * (x - mean);
+                row.tokens_per_s = mean;
+                row.tokens_per_s_std = tps.size() > 1 ? std::sqrt(var / static_cast<double>(tps.size() - 1)) : 0.0;
+                row.step_ms_median = median(steps);
+                std::sort(steps.begin(), steps.end());
+                row.step_ms_p99 = steps[std::min(steps.size() - 1, steps.size() * 99 / 100)];
+                const KvStats& s = results[i].back().stats;
+                const double n_steps = static_cast<double>(p.n_gen);
+                row.select_ms = s.select_ms / n_steps;
+                row.recall_wait_ms = s.recall_wait_ms / n_steps;
+                row.attention_ms = s.attention_ms / n_steps;
+                row.rest_ms = std::max(0.0, row.step_ms_median - row.select_ms - row.recall_wait_ms - row.attention_ms);
+                row.pages_per_step = s.sequence_steps > 0 ? static_cast<double>(s.transfer.sync_jobs + s.transfer.background_jobs) /
+                                                                 n_steps
+                                                           : 0.0;
+                row.correction_rate = s.sparse_pairs.empty() ? 0.0 : s.correction_rate();
+                if (p.modes[i].mode == KvMode::kBudgetOnly) floor_ms = row.step_ms_median;
+                rows.push_back(row);
+            }
+            if (floor_ms > 0)
+                for (size_t r = first_row; r < rows.size(); ++r)
+                    if (!rows[r].oom) rows[r].floor_ratio = rows[r].step_ms_median / floor_ms;
+        }
+    }
+    return rows;
+}
+
+}  // namespace freekv

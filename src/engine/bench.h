@@ -1,0 +1,44 @@
+// bench.h: the side-by-side decode benchmark (design doc 6.2): every KV mode on the same model,
+// depths and batch sizes in one process; per cell tokens/s, ms per decode step (median and p99),
+// the ratio to the budget-only floor, a critical-path breakdown, recall volume and correction rate.
+// Invariants: a cell that cannot be allocated is reported as out of memory, never a crash; every
+// mode of a cell sees the same prompt tokens; modes rotate order between repetitions.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/kv_mode.h"
+#include "model/model_loader.h"
+
+namespace freekv {
+
+struct BenchParams {
+    std::vector<std::string> labels;
+    std::vector<KvModeConfig> modes;
+    std::vector<int64_t> depths{4096};
+    std::vector<int64_t> batches{1};
+    int64_t n_gen = 32;     // measured decode steps
+    int64_t n_warmup = 4;   // decode steps discarded first
+    int reps = 2;
+    uint64_t seed = 7;
+};
+
+struct BenchRow {
+    std::string label;
+    int64_t depth = 0, batch = 0;
+    bool oom = false;
+    std::string error;
+    double tokens_per_s = 0, tokens_per_s_std = 0;
+    double step_ms_median = 0, step_ms_p99 = 0;
+    double floor_ratio = 0;       // step time / budget-only step time (0 when no floor row)
+    double prefill_tokens_per_s = 0;
+    double select_ms = 0, recall_wait_ms = 0, attention_ms = 0, rest_ms = 0;  // per decode step
+    double pages_per_step = 0, correction_rate = 0;
+};
+
+std::vector<BenchRow> run_bench(const LoadedModel& model, const BenchParams& params,
+                                const std::function<void(const std::string&)>& progress = {});
+
+}  // namespace freekv
