@@ -2,8 +2,6 @@
 // by default, or -m), over depths and batch sizes, in one table (markdown, csv or json lines).
 #include <fmt/format.h>
 
-#include <sstream>
-
 #include "app/commands.h"
 #include "app/kv_flags.h"
 #include "core/error.h"
@@ -12,31 +10,12 @@
 
 namespace freekv::app {
 
-namespace {
-
-std::vector<int64_t> parse_sizes(const std::string& s, const char* flag) {
-    std::vector<int64_t> out;
-    std::stringstream ss(s);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        try {
-            out.push_back(std::stoll(item));
-        } catch (const std::exception&) {
-            FREEKV_FAIL("{} '{}' must be a comma-separated list of integers", flag, s);
-        }
-        if (out.back() <= 0) FREEKV_FAIL("{} values must be positive, got {}", flag, out.back());
-    }
-    if (out.empty()) FREEKV_FAIL("{} is empty", flag);
-    return out;
-}
-
-}  // namespace
-
 Command register_bench(CLI::App& cmd) {
     struct Flags {
-        std::string model, shape = "tiny", depths = "4096", batches = "1,2", output = "md", device = "auto";
+        std::string model, shape = "tiny", depths = "4096", batches = "1,2", output = "md";
         int64_t n_gen = 32;
-        int reps = 2, threads = 0;
+        int reps = 2;
+        RunFlags run;
         float force_corr_rate = -1;
         KvFlags kv;
     };
@@ -53,18 +32,16 @@ Command register_bench(CLI::App& cmd) {
                    "flag each (step, layer, sequence, KV head) with this probability (default 0.5 with synthetic weights, "
                    "whose query similarity means nothing; natural correction with -m)")
         ->check(CLI::Range(0.0f, 1.0f));
-    add_threads_flag(cmd, f->threads);
-    add_device_flag(cmd, f->device);
+    f->run.add_to(cmd);
     f->kv.add_to(cmd);
     return [f]() -> int {
-        apply_threads(f->threads);
-        resolve_device(f->device);
+        f->run.apply();
         const bool synthetic = f->model.empty();
         LoadedModel m = synthetic ? make_synthetic_model(f->shape) : load_model(f->model);
         fmt::print(stderr, "{}\n", m.summary());
         BenchParams p;
-        p.depths = parse_sizes(f->depths, "-d/--depth");
-        p.batches = parse_sizes(f->batches, "-b/--batch");
+        p.depths = parse_int_list(f->depths, "-d/--depth", 1, int64_t{1} << 24);
+        p.batches = parse_int_list(f->batches, "-b/--batch", 1, int64_t{1} << 20);
         p.n_gen = f->n_gen;
         p.reps = f->reps;
         const float rate = f->force_corr_rate >= 0 ? f->force_corr_rate : (synthetic ? 0.5f : -1.0f);

@@ -2,8 +2,6 @@
 // one table per KV mode.
 #include <fmt/format.h>
 
-#include <sstream>
-
 #include "app/commands.h"
 #include "app/kv_flags.h"
 #include "core/error.h"
@@ -12,32 +10,12 @@
 
 namespace freekv::app {
 
-namespace {
-
-template <typename T>
-std::vector<T> parse_list(const std::string& s, const char* flag) {
-    std::vector<T> out;
-    std::stringstream ss(s);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        try {
-            out.push_back(static_cast<T>(std::stoll(item)));
-        } catch (const std::exception&) {
-            FREEKV_FAIL("{} '{}' must be a comma-separated list of integers", flag, s);
-        }
-    }
-    if (out.empty()) FREEKV_FAIL("{} is empty", flag);
-    return out;
-}
-
-}  // namespace
-
 Command register_needle(CLI::App& cmd) {
     struct Flags {
-        std::string model, haystack, task = "passkey", lengths, depths = "0,10,20,30,40,50,60,70,80,90,100", device = "auto";
-        int trials = 2, threads = 0;
+        std::string model, haystack, task = "passkey", lengths, depths = "0,10,20,30,40,50,60,70,80,90,100";
+        int trials = 2;
         uint64_t seed = 1234;
-        bool no_progress = false;
+        RunFlags run;
         KvFlags kv;
     };
     auto f = std::make_shared<Flags>();
@@ -48,14 +26,10 @@ Command register_needle(CLI::App& cmd) {
     cmd.add_option("--depths", f->depths, "needle depths in percent (0,10,...,100)");
     cmd.add_option("--trials", f->trials, "cases per (length, depth) (2)")->check(CLI::Range(1, 1000));
     cmd.add_option("-s,--seed", f->seed, "seed of the keys and filler offsets (1234)");
-    cmd.add_flag("--no-progress", f->no_progress, "no progress line");
-    add_threads_flag(cmd, f->threads);
-    add_device_flag(cmd, f->device);
+    f->run.add_to(cmd);
     f->kv.add_to(cmd);
     return [f]() -> int {
-        apply_threads(f->threads);
-        resolve_device(f->device);
-        ProgressLine::set_enabled(!f->no_progress);
+        f->run.apply();
         LoadedModel m = load_model(f->model);
         fmt::print(stderr, "{}\n", m.summary());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json", f->model);
@@ -64,10 +38,8 @@ Command register_needle(CLI::App& cmd) {
         const int64_t answer = params.task == NeedleTask::kPasskey ? 16 : 48;
         const int64_t ctx = m.config.n_ctx_train;
         params.lengths = f->lengths.empty() ? std::vector<int64_t>{ctx / 8, ctx / 4, ctx / 2, ctx - answer}
-                                            : parse_list<int64_t>(f->lengths, "--lengths");
-        params.depths = parse_list<int>(f->depths, "--depths");
-        for (int d : params.depths)
-            if (d < 0 || d > 100) FREEKV_FAIL("--depths {} must be in [0, 100]", d);
+                                            : parse_int_list(f->lengths, "--lengths", 1, ctx);
+        for (int64_t d : parse_int_list(f->depths, "--depths", 0, 100)) params.depths.push_back(static_cast<int>(d));
         params.trials = f->trials;
         params.seed = f->seed;
         std::vector<int32_t> haystack;

@@ -14,10 +14,9 @@ namespace freekv::app {
 
 Command register_perplexity(CLI::App& cmd) {
     struct Flags {
-        std::string model, file, compare, output = "md", device = "auto";
+        std::string model, file, compare, output = "md";
         int64_t n_ctx = 8192, prefix = 4096, chunks = 0;
-        int threads = 0;
-        bool no_progress = false;
+        RunFlags run;
         KvFlags kv;
     };
     auto f = std::make_shared<Flags>();
@@ -29,14 +28,10 @@ Command register_perplexity(CLI::App& cmd) {
     cmd.add_option("--chunks", f->chunks, "windows to score (0 = all)")->envname("FREEKV_ARG_CHUNKS");
     cmd.add_option("--compare", f->compare, "reference mode run in lockstep: full")->check(CLI::IsMember({"full"}));
     cmd.add_option("-o,--output", f->output, "md or json")->check(CLI::IsMember({"md", "json"}));
-    cmd.add_flag("--no-progress", f->no_progress, "no progress line");
-    add_threads_flag(cmd, f->threads);
-    add_device_flag(cmd, f->device);
+    f->run.add_to(cmd);
     f->kv.add_to(cmd);
     return [f]() -> int {
-        apply_threads(f->threads);
-        resolve_device(f->device);
-        ProgressLine::set_enabled(!f->no_progress);
+        f->run.apply();
         PerplexityParams params;
         params.n_ctx = f->n_ctx;
         params.prefix = f->prefix;

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace freekv::app {
 
@@ -28,6 +29,20 @@ CLI::Option* add_device_flag(CLI::App& cmd, std::string& device);
 /// Resolves --device to the backend that will run: today always "cpu". auto prints one line when
 /// CUDA is unavailable and continues; cuda fails with a message naming the flag.
 std::string resolve_device(const std::string& device);
+/// The flags every running command shares: -t/--threads, --device, --no-progress.
+struct RunFlags {
+    int threads = 0;
+    std::string device = "auto";
+    bool no_progress = false;
+    void add_to(CLI::App& cmd);
+    /// Applies the thread count, resolves the device (printing the CPU fallback line) and the
+    /// progress setting.
+    void apply() const;
+};
+
+/// Parses a comma-separated list of integers in [min, max]; Error names the flag.
+std::vector<int64_t> parse_int_list(const std::string& s, const char* flag, int64_t min, int64_t max);
+
 /// Reads the prompt from -p or -f (one of them is required).
 std::string read_prompt(const std::string& prompt, const std::string& file);
 

@@ -3,11 +3,13 @@
 #include <omp.h>
 
 #include <map>
+#include <sstream>
 
 #include "app/commands.h"
 #include "backend/cuda/cuda_device.h"
 #include "core/error.h"
 #include "core/mapped_file.h"
+#include "core/progress.h"
 
 namespace freekv::app {
 
@@ -51,6 +53,38 @@ std::string resolve_device(const std::string& device) {
     }
     if (!probe.available) FREEKV_FAIL("--device {}: CUDA is unavailable ({}); use --device cpu", device, probe.reason);
     FREEKV_FAIL("--device {}: the CUDA engine is not implemented yet (issue #4); use --device cpu or auto", device);
+}
+
+void RunFlags::add_to(CLI::App& cmd) {
+    add_threads_flag(cmd, threads);
+    add_device_flag(cmd, device);
+    cmd.add_flag("--no-progress", no_progress, "no progress line");
+}
+
+void RunFlags::apply() const {
+    apply_threads(threads);
+    resolve_device(device);
+    ProgressLine::set_enabled(!no_progress);
+}
+
+std::vector<int64_t> parse_int_list(const std::string& s, const char* flag, int64_t min, int64_t max) {
+    std::vector<int64_t> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        size_t used = 0;
+        int64_t v = 0;
+        try {
+            v = std::stoll(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used == 0 || used != item.size()) FREEKV_FAIL("{} '{}' must be a comma-separated list of integers", flag, s);
+        if (v < min || v > max) FREEKV_FAIL("{} value {} must be in [{}, {}]", flag, v, min, max);
+        out.push_back(v);
+    }
+    if (out.empty()) FREEKV_FAIL("{} is empty", flag);
+    return out;
 }
 
 std::string read_prompt(const std::string& prompt, const std::string& file) {
