@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/select_pages.cuh"
+#include "retrieval/selection.h"
 #include "backend/ops.h"
 #include "core/dtype.h"
 #include "test_util.h"
@@ -169,6 +171,103 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                                   static_cast<const void*>(a.page_ids), static_cast<const void*>(a.n_pages),
                                   static_cast<const void*>(a.last_len), static_cast<const void*>(a.out)})
                 cudaFree(const_cast<void*>(p));
+        }
+    }
+}
+
+TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
+    std::mt19937 rng(13);
+    const int n_seq = 3, n_head_kv = 2, ns = 4, nw = 4, k = 24, n_slots = ns + k + nw, max_pages = 300;
+    const std::vector<int32_t> n_pages{300, 100, 33};
+    for (int head_dim : {64, 128}) {
+        for (int group : {1, 4, 7}) {
+            for (GroupAgg agg : {GroupAgg::kSoftmaxMean, GroupAgg::kMean, GroupAgg::kMax}) {
+                const int n_head = n_head_kv * group;
+                const auto summaries = to_bf16(randn(static_cast<size_t>(n_seq * n_head_kv * max_pages * 2 * head_dim), rng));
+                const auto q = randn(static_cast<size_t>(n_seq * n_head * head_dim), rng);
+                std::vector<int32_t> page_of_slot(static_cast<size_t>(n_seq * n_head_kv * n_slots), -1);
+                std::vector<int32_t> slot_of_page(static_cast<size_t>(n_seq * n_head_kv * max_pages), -1);
+                std::vector<uint8_t> flags(static_cast<size_t>(n_seq * n_head_kv));
+                for (int s = 0; s < n_seq; ++s)
+                    for (int h = 0; h < n_head_kv; ++h) {
+                        flags[static_cast<size_t>(s * n_head_kv + h)] = static_cast<uint8_t>(rng() % 4 != 0);
+                        std::vector<int32_t> cand(static_cast<size_t>(n_pages[static_cast<size_t>(s)] - nw - ns));
+                        std::iota(cand.begin(), cand.end(), ns);
+                        std::shuffle(cand.begin(), cand.end(), rng);
+                        for (int m = 0; m < k; ++m) {  // a random resident set in random slot order
+                            page_of_slot[static_cast<size_t>((s * n_head_kv + h) * n_slots + ns + m)] = cand[static_cast<size_t>(m)];
+                            slot_of_page[static_cast<size_t>((s * n_head_kv + h) * max_pages + cand[static_cast<size_t>(m)])] = ns + m;
+                        }
+                    }
+                cuda::SelectArgs a;
+                a.q = to_device(q);
+                a.summaries = to_device(summaries);
+                a.n_pages = to_device(n_pages);
+                a.flags = to_device(flags);
+                a.page_of_slot = to_device(page_of_slot);
+                a.slot_of_page = to_device(slot_of_page);
+                cuda::GatherJob* d_jobs = nullptr;
+                ASSERT_EQ(cudaMalloc(&d_jobs, sizeof(cuda::GatherJob) * n_seq * n_head_kv * k), cudaSuccess);
+                a.jobs = d_jobs;
+                a.n_jobs = to_device(std::vector<int32_t>{0});
+                a.scores = poisoned(static_cast<size_t>(n_seq * n_head_kv * group * max_pages));
+                a.n_seq = n_seq, a.n_head = n_head, a.n_head_kv = n_head_kv, a.head_dim = head_dim, a.max_pages = max_pages;
+                a.n_sink_page = ns, a.n_recent_page = nw, a.n_select = k, a.n_slots = n_slots, a.agg = static_cast<int>(agg);
+                cuda::select_pages(a, nullptr);
+                const int n_jobs = to_host(a.n_jobs, 1)[0];
+                const auto jobs = to_host(d_jobs, static_cast<size_t>(n_jobs));
+                const auto gpu_slots = to_host(a.page_of_slot, page_of_slot.size());
+                const auto gpu_where = to_host(a.slot_of_page, slot_of_page.size());
+                const auto sum32 = from_bf16(summaries);
+                int expected_jobs = 0;
+                for (int s = 0; s < n_seq; ++s)
+                    for (int h = 0; h < n_head_kv; ++h) {
+                        const size_t sh = static_cast<size_t>(s * n_head_kv + h);
+                        std::vector<int32_t> before(page_of_slot.begin() + static_cast<long>(sh * n_slots + ns),
+                                                    page_of_slot.begin() + static_cast<long>(sh * n_slots + ns + k));
+                        std::vector<int32_t> after(gpu_slots.begin() + static_cast<long>(sh * n_slots + ns),
+                                                   gpu_slots.begin() + static_cast<long>(sh * n_slots + ns + k));
+                        if (!flags[sh]) {
+                            EXPECT_EQ(after, before) << "unflagged head changed";
+                            continue;
+                        }
+                        const int end = n_pages[static_cast<size_t>(s)] - nw, n = end - ns;
+                        std::vector<float> scores(static_cast<size_t>(group * n)), aggregated(static_cast<size_t>(n));
+                        score_pages(q.data() + (s * n_head + h * group) * head_dim, group, head_dim,
+                                    sum32.data() + sh * max_pages * 2 * head_dim, ns, end, scores.data());
+                        aggregate_scores(scores.data(), group, n, agg, aggregated.data());
+                        const auto want = top_k_pages(aggregated, ns, k);
+                        std::vector<int32_t> got = after;
+                        std::sort(got.begin(), got.end());
+                        if (got != want) {  // only a near-tie at the k-th place may differ (fp32 order)
+                            std::vector<float> sorted = aggregated;
+                            std::sort(sorted.rbegin(), sorted.rend());
+                            const float kth = sorted[static_cast<size_t>(k - 1)];
+                            for (int32_t page : got)
+                                EXPECT_GE(aggregated[static_cast<size_t>(page - ns)], kth - 1e-5f * std::fabs(kth))
+                                    << "seq " << s << " head " << h << " page " << page;
+                            continue;
+                        }
+                        std::vector<RecallJob> cpu_jobs;
+                        plan_head_recall(s, h, want, before, ns, cpu_jobs);
+                        expected_jobs += static_cast<int>(cpu_jobs.size());
+                        std::vector<std::pair<int, int>> gpu_pairs, cpu_pairs;
+                        for (const auto& j : jobs)
+                            if (j.seq == s && j.ikv == h) gpu_pairs.emplace_back(j.page, j.slot);
+                        for (const auto& j : cpu_jobs) cpu_pairs.emplace_back(j.page, j.slot);
+                        std::sort(gpu_pairs.begin(), gpu_pairs.end());
+                        EXPECT_EQ(gpu_pairs, cpu_pairs) << "seq " << s << " head " << h;
+                        for (int m = 0; m < k; ++m)  // maps stay inverse
+                            EXPECT_EQ(gpu_where[sh * max_pages + static_cast<size_t>(after[static_cast<size_t>(m)])], ns + m);
+                    }
+                EXPECT_GE(n_jobs, expected_jobs);
+                for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.summaries),
+                                      static_cast<const void*>(a.n_pages), static_cast<const void*>(a.flags),
+                                      static_cast<const void*>(a.page_of_slot), static_cast<const void*>(a.slot_of_page),
+                                      static_cast<const void*>(d_jobs), static_cast<const void*>(a.n_jobs),
+                                      static_cast<const void*>(a.scores)})
+                    cudaFree(const_cast<void*>(p));
+            }
         }
     }
 }

@@ -1,0 +1,167 @@
+// select_pages.cu: device scoring and selection (see select_pages.cuh). Scoring: one warp per
+// candidate page, lanes over the head dimension (coalesced summary reads), the G query heads of the
+// group reduced with shuffles. Selection: one block per (sequence, KV head): aggregation in shared
+// memory, k rounds of a block-wide argmax (ties to the smaller page), then the plan against the
+// resident middle slots by thread 0, which also updates both maps.
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/select_pages.cuh"
+
+namespace freekv::cuda {
+
+namespace {
+
+constexpr int kMaxGroup = 16;
+constexpr int kMaxSelect = 128;
+constexpr int kSelectThreads = 256;
+
+__device__ float bf16_bits_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+
+__global__ void score_pages_kernel(SelectArgs a) {
+    const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int warps = blockDim.x / 32, group = a.n_head / a.n_head_kv;
+    if (a.flags != nullptr && a.flags[seq * a.n_head_kv + ikv] != a.want_flag) return;
+    const int first = a.n_sink_page, end = a.n_pages[seq] - a.n_recent_page;
+    const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim;
+    const uint16_t* base = a.summaries + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages * 2 * a.head_dim;
+    float* scores = a.scores + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * group * a.max_pages;
+    for (int j = first + blockIdx.z * warps + warp; j < end; j += gridDim.z * warps) {
+        const uint16_t* upper = base + static_cast<int64_t>(j) * 2 * a.head_dim;
+        const uint16_t* lower = upper + a.head_dim;
+        for (int g = 0; g < group; ++g) {
+            float s = 0.0f;
+            for (int i = lane; i < a.head_dim; i += 32) {
+                const float qi = q[g * a.head_dim + i];
+                s += fmaxf(qi * bf16_bits_to_float(upper[i]), qi * bf16_bits_to_float(lower[i]));
+            }
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) scores[g * a.max_pages + j] = s;
+        }
+    }
+}
+
+// Block-wide arg-max of (value, -index): the larger value, ties to the smaller index.
+__device__ void block_argmax(float& value, int& index) {
+    __shared__ float values[32];
+    __shared__ int indices[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, value, o);
+        const int i = __shfl_xor_sync(0xffffffffu, index, o);
+        if (v > value || (v == value && i < index)) value = v, index = i;
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) values[warp] = value, indices[warp] = index;
+    __syncthreads();
+    if (warp == 0) {
+        value = lane < static_cast<int>(blockDim.x / 32) ? values[lane] : -INFINITY;
+        index = lane < static_cast<int>(blockDim.x / 32) ? indices[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float v = __shfl_xor_sync(0xffffffffu, value, o);
+            const int i = __shfl_xor_sync(0xffffffffu, index, o);
+            if (v > value || (v == value && i < index)) value = v, index = i;
+        }
+        if (lane == 0) values[0] = value, indices[0] = index;
+    }
+    __syncthreads();
+    value = values[0];
+    index = indices[0];
+}
+
+__device__ float block_sum(float v) {
+    __shared__ float partial[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w];
+    return total;
+}
+
+__global__ void select_kernel(SelectArgs a) {
+    extern __shared__ float aggregated[];  // [n candidates]
+    __shared__ int selected[kMaxSelect];
+    const int ikv = blockIdx.x, seq = blockIdx.y, group = a.n_head / a.n_head_kv;
+    if (a.flags != nullptr && a.flags[seq * a.n_head_kv + ikv] != a.want_flag) return;
+    const int first = a.n_sink_page, n = a.n_pages[seq] - a.n_recent_page - first;
+    const float* scores = a.scores + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * group * a.max_pages + first;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) aggregated[j] = a.agg == 2 ? -INFINITY : 0.0f;
+    __syncthreads();
+    for (int g = 0; g < group; ++g) {
+        const float* s = scores + g * a.max_pages;
+        if (a.agg == 0) {  // softmax over the candidates, then the mean over the group
+            float mx = -INFINITY;
+            int unused = 0;
+            for (int j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, s[j]);
+            block_argmax(mx, unused);
+            float sum = 0.0f;
+            for (int j = threadIdx.x; j < n; j += blockDim.x) sum += expf(s[j] - mx);
+            sum = block_sum(sum);
+            for (int j = threadIdx.x; j < n; j += blockDim.x) aggregated[j] += expf(s[j] - mx) / sum;
+        } else {
+            for (int j = threadIdx.x; j < n; j += blockDim.x)
+                aggregated[j] = a.agg == 2 ? fmaxf(aggregated[j], s[j]) : aggregated[j] + s[j];
+        }
+        __syncthreads();
+    }
+    if (a.agg != 2)
+        for (int j = threadIdx.x; j < n; j += blockDim.x) aggregated[j] /= static_cast<float>(group);
+    __syncthreads();
+    for (int r = 0; r < a.n_select; ++r) {
+        float best = -INFINITY;
+        int index = 0x7fffffff;
+        for (int j = threadIdx.x; j < n; j += blockDim.x)
+            if (aggregated[j] > best || (aggregated[j] == best && j < index)) best = aggregated[j], index = j;
+        block_argmax(best, index);
+        if (threadIdx.x == 0) {
+            selected[r] = first + index;
+            aggregated[index] = -INFINITY;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x != 0) return;
+    // ---- plan against the resident set (design doc 3.5) ----
+    for (int i = 1; i < a.n_select; ++i)  // ascending pages
+        for (int j = i; j > 0 && selected[j - 1] > selected[j]; --j) {
+            const int t = selected[j];
+            selected[j] = selected[j - 1];
+            selected[j - 1] = t;
+        }
+    int32_t* slots = a.page_of_slot + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_slots;
+    int32_t* where = a.slot_of_page + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages;
+    int next_evicted = a.n_sink_page;
+    auto chosen = [&](int page) {
+        for (int i = 0; i < a.n_select; ++i)
+            if (selected[i] == page) return true;
+        return false;
+    };
+    for (int i = 0; i < a.n_select; ++i) {
+        const int page = selected[i];
+        if (where[page] >= 0) continue;  // already resident
+        while (slots[next_evicted] >= 0 && chosen(slots[next_evicted])) ++next_evicted;
+        const int slot = next_evicted++;
+        if (slots[slot] >= 0) where[slots[slot]] = -1;
+        slots[slot] = page;
+        where[page] = slot;
+        a.jobs[atomicAdd(a.n_jobs, 1)] = GatherJob{seq, ikv, page, slot};
+    }
+}
+
+}  // namespace
+
+void select_pages(const SelectArgs& a, void* stream) {
+    FREEKV_CHECK(a.n_head % a.n_head_kv == 0 && a.n_head / a.n_head_kv <= kMaxGroup, "select_pages: group {} / {} > 16",
+                 a.n_head, a.n_head_kv);
+    FREEKV_CHECK(a.n_select <= kMaxSelect, "select_pages: n_select {} > {}", a.n_select, kMaxSelect);
+    const size_t shared = static_cast<size_t>(a.max_pages) * sizeof(float);
+    FREEKV_CHECK(shared <= 48 * 1024, "select_pages: {} pages exceed one block's shared memory", a.max_pages);
+    auto s = static_cast<cudaStream_t>(stream);
+    score_pages_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), 8), 128, 0, s>>>(a);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+    select_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq)), kSelectThreads, shared, s>>>(a);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace freekv::cuda
