@@ -4,10 +4,9 @@
 
 namespace freekv::detail {
 
-void throw_check_failure(const char* condition, const std::string& message,
-                         const std::source_location& where) {
-    throw Error(fmt::format("{} (check `{}` failed at {}:{} in {})", message, condition,
-                            where.file_name(), where.line(), where.function_name()));
+void throw_check_failure(const char* condition, const std::string& message, const char* file, int line,
+                         const char* function) {
+    throw Error(fmt::format("{} (check `{}` failed at {}:{} in {})", message, condition, file, line, function));
 }
 
 }  // namespace freekv::detail

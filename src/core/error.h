@@ -9,7 +9,6 @@
 
 #include <fmt/format.h>
 
-#include <source_location>
 #include <stdexcept>
 #include <string>
 
@@ -28,8 +27,10 @@ public:
 };
 
 namespace detail {
-[[noreturn]] void throw_check_failure(const char* condition, const std::string& message,
-                                      const std::source_location& where);
+// NOTE: the location is passed as __FILE__/__LINE__/__func__ rather than std::source_location:
+// clang 14 (our libFuzzer compiler) with gcc 12's libstdc++ has no <source_location>.
+[[noreturn]] void throw_check_failure(const char* condition, const std::string& message, const char* file,
+                                      int line, const char* function);
 }  // namespace detail
 
 }  // namespace freekv
@@ -37,8 +38,8 @@ namespace detail {
 #define FREEKV_CHECK(cond, ...)                                                              \
     do {                                                                                     \
         if (!(cond)) [[unlikely]] {                                                          \
-            ::freekv::detail::throw_check_failure(#cond, ::fmt::format(__VA_ARGS__),         \
-                                                  std::source_location::current());          \
+            ::freekv::detail::throw_check_failure(#cond, ::fmt::format(__VA_ARGS__), __FILE__, \
+                                                  __LINE__, __func__);                       \
         }                                                                                    \
     } while (0)
 

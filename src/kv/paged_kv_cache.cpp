@@ -9,14 +9,13 @@ namespace freekv {
 
 PagedKvCache::PagedKvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t page_size,
                            int64_t n_page_capacity)
-    : n_layer_(n_layer),
-      n_head_kv_(n_head_kv),
+    : n_head_kv_(n_head_kv),
       head_dim_(head_dim),
       page_size_(page_size),
       n_page_capacity_(n_page_capacity),
       page_floats_(n_layer * 2 * page_size * n_head_kv * head_dim) {
-    FREEKV_CHECK(page_size > 0 && n_page_capacity > 0, "page_size {} and capacity {} must be positive", page_size,
-                 n_page_capacity);
+    FREEKV_CHECK(n_layer > 0 && page_size > 0 && n_page_capacity > 0,
+                 "n_layer {}, page_size {} and capacity {} must be positive", n_layer, page_size, n_page_capacity);
     storage_.assign(static_cast<size_t>(n_page_capacity * page_floats_), 0.0f);
     free_pages_.reserve(static_cast<size_t>(n_page_capacity));
     for (int64_t p = n_page_capacity - 1; p >= 0; --p) free_pages_.push_back(static_cast<int32_t>(p));

@@ -55,7 +55,7 @@ private:
     };
     float* token_ptr(int64_t il, int32_t seq, int64_t pos, int kv) const;
 
-    int64_t n_layer_, n_head_kv_, head_dim_, page_size_, n_page_capacity_;
+    int64_t n_head_kv_, head_dim_, page_size_, n_page_capacity_;
     int64_t page_floats_;             // n_layer * 2 * page_size * n_head_kv * head_dim
     std::vector<float> storage_;      // [n_page_capacity][page_floats]
     std::vector<int32_t> free_pages_; // stack of free page ids
