@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backend/cuda/gather_pages.cuh"
+#include "backend/cuda/pinned_store.cuh"
 
 using freekv::cuda::GatherArgs;
 using freekv::cuda::GatherJob;
@@ -57,12 +58,18 @@ int main(int argc, char** argv) {
     for (const Shape shape : {Shape{32, 128}, Shape{16, 128}, Shape{16, 64}, Shape{8, 64}}) {
         const long long block_elems = 2LL * shape.page_size * shape.head_dim;
         const long long block_bytes = block_elems * 2;
-        const long long store_elems = static_cast<long long>(n_pages) * n_head_kv * block_elems;  // one layer
-        uint16_t* host_store = nullptr;
-        CHECK(cudaHostAlloc(&host_store, store_elems * 2, cudaHostAllocMapped));
-        for (long long i = 0; i < store_elems; ++i) host_store[i] = static_cast<uint16_t>(rng());
-        uint16_t* mapped_store = nullptr;
-        CHECK(cudaHostGetDevicePointer(&mapped_store, host_store, 0));
+        const long long page_elems = static_cast<long long>(n_head_kv) * block_elems;  // one layer per CPU page
+        // 64 MiB chunks, so the kernel's chunk table is exercised (the engine default is 1 GiB).
+        freekv::cuda::PinnedStore store(static_cast<int64_t>(n_pages) * page_elems * 2, page_elems * 2, int64_t{64} << 20);
+        const int pages_per_chunk = static_cast<int>(store.chunk_bytes() / (page_elems * 2));
+        auto page_host = [&](long long page) {
+            return static_cast<uint16_t*>(store.host_chunk(page / pages_per_chunk)) + (page % pages_per_chunk) * page_elems;
+        };
+        for (long long page = 0; page < n_pages; ++page)
+            for (long long i = 0; i < page_elems; ++i) page_host(page)[i] = static_cast<uint16_t>(rng());
+        uint16_t** d_chunks = nullptr;
+        CHECK(cudaMalloc(&d_chunks, store.n_chunks() * sizeof(void*)));
+        CHECK(cudaMemcpy(d_chunks, store.device_chunks().data(), store.n_chunks() * sizeof(void*), cudaMemcpyHostToDevice));
         std::vector<int32_t> page_table(n_pages);
         std::iota(page_table.begin(), page_table.end(), 0);
         std::shuffle(page_table.begin(), page_table.end(), rng);  // logical -> CPU page, scattered
@@ -100,7 +107,8 @@ int main(int argc, char** argv) {
                 CHECK(cudaMemcpy(d_jobs + s * n_jobs, sets[s].data(), n_jobs * sizeof(GatherJob), cudaMemcpyHostToDevice));
             CHECK(cudaMemcpy(d_count, &n_jobs, sizeof(int32_t), cudaMemcpyHostToDevice));
             GatherArgs a;
-            a.cpu_store = mapped_store;
+            a.cpu_chunks = d_chunks;
+            a.pages_per_chunk = pages_per_chunk;
             a.cpu_page_of = d_page_table;
             a.budget_cache = d_cache;
             a.n_jobs = d_count;
@@ -130,7 +138,7 @@ int main(int argc, char** argv) {
                 const long long token = static_cast<long long>(n_head_kv) * shape.head_dim;
                 for (int j = 0; j < check_jobs; ++j) {
                     const GatherJob& job = sets[0][j];
-                    const uint16_t* src = host_store + (static_cast<long long>(page_table[job.page]) * n_head_kv + job.ikv) * block_elems;
+                    const uint16_t* src = page_host(page_table[job.page]) + static_cast<long long>(job.ikv) * block_elems;
                     for (int row = 0; row < 2 * shape.page_size; ++row) {
                         const long long dst = job.slot * 2LL * shape.page_size * token + (row / shape.page_size) * shape.page_size * token +
                                               (row % shape.page_size) * token + static_cast<long long>(job.ikv) * shape.head_dim;
@@ -158,8 +166,8 @@ int main(int argc, char** argv) {
                 return median(us);
             };
             const double peak_us = time_it([&](int r) {
-                CHECK(cudaMemcpyAsync(d_contig, host_store + static_cast<long long>(r % 8) * n_jobs * block_elems, bytes,
-                                      cudaMemcpyHostToDevice, stream));
+                // contiguous bytes inside one chunk (64 MiB holds the 16 MiB of 1024 x 16 KiB blocks)
+                CHECK(cudaMemcpyAsync(d_contig, store.host_chunk(r % store.n_chunks()), bytes, cudaMemcpyHostToDevice, stream));
             });
             const double peak = bytes / peak_us / 1e3;
             std::printf("| %lld KiB | %d | peak (contiguous copy) | - | %.1f | %.1f | 100%% |\n", block_bytes / 1024, n_jobs,
@@ -168,7 +176,7 @@ int main(int argc, char** argv) {
                 for (int j = 0; j < n_jobs; ++j) {
                     const GatherJob& job = sets[r][j];
                     CHECK(cudaMemcpyAsync(d_staging + static_cast<long long>(j % 1024) * block_elems,
-                                          host_store + (static_cast<long long>(page_table[job.page]) * n_head_kv + job.ikv) * block_elems,
+                                          page_host(page_table[job.page]) + static_cast<long long>(job.ikv) * block_elems,
                                           block_bytes, cudaMemcpyHostToDevice, stream));
                 }
             });
@@ -187,7 +195,7 @@ int main(int argc, char** argv) {
             CHECK(cudaFree(d_jobs));
             CHECK(cudaFree(d_count));
         }
-        CHECK(cudaFreeHost(host_store));
+        CHECK(cudaFree(d_chunks));
         CHECK(cudaFree(d_page_table));
         CHECK(cudaFree(d_cache));
         CHECK(cudaFree(d_staging));

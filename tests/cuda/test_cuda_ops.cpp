@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <vector>
 
 #include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/pinned_store.cuh"
+#include "core/error.h"
 #include "backend/cuda/select_pages.cuh"
 #include "retrieval/selection.h"
 #include "backend/ops.h"
@@ -173,6 +176,32 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                 cudaFree(const_cast<void*>(p));
         }
     }
+}
+
+TEST_F(CudaOps, PinnedStoreIsChunkedMappedAndFailsWithTheFlagName) {
+    // 2.5 GiB in 1 GiB chunks of whole 3 MiB units: 3 chunks, each readable through its device address.
+    const int64_t unit = int64_t{3} << 20;
+    cuda::PinnedStore store((int64_t{5} << 29), unit);
+    ASSERT_EQ(store.n_chunks(), 3);
+    EXPECT_EQ(store.chunk_bytes() % unit, 0);
+    for (int64_t c = 0; c < store.n_chunks(); ++c) {
+        auto* host = static_cast<uint32_t*>(store.host_chunk(c));
+        host[0] = 0xC0FFEE00u + static_cast<uint32_t>(c);
+        uint32_t back = 0;
+        ASSERT_EQ(cudaMemcpy(&back, store.device_chunks()[static_cast<size_t>(c)], 4, cudaMemcpyDefault), cudaSuccess);
+        EXPECT_EQ(back, 0xC0FFEE00u + static_cast<uint32_t>(c));
+    }
+    ::setenv("FREEKV_FAIL_PINNED_CHUNK", "1", 1);  // design doc T7: a simulated failure
+    try {
+        cuda::PinnedStore failing((int64_t{5} << 29), unit);
+        ADD_FAILURE() << "the simulated failure did not throw";
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("--cpu-kv-gib"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("chunk 2 of 3"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("system RAM"), std::string::npos) << msg;
+    }
+    ::unsetenv("FREEKV_FAIL_PINNED_CHUNK");
 }
 
 TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {

@@ -24,8 +24,9 @@ __global__ void __launch_bounds__(kThreads) gather_pages_kernel(GatherArgs a) {
     const long long slot_elems = 2LL * a.page_size * token_elems;
     for (int j = blockIdx.x; j < n_jobs; j += gridDim.x) {
         const GatherJob job = a.jobs[j];
-        const long long cpu_page = a.cpu_page_of[static_cast<long long>(job.seq) * a.max_pages + job.page];
-        const int4* src = reinterpret_cast<const int4*>(a.cpu_store + cpu_page * cpu_page_elems +
+        const int cpu_page = a.cpu_page_of[static_cast<long long>(job.seq) * a.max_pages + job.page];
+        const uint16_t* chunk = a.cpu_chunks[cpu_page / a.pages_per_chunk];
+        const int4* src = reinterpret_cast<const int4*>(chunk + static_cast<long long>(cpu_page % a.pages_per_chunk) * cpu_page_elems +
                                                         (static_cast<long long>(a.il) * a.n_head_kv + job.ikv) * block_elems);
         uint16_t* slot = a.budget_cache +
                          ((static_cast<long long>(a.il) * a.max_batch + job.seq) * a.n_slots + job.slot) * slot_elems +

@@ -1,7 +1,7 @@
 // gather_pages.cuh: the recall job record shared by the gather kernel's launcher and its callers
 // (host and device), and the launcher's signature. Device-free: includes no CUDA headers.
 // Invariants: a job names one (sequence, KV head, logical page, destination slot); the source is
-// the HND block [2][page_size][head_dim] of that (page, layer, head) in the CPU store; the
+// (in chunk cpu_page / pages_per_chunk of the pinned store) the HND block [2][page_size][head_dim] of that (page, layer, head) in the CPU store; the
 // destination is the KV head's slice of the slot in the NHD budget cache.
 #pragma once
 
@@ -17,7 +17,8 @@ struct GatherJob {
 /// Shapes and pointers of one gather launch. Element type is 2 bytes (bf16/fp16): the kernel
 /// moves bytes and never converts.
 struct GatherArgs {
-    const uint16_t* cpu_store = nullptr;   // device pointer to mapped pinned host memory
+    const uint16_t* const* cpu_chunks = nullptr;  // device array of the store's mapped chunk addresses
+    int32_t pages_per_chunk = 0;           // CPU pages per chunk (a page never straddles chunks)
     const int32_t* cpu_page_of = nullptr;  // [max_batch][max_pages] CPU page id of each logical page (device)
     uint16_t* budget_cache = nullptr;      // [L][max_batch][n_slots][2][page_size][n_head_kv][head_dim] (device)
     const GatherJob* jobs = nullptr;       // [n_jobs_capacity] (device)

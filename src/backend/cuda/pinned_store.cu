@@ -1,0 +1,67 @@
+// pinned_store.cu: chunked cudaHostAlloc(Mapped) with an actionable failure message.
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/pinned_store.cuh"
+
+namespace freekv::cuda {
+
+namespace {
+
+double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
+
+// MemTotal and MemAvailable from /proc/meminfo, in bytes (0 when unknown).
+std::pair<int64_t, int64_t> system_memory() {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    int64_t value = 0, total = 0, available = 0;
+    std::string unit;
+    while (in >> key >> value >> unit) {
+        if (key == "MemTotal:") total = value * 1024;
+        if (key == "MemAvailable:") available = value * 1024;
+    }
+    return {total, available};
+}
+
+}  // namespace
+
+PinnedStore::PinnedStore(int64_t bytes, int64_t unit_bytes, int64_t chunk_bytes) {
+    FREEKV_CHECK(bytes > 0 && unit_bytes > 0 && unit_bytes <= chunk_bytes,
+                 "pinned store of {} bytes with units of {} and chunks of {}", bytes, unit_bytes, chunk_bytes);
+    chunk_bytes_ = chunk_bytes / unit_bytes * unit_bytes;
+    const int64_t n = (bytes + chunk_bytes_ - 1) / chunk_bytes_;
+    const char* fail_at = std::getenv("FREEKV_FAIL_PINNED_CHUNK");
+    for (int64_t i = 0; i < n; ++i) {
+        void* host = nullptr;
+        cudaError_t e = fail_at != nullptr && std::atoll(fail_at) == i
+                            ? cudaErrorMemoryAllocation
+                            : cudaHostAlloc(&host, static_cast<size_t>(chunk_bytes_), cudaHostAllocMapped | cudaHostAllocPortable);
+        void* device = nullptr;
+        if (e == cudaSuccess) e = cudaHostGetDevicePointer(&device, host, 0);
+        if (e != cudaSuccess) {
+            if (host != nullptr) cudaFreeHost(host);
+            for (void* h : host_) cudaFreeHost(h);
+            host_.clear();
+            const auto [total, available] = system_memory();
+            FREEKV_FAIL("could not pin {:.2f} GiB of system RAM for the CPU KV store: chunk {} of {} ({:.2f} GiB each) "
+                        "failed with {}; the machine has {:.1f} GiB of RAM, {:.1f} GiB available, and pinned memory is "
+                        "often limited to about half of it (or by the container's locked-memory limit). Lower "
+                        "--cpu-kv-gib, or the batch size or context that it is derived from.",
+                        gib(n * chunk_bytes_), i + 1, n, gib(chunk_bytes_), cudaGetErrorString(e), gib(total),
+                        gib(available));
+        }
+        host_.push_back(host);
+        device_.push_back(device);
+    }
+}
+
+PinnedStore::~PinnedStore() {
+    for (void* h : host_) cudaFreeHost(h);
+}
+
+}  // namespace freekv::cuda
