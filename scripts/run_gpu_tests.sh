@@ -9,7 +9,7 @@
 set -uo pipefail
 bin="$1"
 out="$2"
-export LD_LIBRARY_PATH="$bin:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$bin:${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
 status=0
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv,noheader \
     | tee "$out/machine.txt"

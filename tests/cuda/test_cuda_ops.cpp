@@ -178,6 +178,34 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
     }
 }
 
+TEST_F(CudaOps, MatmulBf16ThroughCublas) {
+    std::mt19937 rng(14);
+    for (auto [m, n, k] : {std::tuple{1, 7, 64}, std::tuple{3, 300, 96}, std::tuple{17, 1000, 512}, std::tuple{64, 1536, 512}}) {
+        const auto x = randn(static_cast<size_t>(m * k), rng);
+        const auto w = to_bf16(randn(static_cast<size_t>(n * k), rng));
+        const auto bias = to_bf16(randn(static_cast<size_t>(n), rng));
+        float* dx = to_device(x);
+        uint16_t* dw = to_device(w);
+        uint16_t* db = to_device(bias);
+        float* dy = poisoned(static_cast<size_t>(m * n));
+        uint16_t* scratch = nullptr;
+        ASSERT_EQ(cudaMalloc(&scratch, static_cast<size_t>(m * k) * 2), cudaSuccess);
+        cuda::matmul_bf16(dx, m, dw, n, k, dy, db, scratch, nullptr);
+        // Reference on the same bf16-rounded activations, so only summation order differs.
+        std::vector<float> xr(x.size());
+        for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+        std::vector<float> want(static_cast<size_t>(m * n));
+        const WeightView wv{"w", DType::kBF16, {n, k}, w.data()}, bv{"b", DType::kBF16, {n}, bias.data()};
+        ref::matmul(xr.data(), m, wv, want.data(), &bv);
+        EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse) << m << "x" << n << "x" << k;
+        // Against fp32 activations the bf16 rounding of x shows: bounded by the bf16 epsilon squared.
+        std::vector<float> exact(want.size());
+        ref::matmul(x.data(), m, wv, exact.data(), &bv);
+        EXPECT_LE(test::nmse(to_host(dy, exact.size()), exact), 1e-4) << "bf16 activations";
+        cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy), cudaFree(scratch);
+    }
+}
+
 TEST_F(CudaOps, PinnedStoreIsChunkedMappedAndFailsWithTheFlagName) {
     // 2.5 GiB in 1 GiB chunks of whole 3 MiB units: 3 chunks, each readable through its device address.
     const int64_t unit = int64_t{3} << 20;

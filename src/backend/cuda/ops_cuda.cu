@@ -2,6 +2,7 @@
 // norms, one thread per element for element-wise ops; decode attention is one block per
 // (KV head, sequence) whose warps stride over the tokens, keep an online softmax per query head of
 // the GQA group (all G heads share each K/V row read) and merge through shared memory.
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 
 #include "backend/cuda/cuda_check.h"
@@ -58,6 +59,27 @@ __global__ void silu_mul_kernel(float* gate, const float* up, int64_t n) {
 __global__ void embedding_kernel(const uint16_t* table, const int32_t* ids, int64_t n_embd, float* out) {
     const uint16_t* row = table + static_cast<int64_t>(ids[blockIdx.x]) * n_embd;
     for (int64_t i = threadIdx.x; i < n_embd; i += blockDim.x) out[blockIdx.x * n_embd + i] = bf16_bits_to_float(row[i]);
+}
+
+__global__ void to_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* out) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < n) out[i] = __float2bfloat16_rn(x[i]);
+}
+
+__global__ void add_bias_kernel(float* y, int64_t m, int64_t n, const uint16_t* bias) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < m * n) y[i] += bf16_bits_to_float(bias[i % n]);
+}
+
+// One cuBLAS handle per host thread, created on first use (creation costs milliseconds).
+cublasHandle_t cublas_handle() {
+    thread_local cublasHandle_t handle = [] {
+        cublasHandle_t h = nullptr;
+        const cublasStatus_t status = cublasCreate(&h);
+        FREEKV_CHECK(status == CUBLAS_STATUS_SUCCESS, "cublasCreate failed with status {}", static_cast<int>(status));
+        return h;
+    }();
+    return handle;
 }
 
 constexpr int kMaxGroup = 16;    // GQA group sizes 1..16, chosen at run time
@@ -162,6 +184,28 @@ void silu_mul(float* gate, const float* up, int64_t n, void* stream) {
 void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream) {
     embedding_kernel<<<static_cast<unsigned>(n_tok), 256, 0, as_stream(stream)>>>(table, ids, n_embd, out);
     FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+                 uint16_t* x_bf16, void* stream) {
+    const int64_t elems = m * k;
+    to_bf16_kernel<<<static_cast<unsigned>((elems + 255) / 256), 256, 0, as_stream(stream)>>>(
+        x, elems, reinterpret_cast<__nv_bfloat16*>(x_bf16));
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+    cublasHandle_t handle = cublas_handle();
+    FREEKV_CHECK(cublasSetStream(handle, as_stream(stream)) == CUBLAS_STATUS_SUCCESS, "cublasSetStream failed");
+    // Row-major y[m, n] is column-major y^T[n, m] = w (column-major [k, n], transposed) . x^T ([k, m]).
+    const float alpha = 1.0f, beta = 0.0f;
+    const cublasStatus_t status =
+        cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                     w, CUDA_R_16BF, static_cast<int>(k), x_bf16, CUDA_R_16BF, static_cast<int>(k), &beta, y, CUDA_R_32F,
+                     static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    FREEKV_CHECK(status == CUBLAS_STATUS_SUCCESS, "cublasGemmEx ({} x {} x {}) failed with status {}", m, n, k,
+                 static_cast<int>(status));
+    if (bias != nullptr) {
+        add_bias_kernel<<<static_cast<unsigned>((m * n + 255) / 256), 256, 0, as_stream(stream)>>>(y, m, n, bias);
+        FREEKV_CUDA_CHECK(cudaGetLastError());
+    }
 }
 
 void attention_pages(const PagesAttentionArgs& a, void* stream) {
