@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
 
 #include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/page_boundary.cuh"
 #include "backend/cuda/pinned_store.cuh"
 #include "core/error.h"
 #include "backend/cuda/select_pages.cuh"
@@ -230,6 +232,62 @@ TEST_F(CudaOps, PinnedStoreIsChunkedMappedAndFailsWithTheFlagName) {
         EXPECT_NE(msg.find("system RAM"), std::string::npos) << msg;
     }
     ::unsetenv("FREEKV_FAIL_PINNED_CHUNK");
+}
+
+TEST_F(CudaOps, PageBoundarySummarizesRotatesAndOffloads) {
+    std::mt19937 rng(15);
+    const int L = 2, batch = 2, n_slots = 8, p = 16, n_kv = 2, d = 64, max_pages = 12;
+    const int64_t token = n_kv * d, slot_elems = 2LL * p * token, cpu_page_elems = 2LL * L * n_kv * p * d;
+    for (bool cuboid : {false, true}) {
+        const auto cache = to_bf16(randn(static_cast<size_t>(L * batch * n_slots * slot_elems), rng));
+        cuda::PinnedStore store(cpu_page_elems * 2 * 12, cpu_page_elems * 2, cpu_page_elems * 2 * 4);  // 4 pages per chunk
+        const int ppc = static_cast<int>(store.chunk_bytes() / (cpu_page_elems * 2));
+        uint16_t** chunks = nullptr;
+        ASSERT_EQ(cudaMalloc(&chunks, sizeof(void*) * static_cast<size_t>(store.n_chunks())), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(chunks, store.device_chunks().data(), sizeof(void*) * static_cast<size_t>(store.n_chunks()),
+                             cudaMemcpyHostToDevice), cudaSuccess);
+        const std::vector<cuda::BoundaryJob> jobs{{0, 5, 7, 5, 9}, {1, 3, 3, -1, 2}};  // seq 0 rotates, seq 1 is dense
+        cuda::BoundaryArgs a;
+        a.jobs = to_device(jobs);
+        a.n_jobs = 2;
+        a.budget_cache = to_device(cache);
+        a.summaries = to_device(std::vector<uint16_t>(static_cast<size_t>(L * batch * n_kv * max_pages * 2 * d), 0xFFFF));
+        a.cpu_chunks = chunks;
+        a.pages_per_chunk = ppc;
+        a.n_layer = L, a.max_batch = batch, a.n_slots = n_slots, a.max_pages = max_pages, a.page_size = p;
+        a.n_head_kv = n_kv, a.head_dim = d, a.cuboid = cuboid;
+        cuda::page_boundary(a, nullptr);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const auto cache_after = to_host(a.budget_cache, cache.size());
+        const auto summaries = to_host(a.summaries, static_cast<size_t>(L * batch * n_kv * max_pages * 2 * d));
+        for (const auto& job : jobs)
+            for (int il = 0; il < L; ++il) {
+                const int64_t base = (static_cast<int64_t>(il) * batch + job.seq) * n_slots * slot_elems;
+                const uint16_t* src = cache.data() + base + job.src_slot * slot_elems;
+                if (job.dst_slot >= 0) {
+                    EXPECT_EQ(0, std::memcmp(cache_after.data() + base + job.dst_slot * slot_elems, src, slot_elems * 2));
+                }
+                for (int h = 0; h < n_kv; ++h) {
+                    std::vector<float> keys(static_cast<size_t>(p * token));
+                    for (size_t i = 0; i < keys.size(); ++i) keys[i] = bf16_to_f32(src[i]);
+                    std::vector<float> want(static_cast<size_t>(2 * d));
+                    summarize_page(cuboid ? SummaryKind::kCuboid : SummaryKind::kMinMax, keys.data() + h * d, p, token, d,
+                                   want.data());
+                    const uint16_t* got = summaries.data() +
+                                          (((static_cast<int64_t>(il) * batch + job.seq) * n_kv + h) * max_pages + job.page) * 2 * d;
+                    for (int i = 0; i < 2 * d; ++i) ASSERT_EQ(got[i], f32_to_bf16(want[static_cast<size_t>(i)])) << i;
+                    const auto* block = static_cast<const uint16_t*>(store.host_chunk(job.cpu_page / ppc)) +
+                                        (static_cast<int64_t>(job.cpu_page % ppc) * L * n_kv + il * n_kv + h) * 2 * p * d;
+                    for (int r = 0; r < 2 * p; ++r)
+                        ASSERT_EQ(0, std::memcmp(block + r * d, src + (r / p) * p * token + (r % p) * token + h * d, d * 2))
+                            << "layer " << il << " head " << h << " row " << r;
+                }
+            }
+        // seq 1 did not rotate: its slots are unchanged
+        const int64_t seq1 = (0LL * batch + 1) * n_slots * slot_elems;
+        EXPECT_EQ(0, std::memcmp(cache_after.data() + seq1, cache.data() + seq1, n_slots * slot_elems * 2));
+        cudaFree(const_cast<cuda::BoundaryJob*>(a.jobs)), cudaFree(a.budget_cache), cudaFree(a.summaries), cudaFree(chunks);
+    }
 }
 
 TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
