@@ -12,7 +12,7 @@ namespace freekv::app {
 
 Command register_bench(CLI::App& cmd) {
     struct Flags {
-        std::string model, shape = "tiny", depths = "4096", batches = "1,2", output = "md";
+        std::string model, shape = "tiny", depths = "4096", batches = "1,2", output = "md", kv_fill = "auto";
         int64_t n_gen = 32;
         int reps = 2;
         RunFlags run;
@@ -32,6 +32,10 @@ Command register_bench(CLI::App& cmd) {
                    "flag each (step, layer, sequence, KV head) with this probability (default 0.5 with synthetic weights, "
                    "whose query similarity means nothing; natural correction with -m)")
         ->check(CLI::Range(0.0f, 1.0f));
+    cmd.add_option("--kv-fill", f->kv_fill,
+                   "how the GPU bench fills the context: prefill, synthetic (pseudo-random K/V, no model run) or auto "
+                   "(synthetic for --shape, prefill for -m)")
+        ->check(CLI::IsMember({"auto", "prefill", "synthetic"}));
     f->run.add_to(cmd);
     f->kv.add_to(cmd);
     return [f]() -> int {
@@ -44,6 +48,9 @@ Command register_bench(CLI::App& cmd) {
         p.batches = parse_int_list(f->batches, "-b/--batch", 1, int64_t{1} << 20);
         p.n_gen = f->n_gen;
         p.reps = f->reps;
+        p.gpu = f->run.gpu_weights(m);
+        p.synthetic_kv = p.gpu && (f->kv_fill == "synthetic" || (f->kv_fill == "auto" && synthetic));
+        if (p.synthetic_kv) fmt::print(stderr, "bench: context filled with pseudo-random K/V (--kv-fill synthetic), no prefill\n");
         const float rate = f->force_corr_rate >= 0 ? f->force_corr_rate : (synthetic ? 0.5f : -1.0f);
         for (auto& [label, mode] : f->kv.resolve_all()) {
             if (rate >= 0 && mode.mode == KvMode::kFreekv && mode.correction_on() && mode.spec_retrieval) mode.force_corr_rate = rate;
@@ -52,24 +59,27 @@ Command register_bench(CLI::App& cmd) {
             fmt::print(stderr, "{}: {}\n", label, mode.describe());
         }
         const auto rows = run_bench(m, p, [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); });
-        const std::string name = synthetic ? f->shape + " (synthetic bf16)" : m.path;
+        const std::string name = (synthetic ? f->shape + " (synthetic bf16)" : m.path) + (f->run.backend == "cuda" ? " cuda" : " cpu");
         if (f->output == "json") {
             for (const auto& r : rows)
                 fmt::print("{{\"model\":\"{}\",\"kv_mode\":\"{}\",\"depth\":{},\"batch\":{},\"oom\":{},\"tokens_per_s\":{:.3f},"
                            "\"tokens_per_s_std\":{:.3f},\"step_ms\":{:.4f},\"step_ms_p99\":{:.4f},\"floor_ratio\":{:.4f},"
                            "\"select_ms\":{:.4f},\"recall_wait_ms\":{:.4f},\"attention_ms\":{:.4f},\"rest_ms\":{:.4f},"
-                           "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f}}}\n",
+                           "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f},\"backend\":\"{}\","
+                           "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f}}}\n",
                            name, r.label, r.depth, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
                            r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
-                           r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s);
+                           r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s, f->run.backend, r.device_mib,
+                           r.host_mib);
             return 0;
         }
         const bool csv = f->output == "csv";
         const char* sep = csv ? "," : " | ";
         if (csv) fmt::print("model,kv_mode,depth,batch,tokens_per_s,tokens_per_s_std,step_ms,step_ms_p99,vs_floor,select_ms,"
-                            "recall_wait_ms,attention_ms,rest_ms,pages_per_step,correction_rate,prefill_tokens_per_s\n");
+                            "recall_wait_ms,attention_ms,rest_ms,pages_per_step,correction_rate,prefill_tokens_per_s,kv_gpu_mib,kv_host_mib\n");
         else fmt::print("| model | kv mode | depth | batch | t/s | ms/step | p99 ms | vs floor | select | recall wait | attention | "
-                        "rest | pages/step | corr rate | prefill t/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                        "rest | pages/step | corr rate | prefill t/s | KV GPU MiB | KV host MiB |\n"
+                        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (const auto& r : rows) {
             if (!csv) fmt::print("| ");
             if (r.oom) {
@@ -77,18 +87,20 @@ Command register_bench(CLI::App& cmd) {
                            csv ? "" : " |");
                 continue;
             }
-            fmt::print("{}{}{}{}{}{}{}{}{:.1f} ± {:.1f}{}{:.2f}{}{:.2f}{}{}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.1f}{}{:.3f}{}{:.0f}{}\n",
+            fmt::print("{}{}{}{}{}{}{}{}{:.1f} ± {:.1f}{}{:.2f}{}{:.2f}{}{}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.1f}{}{:.3f}{}{:.0f}{}{:.0f}{}{:.0f}{}\n",
                        name, sep, r.label, sep, r.depth, sep, r.batch, sep, r.tokens_per_s, r.tokens_per_s_std, sep,
                        r.step_ms_median, sep, r.step_ms_p99, sep,
                        r.floor_ratio > 0 ? fmt::format("{:.0f}%", 100.0 * r.floor_ratio) : std::string("-"), sep,
                        r.select_ms, sep, r.recall_wait_ms, sep, r.attention_ms, sep, r.rest_ms, sep, r.pages_per_step, sep,
-                       r.correction_rate, sep, r.prefill_tokens_per_s, csv ? "" : " |");
+                       r.correction_rate, sep, r.prefill_tokens_per_s, sep, r.device_mib, sep, r.host_mib, csv ? "" : " |");
         }
         if (!csv)
             fmt::print("\nt/s: mean ± std over {} repetitions of {} decode steps after {} warm-up steps; ms/step: median "
                        "(p99) of all measured steps; vs floor: step time / budget-only's; select, recall wait, attention, "
-                       "rest: ms per step on the critical path. Excluded: tokenization and sampling (random token ids).{}\n",
-                       p.reps, p.n_gen, p.n_warmup,
+                       "rest: ms per step on the critical path{}. KV GPU/host MiB: the engine's KV, maps and scratch on the GPU "
+                       "(weights excluded) and its pinned CPU store. Excluded: tokenization and sampling (random token ids).{}{}\n",
+                       p.reps, p.n_gen, p.n_warmup, p.gpu ? " (GPU: event times of the main stream; prefill t/s 0 = synthetic K/V fill)" : "",
+                       p.synthetic_kv ? " Context: pseudo-random K/V, no prefill." : "",
                        rate >= 0 ? fmt::format(" FreeKV correction is forced at rate {:.2f} (random weights).", rate)
                                  : std::string());
         return 0;

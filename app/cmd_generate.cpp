@@ -69,7 +69,7 @@ Command register_generate(CLI::App& cmd) {
         ->envname("FREEKV_ARG_ROPE_FREQ_DTYPE")->check(CLI::IsMember({"f32", "checkpoint"}));
     return [f]() -> int {
         apply_threads(f->threads);
-        resolve_device(f->device);
+        const std::string backend = resolve_device(f->device);
         ProgressLine::set_enabled(!f->no_progress);
         if (f->prompt.empty() && f->file.empty()) FREEKV_FAIL("no prompt: pass -p TEXT or -f FILE");
         const std::string text = read_prompt(f->prompt, f->file);
@@ -79,6 +79,10 @@ Command register_generate(CLI::App& cmd) {
         fmt::print(stderr, "{}\n", m.summary());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json; freekv needs it to turn the prompt into tokens", f->model);
         GenerateParams params;
+        if (backend == "cuda") {
+            params.gpu = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights());
+            fmt::print(stderr, "gpu: {:.2f} GiB of bf16 weights on the device\n", static_cast<double>(params.gpu->bytes()) / (1 << 30));
+        }
         params.n_ctx = f->n_ctx;
         params.n_predict = f->n_predict;
         params.kv_mode = f->kv.resolve();

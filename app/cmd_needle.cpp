@@ -34,6 +34,7 @@ Command register_needle(CLI::App& cmd) {
         fmt::print(stderr, "{}\n", m.summary());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json", f->model);
         NeedleParams params;
+        params.gpu = f->run.gpu_weights(m);
         params.task = f->task == "kv" ? NeedleTask::kKeyValue : NeedleTask::kPasskey;
         const int64_t answer = params.task == NeedleTask::kPasskey ? 16 : 48;
         const int64_t ctx = m.config.n_ctx_train;

@@ -4,6 +4,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include <memory>
+
+#include "gpu/gpu_engine.h"
+#include "model/model_loader.h"
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -26,18 +31,22 @@ CLI::Option* add_threads_flag(CLI::App& cmd, int& threads);
 void apply_threads(int threads);
 /// Adds --device auto|cpu|cuda[:N].
 CLI::Option* add_device_flag(CLI::App& cmd, std::string& device);
-/// Resolves --device to the backend that will run: today always "cpu". auto prints one line when
-/// CUDA is unavailable and continues; cuda fails with a message naming the flag.
+/// Resolves --device to the backend that will run: "cpu" or "cuda". auto takes the GPU when one
+/// answers and otherwise prints one line and continues on the CPU; cuda without a GPU fails with a
+/// message naming the flag.
 std::string resolve_device(const std::string& device);
 /// The flags every running command shares: -t/--threads, --device, --no-progress.
 struct RunFlags {
     int threads = 0;
     std::string device = "auto";
     bool no_progress = false;
+    std::string backend = "cpu";  // set by apply()
     void add_to(CLI::App& cmd);
     /// Applies the thread count, resolves the device (printing the CPU fallback line) and the
     /// progress setting.
-    void apply() const;
+    void apply();
+    /// The model's weights on the GPU when the backend is cuda, else nullptr.
+    std::shared_ptr<const gpu::GpuWeights> gpu_weights(const LoadedModel& m) const;
 };
 
 /// Parses a comma-separated list of integers in [min, max]; Error names the flag.

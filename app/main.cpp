@@ -40,19 +40,23 @@ CLI::Option* add_device_flag(CLI::App& cmd, std::string& device) {
 std::string resolve_device(const std::string& device) {
     if (device == "cpu") return "cpu";
     const cuda::CudaProbe probe = cuda::probe_cuda();
+    std::string why;
+    const bool engine = gpu::gpu_available(&why);
     if (device == "auto") {
-        if (!probe.available) {
+        if (!probe.available || !engine) {
             fmt::print(stderr, "freekv: CUDA unavailable ({}); using the CPU backend. Pass --device cpu to skip this check.\n",
-                       probe.reason);
-        } else {
-            // TODO(#4): the CUDA engine; until then generation runs on the CPU backend.
-            fmt::print(stderr, "freekv: found {} but this build runs generation on the CPU backend only (CUDA engine: "
-                       "issue #4). Pass --device cpu to skip this check.\n", probe.device_name);
+                       probe.available ? why : probe.reason);
+            return "cpu";
         }
-        return "cpu";
+        fmt::print(stderr, "freekv: running on {} (CUDA); pass --device cpu for the CPU backend\n", probe.device_name);
+        return "cuda";
     }
-    if (!probe.available) FREEKV_FAIL("--device {}: CUDA is unavailable ({}); use --device cpu", device, probe.reason);
-    FREEKV_FAIL("--device {}: the CUDA engine is not implemented yet (issue #4); use --device cpu or auto", device);
+    if (!probe.available || !engine)
+        FREEKV_FAIL("--device {}: CUDA is unavailable ({}); use --device cpu", device, probe.available ? why : probe.reason);
+    if (device != "cuda" && device != "cuda:0")
+        FREEKV_FAIL("--device {}: this build drives GPU 0 only; use --device cuda (or CUDA_VISIBLE_DEVICES to pick the GPU)",
+                    device);
+    return "cuda";
 }
 
 void RunFlags::add_to(CLI::App& cmd) {
@@ -61,10 +65,17 @@ void RunFlags::add_to(CLI::App& cmd) {
     cmd.add_flag("--no-progress", no_progress, "no progress line");
 }
 
-void RunFlags::apply() const {
+void RunFlags::apply() {
     apply_threads(threads);
-    resolve_device(device);
+    backend = resolve_device(device);
     ProgressLine::set_enabled(!no_progress);
+}
+
+std::shared_ptr<const gpu::GpuWeights> RunFlags::gpu_weights(const LoadedModel& m) const {
+    if (backend != "cuda") return nullptr;
+    auto w = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights());
+    fmt::print(stderr, "gpu: {:.2f} GiB of bf16 weights on the device\n", static_cast<double>(w->bytes()) / (1 << 30));
+    return w;
 }
 
 std::vector<int64_t> parse_int_list(const std::string& s, const char* flag, int64_t min, int64_t max) {

@@ -23,7 +23,70 @@ struct CellResult {
     double tokens_per_s = 0, prefill_tokens_per_s = 0;
     std::vector<double> step_ms;
     KvStats stats;
+    double device_mib = 0, host_mib = 0;
 };
+
+KvStats measured_part(KvStats after, const KvStats& before) {  // the measured steps only: subtract the warm-up
+    after.select_ms -= before.select_ms;
+    after.recall_wait_ms -= before.recall_wait_ms;
+    after.attention_ms -= before.attention_ms;
+    after.sequence_steps -= before.sequence_steps;
+    after.transfer.sync_jobs -= before.transfer.sync_jobs;
+    after.transfer.background_jobs -= before.transfer.background_jobs;
+    for (size_t l = 0; l < after.sparse_pairs.size(); ++l) {
+        after.sparse_pairs[l] -= before.sparse_pairs[l];
+        after.corrected_pairs[l] -= before.corrected_pairs[l];
+    }
+    return after;
+}
+
+CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, int64_t depth, int64_t batch, const BenchParams& p,
+                        const std::vector<int32_t>& prompt) {
+    using clock = std::chrono::steady_clock;
+    const ModelConfig& c = m.config;
+    const int64_t max_tokens = depth + p.n_warmup + p.n_gen + 1;
+    gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens);
+    std::vector<int32_t> seqs;
+    for (int64_t b = 0; b < batch; ++b) seqs.push_back(engine.add_sequence());
+    CellResult out;
+    std::vector<float> logits;
+    const auto t_prefill = clock::now();
+    for (int64_t b = 0; b < batch; ++b) {
+        if (p.synthetic_kv) {
+            engine.fill_synthetic(seqs[static_cast<size_t>(b)], depth, p.seed + static_cast<uint64_t>(b));
+            continue;
+        }
+        const SequenceSpan span{seqs[static_cast<size_t>(b)], 0, depth, 0};
+        const int64_t last = depth - 1;
+        engine.forward(std::span(prompt).first(static_cast<size_t>(depth)), std::span(&span, 1), std::span(&last, 1), logits);
+    }
+    out.prefill_tokens_per_s = p.synthetic_kv ? 0.0
+                                              : static_cast<double>(batch * depth) /
+                                                    std::chrono::duration<double>(clock::now() - t_prefill).count();
+    engine.set_timing(true);
+    std::mt19937 rng(static_cast<uint32_t>(p.seed));
+    std::vector<int32_t> tokens(static_cast<size_t>(batch));
+    std::vector<SequenceSpan> spans(static_cast<size_t>(batch));
+    std::vector<int64_t> rows(static_cast<size_t>(batch));
+    std::iota(rows.begin(), rows.end(), 0);
+    KvStats before;
+    for (int64_t step = 0; step < p.n_warmup + p.n_gen; ++step) {
+        if (step == p.n_warmup) before = engine.stats();
+        for (int64_t b = 0; b < batch; ++b) {
+            tokens[static_cast<size_t>(b)] = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.n_vocab));
+            spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], depth + step, 1, b};
+        }
+        const auto t = clock::now();
+        engine.forward(tokens, spans, rows, logits);  // returns with the logits on the host
+        if (step >= p.n_warmup) out.step_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t).count());
+    }
+    const double total_s = std::accumulate(out.step_ms.begin(), out.step_ms.end(), 0.0) / 1000.0;
+    out.tokens_per_s = static_cast<double>(batch * p.n_gen) / total_s;
+    out.stats = measured_part(engine.stats(), before);
+    out.device_mib = static_cast<double>(engine.device_bytes()) / 1048576.0;
+    out.host_mib = static_cast<double>(engine.host_bytes()) / 1048576.0;
+    return out;
+}
 
 CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, int64_t depth, int64_t batch, const BenchParams& p,
                     const std::vector<int32_t>& prompt) {
@@ -74,20 +137,7 @@ CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, int64_t dept
     }
     const double total_s = std::accumulate(out.step_ms.begin(), out.step_ms.end(), 0.0) / 1000.0;
     out.tokens_per_s = static_cast<double>(batch * p.n_gen) / total_s;
-    if (retrieval) {
-        KvStats after = retrieval->stats();  // the measured steps only: subtract the warm-up
-        after.select_ms -= before.select_ms;
-        after.recall_wait_ms -= before.recall_wait_ms;
-        after.attention_ms -= before.attention_ms;
-        after.sequence_steps -= before.sequence_steps;
-        after.transfer.sync_jobs -= before.transfer.sync_jobs;
-        after.transfer.background_jobs -= before.transfer.background_jobs;
-        for (size_t l = 0; l < after.sparse_pairs.size(); ++l) {
-            after.sparse_pairs[l] -= before.sparse_pairs[l];
-            after.corrected_pairs[l] -= before.corrected_pairs[l];
-        }
-        out.stats = after;
-    }
+    if (retrieval) out.stats = measured_part(retrieval->stats(), before);
     return out;
 }
 
@@ -118,7 +168,8 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                     if (!errors[i].empty()) continue;
                     if (progress) progress(fmt::format("{} d{} b{} rep {}", p.labels[i], depth, batch, rep + 1));
                     try {
-                        results[i].push_back(run_cell(m, p.modes[i], depth, batch, p, prompt));
+                        results[i].push_back(p.gpu ? run_cell_gpu(m, p.modes[i], depth, batch, p, prompt)
+                                               : run_cell(m, p.modes[i], depth, batch, p, prompt));
                     } catch (const std::bad_alloc&) {
                         errors[i] = "out of memory";
                     } catch (const Error& e) {
@@ -163,6 +214,8 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                                                                  n_steps
                                                            : 0.0;
                 row.correction_rate = s.sparse_pairs.empty() ? 0.0 : s.correction_rate();
+                row.device_mib = results[i].back().device_mib;
+                row.host_mib = results[i].back().host_mib;
                 if (p.modes[i].mode == KvMode::kBudgetOnly) floor_ms = row.step_ms_median;
                 rows.push_back(row);
             }

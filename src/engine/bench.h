@@ -6,10 +6,12 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/kv_mode.h"
+#include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 
 namespace freekv {
@@ -23,6 +25,10 @@ struct BenchParams {
     int64_t n_warmup = 4;   // decode steps discarded first
     int reps = 2;
     uint64_t seed = 7;
+    std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
+    // GPU only: give each sequence `depth` tokens of pseudo-random K/V instead of a prefill (random
+    // weights make prefilled K/V no more meaningful, and it skips minutes of prefill at 128K).
+    bool synthetic_kv = false;
 };
 
 struct BenchRow {
@@ -36,6 +42,7 @@ struct BenchRow {
     double prefill_tokens_per_s = 0;
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0, rest_ms = 0;  // per decode step
     double pages_per_step = 0, correction_rate = 0;
+    double device_mib = 0, host_mib = 0;  // KV + scratch on the GPU (weights excluded); pinned CPU store
 };
 
 std::vector<BenchRow> run_bench(const LoadedModel& model, const BenchParams& params,

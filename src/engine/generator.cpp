@@ -25,7 +25,9 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     const int64_t budget = n_ctx - n_prompt;
     const int64_t n_predict = params.n_predict < 0 ? budget : std::min(params.n_predict, budget);
 
-    KvSession session(c, params.kv_mode, n_prompt + n_predict);
+    KvSession session(c, params.kv_mode, n_prompt + n_predict, params.gpu);
+    // The GPU engine prefills a prompt in one call.
+    const int64_t chunk = session.on_gpu() ? n_prompt : params.prefill_chunk;
     const std::vector<int32_t> stop = m.stop_ids();
     Sampler sampler(params.sampling);
     GenerateStats stats;
@@ -34,9 +36,9 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
 
     const auto t0 = clock::now();
     {
-        ProgressLine progress("prefill", n_prompt, "tokens", params.progress && n_prompt > params.prefill_chunk);
-        for (int64_t done = 0; done < n_prompt; done += params.prefill_chunk) {
-            const int64_t n = std::min(params.prefill_chunk, n_prompt - done);
+        ProgressLine progress("prefill", n_prompt, "tokens", params.progress && n_prompt > chunk);
+        for (int64_t done = 0; done < n_prompt; done += chunk) {
+            const int64_t n = std::min(chunk, n_prompt - done);
             session.forward(*m.model, std::span(prompt).subspan(static_cast<size_t>(done), static_cast<size_t>(n)), logits);
             progress.update(done + n);
         }

@@ -10,6 +10,7 @@
 #include "engine/kv_mode.h"
 #include "engine/retrieval_kv.h"
 #include "engine/sampler.h"
+#include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 
 namespace freekv {
@@ -21,6 +22,7 @@ struct GenerateParams {
     KvModeConfig kv_mode = full_kv_mode();  // the CLI defaults to freekv
     SamplingParams sampling;
     bool progress = true;
+    std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
 };
 
 struct GenerateStats {

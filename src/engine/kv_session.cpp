@@ -5,8 +5,13 @@
 
 namespace freekv {
 
-KvSession::KvSession(const ModelConfig& c, const KvModeConfig& mode, int64_t max_tokens) : max_tokens_(max_tokens) {
-    if (mode.mode == KvMode::kFull) {
+KvSession::KvSession(const ModelConfig& c, const KvModeConfig& mode, int64_t max_tokens,
+                     std::shared_ptr<const gpu::GpuWeights> gpu)
+    : full_mode_(mode.mode == KvMode::kFull), max_tokens_(max_tokens) {
+    if (gpu) {
+        gpu_ = std::make_unique<gpu::GpuEngine>(std::move(gpu), mode, 1, max_tokens);
+        seq_ = gpu_->add_sequence();
+    } else if (mode.mode == KvMode::kFull) {
         cache_ = std::make_unique<PagedKvCache>(c.n_layer, c.n_head_kv, c.head_dim, mode.page_size,
                                                 (max_tokens + mode.page_size - 1) / mode.page_size);
         full_ = std::make_unique<FullAttentionKv>(*cache_, c.n_head);
@@ -25,11 +30,19 @@ void KvSession::forward(const LlamaModel& model, std::span<const int32_t> tokens
                     max_tokens_);
     const SequenceSpan span{seq_, n_tokens_, n, 0};
     const int64_t last = n - 1;
+    if (gpu_) {
+        gpu_->forward(tokens, std::span(&span, 1), std::span(&last, 1), logits);
+        n_tokens_ += n;
+        return;
+    }
     AttentionKv& kv = full_ ? static_cast<AttentionKv&>(*full_) : static_cast<AttentionKv&>(*retrieval_);
     model.forward_batch(tokens, std::span(&span, 1), kv, std::span(&last, 1), logits);
     n_tokens_ += n;
 }
 
-KvStats KvSession::stats() { return retrieval_ ? retrieval_->stats() : KvStats{}; }
+KvStats KvSession::stats() {
+    if (gpu_) return full_mode_ ? KvStats{} : gpu_->stats();
+    return retrieval_ ? retrieval_->stats() : KvStats{};
+}
 
 }  // namespace freekv

@@ -1,7 +1,9 @@
 // kv_session.h: one sequence decoded under one KV mode: the AttentionKv that mode needs (full:
 // a PagedKvCache with FullAttentionKv; any other mode: a RetrievalKv) plus the sequence in it.
-// Used by generate, perplexity and needle so that every tool runs every mode the same way.
-// Invariant: forward() feeds tokens at positions n_tokens() .. n_tokens() + size - 1.
+// Used by generate, perplexity and needle so that every tool runs every mode the same way. With
+// GPU weights the session runs on the GPU engine instead (one sequence, same modes).
+// Invariant: forward() feeds tokens at positions n_tokens() .. n_tokens() + size - 1; on the GPU
+// the first forward is the whole prompt and later ones one token each.
 #pragma once
 
 #include <memory>
@@ -10,6 +12,7 @@
 
 #include "engine/kv_mode.h"
 #include "engine/retrieval_kv.h"
+#include "gpu/gpu_engine.h"
 #include "kv/full_attention_kv.h"
 #include "model/llama_model.h"
 
@@ -17,7 +20,8 @@ namespace freekv {
 
 class KvSession {
 public:
-    KvSession(const ModelConfig& config, const KvModeConfig& mode, int64_t max_tokens);
+    KvSession(const ModelConfig& config, const KvModeConfig& mode, int64_t max_tokens,
+              std::shared_ptr<const gpu::GpuWeights> gpu = nullptr);
 
     /// Runs `tokens` through the model; logits: [n_vocab] of the last token.
     void forward(const LlamaModel& model, std::span<const int32_t> tokens, std::vector<float>& logits);
@@ -26,11 +30,16 @@ public:
     /// Counters of the retrieval modes (empty for full).
     KvStats stats();
     RetrievalKv* retrieval() { return retrieval_.get(); }
+    bool on_gpu() const { return gpu_ != nullptr; }
+    /// Whether stats() carries retrieval counters (any mode but full).
+    bool has_stats() const { return retrieval_ != nullptr || (gpu_ != nullptr && !full_mode_); }
 
 private:
     std::unique_ptr<PagedKvCache> cache_;
     std::unique_ptr<FullAttentionKv> full_;
     std::unique_ptr<RetrievalKv> retrieval_;
+    std::unique_ptr<gpu::GpuEngine> gpu_;
+    bool full_mode_ = false;
     int32_t seq_ = 0;
     int64_t n_tokens_ = 0, max_tokens_ = 0;
 };

@@ -7,11 +7,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "engine/kv_mode.h"
+#include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 #include "tokenizer/bpe_tokenizer.h"
 
@@ -44,6 +46,7 @@ struct NeedleParams {
     int trials = 2;
     uint64_t seed = 1234;
     KvModeConfig mode;
+    std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
 };
 
 struct NeedleCell {

@@ -96,9 +96,9 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
     for (int64_t w = 0; w < n_windows; ++w) {
         const std::span<const int32_t> window(tokens.data() + w * params.n_ctx, static_cast<size_t>(params.n_ctx));
         std::vector<std::unique_ptr<KvSession>> runners;
-        for (const auto& m : modes) runners.push_back(std::make_unique<KvSession>(c, m, params.n_ctx));
+        for (const auto& m : modes) runners.push_back(std::make_unique<KvSession>(c, m, params.n_ctx, params.gpu));
         std::unique_ptr<KvSession> reference;
-        if (params.compare_full) reference = std::make_unique<KvSession>(c, full_mode, params.n_ctx);
+        if (params.compare_full) reference = std::make_unique<KvSession>(c, full_mode, params.n_ctx, params.gpu);
         const auto prompt = window.first(static_cast<size_t>(params.prefix));
         for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, prompt, logits[i]);
         if (reference) reference->forward(*model.model, prompt, full_logits);
@@ -124,7 +124,7 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
             if (progress) progress(w * per_window + (t - params.prefix) + 1, total);
         }
         for (size_t i = 0; i < n_modes; ++i)
-            if (runners[i]->retrieval()) add_stats(acc[i].stats, runners[i]->stats());
+            if (runners[i]->has_stats()) add_stats(acc[i].stats, runners[i]->stats());
     }
     std::vector<PerplexityResult> results(n_modes);
     for (size_t i = 0; i < n_modes; ++i) {

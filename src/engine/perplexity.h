@@ -12,6 +12,7 @@
 
 #include "engine/kv_mode.h"
 #include "engine/retrieval_kv.h"
+#include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 
 namespace freekv {
@@ -23,6 +24,7 @@ struct PerplexityParams {
     bool compare_full = false;
     std::vector<KvModeConfig> modes;  // all run in lockstep on the same tokens and weights
     std::vector<std::string> labels;  // one per mode, for reports
+    std::shared_ptr<const gpu::GpuWeights> gpu;  // run every mode (and the reference) on the GPU when set
 };
 
 struct PerplexityResult {

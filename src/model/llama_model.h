@@ -32,6 +32,7 @@ public:
                        std::span<const int64_t> out_rows, std::vector<float>& logits) const;
 
     const ModelConfig& config() const { return config_; }
+    const LlamaWeights& weights() const { return weights_; }
 
 private:
     ModelConfig config_;

@@ -159,8 +159,18 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
             a.n_seq = n_seq, a.n_head = n_head, a.n_head_kv = n_head_kv, a.head_dim = head_dim;
             a.page_size = page_size, a.max_list = max_list;
             a.stride_seq = stride_seq, a.stride_page = stride_page, a.stride_tok = stride_tok;
+            // Split-K: 1 (one block per list) and 5 token ranges merged by the combine kernel; the
+            // 5-token list of sequence 2 leaves splits empty.
+            for (int32_t split : {1, 5}) {
+            a.n_split = split;
+            float* partial = nullptr;
+            if (split > 1) {
+                ASSERT_EQ(cudaMalloc(&partial, static_cast<size_t>(a.partial_floats()) * 4), cudaSuccess);
+            }
+            a.partial = partial;
             cuda::attention_pages(a, nullptr);
             const auto got = to_host(a.out, q.size());
+            cudaFree(partial);
             for (int s = 0; s < n_seq; ++s) {
                 PagedKvView view{k32.data() + s * stride_seq, v32.data() + s * stride_seq,
                                  lists.data() + s * n_head_kv * max_list, n_pages[static_cast<size_t>(s)],
@@ -170,7 +180,8 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                                      want.data());
                 std::span<const float> g(got.data() + s * n_head * head_dim, want.size());
                 EXPECT_LE(test::nmse(g, want), kNmse) << "seq " << s << " group " << group << " n_head_kv " << n_head_kv
-                                                      << " head_dim " << head_dim;
+                                                      << " head_dim " << head_dim << " split " << split;
+            }
             }
             for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),
                                   static_cast<const void*>(a.page_ids), static_cast<const void*>(a.n_pages),

@@ -94,9 +94,12 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
     const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim;
     for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) q_shared[i] = q[i];
     __syncthreads();
-    const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
-    const int n_list = a.n_pages[seq];
-    const int n_tokens = (n_list - 1) * a.page_size + a.last_len[seq];
+    const bool causal = a.page_ids == nullptr;
+    const int32_t* pages = causal ? nullptr : a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
+    const int n_tokens = causal ? a.causal_pos0 + seq + 1 : (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
+    // This block's token range (the whole list unless split-K).
+    const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
+    const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
     float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][kMaxDimsPerLane];
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) {
@@ -105,9 +108,10 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
 #pragma unroll
         for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
     }
-    const int64_t base = static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * a.head_dim;
-    for (int j = warp; j < n_tokens; j += kWarps) {
-        const int64_t off = base + static_cast<int64_t>(pages[j / a.page_size]) * a.stride_page + (j % a.page_size) * a.stride_tok;
+    const int64_t base = (causal ? 0 : static_cast<int64_t>(seq) * a.stride_seq) + static_cast<int64_t>(ikv) * a.head_dim;
+    for (int j = j_begin + warp; j < j_end; j += kWarps) {
+        const int page = causal ? j / a.page_size : pages[j / a.page_size];
+        const int64_t off = base + static_cast<int64_t>(page) * a.stride_page + (j % a.page_size) * a.stride_tok;
         float kr[kMaxDimsPerLane], vr[kMaxDimsPerLane];
 #pragma unroll
         for (int d = 0; d < kMaxDimsPerLane; ++d) {
@@ -156,6 +160,37 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
             const float f = expf(m_shared[w][g] - m_all);
             l_all += l_shared[w][g] * f;
             o += acc_shared[w][i] * f;
+        }
+        if (gridDim.z == 1) {
+            a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim + i] = o / l_all;
+        } else {  // partial state of this split: [acc (G x d)][m (G)][l (G)]
+            float* part = a.partial + ((static_cast<int64_t>(seq) * a.n_head_kv + ikv) * gridDim.z + blockIdx.z) *
+                                          group * (a.head_dim + 2);
+            part[i] = o;
+            if (i % a.head_dim == 0) {
+                part[group * a.head_dim + g] = m_all;
+                part[group * a.head_dim + group + g] = l_all;
+            }
+        }
+    }
+}
+
+// Merges the n_split partial states of each (sequence, KV head) into the output.
+__global__ void attention_combine_kernel(PagesAttentionArgs a) {
+    const int ikv = blockIdx.x, seq = blockIdx.y, group = a.n_head / a.n_head_kv;
+    const int stride = group * (a.head_dim + 2);
+    const float* parts = a.partial + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_split * stride;
+    for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) {
+        const int g = i / a.head_dim;
+        float m_all = -INFINITY;
+        for (int z = 0; z < a.n_split; ++z) m_all = fmaxf(m_all, parts[z * stride + group * a.head_dim + g]);
+        float l_all = 0.0f, o = 0.0f;
+        for (int z = 0; z < a.n_split; ++z) {
+            const float m = parts[z * stride + group * a.head_dim + g];
+            if (m == -INFINITY) continue;  // an empty split
+            const float f = expf(m - m_all);
+            l_all += parts[z * stride + group * a.head_dim + group + g] * f;
+            o += parts[z * stride + i] * f;
         }
         a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim + i] = o / l_all;
     }
@@ -213,9 +248,14 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
                  a.head_dim);
     FREEKV_CHECK(a.n_head % a.n_head_kv == 0 && a.n_head / a.n_head_kv <= kMaxGroup,
                  "attention_pages: GQA group {} / {} must be 1..16", a.n_head, a.n_head_kv);
-    attention_pages_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq)), kWarps * 32, 0,
-                             as_stream(stream)>>>(a);
+    FREEKV_CHECK(a.n_split >= 1 && (a.n_split == 1 || a.partial != nullptr), "attention_pages: split-K needs scratch");
+    const dim3 grid(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), static_cast<unsigned>(a.n_split));
+    attention_pages_kernel<<<grid, kWarps * 32, 0, as_stream(stream)>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());
+    if (a.n_split > 1) {
+        attention_combine_kernel<<<dim3(grid.x, grid.y), 128, 0, as_stream(stream)>>>(a);
+        FREEKV_CUDA_CHECK(cudaGetLastError());
+    }
 }
 
 }  // namespace freekv::cuda

@@ -19,11 +19,12 @@ constexpr int kSelectThreads = 256;
 __device__ float bf16_bits_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
 
 __global__ void score_pages_kernel(SelectArgs a) {
-    const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int ikv = blockIdx.x, row = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int seq = a.batch_of != nullptr ? a.batch_of[row] : row;
     const int warps = blockDim.x / 32, group = a.n_head / a.n_head_kv;
-    if (a.flags != nullptr && a.flags[seq * a.n_head_kv + ikv] != a.want_flag) return;
-    const int first = a.n_sink_page, end = a.n_pages[seq] - a.n_recent_page;
-    const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim;
+    if (a.flags != nullptr && a.flags[row * a.n_head_kv + ikv] != a.want_flag) return;
+    const int first = a.n_sink_page, end = a.n_pages[row] - a.n_recent_page;
+    const float* q = a.q + (static_cast<int64_t>(row) * a.n_head + ikv * group) * a.head_dim;
     const uint16_t* base = a.summaries + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages * 2 * a.head_dim;
     float* scores = a.scores + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * group * a.max_pages;
     for (int j = first + blockIdx.z * warps + warp; j < end; j += gridDim.z * warps) {
@@ -83,9 +84,10 @@ __device__ float block_sum(float v) {
 __global__ void select_kernel(SelectArgs a) {
     extern __shared__ float aggregated[];  // [n candidates]
     __shared__ int selected[kMaxSelect];
-    const int ikv = blockIdx.x, seq = blockIdx.y, group = a.n_head / a.n_head_kv;
-    if (a.flags != nullptr && a.flags[seq * a.n_head_kv + ikv] != a.want_flag) return;
-    const int first = a.n_sink_page, n = a.n_pages[seq] - a.n_recent_page - first;
+    const int ikv = blockIdx.x, row = blockIdx.y, group = a.n_head / a.n_head_kv;
+    const int seq = a.batch_of != nullptr ? a.batch_of[row] : row;
+    if (a.flags != nullptr && a.flags[row * a.n_head_kv + ikv] != a.want_flag) return;
+    const int first = a.n_sink_page, n = a.n_pages[row] - a.n_recent_page - first;
     const float* scores = a.scores + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * group * a.max_pages + first;
     for (int j = threadIdx.x; j < n; j += blockDim.x) aggregated[j] = a.agg == 2 ? -INFINITY : 0.0f;
     __syncthreads();

@@ -14,6 +14,9 @@
 namespace freekv::cuda {
 
 struct SelectArgs {
+    // Rows: blockIdx.y indexes q, n_pages and flags; batch_of[row] (or the row itself when
+    // batch_of == nullptr) indexes summaries, maps and the jobs' seq.
+    const int32_t* batch_of = nullptr;
     const float* q = nullptr;          // [n_seq][n_head][head_dim] post-RoPE queries
     const uint16_t* summaries = nullptr;  // bf16 [n_seq][n_head_kv][max_pages][2][head_dim]
     const int32_t* n_pages = nullptr;  // [n_seq] pages of each sequence (candidates [ns, n_pages - nw))

@@ -1,0 +1,303 @@
+// kv_kernels.cu: see kv_kernels.cuh. Plain kernels: one thread per element for copies, one warp
+// per (sequence, KV head) for the correction test, one block per (page, KV head) for installs and
+// one block per (sequence, query head) for attention-mass recall.
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gather_pages.cuh"
+#include "backend/cuda/kv_kernels.cuh"
+
+namespace freekv::cuda {
+
+namespace {
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+unsigned blocks(int64_t n) { return static_cast<unsigned>((n + 255) / 256); }
+
+__device__ float bf16_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+
+__device__ uint16_t float_to_bf16(float f) {  // round to nearest even, as f32_to_bf16 on the host
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
+
+__global__ void append_kernel(const float* k, const float* v, int32_t n_seq, int64_t row, int64_t v_delta,
+                              const int64_t* dst_offset, uint16_t* cache) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= n_seq * row) return;
+    const int64_t s = i / row, e = i % row, dst = dst_offset[s] + e;
+    cache[dst] = float_to_bf16(k[i]);
+    cache[dst + v_delta] = float_to_bf16(v[i]);
+}
+
+__global__ void round_kernel(const float* x, int64_t n, uint16_t* out) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < n) out[i] = float_to_bf16(x[i]);
+}
+
+__global__ void install_kernel(InstallArgs a, KvGeometry g) {
+    const int page = blockIdx.x, ikv = blockIdx.y;
+    const int64_t row = g.row();
+    const int rows = min(g.page_size, a.n_tokens - page * g.page_size);
+    const uint16_t* k = a.hist_k + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
+    const uint16_t* v = a.hist_v + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
+    const bool complete = page < a.n_complete;
+    if (complete && a.layer_summaries != nullptr) {
+        uint16_t* summary = a.layer_summaries +
+                            ((static_cast<int64_t>(a.seq) * g.n_head_kv + ikv) * g.max_pages + page) * 2 * g.head_dim;
+        for (int i = threadIdx.x; i < g.head_dim; i += blockDim.x) {
+            float mx = -INFINITY, mn = INFINITY;
+            for (int r = 0; r < g.page_size; ++r) {
+                const float x = bf16_to_float(k[r * row + i]);
+                mx = fmaxf(mx, x);
+                mn = fminf(mn, x);
+            }
+            float upper = mx, lower = mn;
+            if (a.cuboid) {
+                const float centre = (mx + mn) / 2.0f;
+                float deviation = 0.0f;
+                for (int r = 0; r < g.page_size; ++r) deviation += fabsf(bf16_to_float(k[r * row + i]) - centre);
+                deviation /= static_cast<float>(g.page_size);
+                upper = centre + deviation;
+                lower = centre - deviation;
+            }
+            summary[i] = float_to_bf16(upper);
+            summary[g.head_dim + i] = float_to_bf16(lower);
+        }
+    }
+    if (complete && a.cpu_chunks != nullptr) {
+        const int cpu_page = a.cpu_page_of[static_cast<int64_t>(a.seq) * g.max_pages + page];
+        uint16_t* block = a.cpu_chunks[cpu_page / a.pages_per_chunk] +
+                          static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_elems() +
+                          (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.block_elems();
+        for (int e = threadIdx.x; e < 2 * g.page_size * g.head_dim; e += blockDim.x) {
+            const int r = e / g.head_dim, i = e % g.head_dim;  // r: K rows, then V rows
+            block[e] = r < g.page_size ? k[r * row + i] : v[(r - g.page_size) * row + i];
+        }
+    }
+    const int slot = a.slot_of_page[page];
+    if (slot >= 0) {
+        uint16_t* dst = a.layer_cache + (static_cast<int64_t>(a.seq) * g.n_slots + slot) * g.slot_elems() + ikv * g.head_dim;
+        const int64_t v_delta = static_cast<int64_t>(g.page_size) * row;
+        for (int e = threadIdx.x; e < rows * g.head_dim; e += blockDim.x) {
+            const int r = e / g.head_dim, i = e % g.head_dim;
+            dst[r * row + i] = k[r * row + i];
+            dst[v_delta + r * row + i] = v[r * row + i];
+        }
+    }
+}
+
+__global__ void flags_kernel(FlagArgs a, KvGeometry g) {
+    const int s = blockIdx.x, ikv = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (ikv >= g.n_head_kv) return;
+    const int group = g.n_head / g.n_head_kv;
+    const uint8_t mode = a.mode[s];
+    __shared__ int any_flag;
+    if (threadIdx.x == 0) any_flag = 0;
+    __syncthreads();
+    uint8_t flag = 2;
+    if (mode == 1) {
+        flag = 1;
+    } else if (mode == 3) {
+        flag = a.forced[s * g.n_head_kv + ikv];
+    } else if (mode == 2) {
+        const float* q = a.q + (static_cast<int64_t>(s) * g.n_head + ikv * group) * g.head_dim;
+        const float* p = a.q_prev[s] + static_cast<int64_t>(ikv) * group * g.head_dim;
+        float total = 0.0f;
+        for (int h = 0; h < group; ++h) {
+            float dot = 0.0f, na = 0.0f, nb = 0.0f;
+            for (int i = lane; i < g.head_dim; i += 32) {
+                const float x = q[h * g.head_dim + i], y = p[h * g.head_dim + i];
+                dot += x * y;
+                na += x * x;
+                nb += y * y;
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                dot += __shfl_xor_sync(0xffffffffu, dot, o);
+                na += __shfl_xor_sync(0xffffffffu, na, o);
+                nb += __shfl_xor_sync(0xffffffffu, nb, o);
+            }
+            total += dot / fmaxf(sqrtf(na) * sqrtf(nb), 1e-20f);
+        }
+        flag = total / static_cast<float>(group) < a.tau ? 1 : 0;
+    }
+    if (lane == 0) {
+        a.flags[s * g.n_head_kv + ikv] = flag;
+        if (mode >= 2) {
+            atomicAdd(&a.counters[2], 1ULL);
+            if (flag == 1) {
+                atomicAdd(&a.counters[3], 1ULL);
+                atomicOr(&any_flag, 1);
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && mode >= 2) {
+        atomicAdd(&a.counters[0], 1ULL);
+        if (any_flag) atomicAdd(&a.counters[1], 1ULL);
+    }
+}
+
+__global__ void store_queries_kernel(const float* q, float* const* dst, int64_t per_seq, int32_t n_seq) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < n_seq * per_seq) dst[i / per_seq][i % per_seq] = q[i];
+}
+
+__global__ void count_jobs_kernel(const GatherJob* jobs, const int32_t* n_jobs, unsigned long long* per_head) {
+    for (int j = threadIdx.x; j < *n_jobs; j += blockDim.x) atomicAdd(&per_head[jobs[j].ikv], 1ULL);
+}
+
+// One block per (listed sequence, query head): logits of every key, then per-page mass.
+__global__ void mass_kernel(MassArgs a, KvGeometry g) {
+    const int item = blockIdx.x, h = blockIdx.y, group = g.n_head / g.n_head_kv, ikv = h / group;
+    const int seq = a.seq[item], n_tokens = a.n_tokens[item];
+    const int current = (n_tokens - 1) / g.page_size, n_pages = current + 1;
+    const float scale = rsqrtf(static_cast<float>(g.head_dim));
+    const float* q = a.q + (static_cast<int64_t>(item) * g.n_head + h) * g.head_dim;
+    float* logits = a.scratch + (static_cast<int64_t>(item) * g.n_head + h) * g.max_pages * g.page_size;
+    const int64_t row = g.row();
+    for (int j = threadIdx.x; j < n_tokens; j += blockDim.x) {
+        const int page = j / g.page_size, r = j % g.page_size;
+        const uint16_t* key;
+        if (page < current) {
+            const int cpu_page = a.cpu_page_of[static_cast<int64_t>(seq) * g.max_pages + page];
+            key = a.cpu_chunks[cpu_page / a.pages_per_chunk] + static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_elems() +
+                  (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.block_elems() + static_cast<int64_t>(r) * g.head_dim;
+        } else {
+            key = a.layer_cache + (static_cast<int64_t>(seq) * g.n_slots + a.current_slot) * g.slot_elems() + r * row +
+                  ikv * g.head_dim;
+        }
+        float dot = 0.0f;
+        for (int i = 0; i < g.head_dim; ++i) dot += q[i] * bf16_to_float(key[i]);
+        logits[j] = dot * scale;
+    }
+    __syncthreads();
+    __shared__ float reduce[256];
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < n_tokens; j += blockDim.x) mx = fmaxf(mx, logits[j]);
+    reduce[threadIdx.x] = mx;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) reduce[threadIdx.x] = fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + o]);
+        __syncthreads();
+    }
+    mx = reduce[0];
+    __syncthreads();
+    const int32_t* where = a.slot_of_page + (static_cast<int64_t>(seq) * g.n_head_kv + ikv) * g.max_pages;
+    float total = 0.0f, attended = 0.0f;
+    for (int j = threadIdx.x; j < n_tokens; j += blockDim.x) {
+        const int page = j / g.page_size;
+        const float e = expf(logits[j] - mx);
+        total += e;
+        if (page < a.n_sink_page || page >= n_pages - a.n_recent_page || where[page] >= 0) attended += e;
+    }
+    __shared__ float reduce2[256];
+    reduce[threadIdx.x] = total;
+    reduce2[threadIdx.x] = attended;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if (threadIdx.x < o) {
+            reduce[threadIdx.x] += reduce[threadIdx.x + o];
+            reduce2[threadIdx.x] += reduce2[threadIdx.x + o];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) a.out[static_cast<int64_t>(item) * g.n_head + h] = reduce2[0] / reduce[0];
+}
+
+__global__ void place_kernel(const int32_t* items, int32_t n_items, KvGeometry g, int32_t* page_of_slot,
+                             int32_t* slot_of_page) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_items * g.n_layer * g.n_head_kv) return;
+    const int item = i % n_items, lh = i / n_items, il = lh / g.n_head_kv, h = lh % g.n_head_kv;
+    const int seq = items[3 * item], page = items[3 * item + 1], slot = items[3 * item + 2];
+    const int64_t head = (static_cast<int64_t>(il) * g.max_batch + seq) * g.n_head_kv + h;
+    page_of_slot[head * g.n_slots + slot] = page;
+    slot_of_page[head * g.max_pages + page] = slot;
+}
+
+__device__ float hash_uniform(uint64_t seed, uint64_t i) {  // splitmix64 of (seed, i) -> [-1, 1)
+    uint64_t z = seed * 0x9e3779b97f4a7c15ULL + i + 0x632be59bd9b4e019ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return static_cast<float>(z >> 40) / static_cast<float>(1 << 23) - 1.0f;
+}
+
+__global__ void fill_bf16_kernel(uint16_t* out, int64_t n, uint64_t seed) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        out[i] = float_to_bf16(hash_uniform(seed, static_cast<uint64_t>(i)));
+}
+
+__global__ void fill_f32_kernel(float* out, int64_t n, uint64_t seed) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        out[i] = hash_uniform(seed, static_cast<uint64_t>(i));
+}
+
+}  // namespace
+
+void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& g, const int64_t* dst_offset,
+               uint16_t* layer_cache, void* stream) {
+    append_kernel<<<blocks(n_seq * g.row()), 256, 0, as_stream(stream)>>>(k, v, n_seq, g.row(), g.page_size * g.row(),
+                                                                         dst_offset, layer_cache);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream) {
+    round_kernel<<<blocks(n), 256, 0, as_stream(stream)>>>(x, n, out);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream) {
+    const int n_pages = (a.n_tokens + g.page_size - 1) / g.page_size;
+    if (n_pages == 0) return;
+    install_kernel<<<dim3(static_cast<unsigned>(n_pages), static_cast<unsigned>(g.n_head_kv)), 128, 0, as_stream(stream)>>>(a, g);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void correction_flags(const FlagArgs& a, const KvGeometry& g, void* stream) {
+    FREEKV_CHECK(g.n_head_kv <= 32, "correction_flags: {} KV heads > 32", g.n_head_kv);
+    flags_kernel<<<static_cast<unsigned>(a.n_seq), static_cast<unsigned>(32 * g.n_head_kv), 0, as_stream(stream)>>>(a, g);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void store_queries(const float* q, float* const* dst, int32_t n_seq, const KvGeometry& g, void* stream) {
+    const int64_t per_seq = static_cast<int64_t>(g.n_head) * g.head_dim;
+    store_queries_kernel<<<blocks(n_seq * per_seq), 256, 0, as_stream(stream)>>>(q, dst, per_seq, n_seq);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void count_jobs(const void* jobs, const int32_t* n_jobs, unsigned long long* per_head, void* stream) {
+    count_jobs_kernel<<<1, 256, 0, as_stream(stream)>>>(static_cast<const GatherJob*>(jobs), n_jobs, per_head);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void mass_recall(const MassArgs& a, const KvGeometry& g, void* stream) {
+    if (a.n_list == 0) return;
+    mass_kernel<<<dim3(static_cast<unsigned>(a.n_list), static_cast<unsigned>(g.n_head)), 256, 0, as_stream(stream)>>>(a, g);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void place_pages(const int32_t* items, int32_t n_items, const KvGeometry& g, int32_t* page_of_slot, int32_t* slot_of_page,
+                 void* stream) {
+    if (n_items == 0) return;
+    place_kernel<<<blocks(static_cast<int64_t>(n_items) * g.n_layer * g.n_head_kv), 256, 0, as_stream(stream)>>>(
+        items, n_items, g, page_of_slot, slot_of_page);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void fill_random_bf16(uint16_t* out, int64_t n, uint64_t seed, void* stream) {
+    fill_bf16_kernel<<<1024, 256, 0, as_stream(stream)>>>(out, n, seed);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void fill_random_f32(float* out, int64_t n, uint64_t seed, void* stream) {
+    fill_f32_kernel<<<1024, 256, 0, as_stream(stream)>>>(out, n, seed);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace freekv::cuda

@@ -1,0 +1,112 @@
+// kv_kernels.cuh: the small device kernels of the GPU KV engine (src/gpu): appending a decode
+// token's K/V to its slot, installing a prefilled history into the budget cache and the CPU store,
+// the correction test, attention-mass recall, recall counters, and synthetic KV for benchmarks.
+// Host API only (device pointers in, `stream` a cudaStream_t passed as void*); no CUDA types.
+// Layouts are those of kv/kv_manager.h with bf16 elements:
+//   budget cache [L][max_batch][n_slots][2][page_size][n_head_kv][head_dim]   (NHD slots)
+//   CPU store    per CPU page [L][n_head_kv][2][page_size][head_dim]           (HND blocks)
+//   summaries    [L][max_batch][n_head_kv][max_pages][2][head_dim]
+// Invariants: summaries and offloaded blocks are bit-identical to page_boundary.cu's (fp32 math,
+// bf16 storage, round to nearest even); every launcher checks the launch and throws Error.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FREEKV_HOST_DEVICE __host__ __device__
+#else
+#define FREEKV_HOST_DEVICE
+#endif
+
+namespace freekv::cuda {
+
+/// Shapes shared by the kernels; pointers are per layer where the comment says so.
+struct KvGeometry {
+    int32_t n_layer = 0, max_batch = 0, n_slots = 0, max_pages = 0, page_size = 0, n_head = 0, n_head_kv = 0,
+            head_dim = 0;
+    FREEKV_HOST_DEVICE int64_t row() const { return static_cast<int64_t>(n_head_kv) * head_dim; }
+    FREEKV_HOST_DEVICE int64_t slot_elems() const { return 2LL * page_size * row(); }
+    FREEKV_HOST_DEVICE int64_t layer_cache_elems() const { return static_cast<int64_t>(max_batch) * n_slots * slot_elems(); }
+    FREEKV_HOST_DEVICE int64_t block_elems() const { return 2LL * page_size * head_dim; }
+    FREEKV_HOST_DEVICE int64_t cpu_page_elems() const { return static_cast<int64_t>(n_layer) * n_head_kv * block_elems(); }
+    FREEKV_HOST_DEVICE int64_t layer_summary_elems() const { return static_cast<int64_t>(max_batch) * n_head_kv * max_pages * 2 * head_dim; }
+};
+
+/// Rounds k, v ([n_seq][row] fp32) to bf16 and writes row s to element dst_offset[s] (K) and
+/// dst_offset[s] + page_size * row (V) of one layer's budget cache.
+void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& g, const int64_t* dst_offset,
+               uint16_t* layer_cache, void* stream);
+
+/// Rounds x ([n] fp32) to bf16.
+void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream);
+
+/// Installs the history ([n_tokens][row] bf16 K and V) of batch entry `seq` into one layer:
+/// pages 0 .. n_complete-1 get summaries (when summaries != nullptr) and are offloaded through the
+/// chunk table (when cpu_chunks != nullptr); page j is copied into slot slot_of_page[j] when >= 0.
+struct InstallArgs {
+    const uint16_t* hist_k = nullptr;
+    const uint16_t* hist_v = nullptr;
+    int32_t n_tokens = 0, n_complete = 0, seq = 0, il = 0;
+    const int32_t* slot_of_page = nullptr;    // [n_pages] (device)
+    uint16_t* layer_cache = nullptr;          // this layer's budget cache
+    uint16_t* layer_summaries = nullptr;      // this layer's summaries, or nullptr
+    bool cuboid = false;
+    uint16_t* const* cpu_chunks = nullptr;    // device array of chunk addresses, or nullptr
+    int32_t pages_per_chunk = 0;
+    const int32_t* cpu_page_of = nullptr;     // [max_batch][max_pages] (device)
+};
+void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream);
+
+/// Correction test of one layer (design doc 3.7). mode[s]: 0 no selection for s (flag 2 on every
+/// head), 1 select every head now (flag 1), 2 flag a head when the mean cosine similarity of its
+/// query heads between q and q_prev is below tau, 3 take forced[s * n_head_kv + h]. Counts, for
+/// modes 2 and 3, tested (step, seq) pairs and those with a flag (counters[0], [1]) and tested /
+/// flagged heads (counters[2], [3]).
+struct FlagArgs {
+    const float* q = nullptr;            // [n_seq][n_head][head_dim]
+    const float* const* q_prev = nullptr;  // [n_seq] pointers to each sequence's previous query
+    const uint8_t* mode = nullptr;       // [n_seq]
+    const uint8_t* forced = nullptr;     // [n_seq][n_head_kv]
+    uint8_t* flags = nullptr;            // out [n_seq][n_head_kv]
+    unsigned long long* counters = nullptr;  // [4] for this layer
+    float tau = 0.9f;
+    int32_t n_seq = 0;
+};
+void correction_flags(const FlagArgs& a, const KvGeometry& g, void* stream);
+
+/// Copies q ([n_seq][n_head][head_dim]) to the per-sequence destinations dst[s] (the query ring).
+void store_queries(const float* q, float* const* dst, int32_t n_seq, const KvGeometry& g, void* stream);
+
+/// Adds the jobs of a recall list to per-(layer, KV head) counters ([n_head_kv] for this layer).
+void count_jobs(const void* jobs, const int32_t* n_jobs, unsigned long long* per_head, void* stream);
+
+/// Attention-mass recall of one layer (design doc 6.1): for each sparse sequence s (list[s] =
+/// batch index, n_tokens[s]) and query head, the share of full attention's softmax mass on pages
+/// in the attended set (sink, recent window, or resident in a middle slot). Keys of completed pages
+/// come from the CPU store, the current page from its slot. out: [n_list][n_head].
+struct MassArgs {
+    const float* q = nullptr;                // [n_list][n_head][head_dim] (rows of the step's q)
+    const int32_t* seq = nullptr;            // [n_list] batch index
+    const int32_t* n_tokens = nullptr;       // [n_list]
+    const int32_t* slot_of_page = nullptr;   // this layer's [max_batch][n_head_kv][max_pages]
+    const uint16_t* layer_cache = nullptr;
+    uint16_t* const* cpu_chunks = nullptr;
+    int32_t pages_per_chunk = 0;
+    const int32_t* cpu_page_of = nullptr;
+    int32_t il = 0, n_list = 0, n_sink_page = 0, n_recent_page = 0, current_slot = 0;
+    float* scratch = nullptr;                // [n_list][n_head][max_pages * page_size]
+    float* out = nullptr;
+};
+void mass_recall(const MassArgs& a, const KvGeometry& g, void* stream);
+
+/// Dense-regime placement (design doc 3.10): for each item (seq, page, slot) of `items`
+/// ([n_items][3], device), page becomes resident in slot for every layer and KV head.
+void place_pages(const int32_t* items, int32_t n_items, const KvGeometry& g, int32_t* page_of_slot, int32_t* slot_of_page,
+                 void* stream);
+
+/// Deterministic pseudo-random bf16 values in [-1, 1) (a hash of seed and index).
+void fill_random_bf16(uint16_t* out, int64_t n, uint64_t seed, void* stream);
+/// Pseudo-random fp32 values in [-1, 1).
+void fill_random_f32(float* out, int64_t n, uint64_t seed, void* stream);
+
+}  // namespace freekv::cuda

@@ -1,0 +1,45 @@
+// kv_stats.cpp: see kv_stats.h.
+#include "engine/kv_stats.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace freekv {
+
+double KvStats::correction_rate() const {
+    const int64_t tested = std::accumulate(sparse_pairs.begin(), sparse_pairs.end(), int64_t{0});
+    const int64_t corrected = std::accumulate(corrected_pairs.begin(), corrected_pairs.end(), int64_t{0});
+    return tested > 0 ? static_cast<double>(corrected) / static_cast<double>(tested) : 0.0;
+}
+
+double KvStats::pages_per_step() const {
+    return sequence_steps > 0 ? static_cast<double>(transfer.sync_jobs + transfer.background_jobs) /
+                                    static_cast<double>(sequence_steps)
+                              : 0.0;
+}
+
+double KvStats::layer_correction_rate(size_t il) const {
+    return sparse_pairs[il] > 0 ? static_cast<double>(corrected_pairs[il]) / static_cast<double>(sparse_pairs[il]) : 0.0;
+}
+
+double KvStats::layer_head_pages_per_step(size_t il, size_t ikv, size_t n_head_kv) const {
+    const size_t i = il * n_head_kv + ikv;
+    return sequence_steps > 0 ? static_cast<double>(recalled_sync[i] + recalled_background[i]) /
+                                    static_cast<double>(sequence_steps)
+                              : 0.0;
+}
+
+double KvStats::mass_recall_mean() const {
+    if (mass_recall.empty()) return 1.0;
+    return std::accumulate(mass_recall.begin(), mass_recall.end(), 0.0) / static_cast<double>(mass_recall.size());
+}
+
+double KvStats::mass_recall_percentile(double p) const {
+    if (mass_recall.empty()) return 1.0;
+    std::vector<float> v = mass_recall;
+    const auto k = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1));
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+    return v[k];
+}
+
+}  // namespace freekv

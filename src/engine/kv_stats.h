@@ -1,0 +1,38 @@
+// kv_stats.h: the counters every offloading KV mode reports, on either backend (the CPU
+// RetrievalKv and the GPU engine fill the same struct, so tools print them the same way).
+// Invariants: per-layer vectors have n_layer entries, per-(layer, KV head) ones n_layer * n_head_kv;
+// the ratios return 0 (or 1 for mass recall) when nothing was counted.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "transfer/transfer_engine.h"
+
+namespace freekv {
+
+struct KvStats {
+    int64_t decode_steps = 0;               // forwards with at least one decode span
+    std::vector<int64_t> sparse_pairs;      // [n_layer] (step, seq) pairs tested for correction
+    std::vector<int64_t> corrected_pairs;   // [n_layer] of those, with at least one flagged KV head
+    std::vector<int64_t> forced_pairs;      // [n_layer] forced-synchronous (step, seq) pairs
+    std::vector<int64_t> head_tests, head_flags;  // [n_layer] per KV head
+    int64_t sequence_steps = 0;             // (step, seq) pairs decoded
+    std::vector<int64_t> recalled_sync;     // [n_layer][n_head_kv] blocks recalled before attention
+    std::vector<int64_t> recalled_background;  // [n_layer][n_head_kv] blocks recalled speculatively
+    TransferCounters transfer;
+    std::vector<float> mass_recall;         // per (sparse step, layer, seq, query head)
+    // Critical-path time on the main thread (ms): correction test + corrective selection + sync
+    // recall; waiting for the background recall of the previous step; attention.
+    double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
+
+    double correction_rate() const;         // over all layers
+    double pages_per_step() const;          // recalled blocks per decoded (step, seq)
+    double mass_recall_mean() const;
+    double mass_recall_percentile(double p) const;
+    /// Correction rate of one layer; blocks recalled per decoded (step, seq) for one layer and head.
+    double layer_correction_rate(size_t il) const;
+    double layer_head_pages_per_step(size_t il, size_t ikv, size_t n_head_kv) const;
+};
+
+}  // namespace freekv

@@ -1,0 +1,912 @@
+// gpu_engine.cu: see gpu_engine.h. One main stream runs the model and the critical path of each
+// layer (correction test, corrective selection + gather, attention); FreeKV's speculative work of
+// layer l (selection of the unflagged heads with this step's query, then their gather) runs on a
+// side stream after event attn_done[l] and signals bg_done[l], which layer l of the next step
+// waits for. The host synchronizes once per step, when the logits come back.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_array.cuh"
+#include "backend/cuda/gather_pages.cuh"
+#include "backend/cuda/kv_kernels.cuh"
+#include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/page_boundary.cuh"
+#include "backend/cuda/pinned_store.cuh"
+#include "backend/cuda/select_pages.cuh"
+#include "core/dtype.h"
+#include "gpu/gpu_engine.h"
+
+namespace freekv::gpu {
+
+using cuda::DeviceArray;
+
+namespace {
+
+size_t sz(int64_t n) { return static_cast<size_t>(n); }
+
+void upload_bf16(const WeightView& w, DeviceArray<uint16_t>& out, int64_t& bytes) {
+    const int64_t n = w.numel();
+    std::vector<uint16_t> host(sz(n));
+    if (w.dtype == DType::kBF16) {
+        std::copy_n(static_cast<const uint16_t*>(w.data), n, host.data());
+    } else {
+        std::vector<float> f(sz(n));
+        for (int64_t r = 0; r < w.rows(); ++r) convert_to_f32(w.dtype, w.row(r), f.data() + r * w.cols(), w.cols());
+        for (int64_t i = 0; i < n; ++i) host[sz(i)] = f32_to_bf16(f[sz(i)]);
+    }
+    out.upload(host.data(), n);
+    bytes += n * 2;
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
+    add_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(x, y, n);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+// Token ranges per split-K block: enough blocks to fill the GPU, at least 256 tokens each.
+int32_t split_for(int64_t n_rows_heads, int64_t max_tokens) {
+    const int64_t want = std::max<int64_t>(1, 264 / std::max<int64_t>(1, n_rows_heads));
+    return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + 255) / 256), 1, 64));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- weights
+
+struct GpuWeights::Impl {
+    struct Layer {
+        DeviceArray<uint16_t> attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+    };
+    std::vector<std::unique_ptr<Layer>> layers;
+    DeviceArray<uint16_t> token_embd, output_norm, output;
+    DeviceArray<float> inv_freq;
+};
+
+GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w) : config_(config), impl_(std::make_unique<Impl>()) {
+    std::string why;
+    FREEKV_CHECK(gpu_available(&why), "no CUDA device: {}; use --device cpu", why);
+    Impl& m = *impl_;
+    upload_bf16(w.token_embd, m.token_embd, bytes_);
+    upload_bf16(w.output_norm, m.output_norm, bytes_);
+    upload_bf16(w.output, m.output, bytes_);
+    for (const LlamaLayerWeights& lw : w.layers) {
+        auto l = std::make_unique<Impl::Layer>();
+        upload_bf16(lw.attn_norm, l->attn_norm, bytes_);
+        upload_bf16(lw.wq, l->wq, bytes_);
+        upload_bf16(lw.wk, l->wk, bytes_);
+        upload_bf16(lw.wv, l->wv, bytes_);
+        upload_bf16(lw.wo, l->wo, bytes_);
+        if (config.qkv_bias) {
+            upload_bf16(lw.bq, l->bq, bytes_);
+            upload_bf16(lw.bk, l->bk, bytes_);
+            upload_bf16(lw.bv, l->bv, bytes_);
+        }
+        upload_bf16(lw.ffn_norm, l->ffn_norm, bytes_);
+        upload_bf16(lw.w_gate, l->w_gate, bytes_);
+        upload_bf16(lw.w_up, l->w_up, bytes_);
+        upload_bf16(lw.w_down, l->w_down, bytes_);
+        m.layers.push_back(std::move(l));
+    }
+    const auto inv = config.rope_inv_freq();
+    m.inv_freq.upload(inv.data(), static_cast<int64_t>(inv.size()));
+    FREEKV_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+GpuWeights::~GpuWeights() = default;
+
+bool gpu_available(std::string* why) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        if (why) *why = e != cudaSuccess ? std::string(cudaGetErrorString(e)) : "no CUDA device";
+        (void)cudaGetLastError();
+        return false;
+    }
+    return true;
+}
+
+// ---------------------------------------------------------------- engine state
+
+struct GpuEngine::Impl {
+    std::shared_ptr<const GpuWeights> weights;
+    ModelConfig c;
+    KvModeConfig mode;
+    KvBudget budget;
+    bool dense_only = false;   // full: every page in its own slot, no store
+    bool selects = false, speculative = false, offloads = false;
+    int64_t max_batch = 0, max_tokens = 0, max_pages = 0, n_slots = 0;
+    cuda::KvGeometry g;
+
+    cudaStream_t main = nullptr, side = nullptr;
+    std::vector<cudaEvent_t> attn_done, bg_done;
+    std::vector<bool> bg_pending;
+    std::vector<int64_t> bg_step;  // decode step of the last background record per layer
+
+    // KV state
+    DeviceArray<uint16_t> cache, summaries;
+    DeviceArray<int32_t> page_of_slot, slot_of_page, cpu_page_of;
+    DeviceArray<float> qring;  // [L][max_batch][2][n_head][head_dim]
+    std::unique_ptr<cuda::PinnedStore> pinned;
+    DeviceArray<uint16_t> device_store;  // quest: the full KV in device memory
+    DeviceArray<uint16_t*> chunk_table;
+    int32_t pages_per_chunk = 0;
+
+    // per step
+    DeviceArray<int32_t> ids, positions, att_lists, att_n_pages, att_last_len, place_items;
+    // Read by the side stream's selection: one buffer per step parity, and a step's uploads wait
+    // until the background work that read the same buffer two steps ago has finished.
+    DeviceArray<int32_t> rows_batch_buf[2], sel_n_pages_buf[2];
+    DeviceArray<int32_t>* rows_batch = &rows_batch_buf[0];
+    DeviceArray<int32_t>* sel_n_pages = &sel_n_pages_buf[0];
+    DeviceArray<int64_t> append_offset;
+    DeviceArray<uint8_t> seq_mode, forced, flags;  // flags, forced: [L][rows][n_kv]
+    DeviceArray<float*> q_prev, q_now;             // [L][rows]
+    DeviceArray<cuda::BoundaryJob> boundary_jobs;
+    DeviceArray<cuda::GatherJob> jobs;             // [2][L][capacity]: sync, background
+    DeviceArray<int32_t> n_jobs;                   // [2][L]
+    int64_t job_capacity = 0;
+    DeviceArray<float> scores_main, scores_side, q_side;  // q_side: [L][rows][n_head][head_dim]
+    DeviceArray<unsigned long long> counters;      // [L][4] flags, then [2][L][n_kv] recalled
+    DeviceArray<float> mass, mass_scratch;
+    DeviceArray<int32_t> mass_seq, mass_tokens;
+
+    // activations
+    DeviceArray<float> x, h, q, k, v, attn, proj, gate, up, logits, partial, last_q;
+    DeviceArray<uint16_t> scratch_bf16, hist_k, hist_v;
+    DeviceArray<int32_t> slot_map;  // install: slot of each prefill page
+
+    struct Seq {
+        bool live = false;
+        int64_t n_tokens = 0, n_queries = 0;
+        bool forced = false;
+    };
+    std::vector<Seq> seqs;
+    int64_t decode_steps = 0, sequence_steps = 0;
+    std::vector<int64_t> forced_pairs;
+    std::vector<float> mass_recall;
+    std::mt19937_64 force_rng{1234};
+
+    bool timing = false;
+    std::vector<cudaEvent_t> marks;  // [L][4]
+    double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
+
+    const GpuWeights::Impl& w() const { return weights->impl(); }
+    int64_t row() const { return g.row(); }
+    uint16_t* layer_cache(int64_t il) const { return cache.get() + il * g.layer_cache_elems(); }
+    uint16_t* layer_summaries(int64_t il) const { return summaries.get() + il * g.layer_summary_elems(); }
+    int32_t* layer_page_of_slot(int64_t il) const { return page_of_slot.get() + il * max_batch * c.n_head_kv * n_slots; }
+    int32_t* layer_slot_of_page(int64_t il) const { return slot_of_page.get() + il * max_batch * c.n_head_kv * max_pages; }
+    float* ring(int64_t il, int64_t seq, int64_t parity) const {
+        return qring.get() + ((il * max_batch + seq) * 2 + parity) * c.n_head * c.head_dim;
+    }
+    bool sparse(int64_t n_pages) const { return !dense_only && budget.is_sparse(n_pages); }
+
+    void mlp_and_attention_out(int64_t il, int64_t n);
+    void qkv(int64_t il, int64_t n);
+    void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last);
+    void prefill(std::span<const int32_t> tokens, const SequenceSpan& span, std::span<const int64_t> out_rows,
+                 std::vector<float>& logits);
+    void decode(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
+                std::vector<float>& logits);
+    void output_logits(std::span<const int64_t> out_rows, std::vector<float>& logits);
+    void select_and_gather(int64_t il, int32_t n_rows, const float* q_rows, const int32_t* n_pages_rows, const uint8_t* flag_rows,
+                           uint8_t want, int kind, cudaStream_t s);
+    void ensure_activations(int64_t n);
+    std::vector<int32_t> prefill_slots(int64_t n_tokens) const;
+};
+
+GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens)
+    : impl_(std::make_unique<Impl>()) {
+    Impl& m = *impl_;
+    m.weights = std::move(weights);
+    m.c = m.weights->config();
+    m.mode = mode;
+    const ModelConfig& c = m.c;
+    FREEKV_CHECK(max_batch >= 1 && max_tokens >= 1, "GPU engine: batch {} and context {} must be positive", max_batch, max_tokens);
+    m.max_batch = max_batch;
+    m.max_tokens = max_tokens;
+    m.dense_only = mode.mode == KvMode::kFull;
+    m.budget = m.dense_only ? KvBudget{} : mode.make_budget();
+    const int64_t p = m.dense_only ? mode.page_size : m.budget.page_size;
+    m.max_pages = (max_tokens + p - 1) / p;
+    m.n_slots = m.dense_only ? m.max_pages : m.budget.n_budget_page;
+    m.selects = mode.mode == KvMode::kFreekv || mode.mode == KvMode::kArkvale || mode.mode == KvMode::kQuest;
+    m.speculative = mode.mode == KvMode::kFreekv && mode.spec_retrieval;
+    m.offloads = !m.dense_only;
+    m.g = {static_cast<int32_t>(c.n_layer), static_cast<int32_t>(max_batch), static_cast<int32_t>(m.n_slots),
+           static_cast<int32_t>(m.max_pages), static_cast<int32_t>(p), static_cast<int32_t>(c.n_head),
+           static_cast<int32_t>(c.n_head_kv), static_cast<int32_t>(c.head_dim)};
+    FREEKV_CHECK(c.head_dim % 32 == 0 && c.head_dim <= 128, "GPU engine: head_dim {} must be 32, 64, 96 or 128", c.head_dim);
+
+    FREEKV_CUDA_CHECK(cudaStreamCreateWithFlags(&m.main, cudaStreamNonBlocking));
+    FREEKV_CUDA_CHECK(cudaStreamCreateWithFlags(&m.side, cudaStreamNonBlocking));
+    m.attn_done.resize(sz(c.n_layer));
+    m.bg_done.resize(sz(c.n_layer));
+    for (int64_t il = 0; il < c.n_layer; ++il) {
+        FREEKV_CUDA_CHECK(cudaEventCreateWithFlags(&m.attn_done[sz(il)], cudaEventDisableTiming));
+        FREEKV_CUDA_CHECK(cudaEventCreateWithFlags(&m.bg_done[sz(il)], cudaEventDisableTiming));
+    }
+    m.bg_pending.assign(sz(c.n_layer), false);
+    m.bg_step.assign(sz(c.n_layer), -1);
+    m.marks.resize(sz(c.n_layer * 4));
+    for (auto& e : m.marks) FREEKV_CUDA_CHECK(cudaEventCreate(&e));
+
+    m.cache.resize(c.n_layer * m.g.layer_cache_elems());
+    m.qring.resize(c.n_layer * max_batch * 2 * c.n_head * c.head_dim);
+    if (m.offloads) {
+        m.summaries.resize(c.n_layer * m.g.layer_summary_elems());
+        const int64_t map_slots = c.n_layer * max_batch * c.n_head_kv * m.n_slots;
+        const int64_t map_pages = c.n_layer * max_batch * c.n_head_kv * m.max_pages;
+        m.page_of_slot.resize(map_slots);
+        m.slot_of_page.resize(map_pages);
+        FREEKV_CUDA_CHECK(cudaMemsetAsync(m.page_of_slot.get(), 0xff, sz(map_slots) * 4, m.main));
+        FREEKV_CUDA_CHECK(cudaMemsetAsync(m.slot_of_page.get(), 0xff, sz(map_pages) * 4, m.main));
+        // CPU store: batch entry b owns CPU pages [b * max_pages, (b + 1) * max_pages).
+        const int64_t page_bytes = m.g.cpu_page_elems() * 2, n_cpu_pages = max_batch * m.max_pages;
+        std::vector<uint16_t*> chunks;
+        if (mode.mode == KvMode::kQuest) {
+            m.device_store.resize(n_cpu_pages * m.g.cpu_page_elems());
+            m.pages_per_chunk = static_cast<int32_t>(n_cpu_pages);
+            chunks.push_back(m.device_store.get());
+        } else {
+            m.pinned = std::make_unique<cuda::PinnedStore>(n_cpu_pages * page_bytes, page_bytes);
+            m.pages_per_chunk = static_cast<int32_t>(m.pinned->chunk_bytes() / page_bytes);
+            for (void* d : m.pinned->device_chunks()) chunks.push_back(static_cast<uint16_t*>(d));
+        }
+        m.chunk_table.upload(chunks.data(), static_cast<int64_t>(chunks.size()), m.main);
+        std::vector<int32_t> cpu_pages(sz(n_cpu_pages));
+        std::iota(cpu_pages.begin(), cpu_pages.end(), 0);
+        m.cpu_page_of.upload(cpu_pages.data(), n_cpu_pages, m.main);
+        m.job_capacity = max_batch * c.n_head_kv * std::max<int64_t>(m.budget.n_select, 1);
+        m.jobs.resize(2 * c.n_layer * m.job_capacity);
+        m.n_jobs.resize(2 * c.n_layer);
+        m.scores_main.resize(max_batch * c.n_head * m.max_pages);
+        m.scores_side.resize(max_batch * c.n_head * m.max_pages);
+        m.q_side.resize(c.n_layer * max_batch * c.n_head * c.head_dim);
+        m.flags.resize(c.n_layer * max_batch * c.n_head_kv);
+        m.forced.resize(c.n_layer * max_batch * c.n_head_kv);
+    }
+    const int64_t n_counters = c.n_layer * 4 + 2 * c.n_layer * c.n_head_kv;
+    m.counters.resize(n_counters);
+    FREEKV_CUDA_CHECK(cudaMemsetAsync(m.counters.get(), 0, sz(n_counters) * 8, m.main));
+    m.seqs.resize(sz(max_batch));
+    m.forced_pairs.assign(sz(c.n_layer), 0);
+    FREEKV_CUDA_CHECK(cudaStreamSynchronize(m.main));
+}
+
+GpuEngine::~GpuEngine() {
+    if (!impl_) return;
+    Impl& m = *impl_;
+    cudaStreamSynchronize(m.side);
+    cudaStreamSynchronize(m.main);
+    for (auto* list : {&m.attn_done, &m.bg_done, &m.marks})
+        for (cudaEvent_t e : *list) cudaEventDestroy(e);
+    cudaStreamDestroy(m.main);
+    cudaStreamDestroy(m.side);
+}
+
+int32_t GpuEngine::add_sequence() {
+    for (size_t b = 0; b < impl_->seqs.size(); ++b)
+        if (!impl_->seqs[b].live) {
+            impl_->seqs[b] = Impl::Seq{true, 0, 0, false};
+            return static_cast<int32_t>(b);
+        }
+    FREEKV_FAIL("the GPU engine holds {} sequences already (its batch size)", impl_->max_batch);
+}
+
+int64_t GpuEngine::n_tokens(int32_t seq) const { return impl_->seqs.at(sz(seq)).n_tokens; }
+
+void GpuEngine::set_timing(bool on) { impl_->timing = on; }
+
+int64_t GpuEngine::device_bytes() const {
+    const Impl& m = *impl_;
+    int64_t total = m.cache.bytes() + m.summaries.bytes() + m.page_of_slot.bytes() + m.slot_of_page.bytes() + m.qring.bytes() +
+                    m.device_store.bytes() + m.jobs.bytes() + m.scores_main.bytes() + m.scores_side.bytes() + m.q_side.bytes();
+    for (auto* a : {&m.x, &m.h, &m.q, &m.k, &m.v, &m.attn, &m.proj, &m.gate, &m.up, &m.logits, &m.partial}) total += a->bytes();
+    return total + m.scratch_bf16.bytes() + m.hist_k.bytes() + m.hist_v.bytes();
+}
+
+int64_t GpuEngine::host_bytes() const {
+    const Impl& m = *impl_;
+    return m.pinned ? m.pinned->n_chunks() * m.pinned->chunk_bytes() : 0;
+}
+
+// ---------------------------------------------------------------- model pieces
+
+void GpuEngine::Impl::ensure_activations(int64_t n) {
+    const int64_t q_dim = c.n_head * c.head_dim;
+    for (auto* a : {&x, &h, &proj}) a->resize(n * c.n_embd);
+    for (auto* a : {&q, &attn}) a->resize(n * q_dim);
+    for (auto* a : {&k, &v}) a->resize(n * row());
+    for (auto* a : {&gate, &up}) a->resize(n * c.n_ff);
+    scratch_bf16.resize(n * std::max({c.n_embd, q_dim, c.n_ff}));
+}
+
+void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
+    const auto& lw = *w().layers[sz(il)];
+    const int64_t q_dim = c.n_head * c.head_dim;
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.get(), c.rms_norm_eps, h.get(), main);
+    const bool bias = c.qkv_bias;
+    cuda::matmul_bf16(h.get(), n, lw.wq.get(), q_dim, c.n_embd, q.get(), bias ? lw.bq.get() : nullptr, scratch_bf16.get(), main);
+    cuda::matmul_bf16(h.get(), n, lw.wk.get(), row(), c.n_embd, k.get(), bias ? lw.bk.get() : nullptr, scratch_bf16.get(), main);
+    cuda::matmul_bf16(h.get(), n, lw.wv.get(), row(), c.n_embd, v.get(), bias ? lw.bv.get() : nullptr, scratch_bf16.get(), main);
+    const bool neox = c.rope_style == RopeStyle::kNeox;
+    cuda::rope(q.get(), n, c.n_head, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
+    cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
+}
+
+void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n) {
+    const auto& lw = *w().layers[sz(il)];
+    const int64_t q_dim = c.n_head * c.head_dim;
+    cuda::matmul_bf16(attn.get(), n, lw.wo.get(), c.n_embd, q_dim, proj.get(), nullptr, scratch_bf16.get(), main);
+    add_inplace(x.get(), proj.get(), n * c.n_embd, main);
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.get(), c.rms_norm_eps, h.get(), main);
+    cuda::matmul_bf16(h.get(), n, lw.w_gate.get(), c.n_ff, c.n_embd, gate.get(), nullptr, scratch_bf16.get(), main);
+    cuda::matmul_bf16(h.get(), n, lw.w_up.get(), c.n_ff, c.n_embd, up.get(), nullptr, scratch_bf16.get(), main);
+    cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main);
+    cuda::matmul_bf16(gate.get(), n, lw.w_down.get(), c.n_embd, c.n_ff, proj.get(), nullptr, scratch_bf16.get(), main);
+    add_inplace(x.get(), proj.get(), n * c.n_embd, main);
+}
+
+void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vector<float>& out) {
+    const auto n_out = static_cast<int64_t>(out_rows.size());
+    out.resize(sz(n_out * c.n_vocab));
+    if (n_out == 0) {
+        FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
+        return;
+    }
+    // Gather the wanted rows of x into proj, then norm and output head over them only.
+    for (int64_t i = 0; i < n_out; ++i)
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(proj.get() + i * c.n_embd, x.get() + out_rows[sz(i)] * c.n_embd,
+                                          sz(c.n_embd) * 4, cudaMemcpyDeviceToDevice, main));
+    h.resize(n_out * c.n_embd);
+    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.get(), c.rms_norm_eps, h.get(), main);
+    logits.resize(n_out * c.n_vocab);
+    scratch_bf16.resize(n_out * c.n_embd);
+    cuda::matmul_bf16(h.get(), n_out, w().output.get(), c.n_vocab, c.n_embd, logits.get(), nullptr, scratch_bf16.get(), main);
+    FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+    FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
+}
+
+// ---------------------------------------------------------------- selection + recall
+
+// kind 0: synchronous (main stream, jobs list 0), 1: background (side stream, jobs list 1).
+void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float* q_rows, const int32_t* n_pages_rows,
+                                        const uint8_t* flag_rows, uint8_t want, int kind, cudaStream_t s) {
+    cuda::GatherJob* job_list = jobs.get() + (kind * c.n_layer + il) * job_capacity;
+    int32_t* count = n_jobs.get() + kind * c.n_layer + il;
+    FREEKV_CUDA_CHECK(cudaMemsetAsync(count, 0, 4, s));
+    cuda::SelectArgs a;
+    a.batch_of = rows_batch->get();
+    a.q = q_rows;
+    a.summaries = layer_summaries(il);
+    a.n_pages = n_pages_rows;
+    a.flags = flag_rows;
+    a.want_flag = want;
+    a.page_of_slot = layer_page_of_slot(il);
+    a.slot_of_page = layer_slot_of_page(il);
+    a.jobs = job_list;
+    a.n_jobs = count;
+    a.scores = kind == 0 ? scores_main.get() : scores_side.get();
+    a.n_seq = n_rows;
+    a.n_head = static_cast<int32_t>(c.n_head);
+    a.n_head_kv = static_cast<int32_t>(c.n_head_kv);
+    a.head_dim = static_cast<int32_t>(c.head_dim);
+    a.max_pages = static_cast<int32_t>(max_pages);
+    a.n_sink_page = static_cast<int32_t>(budget.n_sink_page);
+    a.n_recent_page = static_cast<int32_t>(budget.n_recent_page);
+    a.n_select = static_cast<int32_t>(budget.n_select);
+    a.n_slots = static_cast<int32_t>(n_slots);
+    a.agg = static_cast<int32_t>(mode.aggregation());
+    cuda::select_pages(a, s);
+    cuda::GatherArgs ga;
+    ga.cpu_chunks = chunk_table.get();
+    ga.pages_per_chunk = pages_per_chunk;
+    ga.cpu_page_of = cpu_page_of.get();
+    ga.budget_cache = cache.get();
+    ga.jobs = job_list;
+    ga.n_jobs = count;
+    ga.il = static_cast<int32_t>(il);
+    ga.n_layer = static_cast<int32_t>(c.n_layer);
+    ga.max_batch = static_cast<int32_t>(max_batch);
+    ga.max_pages = static_cast<int32_t>(max_pages);
+    ga.n_slots = static_cast<int32_t>(n_slots);
+    ga.page_size = g.page_size;
+    ga.n_head_kv = g.n_head_kv;
+    ga.head_dim = g.head_dim;
+    ga.ctas = 132;
+    const std::string err = cuda::gather_pages(ga, s);
+    FREEKV_CHECK(err.empty(), "gather kernel: {}", err);
+    cuda::count_jobs(job_list, count, counters.get() + c.n_layer * 4 + (kind * c.n_layer + il) * c.n_head_kv, s);
+}
+
+// ---------------------------------------------------------------- prefill
+
+// Installs the history in hist_k/hist_v (n_tokens rows) of layer il for batch entry seq: summaries
+// and offload of the complete pages, sink/window/current pages into their slots, and the middle
+// slots (budget-only: the last k candidates; selecting modes: top-k for q_last).
+void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last) {
+    const int64_t p = g.page_size, current = (n_tokens - 1) / p, n_pages = current + 1;
+    const bool is_sparse = sparse(n_pages);
+    if (offloads) {  // maps of (il, seq): nothing resident yet
+        FREEKV_CUDA_CHECK(cudaMemsetAsync(layer_page_of_slot(il) + seq * c.n_head_kv * n_slots, 0xff,
+                                          sz(c.n_head_kv * n_slots) * 4, main));
+        FREEKV_CUDA_CHECK(cudaMemsetAsync(layer_slot_of_page(il) + seq * c.n_head_kv * max_pages, 0xff,
+                                          sz(c.n_head_kv * max_pages) * 4, main));
+    }
+    cuda::InstallArgs a;
+    a.hist_k = hist_k.get();
+    a.hist_v = hist_v.get();
+    a.n_tokens = static_cast<int32_t>(n_tokens);
+    a.n_complete = static_cast<int32_t>(current);
+    a.seq = seq;
+    a.il = static_cast<int32_t>(il);
+    a.slot_of_page = slot_map.get();
+    a.layer_cache = layer_cache(il);
+    a.layer_summaries = offloads ? layer_summaries(il) : nullptr;
+    a.cuboid = mode.summary_kind() == SummaryKind::kCuboid;
+    a.cpu_chunks = offloads ? chunk_table.get() : nullptr;
+    a.pages_per_chunk = pages_per_chunk;
+    a.cpu_page_of = cpu_page_of.get();
+    cuda::install_pages(a, g, main);
+    if (offloads && !is_sparse) {  // dense regime: complete middle-range pages are resident where they are
+        std::vector<int32_t> items;
+        for (int64_t page = budget.n_sink_page; page < std::min(current, budget.first_ring_slot()); ++page)
+            items.insert(items.end(), {seq, static_cast<int32_t>(page), static_cast<int32_t>(page)});
+        if (!items.empty()) {
+            place_items.upload(items.data(), static_cast<int64_t>(items.size()), main);
+            cuda::KvGeometry one = g;  // this layer only
+            one.n_layer = 1;
+            cuda::place_pages(place_items.get(), static_cast<int32_t>(items.size() / 3), one, layer_page_of_slot(il),
+                              layer_slot_of_page(il), main);
+        }
+    }
+    if (offloads && is_sparse && budget.n_select > 0) {
+        if (mode.mode == KvMode::kBudgetOnly) {  // install_pages put the last k candidates in the middle slots
+            std::vector<int32_t> items;
+            const int64_t end = budget.end_candidate(n_pages);
+            for (int64_t i = 0; i < budget.n_select; ++i)
+                items.insert(items.end(), {seq, static_cast<int32_t>(end - budget.n_select + i),
+                                           static_cast<int32_t>(budget.n_sink_page + i)});
+            place_items.upload(items.data(), static_cast<int64_t>(items.size()), main);
+            cuda::KvGeometry one = g;
+            one.n_layer = 1;
+            cuda::place_pages(place_items.get(), static_cast<int32_t>(budget.n_select), one, layer_page_of_slot(il),
+                              layer_slot_of_page(il), main);
+        } else if (selects) {  // first selection with the last prompt query, every head, middle slots empty
+            const int32_t n_pages32 = static_cast<int32_t>(n_pages);
+            sel_n_pages->upload(&n_pages32, 1, main);
+            rows_batch->upload(&seq, 1, main);
+            select_and_gather(il, 1, q_last, sel_n_pages->get(), nullptr, 1, 0, main);
+        }
+    }
+    FREEKV_CUDA_CHECK(cudaMemcpyAsync(ring(il, seq, seqs[sz(seq)].n_queries % 2), q_last, sz(c.n_head * c.head_dim) * 4,
+                                      cudaMemcpyDeviceToDevice, main));
+}
+
+void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpan& span, std::span<const int64_t> out_rows,
+                              std::vector<float>& out) {
+    const int64_t n = span.n_tok;
+    const int32_t seq = span.seq;
+    FREEKV_CHECK(n <= 65535, "a GPU prefill of {} tokens exceeds the 65535 tokens one call handles today", n);
+    for (size_t il = 0; il < bg_pending.size(); ++il)  // no background work may still read shared buffers
+        if (bg_pending[il]) {
+            FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, bg_done[il]));
+            bg_pending[il] = false;
+        }
+    ensure_activations(n);
+    ids.upload(tokens.data(), n, main);
+    std::vector<int32_t> pos(sz(n));
+    std::iota(pos.begin(), pos.end(), 0);
+    positions.upload(pos.data(), n, main);
+    const std::vector<int32_t> slots = prefill_slots(n);
+    slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), main);
+    hist_k.resize(n * row());
+    hist_v.resize(n * row());
+    cuda::embedding(w().token_embd.get(), ids.get(), n, c.n_embd, x.get(), main);
+    for (int64_t il = 0; il < c.n_layer; ++il) {
+        qkv(il, n);
+        cuda::round_bf16(k.get(), n * row(), hist_k.get(), main);
+        cuda::round_bf16(v.get(), n * row(), hist_v.get(), main);
+        cuda::PagesAttentionArgs a;  // causal over the contiguous history: token t is "sequence" t
+        a.q = q.get();
+        a.k = hist_k.get();
+        a.v = hist_v.get();
+        a.out = attn.get();
+        a.n_seq = static_cast<int32_t>(n);
+        a.n_head = static_cast<int32_t>(c.n_head);
+        a.n_head_kv = static_cast<int32_t>(c.n_head_kv);
+        a.head_dim = static_cast<int32_t>(c.head_dim);
+        a.page_size = g.page_size;
+        a.stride_page = g.page_size * row();
+        a.stride_tok = row();
+        a.causal_pos0 = 0;
+        cuda::attention_pages(a, main);
+        install_layer(il, seq, n, q.get() + (n - 1) * c.n_head * c.head_dim);
+        mlp_and_attention_out(il, n);
+    }
+    output_logits(out_rows, out);
+    Seq& s = seqs[sz(seq)];
+    s.n_tokens = n;
+    ++s.n_queries;
+    s.forced = sparse((n + g.page_size - 1) / g.page_size);
+}
+
+// Host-side slot of each page of an n_tokens history right after prefill (-1: not in the cache).
+std::vector<int32_t> GpuEngine::Impl::prefill_slots(int64_t n_tokens) const {
+    const int64_t p = g.page_size, current = (n_tokens - 1) / p, n_pages = current + 1;
+    std::vector<int32_t> slots(sz(n_pages), -1);
+    if (!sparse(n_pages)) {
+        std::iota(slots.begin(), slots.end(), 0);
+        return slots;
+    }
+    const KvBudget& b = budget;
+    for (int64_t page = 0; page < b.n_sink_page; ++page) slots[sz(page)] = static_cast<int32_t>(page);
+    for (int64_t page = n_pages - b.n_recent_page; page < current; ++page) slots[sz(page)] = static_cast<int32_t>(b.ring_slot(page));
+    slots[sz(current)] = static_cast<int32_t>(b.current_slot());
+    if (mode.mode == KvMode::kBudgetOnly) {
+        const int64_t end = b.end_candidate(n_pages);
+        for (int64_t i = 0; i < b.n_select; ++i) slots[sz(end - b.n_select + i)] = static_cast<int32_t>(b.n_sink_page + i);
+    }
+    return slots;
+}
+
+void GpuEngine::fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed) {
+    Impl& m = *impl_;
+    FREEKV_CHECK(m.seqs.at(sz(seq)).live && m.seqs[sz(seq)].n_tokens == 0, "fill_synthetic needs an empty sequence");
+    FREEKV_CHECK(n_tokens >= 1 && n_tokens <= m.max_tokens, "fill_synthetic: {} tokens exceed the context {}", n_tokens,
+                 m.max_tokens);
+    m.hist_k.resize(n_tokens * m.row());
+    m.hist_v.resize(n_tokens * m.row());
+    m.last_q.resize(m.c.n_head * m.c.head_dim);
+    const std::vector<int32_t> slots = m.prefill_slots(n_tokens);
+    m.slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), m.main);
+    for (int64_t il = 0; il < m.c.n_layer; ++il) {
+        const uint64_t s = seed * 1000003ULL + static_cast<uint64_t>(il) * 3 + static_cast<uint64_t>(seq) * 7919;
+        cuda::fill_random_bf16(m.hist_k.get(), n_tokens * m.row(), s, m.main);
+        cuda::fill_random_bf16(m.hist_v.get(), n_tokens * m.row(), s + 1, m.main);
+        cuda::fill_random_f32(m.last_q.get(), m.c.n_head * m.c.head_dim, s + 2, m.main);
+        m.install_layer(il, seq, n_tokens, m.last_q.get());
+    }
+    FREEKV_CUDA_CHECK(cudaStreamSynchronize(m.main));
+    Impl::Seq& st = m.seqs[sz(seq)];
+    st.n_tokens = n_tokens;
+    ++st.n_queries;
+    st.forced = m.sparse((n_tokens + m.g.page_size - 1) / m.g.page_size);
+}
+
+// ---------------------------------------------------------------- decode
+
+void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,
+                             std::span<const int64_t> out_rows, std::vector<float>& out) {
+    const auto n = static_cast<int64_t>(spans.size());
+    const int64_t p = g.page_size, n_kv = c.n_head_kv, L = c.n_layer;
+    ensure_activations(n);
+    ++decode_steps;
+    sequence_steps += n;
+    rows_batch = &rows_batch_buf[decode_steps % 2];
+    sel_n_pages = &sel_n_pages_buf[decode_steps % 2];
+    for (int64_t il = 0; il < L; ++il)  // background work that read this step's buffers (two steps ago)
+        if (bg_pending[sz(il)] && bg_step[sz(il)] <= decode_steps - 2) {
+            FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, bg_done[sz(il)]));
+            bg_pending[sz(il)] = false;
+        }
+    // ---- host plan of the step ----
+    std::vector<int32_t> pos(sz(n)), batch(sz(n)), att_n(sz(n)), att_last(sz(n)), sel_n(sz(n));
+    std::vector<int64_t> append(sz(n));
+    std::vector<uint8_t> modes(sz(n), 0);
+    std::vector<cuda::BoundaryJob> boundary;
+    std::vector<int32_t> places;
+    int64_t max_list = 0, max_att_tokens = 0;
+    bool any_select = false, any_test = false, any_mass = false;
+    for (int64_t r = 0; r < n; ++r) {
+        const SequenceSpan& span = spans[sz(r)];
+        Seq& s = seqs[sz(span.seq)];
+        const int64_t before = span.pos0, n_tok = before + 1, current = (n_tok - 1) / p, n_pages = current + 1;
+        pos[sz(r)] = static_cast<int32_t>(before);
+        batch[sz(r)] = span.seq;
+        if (!dense_only && before % p == 0) {  // page `done` has just completed (design doc 3.10)
+            const int64_t done = before / p - 1, last = budget.current_slot(), src = std::min(done, last);
+            boundary.push_back({span.seq, static_cast<int32_t>(done), static_cast<int32_t>(src),
+                                done >= last ? static_cast<int32_t>(budget.ring_slot(done)) : -1,
+                                static_cast<int32_t>(span.seq * max_pages + done)});
+            if (done < last && done >= budget.n_sink_page && done < budget.first_ring_slot())
+                places.insert(places.end(), {span.seq, static_cast<int32_t>(done), static_cast<int32_t>(done)});
+            if (done == last) s.forced = true;  // entering the sparse regime
+        }
+        const bool is_sparse = sparse(n_pages);
+        const int64_t slot = is_sparse ? budget.current_slot() : current, fill = n_tok - current * p;
+        append[sz(r)] = (span.seq * n_slots + slot) * g.slot_elems() + (fill - 1) * row();
+        att_n[sz(r)] = static_cast<int32_t>(is_sparse ? n_slots : n_pages);
+        att_last[sz(r)] = static_cast<int32_t>(fill);
+        sel_n[sz(r)] = static_cast<int32_t>(n_pages);
+        max_list = std::max<int64_t>(max_list, att_n[sz(r)]);
+        max_att_tokens = std::max(max_att_tokens, (att_n[sz(r)] - 1) * p + fill);
+        if (is_sparse && selects) {
+            any_select = true;
+            if (s.forced || !speculative) {
+                modes[sz(r)] = 1;
+                for (int64_t il = 0; il < L; ++il) ++forced_pairs[sz(il)];
+            } else {
+                modes[sz(r)] = mode.force_corr_rate ? 3 : (mode.correction_on() ? 2 : 4);
+                any_test = true;
+            }
+        }
+        any_mass = any_mass || (is_sparse && mode.attention_mass_recall);
+    }
+    // mode 4 (speculative, correction off): never flag, every head goes to the background.
+    // The flags kernel treats it like 3 with an all-zero forced list.
+    std::vector<uint8_t> forced_host;
+    if (any_test) {
+        forced_host.assign(sz(L * n * n_kv), 0);
+        for (int64_t il = 0; il < L; ++il)
+            for (int64_t r = 0; r < n; ++r) {
+                if (modes[sz(r)] != 3) continue;
+                for (int64_t h = 0; h < n_kv; ++h)
+                    forced_host[sz((il * n + r) * n_kv + h)] =
+                        std::uniform_real_distribution<float>(0.0f, 1.0f)(force_rng) < *mode.force_corr_rate ? 1 : 0;
+            }
+        for (auto& md : modes)
+            if (md == 4) md = 3;
+        forced.upload(forced_host.data(), static_cast<int64_t>(forced_host.size()), main);
+    }
+    // Attention lists: page id = batch * n_slots + slot over the layer's cache (stride_seq 0).
+    std::vector<int32_t> lists(sz(n * n_kv * max_list), 0);
+    for (int64_t r = 0; r < n; ++r)
+        for (int64_t hh = 0; hh < n_kv; ++hh)
+            for (int64_t j = 0; j < att_n[sz(r)]; ++j)
+                lists[sz((r * n_kv + hh) * max_list + j)] = static_cast<int32_t>(batch[sz(r)] * n_slots + j);
+    std::vector<float*> prev_ptrs(sz(L * n)), now_ptrs(sz(L * n));
+    for (int64_t il = 0; il < L; ++il)
+        for (int64_t r = 0; r < n; ++r) {
+            const Seq& s = seqs[sz(batch[sz(r)])];
+            now_ptrs[sz(il * n + r)] = ring(il, batch[sz(r)], s.n_queries % 2);
+            prev_ptrs[sz(il * n + r)] = ring(il, batch[sz(r)], (s.n_queries + 1) % 2);
+        }
+    ids.upload(tokens.data(), n, main);
+    positions.upload(pos.data(), n, main);
+    rows_batch->upload(batch.data(), n, main);
+    append_offset.upload(append.data(), n, main);
+    att_n_pages.upload(att_n.data(), n, main);
+    att_last_len.upload(att_last.data(), n, main);
+    sel_n_pages->upload(sel_n.data(), n, main);
+    att_lists.upload(lists.data(), static_cast<int64_t>(lists.size()), main);
+    q_now.upload(now_ptrs.data(), L * n, main);
+    if (any_select) {
+        seq_mode.upload(modes.data(), n, main);
+        q_prev.upload(prev_ptrs.data(), L * n, main);
+    }
+    if (!boundary.empty()) {
+        boundary_jobs.upload(boundary.data(), static_cast<int64_t>(boundary.size()), main);
+        cuda::BoundaryArgs b;
+        b.jobs = boundary_jobs.get();
+        b.n_jobs = static_cast<int32_t>(boundary.size());
+        b.budget_cache = cache.get();
+        b.summaries = summaries.get();
+        b.cpu_chunks = chunk_table.get();
+        b.pages_per_chunk = pages_per_chunk;
+        b.n_layer = g.n_layer;
+        b.max_batch = g.max_batch;
+        b.n_slots = g.n_slots;
+        b.max_pages = g.max_pages;
+        b.page_size = g.page_size;
+        b.n_head_kv = g.n_head_kv;
+        b.head_dim = g.head_dim;
+        b.cuboid = mode.summary_kind() == SummaryKind::kCuboid;
+        cuda::page_boundary(b, main);
+    }
+    if (!places.empty()) {
+        place_items.upload(places.data(), static_cast<int64_t>(places.size()), main);
+        cuda::place_pages(place_items.get(), static_cast<int32_t>(places.size() / 3), g, page_of_slot.get(), slot_of_page.get(),
+                          main);
+    }
+    std::vector<int32_t> mass_rows;
+    if (any_mass) {
+        std::vector<int32_t> ms, mt;
+        for (int64_t r = 0; r < n; ++r)
+            if (sparse((pos[sz(r)] + p) / p)) {
+                mass_rows.push_back(static_cast<int32_t>(r));
+                ms.push_back(batch[sz(r)]);
+                mt.push_back(pos[sz(r)] + 1);
+            }
+        mass_seq.upload(ms.data(), static_cast<int64_t>(ms.size()), main);
+        mass_tokens.upload(mt.data(), static_cast<int64_t>(mt.size()), main);
+        mass.resize(L * n * c.n_head);
+        mass_scratch.resize(n * c.n_head * max_pages * p);
+    }
+    const int32_t n_split = split_for(n * n_kv, max_att_tokens);
+    cuda::PagesAttentionArgs att;
+    att.n_split = n_split;
+    if (n_split > 1) {
+        partial.resize(n * c.n_head * (c.head_dim + 2) * n_split);
+        att.partial = partial.get();
+    }
+    const int64_t q_dim = c.n_head * c.head_dim;
+
+    cuda::embedding(w().token_embd.get(), ids.get(), n, c.n_embd, x.get(), main);
+    for (int64_t il = 0; il < L; ++il) {
+        cudaEvent_t* mk = marks.data() + il * 4;
+        qkv(il, n);
+        cuda::append_kv(k.get(), v.get(), static_cast<int32_t>(n), g, append_offset.get(), layer_cache(il), main);
+        if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[0], main));
+        if (any_select) {
+            if (bg_pending[sz(il)]) {  // Sel_{t-1} has landed
+                FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, bg_done[sz(il)]));
+                bg_pending[sz(il)] = false;
+            }
+            if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[1], main));
+            cuda::FlagArgs fa;
+            fa.q = q.get();
+            fa.q_prev = q_prev.get() + il * n;
+            fa.mode = seq_mode.get();
+            fa.forced = forced.get() + il * n * n_kv;
+            fa.flags = flags.get() + il * n * n_kv;
+            fa.counters = counters.get() + il * 4;
+            fa.tau = mode.correction_on() ? mode.correction_threshold : 0.0f;
+            fa.n_seq = static_cast<int32_t>(n);
+            cuda::correction_flags(fa, g, main);
+            select_and_gather(il, static_cast<int32_t>(n), q.get(), sel_n_pages->get(), flags.get() + il * n * n_kv, 1, 0, main);
+        } else if (timing) {
+            FREEKV_CUDA_CHECK(cudaEventRecord(mk[1], main));
+        }
+        if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[2], main));
+        att.q = q.get();
+        att.k = layer_cache(il);
+        att.v = layer_cache(il) + g.page_size * row();
+        att.page_ids = att_lists.get();
+        att.n_pages = att_n_pages.get();
+        att.last_len = att_last_len.get();
+        att.out = attn.get();
+        att.n_seq = static_cast<int32_t>(n);
+        att.n_head = g.n_head;
+        att.n_head_kv = g.n_head_kv;
+        att.head_dim = g.head_dim;
+        att.page_size = g.page_size;
+        att.max_list = static_cast<int32_t>(max_list);
+        att.stride_seq = 0;
+        att.stride_page = g.slot_elems();
+        att.stride_tok = row();
+        cuda::attention_pages(att, main);
+        if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[3], main));
+        if (any_mass) {
+            // q rows of the listed sequences: gather them into q_side's scratch area of this layer.
+            float* mq = q_side.get() + il * max_batch * q_dim;
+            for (size_t i = 0; i < mass_rows.size(); ++i)
+                FREEKV_CUDA_CHECK(cudaMemcpyAsync(mq + static_cast<int64_t>(i) * q_dim, q.get() + mass_rows[i] * q_dim, sz(q_dim) * 4,
+                                                  cudaMemcpyDeviceToDevice, main));
+            cuda::MassArgs ma;
+            ma.q = mq;
+            ma.seq = mass_seq.get();
+            ma.n_tokens = mass_tokens.get();
+            ma.slot_of_page = layer_slot_of_page(il);
+            ma.layer_cache = layer_cache(il);
+            ma.cpu_chunks = chunk_table.get();
+            ma.pages_per_chunk = pages_per_chunk;
+            ma.cpu_page_of = cpu_page_of.get();
+            ma.il = static_cast<int32_t>(il);
+            ma.n_list = static_cast<int32_t>(mass_rows.size());
+            ma.n_sink_page = static_cast<int32_t>(budget.n_sink_page);
+            ma.n_recent_page = static_cast<int32_t>(budget.n_recent_page);
+            ma.current_slot = static_cast<int32_t>(budget.current_slot());
+            ma.scratch = mass_scratch.get();
+            ma.out = mass.get() + il * n * c.n_head;
+            cuda::mass_recall(ma, g, main);
+        }
+        cuda::store_queries(q.get(), q_now.get() + il * n, static_cast<int32_t>(n), g, main);
+        if (any_test && speculative) {
+            // Sel_t of the unflagged heads, on the side stream, once this attention has read the slots.
+            float* qs = q_side.get() + il * max_batch * q_dim;
+            FREEKV_CUDA_CHECK(cudaMemcpyAsync(qs, q.get(), sz(n * q_dim) * 4, cudaMemcpyDeviceToDevice, main));
+            FREEKV_CUDA_CHECK(cudaEventRecord(attn_done[sz(il)], main));
+            FREEKV_CUDA_CHECK(cudaStreamWaitEvent(side, attn_done[sz(il)]));
+            select_and_gather(il, static_cast<int32_t>(n), qs, sel_n_pages->get(), flags.get() + il * n * n_kv, 0, 1, side);
+            FREEKV_CUDA_CHECK(cudaEventRecord(bg_done[sz(il)], side));
+            bg_pending[sz(il)] = true;
+            bg_step[sz(il)] = decode_steps;
+        }
+        mlp_and_attention_out(il, n);
+    }
+    output_logits(out_rows, out);
+    if (timing) {
+        for (int64_t il = 0; il < L; ++il) {
+            cudaEvent_t* mk = marks.data() + il * 4;
+            float a = 0, b = 0, d = 0;
+            FREEKV_CUDA_CHECK(cudaEventElapsedTime(&a, mk[0], mk[1]));
+            FREEKV_CUDA_CHECK(cudaEventElapsedTime(&b, mk[1], mk[2]));
+            FREEKV_CUDA_CHECK(cudaEventElapsedTime(&d, mk[2], mk[3]));
+            recall_wait_ms += a;
+            select_ms += b;
+            attention_ms += d;
+        }
+    }
+    if (any_mass) {
+        std::vector<float> host(sz(L * n * c.n_head));
+        FREEKV_CUDA_CHECK(cudaMemcpy(host.data(), mass.get(), host.size() * 4, cudaMemcpyDeviceToHost));
+        for (int64_t il = 0; il < L; ++il)
+            for (size_t i = 0; i < mass_rows.size(); ++i)
+                for (int64_t hh = 0; hh < c.n_head; ++hh)
+                    mass_recall.push_back(host[sz((il * n + static_cast<int64_t>(i)) * c.n_head + hh)]);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+        Seq& s = seqs[sz(batch[sz(r)])];
+        s.n_tokens = pos[sz(r)] + 1;
+        ++s.n_queries;
+        s.forced = false;
+    }
+}
+
+void GpuEngine::forward(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
+                        std::vector<float>& logits) {
+    Impl& m = *impl_;
+    FREEKV_CHECK(!spans.empty(), "forward of no spans");
+    int64_t total = 0;
+    for (const SequenceSpan& s : spans) {
+        FREEKV_CHECK(s.seq >= 0 && s.seq < m.max_batch && m.seqs[sz(s.seq)].live, "sequence {} was not added", s.seq);
+        const Impl::Seq& st = m.seqs[sz(s.seq)];
+        FREEKV_CHECK(s.pos0 == st.n_tokens, "sequence {} holds {} tokens but the span starts at {}", s.seq, st.n_tokens, s.pos0);
+        FREEKV_CHECK(s.pos0 + s.n_tok <= m.max_tokens, "sequence {} would hold {} tokens, more than its context of {} (-c/--ctx-size)",
+                     s.seq, s.pos0 + s.n_tok, m.max_tokens);
+        FREEKV_CHECK(s.offset == total, "spans must list their tokens in order");
+        total += s.n_tok;
+    }
+    FREEKV_CHECK(total == static_cast<int64_t>(tokens.size()), "spans cover {} tokens, {} given", total, tokens.size());
+    for (int32_t id : tokens) FREEKV_CHECK(id >= 0 && id < m.c.n_vocab, "token {} is outside the vocabulary of {}", id, m.c.n_vocab);
+    for (int64_t r : out_rows) FREEKV_CHECK(r >= 0 && r < total, "output row {} is outside the batch of {}", r, total);
+    if (spans.size() == 1 && spans[0].pos0 == 0) {
+        m.prefill(tokens, spans[0], out_rows, logits);
+        return;
+    }
+    for (const SequenceSpan& s : spans)
+        FREEKV_CHECK(s.n_tok == 1 && s.pos0 > 0,
+                     "the GPU engine runs a prefill of an empty sequence alone, or decode steps of one token per sequence "
+                     "(sequence {}: {} tokens at position {}); prefill the whole prompt in one call", s.seq, s.n_tok, s.pos0);
+    m.decode(tokens, spans, out_rows, logits);
+}
+
+KvStats GpuEngine::stats() {
+    Impl& m = *impl_;
+    FREEKV_CUDA_CHECK(cudaStreamSynchronize(m.side));
+    FREEKV_CUDA_CHECK(cudaStreamSynchronize(m.main));
+    const int64_t L = m.c.n_layer, n_kv = m.c.n_head_kv;
+    std::vector<unsigned long long> host(sz(m.counters.size()));
+    FREEKV_CUDA_CHECK(cudaMemcpy(host.data(), m.counters.get(), host.size() * 8, cudaMemcpyDeviceToHost));
+    KvStats s;
+    s.decode_steps = m.decode_steps;
+    s.sequence_steps = m.sequence_steps;
+    for (auto* v : {&s.sparse_pairs, &s.corrected_pairs, &s.head_tests, &s.head_flags}) v->assign(sz(L), 0);
+    s.forced_pairs = m.forced_pairs;
+    for (int64_t il = 0; il < L; ++il) {
+        s.sparse_pairs[sz(il)] = static_cast<int64_t>(host[sz(il * 4)]);
+        s.corrected_pairs[sz(il)] = static_cast<int64_t>(host[sz(il * 4 + 1)]);
+        s.head_tests[sz(il)] = static_cast<int64_t>(host[sz(il * 4 + 2)]);
+        s.head_flags[sz(il)] = static_cast<int64_t>(host[sz(il * 4 + 3)]);
+    }
+    s.recalled_sync.assign(sz(L * n_kv), 0);
+    s.recalled_background.assign(sz(L * n_kv), 0);
+    const int64_t block_bytes = m.g.block_elems() * 2;
+    for (int64_t i = 0; i < L * n_kv; ++i) {
+        s.recalled_sync[sz(i)] = static_cast<int64_t>(host[sz(L * 4 + i)]);
+        s.recalled_background[sz(i)] = static_cast<int64_t>(host[sz(L * 4 + L * n_kv + i)]);
+        s.transfer.sync_jobs += s.recalled_sync[sz(i)];
+        s.transfer.background_jobs += s.recalled_background[sz(i)];
+    }
+    s.transfer.sync_bytes = s.transfer.sync_jobs * block_bytes;
+    s.transfer.background_bytes = s.transfer.background_jobs * block_bytes;
+    s.mass_recall = m.mass_recall;
+    s.select_ms = m.select_ms;
+    s.recall_wait_ms = m.recall_wait_ms;
+    s.attention_ms = m.attention_ms;
+    return s;
+}
+
+}  // namespace freekv::gpu

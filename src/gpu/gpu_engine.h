@@ -1,0 +1,86 @@
+// gpu_engine.h: the model and every KV mode on one CUDA GPU (design doc 4): bf16 weights and KV,
+// fp32 activations, the budget cache in device memory, the full KV of the offloading modes in
+// pinned, mapped host memory (quest keeps it in device memory), recall by the zero-copy gather
+// kernel, and FreeKV's speculative recall on a second stream ordered by events.
+// Host API only: no CUDA types, so CPU-only builds compile against gpu_engine_stub.cpp, whose
+// constructors throw a clear Error.
+// Invariants:
+//   - a forward is either one prefill span of a sequence that holds no tokens yet, or decode
+//     spans (one token each) of distinct sequences that hold at least one token;
+//   - the decode step follows RetrievalKv (engine/retrieval_kv.h) step for step: same attention
+//     sets, same correction test, same maps; K/V are bf16 here (fp32 there);
+//   - at step t, layer l, the background selection + recall of (t - 1, l) has finished on the
+//     side stream before the correction test, the corrective selection or attention of (t, l).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/kv_mode.h"
+#include "engine/kv_stats.h"
+#include "model/attention_kv.h"
+#include "model/llama_weights.h"
+#include "model/model_config.h"
+
+namespace freekv::gpu {
+
+/// The weights on the device (bf16), shared by every engine of one model.
+class GpuWeights {
+public:
+    GpuWeights(const ModelConfig& config, const LlamaWeights& weights);
+    ~GpuWeights();
+    GpuWeights(const GpuWeights&) = delete;
+    GpuWeights& operator=(const GpuWeights&) = delete;
+    const ModelConfig& config() const { return config_; }
+    int64_t bytes() const { return bytes_; }
+    struct Impl;
+    const Impl& impl() const { return *impl_; }
+
+private:
+    ModelConfig config_;
+    int64_t bytes_ = 0;
+    std::unique_ptr<Impl> impl_;
+};
+
+/// Whether this build has the GPU engine and a device answers; `why` says why not.
+bool gpu_available(std::string* why = nullptr);
+
+class GpuEngine {
+public:
+    /// Reserves device and pinned host memory for max_batch sequences of max_tokens each; throws
+    /// Error naming the flag to change when either does not fit.
+    GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens);
+    ~GpuEngine();
+    GpuEngine(const GpuEngine&) = delete;
+    GpuEngine& operator=(const GpuEngine&) = delete;
+
+    /// Admits an empty sequence; returns its batch index.
+    int32_t add_sequence();
+    int64_t n_tokens(int32_t seq) const;
+
+    /// Runs the spans (tokens concatenated in span order); logits: [out_rows.size()][n_vocab] of
+    /// the listed token rows.
+    void forward(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
+                 std::vector<float>& logits);
+
+    /// Benchmarks: gives an empty sequence n_tokens of pseudo-random K/V and a random last query,
+    /// installed exactly as a prefill of that length would be (summaries, offload, budget cache,
+    /// first selection), without running the model.
+    void fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed);
+
+    /// Times the phases of the decode step with events (select, recall wait, attention).
+    void set_timing(bool on);
+    /// Waits for the side stream and returns the counters.
+    KvStats stats();
+    int64_t device_bytes() const;  // KV and scratch, weights excluded
+    int64_t host_bytes() const;    // pinned CPU store
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freekv::gpu

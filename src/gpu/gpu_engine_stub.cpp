@@ -1,0 +1,40 @@
+// gpu_engine_stub.cpp: the GPU engine in a build without CUDA: gpu_available() says why and every
+// constructor throws Error pointing at --device cpu.
+#include "core/error.h"
+#include "gpu/gpu_engine.h"
+
+namespace freekv::gpu {
+
+namespace {
+constexpr const char* kNoCuda = "this build has no CUDA backend (FREEKV_CUDA=OFF or nvcc was not found)";
+}
+
+struct GpuWeights::Impl {};
+struct GpuEngine::Impl {};
+
+bool gpu_available(std::string* why) {
+    if (why) *why = kNoCuda;
+    return false;
+}
+
+GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&) : config_(config) {
+    FREEKV_FAIL("{}; use --device cpu", kNoCuda);
+}
+GpuWeights::~GpuWeights() = default;
+
+GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights>, const KvModeConfig&, int64_t, int64_t) {
+    FREEKV_FAIL("{}; use --device cpu", kNoCuda);
+}
+GpuEngine::~GpuEngine() = default;
+int32_t GpuEngine::add_sequence() { FREEKV_FAIL("{}", kNoCuda); }
+int64_t GpuEngine::n_tokens(int32_t) const { FREEKV_FAIL("{}", kNoCuda); }
+void GpuEngine::forward(std::span<const int32_t>, std::span<const SequenceSpan>, std::span<const int64_t>, std::vector<float>&) {
+    FREEKV_FAIL("{}", kNoCuda);
+}
+void GpuEngine::fill_synthetic(int32_t, int64_t, uint64_t) { FREEKV_FAIL("{}", kNoCuda); }
+void GpuEngine::set_timing(bool) {}
+KvStats GpuEngine::stats() { return {}; }
+int64_t GpuEngine::device_bytes() const { return 0; }
+int64_t GpuEngine::host_bytes() const { return 0; }
+
+}  // namespace freekv::gpu
