@@ -301,6 +301,53 @@ TEST_F(CudaOps, PageBoundarySummarizesRotatesAndOffloads) {
     }
 }
 
+// Top-k edge cases of the device selection: all-equal scores (a zero query) must pick the
+// smallest pages, and a 128K-token context (4100 pages, past the 4096-key sort of short contexts)
+// must match the CPU policy.
+TEST_F(CudaOps, SelectionTiesAndLongContexts) {
+    std::mt19937 rng(21);
+    const int head_dim = 64, ns = 16, nw = 16, k = 32, n_slots = ns + k + nw;
+    for (int max_pages : {300, 4100}) {
+        for (bool zero_query : {true, false}) {
+            const auto summaries = to_bf16(randn(static_cast<size_t>(max_pages * 2 * head_dim), rng));
+            std::vector<float> q = randn(static_cast<size_t>(4 * head_dim), rng);  // group of 4
+            if (zero_query) std::fill(q.begin(), q.end(), 0.0f);
+            cuda::SelectArgs a;
+            a.q = to_device(q);
+            a.summaries = to_device(summaries);
+            a.n_pages = to_device(std::vector<int32_t>{max_pages});
+            a.page_of_slot = to_device(std::vector<int32_t>(static_cast<size_t>(n_slots), -1));
+            a.slot_of_page = to_device(std::vector<int32_t>(static_cast<size_t>(max_pages), -1));
+            cuda::GatherJob* d_jobs = nullptr;
+            ASSERT_EQ(cudaMalloc(&d_jobs, sizeof(cuda::GatherJob) * k), cudaSuccess);
+            a.jobs = d_jobs;
+            a.n_jobs = to_device(std::vector<int32_t>{0});
+            a.scores = poisoned(static_cast<size_t>(4 * max_pages));
+            a.n_seq = 1, a.n_head = 4, a.n_head_kv = 1, a.head_dim = head_dim, a.max_pages = max_pages;
+            a.n_sink_page = ns, a.n_recent_page = nw, a.n_select = k, a.n_slots = n_slots;
+            a.agg = static_cast<int>(GroupAgg::kSoftmaxMean);
+            cuda::select_pages(a, nullptr);
+            auto got = to_host(a.page_of_slot, static_cast<size_t>(n_slots));
+            std::vector<int32_t> middle(got.begin() + ns, got.begin() + ns + k);
+            std::vector<int32_t> want;
+            if (zero_query) {
+                for (int i = 0; i < k; ++i) want.push_back(ns + i);
+            } else {
+                const int end = max_pages - nw, n = end - ns;
+                std::vector<float> scores(static_cast<size_t>(4 * n)), aggregated(static_cast<size_t>(n));
+                score_pages(q.data(), 4, head_dim, from_bf16(summaries).data(), ns, end, scores.data());
+                aggregate_scores(scores.data(), 4, n, GroupAgg::kSoftmaxMean, aggregated.data());
+                want = top_k_pages(aggregated, ns, k);
+            }
+            EXPECT_EQ(middle, want) << max_pages << " pages, zero query " << zero_query;  // ascending placement
+            EXPECT_EQ(to_host(a.n_jobs, 1)[0], k);
+            cudaFree(const_cast<float*>(a.q)), cudaFree(const_cast<uint16_t*>(a.summaries));
+            cudaFree(const_cast<int32_t*>(a.n_pages)), cudaFree(a.page_of_slot), cudaFree(a.slot_of_page);
+            cudaFree(d_jobs), cudaFree(a.n_jobs), cudaFree(a.scores);
+        }
+    }
+}
+
 TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
     std::mt19937 rng(13);
     const int n_seq = 3, n_head_kv = 2, ns = 4, nw = 4, k = 24, n_slots = ns + k + nw, max_pages = 300;

@@ -18,6 +18,18 @@ constexpr int kSelectThreads = 256;
 
 __device__ float bf16_bits_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
 
+// Shared memory of select_kernel: max_pages floats (aggregated scores), then, 8-byte aligned, the
+// sort keys of up to sort_capacity() candidates (a power of two, within 96 KiB in all: 8192
+// candidates, a 256K context at page 32, with up to 4096 pages' scores beside them).
+constexpr int kSharedBytes = 96 * 1024;
+__host__ __device__ int keys_offset(int max_pages) { return (max_pages + 1) / 2 * 2; }  // in floats
+__host__ __device__ int sort_capacity(int max_pages) {
+    const int free_bytes = kSharedBytes - keys_offset(max_pages) * 4;
+    int cap = 1;
+    while (cap * 2 * 8 <= free_bytes) cap *= 2;
+    return cap;
+}
+
 __global__ void score_pages_kernel(SelectArgs a) {
     const int ikv = blockIdx.x, row = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int seq = a.batch_of != nullptr ? a.batch_of[row] : row;
@@ -111,17 +123,51 @@ __global__ void select_kernel(SelectArgs a) {
     if (a.agg != 2)
         for (int j = threadIdx.x; j < n; j += blockDim.x) aggregated[j] /= static_cast<float>(group);
     __syncthreads();
-    for (int r = 0; r < a.n_select; ++r) {
-        float best = -INFINITY;
-        int index = 0x7fffffff;
-        for (int j = threadIdx.x; j < n; j += blockDim.x)
-            if (aggregated[j] > best || (aggregated[j] == best && j < index)) best = aggregated[j], index = j;
-        block_argmax(best, index);
-        if (threadIdx.x == 0) {
-            selected[r] = first + index;
-            aggregated[index] = -INFINITY;
+    const int n_pow2 = n <= 1 ? 1 : 1 << (32 - __clz(n - 1));
+    if (n_pow2 <= sort_capacity(a.max_pages)) {
+        // Top-k by a bitonic sort (descending) of 64-bit keys: order-preserving score bits, then
+        // the complemented index, so equal scores rank the smaller page first.
+        uint64_t* keys = reinterpret_cast<uint64_t*>(aggregated + keys_offset(a.max_pages));
+        for (int j = threadIdx.x; j < n_pow2; j += blockDim.x) {
+            uint64_t key = 0;  // padding ranks below every score
+            if (j < n) {
+                const uint32_t u = __float_as_uint(aggregated[j]);
+                const uint32_t ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+                key = (static_cast<uint64_t>(ordered) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
+            }
+            keys[j] = key;
         }
         __syncthreads();
+        for (int k = 2; k <= n_pow2; k <<= 1)
+            for (int j = k >> 1; j > 0; j >>= 1) {
+                for (int i = threadIdx.x; i < n_pow2; i += blockDim.x) {
+                    const int partner = i ^ j;
+                    if (partner > i) {
+                        const uint64_t x = keys[i], y = keys[partner];
+                        if ((i & k) == 0 ? x < y : x > y) {
+                            keys[i] = y;
+                            keys[partner] = x;
+                        }
+                    }
+                }
+                __syncthreads();
+            }
+        for (int r = threadIdx.x; r < a.n_select; r += blockDim.x)
+            selected[r] = first + static_cast<int>(0xffffffffu - static_cast<uint32_t>(keys[r]));
+        __syncthreads();
+    } else {  // too many candidates for the sort buffer: k rounds of a block-wide arg-max
+        for (int r = 0; r < a.n_select; ++r) {
+            float best = -INFINITY;
+            int index = 0x7fffffff;
+            for (int j = threadIdx.x; j < n; j += blockDim.x)
+                if (aggregated[j] > best || (aggregated[j] == best && j < index)) best = aggregated[j], index = j;
+            block_argmax(best, index);
+            if (threadIdx.x == 0) {
+                selected[r] = first + index;
+                aggregated[index] = -INFINITY;
+            }
+            __syncthreads();
+        }
     }
     if (threadIdx.x != 0) return;
     // ---- plan against the resident set (design doc 3.5) ----
@@ -157,8 +203,12 @@ void select_pages(const SelectArgs& a, void* stream) {
     FREEKV_CHECK(a.n_head % a.n_head_kv == 0 && a.n_head / a.n_head_kv <= kMaxGroup, "select_pages: group {} / {} > 16",
                  a.n_head, a.n_head_kv);
     FREEKV_CHECK(a.n_select <= kMaxSelect, "select_pages: n_select {} > {}", a.n_select, kMaxSelect);
-    const size_t shared = static_cast<size_t>(a.max_pages) * sizeof(float);
-    FREEKV_CHECK(shared <= 48 * 1024, "select_pages: {} pages exceed one block's shared memory", a.max_pages);
+    FREEKV_CHECK(static_cast<size_t>(a.max_pages) * sizeof(float) <= kSharedBytes,
+                 "select_pages: {} pages exceed one block's shared memory", a.max_pages);
+    const size_t shared = kSharedBytes;
+    static const cudaError_t opt_in =
+        cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
+    FREEKV_CUDA_CHECK(opt_in);
     auto s = static_cast<cudaStream_t>(stream);
     score_pages_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), 8), 128, 0, s>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());
