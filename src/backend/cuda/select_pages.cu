@@ -169,31 +169,52 @@ __global__ void select_kernel(SelectArgs a) {
             __syncthreads();
         }
     }
-    if (threadIdx.x != 0) return;
     // ---- plan against the resident set (design doc 3.5) ----
-    for (int i = 1; i < a.n_select; ++i)  // ascending pages
-        for (int j = i; j > 0 && selected[j - 1] > selected[j]; --j) {
-            const int t = selected[j];
-            selected[j] = selected[j - 1];
-            selected[j - 1] = t;
-        }
+    // The maps are read once into shared memory by all threads; thread 0 pairs pages with slots
+    // in shared memory only (no dependent global loads); the writes go out in parallel.
+    __shared__ int sorted[kMaxSelect], current[kMaxSelect], keep[kMaxSelect], resident[kMaxSelect];
+    __shared__ int new_page[kMaxSelect], new_slot[kMaxSelect], old_page[kMaxSelect];
+    __shared__ int n_new, job_base;
     int32_t* slots = a.page_of_slot + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_slots;
     int32_t* where = a.slot_of_page + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages;
-    int next_evicted = a.n_sink_page;
-    auto chosen = [&](int page) {
-        for (int i = 0; i < a.n_select; ++i)
-            if (selected[i] == page) return true;
-        return false;
-    };
-    for (int i = 0; i < a.n_select; ++i) {
-        const int page = selected[i];
-        if (where[page] >= 0) continue;  // already resident
-        while (slots[next_evicted] >= 0 && chosen(slots[next_evicted])) ++next_evicted;
-        const int slot = next_evicted++;
-        if (slots[slot] >= 0) where[slots[slot]] = -1;
-        slots[slot] = page;
-        where[page] = slot;
-        a.jobs[atomicAdd(a.n_jobs, 1)] = GatherJob{seq, ikv, page, slot};
+    const int k = a.n_select;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {  // ascending pages (they are distinct)
+        int rank = 0;
+        for (int j = 0; j < k; ++j) rank += selected[j] < selected[i] ? 1 : 0;
+        sorted[rank] = selected[i];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        current[i] = slots[a.n_sink_page + i];
+        resident[i] = where[sorted[i]] >= 0 ? 1 : 0;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        int kept = 0;
+        for (int j = 0; j < k && current[i] >= 0; ++j) kept |= sorted[j] == current[i] ? 1 : 0;
+        keep[i] = kept;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int n = 0, next = 0;
+        for (int i = 0; i < k; ++i) {
+            if (resident[i]) continue;  // already in a middle slot
+            while (keep[next]) ++next;
+            new_page[n] = sorted[i];
+            new_slot[n] = a.n_sink_page + next;
+            old_page[n] = current[next];
+            ++next;
+            ++n;
+        }
+        n_new = n;
+        job_base = n > 0 ? atomicAdd(a.n_jobs, n) : 0;
+    }
+    __syncthreads();
+    for (int m = threadIdx.x; m < n_new; m += blockDim.x) {  // evicted and new pages are disjoint
+        if (old_page[m] >= 0) where[old_page[m]] = -1;
+        slots[new_slot[m]] = new_page[m];
+        where[new_page[m]] = new_slot[m];
+        a.jobs[job_base + m] = GatherJob{seq, ikv, new_page[m], new_slot[m]};
     }
 }
 
