@@ -40,6 +40,31 @@ KvStats measured_part(KvStats after, const KvStats& before) {  // the measured s
     return after;
 }
 
+// Times the decode steps of a batch: `step` runs one forward of the batch (one random token per
+// sequence); `snapshot` is taken after the warm-up, so the returned stats cover measured steps.
+template <typename Step, typename Snapshot>
+void time_decode(const ModelConfig& c, int64_t depth, int64_t batch, const std::vector<int32_t>& seqs, const BenchParams& p,
+                 Step step, Snapshot snapshot, CellResult& out, KvStats& before) {
+    using clock = std::chrono::steady_clock;
+    std::mt19937 rng(static_cast<uint32_t>(p.seed));
+    std::vector<int32_t> tokens(static_cast<size_t>(batch));
+    std::vector<SequenceSpan> spans(static_cast<size_t>(batch));
+    std::vector<int64_t> rows(static_cast<size_t>(batch));
+    std::iota(rows.begin(), rows.end(), 0);
+    for (int64_t s = 0; s < p.n_warmup + p.n_gen; ++s) {
+        if (s == p.n_warmup) before = snapshot();
+        for (int64_t b = 0; b < batch; ++b) {
+            tokens[static_cast<size_t>(b)] = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.n_vocab));
+            spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], depth + s, 1, b};
+        }
+        const auto t = clock::now();
+        step(tokens, spans, rows);  // returns with the logits on the host
+        if (s >= p.n_warmup) out.step_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t).count());
+    }
+    const double total_s = std::accumulate(out.step_ms.begin(), out.step_ms.end(), 0.0) / 1000.0;
+    out.tokens_per_s = static_cast<double>(batch * p.n_gen) / total_s;
+}
+
 CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, int64_t depth, int64_t batch, const BenchParams& p,
                         const std::vector<int32_t>& prompt) {
     using clock = std::chrono::steady_clock;
@@ -64,24 +89,13 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, int64_t 
                                               : static_cast<double>(batch * depth) /
                                                     std::chrono::duration<double>(clock::now() - t_prefill).count();
     engine.set_timing(true);
-    std::mt19937 rng(static_cast<uint32_t>(p.seed));
-    std::vector<int32_t> tokens(static_cast<size_t>(batch));
-    std::vector<SequenceSpan> spans(static_cast<size_t>(batch));
-    std::vector<int64_t> rows(static_cast<size_t>(batch));
-    std::iota(rows.begin(), rows.end(), 0);
     KvStats before;
-    for (int64_t step = 0; step < p.n_warmup + p.n_gen; ++step) {
-        if (step == p.n_warmup) before = engine.stats();
-        for (int64_t b = 0; b < batch; ++b) {
-            tokens[static_cast<size_t>(b)] = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.n_vocab));
-            spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], depth + step, 1, b};
-        }
-        const auto t = clock::now();
-        engine.forward(tokens, spans, rows, logits);  // returns with the logits on the host
-        if (step >= p.n_warmup) out.step_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t).count());
-    }
-    const double total_s = std::accumulate(out.step_ms.begin(), out.step_ms.end(), 0.0) / 1000.0;
-    out.tokens_per_s = static_cast<double>(batch * p.n_gen) / total_s;
+    time_decode(
+        c, depth, batch, seqs, p,
+        [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
+            engine.forward(tokens, spans, rows, logits);
+        },
+        [&] { return engine.stats(); }, out, before);
     out.stats = measured_part(engine.stats(), before);
     out.device_mib = static_cast<double>(engine.device_bytes()) / 1048576.0;
     out.host_mib = static_cast<double>(engine.host_bytes()) / 1048576.0;
@@ -119,24 +133,13 @@ CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, int64_t dept
     }
     out.prefill_tokens_per_s =
         static_cast<double>(batch * depth) / std::chrono::duration<double>(clock::now() - t_prefill).count();
-    std::mt19937 rng(static_cast<uint32_t>(p.seed));
-    std::vector<int32_t> tokens(static_cast<size_t>(batch));
-    std::vector<SequenceSpan> spans(static_cast<size_t>(batch));
-    std::vector<int64_t> rows(static_cast<size_t>(batch));
-    std::iota(rows.begin(), rows.end(), 0);
     KvStats before;
-    for (int64_t step = 0; step < p.n_warmup + p.n_gen; ++step) {
-        if (step == p.n_warmup && retrieval) before = retrieval->stats();
-        for (int64_t b = 0; b < batch; ++b) {
-            tokens[static_cast<size_t>(b)] = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.n_vocab));
-            spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], depth + step, 1, b};
-        }
-        const auto t = clock::now();
-        m.model->forward_batch(tokens, spans, *kv, rows, logits);
-        if (step >= p.n_warmup) out.step_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t).count());
-    }
-    const double total_s = std::accumulate(out.step_ms.begin(), out.step_ms.end(), 0.0) / 1000.0;
-    out.tokens_per_s = static_cast<double>(batch * p.n_gen) / total_s;
+    time_decode(
+        c, depth, batch, seqs, p,
+        [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
+            m.model->forward_batch(tokens, spans, *kv, rows, logits);
+        },
+        [&] { return retrieval ? retrieval->stats() : KvStats{}; }, out, before);
     if (retrieval) out.stats = measured_part(retrieval->stats(), before);
     return out;
 }

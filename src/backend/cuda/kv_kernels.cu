@@ -3,6 +3,7 @@
 // one block per (sequence, query head) for attention-mass recall.
 #include <cuda_runtime.h>
 
+#include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gather_pages.cuh"
 #include "backend/cuda/kv_kernels.cuh"
@@ -14,14 +15,6 @@ namespace {
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 unsigned blocks(int64_t n) { return static_cast<unsigned>((n + 255) / 256); }
 
-__device__ float bf16_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-
-__device__ uint16_t float_to_bf16(float f) {  // round to nearest even, as f32_to_bf16 on the host
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return static_cast<uint16_t>(u >> 16);
-}
 
 __global__ void append_kernel(const float* k, const float* v, int32_t n_seq, int64_t row, int64_t v_delta,
                               const int64_t* dst_offset, uint16_t* cache) {
@@ -47,25 +40,7 @@ __global__ void install_kernel(InstallArgs a, KvGeometry g) {
     if (complete && a.layer_summaries != nullptr) {
         uint16_t* summary = a.layer_summaries +
                             ((static_cast<int64_t>(a.seq) * g.n_head_kv + ikv) * g.max_pages + page) * 2 * g.head_dim;
-        for (int i = threadIdx.x; i < g.head_dim; i += blockDim.x) {
-            float mx = -INFINITY, mn = INFINITY;
-            for (int r = 0; r < g.page_size; ++r) {
-                const float x = bf16_to_float(k[r * row + i]);
-                mx = fmaxf(mx, x);
-                mn = fminf(mn, x);
-            }
-            float upper = mx, lower = mn;
-            if (a.cuboid) {
-                const float centre = (mx + mn) / 2.0f;
-                float deviation = 0.0f;
-                for (int r = 0; r < g.page_size; ++r) deviation += fabsf(bf16_to_float(k[r * row + i]) - centre);
-                deviation /= static_cast<float>(g.page_size);
-                upper = centre + deviation;
-                lower = centre - deviation;
-            }
-            summary[i] = float_to_bf16(upper);
-            summary[g.head_dim + i] = float_to_bf16(lower);
-        }
+        summarize_keys(k, row, g.page_size, g.head_dim, a.cuboid, summary);
     }
     if (complete && a.cpu_chunks != nullptr) {
         const int cpu_page = a.cpu_page_of[static_cast<int64_t>(a.seq) * g.max_pages + page];

@@ -2,6 +2,7 @@
 // for the summary, then over the page's rows for the copies.
 #include <cuda_runtime.h>
 
+#include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/page_boundary.cuh"
 
@@ -9,14 +10,6 @@ namespace freekv::cuda {
 
 namespace {
 
-__device__ float bf16_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-
-__device__ uint16_t float_to_bf16(float f) {  // round to nearest even, as f32_to_bf16 on the host
-    uint32_t u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return static_cast<uint16_t>(u >> 16);
-}
 
 __global__ void page_boundary_kernel(BoundaryArgs a) {
     const int il = blockIdx.x, j = blockIdx.y, ikv = blockIdx.z;
@@ -29,25 +22,7 @@ __global__ void page_boundary_kernel(BoundaryArgs a) {
     uint16_t* summary = a.summaries +
                         (((static_cast<int64_t>(il) * a.max_batch + job.seq) * a.n_head_kv + ikv) * a.max_pages + job.page) *
                             2 * a.head_dim;
-    for (int i = threadIdx.x; i < a.head_dim; i += blockDim.x) {
-        float mx = -INFINITY, mn = INFINITY;
-        for (int r = 0; r < a.page_size; ++r) {
-            const float k = bf16_to_float(src[r * token + ikv * a.head_dim + i]);
-            mx = fmaxf(mx, k);
-            mn = fminf(mn, k);
-        }
-        float upper = mx, lower = mn;
-        if (a.cuboid) {
-            const float centre = (mx + mn) / 2.0f;
-            float deviation = 0.0f;
-            for (int r = 0; r < a.page_size; ++r) deviation += fabsf(bf16_to_float(src[r * token + ikv * a.head_dim + i]) - centre);
-            deviation /= static_cast<float>(a.page_size);
-            upper = centre + deviation;
-            lower = centre - deviation;
-        }
-        summary[i] = float_to_bf16(upper);
-        summary[a.head_dim + i] = float_to_bf16(lower);
-    }
+    summarize_keys(src + ikv * a.head_dim, token, a.page_size, a.head_dim, a.cuboid, summary);
     // ---- offload: this head's 2 x page_size rows into its HND block ----
     uint16_t* block = a.cpu_chunks[job.cpu_page / a.pages_per_chunk] +
                       (static_cast<int64_t>(job.cpu_page % a.pages_per_chunk) * a.n_layer * a.n_head_kv +
