@@ -66,20 +66,23 @@ Command register_bench(CLI::App& cmd) {
                            "\"tokens_per_s_std\":{:.3f},\"step_ms\":{:.4f},\"step_ms_p99\":{:.4f},\"floor_ratio\":{:.4f},"
                            "\"select_ms\":{:.4f},\"recall_wait_ms\":{:.4f},\"attention_ms\":{:.4f},\"rest_ms\":{:.4f},"
                            "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f},\"backend\":\"{}\","
-                           "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f}}}\n",
+                           "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"recall_gbps\":{:.2f},\"recall_sync_ms\":{:.4f},"
+                           "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{}}}\n",
                            name, r.label, r.depth, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
                            r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
                            r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s, f->run.backend, r.device_mib,
-                           r.host_mib);
+                           r.host_mib, r.recall_gbps, r.recall_sync_ms, r.recall_background_ms, r.prefill_tflops,
+                           recall_impl_name(r.recall_impl), r.force_corr_rate >= 0 ? fmt::format("{:.3f}", r.force_corr_rate) : "null");
             return 0;
         }
         const bool csv = f->output == "csv";
         const char* sep = csv ? "," : " | ";
         if (csv) fmt::print("model,kv_mode,depth,batch,tokens_per_s,tokens_per_s_std,step_ms,step_ms_p99,vs_floor,select_ms,"
-                            "recall_wait_ms,attention_ms,rest_ms,pages_per_step,correction_rate,prefill_tokens_per_s,kv_gpu_mib,kv_host_mib\n");
+                            "recall_wait_ms,attention_ms,rest_ms,pages_per_step,recall_gbps,correction_rate,prefill_tokens_per_s,prefill_tflops,"
+                            "kv_gpu_mib,kv_host_mib\n");
         else fmt::print("| model | kv mode | depth | batch | t/s | ms/step | p99 ms | vs floor | select | recall wait | attention | "
-                        "rest | pages/step | corr rate | prefill t/s | KV GPU MiB | KV host MiB |\n"
-                        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                        "rest | pages/step | recall GB/s | corr rate | prefill t/s | prefill TFLOP/s | KV GPU MiB | KV host MiB |\n"
+                        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (const auto& r : rows) {
             if (!csv) fmt::print("| ");
             if (r.oom) {
@@ -87,17 +90,19 @@ Command register_bench(CLI::App& cmd) {
                            csv ? "" : " |");
                 continue;
             }
-            fmt::print("{}{}{}{}{}{}{}{}{:.1f} ± {:.1f}{}{:.2f}{}{:.2f}{}{}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.1f}{}{:.3f}{}{:.0f}{}{:.0f}{}{:.0f}{}\n",
+            fmt::print("{}{}{}{}{}{}{}{}{:.1f} ± {:.1f}{}{:.2f}{}{:.2f}{}{}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.1f}{}{}{}{:.3f}{}{:.0f}{}{:.2f}{}{:.0f}{}{:.0f}{}\n",
                        name, sep, r.label, sep, r.depth, sep, r.batch, sep, r.tokens_per_s, r.tokens_per_s_std, sep,
                        r.step_ms_median, sep, r.step_ms_p99, sep,
                        r.floor_ratio > 0 ? fmt::format("{:.0f}%", 100.0 * r.floor_ratio) : std::string("-"), sep,
                        r.select_ms, sep, r.recall_wait_ms, sep, r.attention_ms, sep, r.rest_ms, sep, r.pages_per_step, sep,
-                       r.correction_rate, sep, r.prefill_tokens_per_s, sep, r.device_mib, sep, r.host_mib, csv ? "" : " |");
+                       r.recall_gbps > 0 ? fmt::format("{:.1f}", r.recall_gbps) : std::string("-"), sep, r.correction_rate, sep,
+                       r.prefill_tokens_per_s, sep, r.prefill_tflops, sep, r.device_mib, sep, r.host_mib, csv ? "" : " |");
         }
         if (!csv)
             fmt::print("\nt/s: mean ± std over {} repetitions of {} decode steps after {} warm-up steps; ms/step: median "
                        "(p99) of all measured steps; vs floor: step time / budget-only's; select, recall wait, attention, "
-                       "rest: ms per step on the critical path{}. KV GPU/host MiB: the engine's KV, maps and scratch on the GPU "
+                       "rest: ms per step on the critical path{}. recall GB/s: recalled bytes over the device time of the recall kernels "
+                       "inside the decode loop (GPU). KV GPU/host MiB: the engine's KV, maps and scratch on the GPU "
                        "(weights excluded) and its pinned CPU store. Excluded: tokenization and sampling (random token ids).{}{}\n",
                        p.reps, p.n_gen, p.n_warmup, p.gpu ? " (GPU: event times of the main stream; prefill t/s 0 = synthetic K/V fill)" : "",
                        p.synthetic_kv ? " Context: pseudo-random K/V, no prefill." : "",

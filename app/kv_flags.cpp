@@ -22,6 +22,10 @@ void KvFlags::add_to(CLI::App& cmd) {
     cmd.add_option("--summary", summary, "page summary: minmax or cuboid (mode default)")->envname("FREEKV_ARG_SUMMARY");
     cmd.add_option("--group-agg", group_agg, "GQA group aggregation: softmax-mean, mean or max (mode default)")
         ->envname("FREEKV_ARG_GROUP_AGG");
+    cmd.add_option("--recall-impl", recall_impl,
+                   "GPU recall: gather (one zero-copy kernel) or per-copy (one cudaMemcpyAsync per page block, "
+                   "ArkVale's way); mode default: per-copy for arkvale, gather otherwise")
+        ->envname("FREEKV_ARG_RECALL_IMPL");
     cmd.add_flag("--kv-check-invariants", check_invariants, "check slot maps and slot data after every sparse step (slow)");
 }
 
@@ -66,6 +70,7 @@ KvModeConfig KvFlags::resolve() const {
     if (!summary.empty()) c.summary = parse_summary_kind(summary);
     if (!group_agg.empty()) c.group_agg = parse_group_agg(group_agg);
     c.check_invariants = check_invariants;
+    if (!recall_impl.empty()) c.recall_impl = parse_recall_impl(recall_impl);
     if (c.mode != KvMode::kFull) (void)c.make_budget();  // validates and names the flag
     return c;
 }

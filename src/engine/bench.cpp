@@ -30,6 +30,8 @@ KvStats measured_part(KvStats after, const KvStats& before) {  // the measured s
     after.select_ms -= before.select_ms;
     after.recall_wait_ms -= before.recall_wait_ms;
     after.attention_ms -= before.attention_ms;
+    after.gather_sync_ms -= before.gather_sync_ms;
+    after.gather_background_ms -= before.gather_background_ms;
     after.sequence_steps -= before.sequence_steps;
     after.transfer.sync_jobs -= before.transfer.sync_jobs;
     after.transfer.background_jobs -= before.transfer.background_jobs;
@@ -144,6 +146,16 @@ CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, int64_t dept
     return out;
 }
 
+// FLOPs per prompt token of a causal prefill of `depth` tokens: 2 per weight of the layers'
+// matrices, plus QK^T and PV over depth / 2 keys on average (2 * 2 * head_dim * depth / 2 per
+// query head and layer). The output head runs for the last token only and is left out.
+double prefill_flops_per_token(const ModelConfig& c, int64_t depth) {
+    const double q_dim = static_cast<double>(c.n_head * c.head_dim), kv_dim = static_cast<double>(c.n_head_kv * c.head_dim);
+    const double e = static_cast<double>(c.n_embd), ff = static_cast<double>(c.n_ff);
+    const double per_layer = 2.0 * (2.0 * q_dim * e + 2.0 * kv_dim * e + 3.0 * e * ff) + 2.0 * q_dim * static_cast<double>(depth);
+    return per_layer * static_cast<double>(c.n_layer);
+}
+
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v.empty() ? 0.0 : v[v.size() / 2];
@@ -185,6 +197,8 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
             for (size_t i = 0; i < n_modes; ++i) {
                 BenchRow row;
                 row.label = p.labels[i];
+                row.recall_impl = p.modes[i].recall();
+                row.force_corr_rate = p.modes[i].force_corr_rate.value_or(-1.0f);
                 row.depth = depth;
                 row.batch = batch;
                 if (!errors[i].empty()) {
@@ -217,6 +231,12 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                                                                  n_steps
                                                            : 0.0;
                 row.correction_rate = s.sparse_pairs.empty() ? 0.0 : s.correction_rate();
+                const double recall_ms = s.gather_sync_ms + s.gather_background_ms;
+                const double recall_bytes = static_cast<double>(s.transfer.sync_bytes + s.transfer.background_bytes);
+                row.recall_gbps = recall_ms > 0 && recall_bytes > 0 ? recall_bytes / (recall_ms * 1e6) : 0.0;
+                row.recall_sync_ms = s.gather_sync_ms / n_steps;
+                row.recall_background_ms = s.gather_background_ms / n_steps;
+                row.prefill_tflops = row.prefill_tokens_per_s * prefill_flops_per_token(m.config, depth) / 1e12;
                 row.device_mib = results[i].back().device_mib;
                 row.host_mib = results[i].back().host_mib;
                 if (p.modes[i].mode == KvMode::kBudgetOnly) floor_ms = row.step_ms_median;

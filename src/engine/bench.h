@@ -39,9 +39,14 @@ struct BenchRow {
     double tokens_per_s = 0, tokens_per_s_std = 0;
     double step_ms_median = 0, step_ms_p99 = 0;
     double floor_ratio = 0;       // step time / budget-only step time (0 when no floor row)
-    double prefill_tokens_per_s = 0;
+    double prefill_tokens_per_s = 0, prefill_tflops = 0;  // prefill rate; its model + attention FLOP rate
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0, rest_ms = 0;  // per decode step
     double pages_per_step = 0, correction_rate = 0;
+    // GPU: recalled bytes / device time of the recall kernels inside the decode loop (0: none),
+    // and that time per step on the critical path and in the background.
+    double recall_gbps = 0, recall_sync_ms = 0, recall_background_ms = 0;
+    RecallImpl recall_impl = RecallImpl::kGather;
+    double force_corr_rate = -1;  // < 0: natural correction
     double device_mib = 0, host_mib = 0;  // KV + scratch on the GPU (weights excluded); pinned CPU store
 };
 

@@ -31,6 +31,14 @@ const char* kv_mode_name(KvMode m) {
     return "?";
 }
 
+RecallImpl parse_recall_impl(const std::string& s) {
+    if (s == "gather") return RecallImpl::kGather;
+    if (s == "per-copy") return RecallImpl::kPerCopy;
+    FREEKV_FAIL("--recall-impl '{}' must be gather or per-copy", s);
+}
+
+const char* recall_impl_name(RecallImpl r) { return r == RecallImpl::kGather ? "gather" : "per-copy"; }
+
 float parse_correction_threshold(const std::string& s) {
     // NOTE: "0" also means off (the issue tracker's spelling); a literal threshold of 0 would flag
     // only heads whose query reversed direction, which the range [-1, 2] otherwise allows.
@@ -58,6 +66,7 @@ std::string KvModeConfig::describe() const {
                          force_corr_rate ? fmt::format("forced at rate {:.2f}", *force_corr_rate)
                          : correction_on() ? fmt::format("{:.2f}", correction_threshold)
                                            : std::string("off"));
+    if (mode == KvMode::kArkvale || mode == KvMode::kFreekv) s += fmt::format(" | recall {} (GPU)", recall_impl_name(recall()));
     return s;
 }
 

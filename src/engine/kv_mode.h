@@ -14,6 +14,14 @@ namespace freekv {
 
 enum class KvMode { kFull, kBudgetOnly, kStreaming, kQuest, kArkvale, kFreekv };
 
+/// How recalled pages reach the budget cache on the GPU (design doc R1): one zero-copy gather
+/// kernel over mapped pinned memory, or ArkVale's one cudaMemcpyAsync per (page, KV head) block
+/// into a staging buffer plus a scatter kernel, waited on by the host before attention. The CPU
+/// backend's transfer engine copies either way.
+enum class RecallImpl { kGather, kPerCopy };
+RecallImpl parse_recall_impl(const std::string& s);  // Error names --recall-impl
+const char* recall_impl_name(RecallImpl r);
+
 KvMode parse_kv_mode(const std::string& s);  // Error lists the modes and names --kv-mode
 const char* kv_mode_name(KvMode m);
 
@@ -27,6 +35,7 @@ struct KvModeConfig {
     bool check_invariants = false;       // T6 checks after every sparse attention (slow)
     bool attention_mass_recall = false;  // compute the share of full attention mass attended
     std::optional<float> force_corr_rate;  // benchmarks: flag each (step, layer, seq, KV head) with this probability
+    std::optional<RecallImpl> recall_impl;  // default per mode: per-copy for arkvale, gather otherwise
 
     KvBudget make_budget() const { return KvBudget::make(page_size, budget, sink, recent, mode == KvMode::kStreaming); }
     SummaryKind summary_kind() const {
@@ -37,6 +46,9 @@ struct KvModeConfig {
         if (mode == KvMode::kQuest) return GroupAgg::kMax;
         if (mode == KvMode::kArkvale) return GroupAgg::kMean;
         return GroupAgg::kSoftmaxMean;
+    }
+    RecallImpl recall() const {
+        return recall_impl.value_or(mode == KvMode::kArkvale ? RecallImpl::kPerCopy : RecallImpl::kGather);
     }
     bool correction_on() const { return !std::isnan(correction_threshold); }
     std::string describe() const;

@@ -25,6 +25,9 @@ struct KvStats {
     // Critical-path time on the main thread (ms): correction test + corrective selection + sync
     // recall; waiting for the background recall of the previous step; attention.
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
+    // GPU only: device time of the recall kernels (gather, or per-copy copies + scatter) on the
+    // critical path and in the background, for recall bandwidth inside the decode loop.
+    double gather_sync_ms = 0, gather_background_ms = 0;
 
     double correction_rate() const;         // over all layers
     double pages_per_step() const;          // recalled blocks per decoded (step, seq)

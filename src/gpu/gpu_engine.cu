@@ -53,10 +53,11 @@ void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-// Token ranges per split-K block: enough blocks to fill the GPU, at least 256 tokens each.
+// Token ranges per split-K block: about two blocks per multiprocessor of the H100 (132), at least
+// 64 tokens each (4 warps x 4 tokens in flight x 4 rounds), at most 64 splits.
 int32_t split_for(int64_t n_rows_heads, int64_t max_tokens) {
     const int64_t want = std::max<int64_t>(1, 264 / std::max<int64_t>(1, n_rows_heads));
-    return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + 255) / 256), 1, 64));
+    return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + 63) / 64), 1, 64));
 }
 
 }  // namespace
@@ -176,9 +177,23 @@ struct GpuEngine::Impl {
     std::vector<float> mass_recall;
     std::mt19937_64 force_rng{1234};
 
-    bool timing = false;
+    bool timing = false, timing_step = false;
     std::vector<cudaEvent_t> marks;  // [L][4]
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
+    // Gather (or per-copy + scatter) kernel times, [2 step parity][L][2 kind][start, end]; an entry
+    // is read once its end event has completed, at the latest before it is recorded again.
+    std::vector<cudaEvent_t> gather_marks;
+    std::vector<uint8_t> gather_marked;  // [2][L][2]
+    double gather_ms[2] = {0, 0};        // synchronous, background
+    void collect_gather_times(bool wait);
+
+    // Per-copy recall (ArkVale's way): the job list comes to the host, one cudaMemcpyAsync per
+    // block into `staging`, then the gather kernel in scatter mode.
+    bool per_copy = false;
+    DeviceArray<uint16_t> staging;
+    int32_t* host_count = nullptr;         // pinned
+    cuda::GatherJob* host_jobs = nullptr;  // pinned, job_capacity entries
+    std::vector<const uint16_t*> host_chunks;
 
     const GpuWeights::Impl& w() const { return weights->impl(); }
     int64_t row() const { return g.row(); }
@@ -228,8 +243,12 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
            static_cast<int32_t>(c.n_head_kv), static_cast<int32_t>(c.head_dim)};
     FREEKV_CHECK(c.head_dim % 32 == 0 && c.head_dim <= 128, "GPU engine: head_dim {} must be 32, 64, 96 or 128", c.head_dim);
 
-    FREEKV_CUDA_CHECK(cudaStreamCreateWithFlags(&m.main, cudaStreamNonBlocking));
-    FREEKV_CUDA_CHECK(cudaStreamCreateWithFlags(&m.side, cudaStreamNonBlocking));
+    // The side stream's speculative work yields to the critical path: the scheduler dispatches the
+    // main stream's pending blocks first.
+    int least = 0, greatest = 0;
+    FREEKV_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    FREEKV_CUDA_CHECK(cudaStreamCreateWithPriority(&m.main, cudaStreamNonBlocking, greatest));
+    FREEKV_CUDA_CHECK(cudaStreamCreateWithPriority(&m.side, cudaStreamNonBlocking, least));
     m.attn_done.resize(sz(c.n_layer));
     m.bg_done.resize(sz(c.n_layer));
     for (int64_t il = 0; il < c.n_layer; ++il) {
@@ -240,6 +259,9 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
     m.bg_step.assign(sz(c.n_layer), -1);
     m.marks.resize(sz(c.n_layer * 4));
     for (auto& e : m.marks) FREEKV_CUDA_CHECK(cudaEventCreate(&e));
+    m.gather_marks.resize(sz(2 * c.n_layer * 2 * 2));
+    for (auto& e : m.gather_marks) FREEKV_CUDA_CHECK(cudaEventCreate(&e));
+    m.gather_marked.assign(sz(2 * c.n_layer * 2), 0);
 
     m.cache.resize(c.n_layer * m.g.layer_cache_elems());
     m.qring.resize(c.n_layer * max_batch * 2 * c.n_head * c.head_dim);
@@ -262,6 +284,7 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
             m.pinned = std::make_unique<cuda::PinnedStore>(n_cpu_pages * page_bytes, page_bytes);
             m.pages_per_chunk = static_cast<int32_t>(m.pinned->chunk_bytes() / page_bytes);
             for (void* d : m.pinned->device_chunks()) chunks.push_back(static_cast<uint16_t*>(d));
+            for (int64_t i = 0; i < m.pinned->n_chunks(); ++i) m.host_chunks.push_back(static_cast<const uint16_t*>(m.pinned->host_chunk(i)));
         }
         m.chunk_table.upload(chunks.data(), static_cast<int64_t>(chunks.size()), m.main);
         std::vector<int32_t> cpu_pages(sz(n_cpu_pages));
@@ -269,6 +292,12 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
         m.cpu_page_of.upload(cpu_pages.data(), n_cpu_pages, m.main);
         m.job_capacity = max_batch * c.n_head_kv * std::max<int64_t>(m.budget.n_select, 1);
         m.jobs.resize(2 * c.n_layer * m.job_capacity);
+        m.per_copy = mode.recall() == RecallImpl::kPerCopy && m.pinned != nullptr && m.selects;
+        if (m.per_copy) {
+            m.staging.resize(m.job_capacity * m.g.block_elems());
+            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_count, sizeof(int32_t)));
+            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_jobs, sz(m.job_capacity) * sizeof(cuda::GatherJob)));
+        }
         m.n_jobs.resize(2 * c.n_layer);
         m.scores_main.resize(max_batch * c.n_head * m.max_pages);
         m.scores_side.resize(max_batch * c.n_head * m.max_pages);
@@ -289,8 +318,10 @@ GpuEngine::~GpuEngine() {
     Impl& m = *impl_;
     cudaStreamSynchronize(m.side);
     cudaStreamSynchronize(m.main);
-    for (auto* list : {&m.attn_done, &m.bg_done, &m.marks})
+    for (auto* list : {&m.attn_done, &m.bg_done, &m.marks, &m.gather_marks})
         for (cudaEvent_t e : *list) cudaEventDestroy(e);
+    cudaFreeHost(m.host_count);
+    cudaFreeHost(m.host_jobs);
     cudaStreamDestroy(m.main);
     cudaStreamDestroy(m.side);
 }
@@ -313,7 +344,7 @@ int64_t GpuEngine::device_bytes() const {
     int64_t total = m.cache.bytes() + m.summaries.bytes() + m.page_of_slot.bytes() + m.slot_of_page.bytes() + m.qring.bytes() +
                     m.device_store.bytes() + m.jobs.bytes() + m.scores_main.bytes() + m.scores_side.bytes() + m.q_side.bytes();
     for (auto* a : {&m.x, &m.h, &m.q, &m.k, &m.v, &m.attn, &m.proj, &m.gate, &m.up, &m.logits, &m.partial}) total += a->bytes();
-    return total + m.scratch_bf16.bytes() + m.hist_k.bytes() + m.hist_v.bytes();
+    return total + m.scratch_bf16.bytes() + m.hist_k.bytes() + m.hist_v.bytes() + m.staging.bytes();
 }
 
 int64_t GpuEngine::host_bytes() const {
@@ -385,7 +416,6 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
                                         const uint8_t* flag_rows, uint8_t want, int kind, cudaStream_t s) {
     cuda::GatherJob* job_list = jobs.get() + (kind * c.n_layer + il) * job_capacity;
     int32_t* count = n_jobs.get() + kind * c.n_layer + il;
-    FREEKV_CUDA_CHECK(cudaMemsetAsync(count, 0, 4, s));
     cuda::SelectArgs a;
     a.batch_of = rows_batch->get();
     a.q = q_rows;
@@ -424,10 +454,59 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     ga.page_size = g.page_size;
     ga.n_head_kv = g.n_head_kv;
     ga.head_dim = g.head_dim;
-    ga.ctas = 32;  // 16-32 blocks already reach the PCIe rate (bench_recall); more would only take SMs from the model
+    // 16 blocks already reach the PCIe rate (bench_recall: 46.4 GB/s of 16 KiB blocks); the
+    // background gather keeps to that so that it takes few SMs from the model, the corrective one
+    // (on the critical path) takes twice as many.
+    ga.ctas = kind == 0 ? 32 : 16;
+    ga.per_head = counters.get() + c.n_layer * 4 + (kind * c.n_layer + il) * c.n_head_kv;
+    const size_t mark = sz(((decode_steps % 2) * c.n_layer + il) * 2 + kind);
+    const bool timed = timing_step;
+    if (timed) {
+        if (gather_marked[mark]) {  // still unread from two steps ago
+            FREEKV_CUDA_CHECK(cudaEventSynchronize(gather_marks[2 * mark + 1]));
+            collect_gather_times(false);
+        }
+        FREEKV_CUDA_CHECK(cudaEventRecord(gather_marks[2 * mark], s));
+    }
+    if (kind == 0 && per_copy) {
+        // ArkVale: the host reads the plan, then copies block by block (pinned source, so each is
+        // a DMA of one 2 * page_size * head_dim block), then one scatter into the slots.
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_count, count, sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_jobs, job_list, sz(job_capacity) * sizeof(cuda::GatherJob), cudaMemcpyDeviceToHost, s));
+        FREEKV_CUDA_CHECK(cudaStreamSynchronize(s));
+        const int64_t block = g.block_elems(), page_elems = g.cpu_page_elems();
+        for (int32_t j = 0; j < *host_count; ++j) {
+            const cuda::GatherJob& job = host_jobs[j];
+            const int64_t cpu_page = job.seq * max_pages + job.page;  // cpu_page_of is the identity
+            const uint16_t* src = host_chunks[sz(cpu_page / pages_per_chunk)] + (cpu_page % pages_per_chunk) * page_elems +
+                                  (il * c.n_head_kv + job.ikv) * block;
+            FREEKV_CUDA_CHECK(cudaMemcpyAsync(staging.get() + j * block, src, sz(block) * 2, cudaMemcpyHostToDevice, s));
+        }
+        ga.staging = staging.get();
+    }
     const std::string err = cuda::gather_pages(ga, s);
     FREEKV_CHECK(err.empty(), "gather kernel: {}", err);
-    cuda::count_jobs(job_list, count, counters.get() + c.n_layer * 4 + (kind * c.n_layer + il) * c.n_head_kv, s);
+    if (timed) {
+        FREEKV_CUDA_CHECK(cudaEventRecord(gather_marks[2 * mark + 1], s));
+        gather_marked[mark] = 1;
+    }
+}
+
+// Adds the elapsed time of every recorded gather whose end event has completed (wait: all of
+// them; the caller has synchronized both streams).
+void GpuEngine::Impl::collect_gather_times(bool wait) {
+    for (size_t i = 0; i < gather_marked.size(); ++i) {
+        if (!gather_marked[i]) continue;
+        if (!wait) {
+            const cudaError_t e = cudaEventQuery(gather_marks[2 * i + 1]);
+            if (e == cudaErrorNotReady) continue;
+            FREEKV_CUDA_CHECK(e);
+        }
+        float ms = 0;
+        FREEKV_CUDA_CHECK(cudaEventElapsedTime(&ms, gather_marks[2 * i], gather_marks[2 * i + 1]));
+        gather_ms[i % 2] += ms;
+        gather_marked[i] = 0;
+    }
 }
 
 // ---------------------------------------------------------------- prefill
@@ -594,6 +673,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     ensure_activations(n);
     ++decode_steps;
     sequence_steps += n;
+    timing_step = timing;
     rows_batch = &rows_batch_buf[decode_steps % 2];
     sel_n_pages = &sel_n_pages_buf[decode_steps % 2];
     for (int64_t il = 0; il < L; ++il)  // background work that read this step's buffers (two steps ago)
@@ -817,7 +897,9 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         mlp_and_attention_out(il, n);
     }
     output_logits(out_rows, out);
+    timing_step = false;
     if (timing) {
+        collect_gather_times(false);
         for (int64_t il = 0; il < L; ++il) {
             cudaEvent_t* mk = marks.data() + il * 4;
             float a = 0, b = 0, d = 0;
@@ -906,6 +988,9 @@ KvStats GpuEngine::stats() {
     s.select_ms = m.select_ms;
     s.recall_wait_ms = m.recall_wait_ms;
     s.attention_ms = m.attention_ms;
+    m.collect_gather_times(true);
+    s.gather_sync_ms = m.gather_ms[0];
+    s.gather_background_ms = m.gather_ms[1];
     return s;
 }
 

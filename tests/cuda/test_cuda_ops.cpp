@@ -78,7 +78,19 @@ std::vector<float> from_bf16(const std::vector<uint16_t>& b) {
 
 TEST_F(CudaOps, ElementwiseAndNorms) {
     std::mt19937 rng(11);
-    // rms_norm, 5 rows of 1000
+    // rms_norm: 5 rows of 1000 (4-wide loads) and 3 of 4097 (scalar)
+    {
+        const auto x3 = randn(3 * 4097, rng);
+        const auto w3 = to_bf16(randn(4097, rng));
+        float* dx3 = to_device(x3);
+        uint16_t* dw3 = to_device(w3);
+        float* dy3 = poisoned(x3.size());
+        cuda::rms_norm(dx3, 3, 4097, dw3, 1e-5f, dy3, nullptr);
+        std::vector<float> want3(x3.size());
+        ref::rms_norm(x3.data(), 3, 4097, WeightView{"w", DType::kBF16, {4097}, w3.data()}, 1e-5f, want3.data());
+        EXPECT_LE(test::nmse(to_host(dy3, x3.size()), want3), kNmse) << "rms_norm 4097";
+        cudaFree(dx3), cudaFree(dw3), cudaFree(dy3);
+    }
     const auto x = randn(5 * 1000, rng);
     const auto w = to_bf16(randn(1000, rng));
     float* dx = to_device(x);
@@ -159,9 +171,9 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
             a.n_seq = n_seq, a.n_head = n_head, a.n_head_kv = n_head_kv, a.head_dim = head_dim;
             a.page_size = page_size, a.max_list = max_list;
             a.stride_seq = stride_seq, a.stride_page = stride_page, a.stride_tok = stride_tok;
-            // Split-K: 1 (one block per list) and 5 token ranges merged by the combine kernel; the
-            // 5-token list of sequence 2 leaves splits empty.
-            for (int32_t split : {1, 5}) {
+            // Split-K: 1 (one block per list), 5 and 64 token ranges merged by the combine kernel;
+            // the 5-token list of sequence 2 leaves splits (and warps) empty.
+            for (int32_t split : {1, 5, 64}) {
             a.n_split = split;
             float* partial = nullptr;
             if (split > 1) {
@@ -191,9 +203,14 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
     }
 }
 
-TEST_F(CudaOps, MatmulBf16ThroughCublas) {
+TEST_F(CudaOps, MatmulBf16GemvAndCublas) {
     std::mt19937 rng(14);
-    for (auto [m, n, k] : {std::tuple{1, 7, 64}, std::tuple{3, 300, 96}, std::tuple{17, 1000, 512}, std::tuple{64, 1536, 512}}) {
+    // m <= 8 with k % 8 == 0 takes the GEMV kernel (row counts not a multiple of its 16 rows per
+    // block, k chunks not a multiple of 32 lanes, every row-count template 1, 2, 4, 8 with partial
+    // use); m > 8 or k % 8 != 0 goes through cuBLAS.
+    for (auto [m, n, k] : {std::tuple{1, 7, 64}, std::tuple{3, 300, 96}, std::tuple{17, 1000, 512}, std::tuple{64, 1536, 512},
+                           std::tuple{1, 1001, 4096}, std::tuple{2, 33, 136}, std::tuple{4, 517, 1032},
+                           std::tuple{5, 129, 4096}, std::tuple{8, 250, 14336}, std::tuple{2, 40, 100}}) {
         const auto x = randn(static_cast<size_t>(m * k), rng);
         const auto w = to_bf16(randn(static_cast<size_t>(n * k), rng));
         const auto bias = to_bf16(randn(static_cast<size_t>(n), rng));
@@ -321,7 +338,7 @@ TEST_F(CudaOps, SelectionTiesAndLongContexts) {
             cuda::GatherJob* d_jobs = nullptr;
             ASSERT_EQ(cudaMalloc(&d_jobs, sizeof(cuda::GatherJob) * k), cudaSuccess);
             a.jobs = d_jobs;
-            a.n_jobs = to_device(std::vector<int32_t>{0});
+            a.n_jobs = to_device(std::vector<int32_t>{12345});  // stale: the score kernel zeroes it
             a.scores = poisoned(static_cast<size_t>(4 * max_pages));
             a.n_seq = 1, a.n_head = 4, a.n_head_kv = 1, a.head_dim = head_dim, a.max_pages = max_pages;
             a.n_sink_page = ns, a.n_recent_page = nw, a.n_select = k, a.n_slots = n_slots;
@@ -382,7 +399,7 @@ TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
                 cuda::GatherJob* d_jobs = nullptr;
                 ASSERT_EQ(cudaMalloc(&d_jobs, sizeof(cuda::GatherJob) * n_seq * n_head_kv * k), cudaSuccess);
                 a.jobs = d_jobs;
-                a.n_jobs = to_device(std::vector<int32_t>{0});
+                a.n_jobs = to_device(std::vector<int32_t>{12345});  // stale: the score kernel zeroes it
                 a.scores = poisoned(static_cast<size_t>(n_seq * n_head_kv * group * max_pages));
                 a.n_seq = n_seq, a.n_head = n_head, a.n_head_kv = n_head_kv, a.head_dim = head_dim, a.max_pages = max_pages;
                 a.n_sink_page = ns, a.n_recent_page = nw, a.n_select = k, a.n_slots = n_slots, a.agg = static_cast<int>(agg);

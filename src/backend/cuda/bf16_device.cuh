@@ -17,6 +17,22 @@ __device__ inline uint16_t float_to_bf16(float f) {
     return static_cast<uint16_t>(u >> 16);
 }
 
+/// `dims` (<= 4) consecutive bf16 at p, widened into out[0, 4) (zeros past dims): one 8- or 4-byte
+/// load for 4 or 2 elements, so p must be aligned to that (rows start at multiples of head_dim).
+__device__ __forceinline__ void load_bf16x4(const uint16_t* p, int dims, float out[4]) {
+    if (dims == 4) {
+        const uint2 w = *reinterpret_cast<const uint2*>(p);
+        out[0] = __uint_as_float(w.x << 16), out[1] = __uint_as_float(w.x & 0xffff0000u);
+        out[2] = __uint_as_float(w.y << 16), out[3] = __uint_as_float(w.y & 0xffff0000u);
+    } else if (dims == 2) {
+        const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+        out[0] = __uint_as_float(w << 16), out[1] = __uint_as_float(w & 0xffff0000u);
+        out[2] = out[3] = 0.0f;
+    } else {
+        for (int d = 0; d < 4; ++d) out[d] = d < dims ? bf16_to_float(p[d]) : 0.0f;
+    }
+}
+
 /// Summary of one KV head's keys of a page (design doc 3.3), computed by the block's threads over
 /// the head dimension: keys[r * row_stride + i] for rows r < page_size; writes upper bounds to
 /// summary[0, head_dim) and lower bounds to summary[head_dim, 2 head_dim). minmax, or cuboid

@@ -2,7 +2,8 @@
 // blocks loops over the recall jobs, whose count is read from device memory; each block streams a
 // job's HND block straight out of mapped pinned host memory with 16-byte loads, four in flight
 // per thread, and writes the rows into the NHD head slice of the destination slot. No staging
-// buffer, no conversion kernel, no host copy of the job list.
+// buffer, no conversion kernel, no host copy of the job list. With `staging` set the same kernel
+// is the per-copy path's scatter: blocks come from a device staging buffer instead.
 #include <cuda_runtime.h>
 
 #include "backend/cuda/gather_pages.cuh"
@@ -24,10 +25,16 @@ __global__ void __launch_bounds__(kThreads) gather_pages_kernel(GatherArgs a) {
     const long long slot_elems = 2LL * a.page_size * token_elems;
     for (int j = blockIdx.x; j < n_jobs; j += gridDim.x) {
         const GatherJob job = a.jobs[j];
-        const int cpu_page = a.cpu_page_of[static_cast<long long>(job.seq) * a.max_pages + job.page];
-        const uint16_t* chunk = a.cpu_chunks[cpu_page / a.pages_per_chunk];
-        const int4* src = reinterpret_cast<const int4*>(chunk + static_cast<long long>(cpu_page % a.pages_per_chunk) * cpu_page_elems +
-                                                        (static_cast<long long>(a.il) * a.n_head_kv + job.ikv) * block_elems);
+        if (a.per_head != nullptr && threadIdx.x == 0) atomicAdd(a.per_head + job.ikv, 1ULL);
+        const int4* src = nullptr;
+        if (a.staging != nullptr) {
+            src = reinterpret_cast<const int4*>(a.staging + j * block_elems);
+        } else {
+            const int cpu_page = a.cpu_page_of[static_cast<long long>(job.seq) * a.max_pages + job.page];
+            const uint16_t* chunk = a.cpu_chunks[cpu_page / a.pages_per_chunk];
+            src = reinterpret_cast<const int4*>(chunk + static_cast<long long>(cpu_page % a.pages_per_chunk) * cpu_page_elems +
+                                                (static_cast<long long>(a.il) * a.n_head_kv + job.ikv) * block_elems);
+        }
         uint16_t* slot = a.budget_cache +
                          ((static_cast<long long>(a.il) * a.max_batch + job.seq) * a.n_slots + job.slot) * slot_elems +
                          static_cast<long long>(job.ikv) * a.head_dim;

@@ -26,6 +26,11 @@ struct GatherArgs {
     int32_t il = 0, n_layer = 0, max_batch = 0, max_pages = 0, n_slots = 0;
     int32_t page_size = 32, n_head_kv = 8, head_dim = 128;
     int32_t ctas = 64;
+    // Scatter mode (the per-copy recall): when set, job j's HND block was already copied to
+    // staging + j * 2 * page_size * head_dim and the store is not read.
+    const uint16_t* staging = nullptr;
+    // Optional [n_head_kv] counters: each job adds one to its KV head's entry (recall statistics).
+    unsigned long long* per_head = nullptr;
 };
 
 /// Launches the zero-copy gather on `stream` (a cudaStream_t passed as void*). Returns "" or the

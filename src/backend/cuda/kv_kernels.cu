@@ -120,10 +120,6 @@ __global__ void store_queries_kernel(const float* q, float* const* dst, int64_t 
     if (i < n_seq * per_seq) dst[i / per_seq][i % per_seq] = q[i];
 }
 
-__global__ void count_jobs_kernel(const GatherJob* jobs, const int32_t* n_jobs, unsigned long long* per_head) {
-    for (int j = threadIdx.x; j < *n_jobs; j += blockDim.x) atomicAdd(&per_head[jobs[j].ikv], 1ULL);
-}
-
 // One block per (listed sequence, query head): logits of every key, then per-page mass.
 __global__ void mass_kernel(MassArgs a, KvGeometry g) {
     const int item = blockIdx.x, h = blockIdx.y, group = g.n_head / g.n_head_kv, ikv = h / group;
@@ -243,11 +239,6 @@ void correction_flags(const FlagArgs& a, const KvGeometry& g, void* stream) {
 void store_queries(const float* q, float* const* dst, int32_t n_seq, const KvGeometry& g, void* stream) {
     const int64_t per_seq = static_cast<int64_t>(g.n_head) * g.head_dim;
     store_queries_kernel<<<blocks(n_seq * per_seq), 256, 0, as_stream(stream)>>>(q, dst, per_seq, n_seq);
-    FREEKV_CUDA_CHECK(cudaGetLastError());
-}
-
-void count_jobs(const void* jobs, const int32_t* n_jobs, unsigned long long* per_head, void* stream) {
-    count_jobs_kernel<<<1, 256, 0, as_stream(stream)>>>(static_cast<const GatherJob*>(jobs), n_jobs, per_head);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

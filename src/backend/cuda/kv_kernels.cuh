@@ -77,9 +77,6 @@ void correction_flags(const FlagArgs& a, const KvGeometry& g, void* stream);
 /// Copies q ([n_seq][n_head][head_dim]) to the per-sequence destinations dst[s] (the query ring).
 void store_queries(const float* q, float* const* dst, int32_t n_seq, const KvGeometry& g, void* stream);
 
-/// Adds the jobs of a recall list to per-(layer, KV head) counters ([n_head_kv] for this layer).
-void count_jobs(const void* jobs, const int32_t* n_jobs, unsigned long long* per_head, void* stream);
-
 /// Attention-mass recall of one layer (design doc 6.1): for each sparse sequence s (list[s] =
 /// batch index, n_tokens[s]) and query head, the share of full attention's softmax mass on pages
 /// in the attended set (sink, recent window, or resident in a middle slot). Keys of completed pages

@@ -5,6 +5,10 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
+#include <cstdlib>
+
+#include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda.cuh"
 
@@ -14,13 +18,23 @@ namespace {
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
-__device__ float bf16_bits_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+__device__ float bf16_bits_to_float(uint16_t b) { return bf16_to_float(b); }
 
+// One block of up to 1024 threads per row; rows whose length is a multiple of 4 move as float4 /
+// 4 x bf16 so that a 4096-wide row is one load per thread (the kernel is latency-bound).
 __global__ void rms_norm_kernel(const float* x, int64_t n, const uint16_t* w, float eps, float* y) {
     const float* row = x + blockIdx.x * n;
     float* out = y + blockIdx.x * n;
+    const bool vec = n % 4 == 0;
     float ss = 0.0f;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += row[i] * row[i];
+    if (vec) {
+        for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+            const float4 v = reinterpret_cast<const float4*>(row)[i];
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+    } else {
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += row[i] * row[i];
+    }
     __shared__ float partial[32];
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
@@ -32,7 +46,20 @@ __global__ void rms_norm_kernel(const float* x, int64_t n, const uint16_t* w, fl
     }
     __syncthreads();
     const float inv = rsqrtf(partial[0] / static_cast<float>(n) + eps);
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = bf16_bits_to_float(w[i]) * (row[i] * inv);
+    if (vec) {
+        for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+            const float4 v = reinterpret_cast<const float4*>(row)[i];
+            const uint2 wb = reinterpret_cast<const uint2*>(w)[i];
+            float4 r;
+            r.x = __uint_as_float(wb.x << 16) * (v.x * inv);
+            r.y = __uint_as_float(wb.x & 0xffff0000u) * (v.y * inv);
+            r.z = __uint_as_float(wb.y << 16) * (v.z * inv);
+            r.w = __uint_as_float(wb.y & 0xffff0000u) * (v.w * inv);
+            reinterpret_cast<float4*>(out)[i] = r;
+        }
+    } else {
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = bf16_bits_to_float(w[i]) * (row[i] * inv);
+    }
 }
 
 __global__ void rope_kernel(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions,
@@ -71,6 +98,107 @@ __global__ void add_bias_kernel(float* y, int64_t m, int64_t n, const uint16_t* 
     if (i < m * n) y[i] += bf16_bits_to_float(bias[i % n]);
 }
 
+// Decode GEMV, y[m, n] = bf16(x[m, :]) . w[n, :] (+ bias) for m <= kGemvMaxRows: each warp owns
+// kGemvRowsPerWarp output rows and walks k in 16-byte chunks of w (8 bf16 per lane, every row's
+// loads issued before any math); x is read through L1 (all warps of a block share the k chunk) and
+// rounded to bf16 as cuBLAS's input would be; fp32 accumulation, one warp reduction per row.
+constexpr int kGemvMaxRows = 8;
+constexpr int kGemvDefaultRows = 1;  // measured on the H100: see bench/results (batch 4 was faster through cuBLAS)
+constexpr int kGemvRowsPerWarp = 4;
+constexpr int kGemvWarps = 4;
+constexpr int kGemvChunksInFlight = 2;
+
+template <int M>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
+                                                                    int64_t n, int64_t k, float* __restrict__ y,
+                                                                    const uint16_t* __restrict__ bias) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * kGemvRowsPerWarp;
+    if (row0 >= n) return;
+    float acc[kGemvRowsPerWarp][M];
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+    const int64_t chunks = k / 8;
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kGemvChunksInFlight) {
+        uint4 wv[kGemvChunksInFlight][kGemvRowsPerWarp];
+#pragma unroll
+        for (int h = 0; h < kGemvChunksInFlight; ++h)
+#pragma unroll
+            for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+                const int64_t c = c0 + 32 * h;
+                wv[h][r] = row0 + r < n && c < chunks ? __ldg(reinterpret_cast<const uint4*>(w + (row0 + r) * k) + c)
+                                                      : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int h = 0; h < kGemvChunksInFlight; ++h) {
+            const int64_t c = c0 + 32 * h;
+            if (c >= chunks) break;
+#pragma unroll
+            for (int i = 0; i < M; ++i) {
+                if (i >= m) break;
+                const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
+                const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
+                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                float xr[8];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
+#pragma unroll
+                for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+                    const uint32_t parts[4] = {wv[h][r].x, wv[h][r].y, wv[h][r].z, wv[h][r].w};
+                    float sum = acc[r][i];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
+                        sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
+                    }
+                    acc[r][i] = sum;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            if (i >= m) break;
+            float s = acc[r][i];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0 && row0 + r < n) y[i * n + row0 + r] = s + (bias != nullptr ? bf16_bits_to_float(bias[row0 + r]) : 0.0f);
+        }
+}
+
+// Batch rows up to which the GEMV kernel replaces cuBLAS: FREEKV_GEMV_MAX_ROWS (0..8) overrides the
+// default, for measuring one against the other on the GPU machine.
+int64_t gemv_max_rows() {
+    static const int64_t rows = [] {
+        const char* env = std::getenv("FREEKV_GEMV_MAX_ROWS");
+        return env != nullptr ? std::clamp<int64_t>(std::atoll(env), 0, kGemvMaxRows) : int64_t{kGemvDefaultRows};
+    }();
+    return rows;
+}
+
+bool gemv_fits(const float* x, int64_t m, const uint16_t* w, int64_t k) {
+    return m >= 1 && m <= gemv_max_rows() && k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+           reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+void gemv_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+               cudaStream_t s) {
+    const auto blocks = static_cast<unsigned>((n + kGemvWarps * kGemvRowsPerWarp - 1) / (kGemvWarps * kGemvRowsPerWarp));
+    const int mi = static_cast<int>(m);
+    if (m == 1)
+        gemv_bf16_kernel<1><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
+    else if (m == 2)
+        gemv_bf16_kernel<2><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
+    else if (m <= 4)
+        gemv_bf16_kernel<4><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
+    else
+        gemv_bf16_kernel<8><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
 // One cuBLAS handle per host thread, created on first use (creation costs milliseconds).
 cublasHandle_t cublas_handle() {
     thread_local cublasHandle_t handle = [] {
@@ -85,12 +213,16 @@ cublasHandle_t cublas_handle() {
 constexpr int kMaxGroup = 16;    // GQA group sizes 1..16, chosen at run time
 constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
 constexpr int kWarps = 4;
+constexpr int kTokensInFlight = 4;
 
+// G: a compile-time bound on the GQA group (1, 2, 4, 8 or 16), so that the per-head softmax state
+// lives in registers sized to it.
+template <int G>
 __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAttentionArgs a) {
     const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int group = a.n_head / a.n_head_kv, dims = a.head_dim / 32;
     const float scale = rsqrtf(static_cast<float>(a.head_dim));
-    __shared__ float q_shared[kMaxGroup * 128];
+    __shared__ float q_shared[G * 128];
     const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim;
     for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) q_shared[i] = q[i];
     __syncthreads();
@@ -100,46 +232,54 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
     // This block's token range (the whole list unless split-K).
     const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
     const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
-    float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][kMaxDimsPerLane];
+    float m[G], l[G], acc[G][kMaxDimsPerLane];
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
+    for (int g = 0; g < G; ++g) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
 #pragma unroll
         for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
     }
     const int64_t base = (causal ? 0 : static_cast<int64_t>(seq) * a.stride_seq) + static_cast<int64_t>(ikv) * a.head_dim;
-    for (int j = j_begin + warp; j < j_end; j += kWarps) {
-        const int page = causal ? j / a.page_size : pages[j / a.page_size];
-        const int64_t off = base + static_cast<int64_t>(page) * a.stride_page + (j % a.page_size) * a.stride_tok;
-        float kr[kMaxDimsPerLane], vr[kMaxDimsPerLane];
+    // Each warp takes kTokensInFlight consecutive tokens per round and issues all their K/V loads
+    // before the first dot product: the loop is latency-bound, not bandwidth-bound, otherwise.
+    for (int j0 = j_begin + warp * kTokensInFlight; j0 < j_end; j0 += kWarps * kTokensInFlight) {
+        float kr[kTokensInFlight][kMaxDimsPerLane], vr[kTokensInFlight][kMaxDimsPerLane];
 #pragma unroll
-        for (int d = 0; d < kMaxDimsPerLane; ++d) {
-            kr[d] = d < dims ? bf16_bits_to_float(a.k[off + lane * dims + d]) : 0.0f;
-            vr[d] = d < dims ? bf16_bits_to_float(a.v[off + lane * dims + d]) : 0.0f;
+        for (int u = 0; u < kTokensInFlight; ++u) {
+            const int j = j0 + u;
+            if (j >= j_end) break;
+            const int page = causal ? j / a.page_size : pages[j / a.page_size];
+            const int64_t off = base + static_cast<int64_t>(page) * a.stride_page + (j % a.page_size) * a.stride_tok + lane * dims;
+            load_bf16x4(a.k + off, dims, kr[u]);
+            load_bf16x4(a.v + off, dims, vr[u]);
         }
 #pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
-            if (g >= group) break;
-            float s = 0.0f;
+        for (int u = 0; u < kTokensInFlight; ++u) {
+            if (j0 + u >= j_end) break;
 #pragma unroll
-            for (int d = 0; d < kMaxDimsPerLane; ++d)
-                if (d < dims) s += q_shared[g * a.head_dim + lane * dims + d] * kr[d];
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            s *= scale;
-            const float m_new = fmaxf(m[g], s);
-            const float correction = expf(m[g] - m_new), p = expf(s - m_new);
-            l[g] = l[g] * correction + p;
+            for (int g = 0; g < G; ++g) {
+                if (g >= group) break;
+                float s = 0.0f;
 #pragma unroll
-            for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = acc[g][d] * correction + p * vr[d];
-            m[g] = m_new;
+                for (int d = 0; d < kMaxDimsPerLane; ++d)
+                    if (d < dims) s += q_shared[g * a.head_dim + lane * dims + d] * kr[u][d];
+                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                s *= scale;
+                const float m_new = fmaxf(m[g], s);
+                const float correction = expf(m[g] - m_new), p = expf(s - m_new);
+                l[g] = l[g] * correction + p;
+#pragma unroll
+                for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = acc[g][d] * correction + p * vr[u][d];
+                m[g] = m_new;
+            }
         }
     }
     // Merge the warps' partial softmax states.
-    __shared__ float m_shared[kWarps][kMaxGroup], l_shared[kWarps][kMaxGroup];
-    __shared__ float acc_shared[kWarps][kMaxGroup * 128];
+    __shared__ float m_shared[kWarps][G], l_shared[kWarps][G];
+    __shared__ float acc_shared[kWarps][G * 128];
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
+    for (int g = 0; g < G; ++g) {
         if (g >= group) break;
         if (lane == 0) {
             m_shared[warp][g] = m[g];
@@ -175,31 +315,44 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
     }
 }
 
-// Merges the n_split partial states of each (sequence, KV head) into the output.
+// Merges the n_split partial states of each (sequence, KV head) into the output: the split weights
+// exp(m_z - m) / l of each head first (in shared memory), then every output element sums its n_split
+// partials with independent loads.
+constexpr int kMaxSplit = 64;
 __global__ void attention_combine_kernel(PagesAttentionArgs a) {
     const int ikv = blockIdx.x, seq = blockIdx.y, group = a.n_head / a.n_head_kv;
     const int stride = group * (a.head_dim + 2);
     const float* parts = a.partial + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_split * stride;
-    for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) {
-        const int g = i / a.head_dim;
+    __shared__ float weight[kMaxGroup][kMaxSplit];
+    if (threadIdx.x < group) {
+        const int g = threadIdx.x;
         float m_all = -INFINITY;
         for (int z = 0; z < a.n_split; ++z) m_all = fmaxf(m_all, parts[z * stride + group * a.head_dim + g]);
-        float l_all = 0.0f, o = 0.0f;
+        float l_all = 0.0f;
         for (int z = 0; z < a.n_split; ++z) {
             const float m = parts[z * stride + group * a.head_dim + g];
-            if (m == -INFINITY) continue;  // an empty split
-            const float f = expf(m - m_all);
+            const float f = m == -INFINITY ? 0.0f : expf(m - m_all);  // an empty split weighs nothing
+            weight[g][z] = f;
             l_all += parts[z * stride + group * a.head_dim + group + g] * f;
-            o += parts[z * stride + i] * f;
         }
-        a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim + i] = o / l_all;
+        for (int z = 0; z < a.n_split; ++z) weight[g][z] /= l_all;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) {
+        const int g = i / a.head_dim;
+        float o = 0.0f;
+#pragma unroll 8
+        for (int z = 0; z < a.n_split; ++z) o += parts[z * stride + i] * weight[g][z];
+        a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim + i] = o;
     }
 }
 
 }  // namespace
 
 void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream) {
-    rms_norm_kernel<<<static_cast<unsigned>(m), 256, 0, as_stream(stream)>>>(x, n, w, eps, y);
+    const int64_t per_thread = n % 4 == 0 ? n / 4 : n;
+    const unsigned threads = static_cast<unsigned>(std::clamp<int64_t>((per_thread + 31) / 32 * 32, 32, 1024));
+    rms_norm_kernel<<<static_cast<unsigned>(m), threads, 0, as_stream(stream)>>>(x, n, w, eps, y);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -223,6 +376,10 @@ void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t
 
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                  uint16_t* x_bf16, void* stream) {
+    if (gemv_fits(x, m, w, k)) {  // decode: one pass over w, no conversion kernel, no cuBLAS
+        gemv_bf16(x, m, w, n, k, y, bias, as_stream(stream));
+        return;
+    }
     const int64_t elems = m * k;
     to_bf16_kernel<<<static_cast<unsigned>((elems + 255) / 256), 256, 0, as_stream(stream)>>>(
         x, elems, reinterpret_cast<__nv_bfloat16*>(x_bf16));
@@ -248,12 +405,19 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
                  a.head_dim);
     FREEKV_CHECK(a.n_head % a.n_head_kv == 0 && a.n_head / a.n_head_kv <= kMaxGroup,
                  "attention_pages: GQA group {} / {} must be 1..16", a.n_head, a.n_head_kv);
-    FREEKV_CHECK(a.n_split >= 1 && (a.n_split == 1 || a.partial != nullptr), "attention_pages: split-K needs scratch");
+    FREEKV_CHECK(a.n_split >= 1 && a.n_split <= kMaxSplit && (a.n_split == 1 || a.partial != nullptr),
+                 "attention_pages: split-K of {} (1..{}) needs scratch", a.n_split, kMaxSplit);
     const dim3 grid(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), static_cast<unsigned>(a.n_split));
-    attention_pages_kernel<<<grid, kWarps * 32, 0, as_stream(stream)>>>(a);
+    const int group = a.n_head / a.n_head_kv;
+    cudaStream_t s = as_stream(stream);
+    if (group == 1) attention_pages_kernel<1><<<grid, kWarps * 32, 0, s>>>(a);
+    else if (group == 2) attention_pages_kernel<2><<<grid, kWarps * 32, 0, s>>>(a);
+    else if (group <= 4) attention_pages_kernel<4><<<grid, kWarps * 32, 0, s>>>(a);
+    else if (group <= 8) attention_pages_kernel<8><<<grid, kWarps * 32, 0, s>>>(a);
+    else attention_pages_kernel<16><<<grid, kWarps * 32, 0, s>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());
     if (a.n_split > 1) {
-        attention_combine_kernel<<<dim3(grid.x, grid.y), 128, 0, as_stream(stream)>>>(a);
+        attention_combine_kernel<<<dim3(grid.x, grid.y), 256, 0, as_stream(stream)>>>(a);
         FREEKV_CUDA_CHECK(cudaGetLastError());
     }
 }

@@ -5,6 +5,9 @@
 // resident middle slots by thread 0, which also updates both maps.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
+#include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/select_pages.cuh"
 
@@ -16,7 +19,6 @@ constexpr int kMaxGroup = 16;
 constexpr int kMaxSelect = 128;
 constexpr int kSelectThreads = 256;
 
-__device__ float bf16_bits_to_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
 
 // Shared memory of select_kernel: max_pages floats (aggregated scores), then, 8-byte aligned, the
 // sort keys of up to sort_capacity() candidates (a power of two, within 96 KiB in all: 8192
@@ -30,26 +32,48 @@ __host__ __device__ int sort_capacity(int max_pages) {
     return cap;
 }
 
-__global__ void score_pages_kernel(SelectArgs a) {
+// One warp per candidate page (two pages per round, all four 8-byte summary loads issued first),
+// lanes over the head dimension, the group's queries in shared memory.
+constexpr int kScoreWarps = 4;
+__global__ void __launch_bounds__(kScoreWarps * 32) score_pages_kernel(SelectArgs a) {
     const int ikv = blockIdx.x, row = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int seq = a.batch_of != nullptr ? a.batch_of[row] : row;
-    const int warps = blockDim.x / 32, group = a.n_head / a.n_head_kv;
-    if (a.flags != nullptr && a.flags[row * a.n_head_kv + ikv] != a.want_flag) return;
+    const int group = a.n_head / a.n_head_kv, dims = a.head_dim / 32;
+    if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) *a.n_jobs = 0;  // select appends after
+    if (a.flags != nullptr && a.flags[row * a.n_head_kv + ikv] != a.want_flag) return;  // uniform per block
     const int first = a.n_sink_page, end = a.n_pages[row] - a.n_recent_page;
+    __shared__ float q_shared[kMaxGroup * 128];
     const float* q = a.q + (static_cast<int64_t>(row) * a.n_head + ikv * group) * a.head_dim;
+    for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) q_shared[i] = q[i];
+    __syncthreads();
     const uint16_t* base = a.summaries + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages * 2 * a.head_dim;
     float* scores = a.scores + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * group * a.max_pages;
-    for (int j = first + blockIdx.z * warps + warp; j < end; j += gridDim.z * warps) {
-        const uint16_t* upper = base + static_cast<int64_t>(j) * 2 * a.head_dim;
-        const uint16_t* lower = upper + a.head_dim;
-        for (int g = 0; g < group; ++g) {
-            float s = 0.0f;
-            for (int i = lane; i < a.head_dim; i += 32) {
-                const float qi = q[g * a.head_dim + i];
-                s += fmaxf(qi * bf16_bits_to_float(upper[i]), qi * bf16_bits_to_float(lower[i]));
+    const int stride = static_cast<int>(gridDim.z) * kScoreWarps;
+    for (int j0 = first + static_cast<int>(blockIdx.z) * kScoreWarps + warp; j0 < end; j0 += 2 * stride) {
+        float up[2][4], lo[2][4];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            const int j = j0 + u * stride;
+            if (j >= end) break;
+            const uint16_t* upper = base + static_cast<int64_t>(j) * 2 * a.head_dim + lane * dims;
+            load_bf16x4(upper, dims, up[u]);
+            load_bf16x4(upper + a.head_dim, dims, lo[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            const int j = j0 + u * stride;
+            if (j >= end) break;
+            for (int g = 0; g < group; ++g) {
+                float s = 0.0f;
+#pragma unroll
+                for (int d = 0; d < 4; ++d) {
+                    if (d >= dims) break;
+                    const float qi = q_shared[g * a.head_dim + lane * dims + d];
+                    s += fmaxf(qi * up[u][d], qi * lo[u][d]);
+                }
+                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                if (lane == 0) scores[g * a.max_pages + j] = s;
             }
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0) scores[g * a.max_pages + j] = s;
         }
     }
 }
@@ -223,6 +247,7 @@ __global__ void select_kernel(SelectArgs a) {
 void select_pages(const SelectArgs& a, void* stream) {
     FREEKV_CHECK(a.n_head % a.n_head_kv == 0 && a.n_head / a.n_head_kv <= kMaxGroup, "select_pages: group {} / {} > 16",
                  a.n_head, a.n_head_kv);
+    FREEKV_CHECK(a.head_dim % 32 == 0 && a.head_dim <= 128, "select_pages: head_dim {} must be 32, 64, 96 or 128", a.head_dim);
     FREEKV_CHECK(a.n_select <= kMaxSelect, "select_pages: n_select {} > {}", a.n_select, kMaxSelect);
     FREEKV_CHECK(static_cast<size_t>(a.max_pages) * sizeof(float) <= kSharedBytes,
                  "select_pages: {} pages exceed one block's shared memory", a.max_pages);
@@ -231,7 +256,9 @@ void select_pages(const SelectArgs& a, void* stream) {
         cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
     FREEKV_CUDA_CHECK(opt_in);
     auto s = static_cast<cudaStream_t>(stream);
-    score_pages_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), 8), 128, 0, s>>>(a);
+    // About 8 candidate pages per warp: blocks along z grow with the longest possible list.
+    const auto z = static_cast<unsigned>(std::clamp((a.max_pages + kScoreWarps * 8 - 1) / (kScoreWarps * 8), 1, 64));
+    score_pages_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), z), kScoreWarps * 32, 0, s>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());
     select_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq)), kSelectThreads, shared, s>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());

@@ -25,7 +25,7 @@ struct SelectArgs {
     int32_t* page_of_slot = nullptr;   // [n_seq][n_head_kv][n_slots]
     int32_t* slot_of_page = nullptr;   // [n_seq][n_head_kv][max_pages]
     GatherJob* jobs = nullptr;         // out: recall jobs
-    int32_t* n_jobs = nullptr;         // in/out: count (atomically appended)
+    int32_t* n_jobs = nullptr;         // out: count (zeroed by the score kernel, appended atomically)
     float* scores = nullptr;           // scratch [n_seq][n_head_kv][group][max_pages]
     int32_t n_seq = 0, n_head = 0, n_head_kv = 0, head_dim = 0, max_pages = 0;
     int32_t n_sink_page = 0, n_recent_page = 0, n_select = 0, n_slots = 0;
