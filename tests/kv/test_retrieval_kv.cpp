@@ -331,5 +331,24 @@ TEST(KvManager, CheckInvariantsCatchesStaleAndInconsistentSlots) {
     EXPECT_THROW(kv.check_invariants(0, seq), Error);
 }
 
+TEST(KvModeConfig, RecallImplDefaultsPerModeAndParses) {
+    // arkvale recalls ArkVale's way (one copy per block) unless told otherwise; every other mode gathers.
+    for (KvMode mode : {KvMode::kFull, KvMode::kBudgetOnly, KvMode::kStreaming, KvMode::kQuest, KvMode::kArkvale, KvMode::kFreekv}) {
+        KvModeConfig c;
+        c.mode = mode;
+        EXPECT_EQ(c.recall(), mode == KvMode::kArkvale ? RecallImpl::kPerCopy : RecallImpl::kGather) << kv_mode_name(mode);
+        c.recall_impl = RecallImpl::kGather;
+        EXPECT_EQ(c.recall(), RecallImpl::kGather);
+    }
+    EXPECT_EQ(parse_recall_impl("gather"), RecallImpl::kGather);
+    EXPECT_EQ(parse_recall_impl("per-copy"), RecallImpl::kPerCopy);
+    try {
+        parse_recall_impl("dma");
+        ADD_FAILURE() << "dma is not an engine recall path";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--recall-impl"), std::string::npos) << e.what();
+    }
+}
+
 }  // namespace
 }  // namespace freekv
