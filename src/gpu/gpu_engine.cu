@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 
@@ -58,6 +59,16 @@ void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
 int32_t split_for(int64_t n_rows_heads, int64_t max_tokens) {
     const int64_t want = std::max<int64_t>(1, 264 / std::max<int64_t>(1, n_rows_heads));
     return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + 63) / 64), 1, 64));
+}
+
+// Thread blocks of the background gather: 16 by default; FREEKV_BG_GATHER_CTAS (1..132) overrides
+// it, for measuring how much the background recall takes from the model's kernels.
+int32_t background_gather_ctas() {
+    static const int32_t ctas = [] {
+        const char* env = std::getenv("FREEKV_BG_GATHER_CTAS");
+        return env != nullptr ? static_cast<int32_t>(std::clamp(std::atoi(env), 1, 132)) : 16;
+    }();
+    return ctas;
 }
 
 }  // namespace
@@ -457,7 +468,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     // 16 blocks already reach the PCIe rate (bench_recall: 46.4 GB/s of 16 KiB blocks); the
     // background gather keeps to that so that it takes few SMs from the model, the corrective one
     // (on the critical path) takes twice as many.
-    ga.ctas = kind == 0 ? 32 : 16;
+    ga.ctas = kind == 0 ? 32 : background_gather_ctas();
     ga.per_head = counters.get() + c.n_layer * 4 + (kind * c.n_layer + il) * c.n_head_kv;
     const size_t mark = sz(((decode_steps % 2) * c.n_layer + il) * 2 + kind);
     const bool timed = timing_step;
