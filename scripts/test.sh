@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: the README's second command and what CI runs. Installs the Debian dependencies, builds
 # the cpu-debug preset (AddressSanitizer + UndefinedBehaviorSanitizer, debug checks, -Werror) and
-# runs the whole test suite with ctest, then again under ThreadSanitizer (cpu-tsan).
+# runs the whole test suite with ctest, then again under ThreadSanitizer (cpu-tsan), then compiles
+# the CUDA backend where nvcc exists and runs its tests (they skip without a GPU) and the CLI tests.
 # Exits non-zero when any test fails.
 # Tests that need ../shared (the reference model) or the npm tokenizer files skip with a message
 # when those are missing; `ctest -L unit` runs only the self-contained ones.
@@ -17,6 +18,16 @@ ctest --preset cpu-debug "$@" || status=$?
 cmake --preset cpu-tsan >/dev/null
 cmake --build --preset cpu-tsan
 ctest --preset cpu-tsan || status=$?
+# The CUDA backend is compiled wherever nvcc is (CI machines have CUDA 13 in /usr/local/cuda): its
+# GPU tests skip without a device, and the CLI tests then check that the CUDA build falls back to
+# the CPU with a message (--device auto) or stops with one (--device cuda).
+if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then
+    cmake --preset cuda-release >/dev/null
+    cmake --build --preset cuda-release
+    ctest --preset cuda-release || status=$?
+else
+    echo "test.sh: nvcc not found: the CUDA backend was not compiled (install CUDA 13 to check it)"
+fi
 # ctest counts a test executable as passed when some of its cases skipped; list those cases.
 log=build/cpu-debug/Testing/Temporary/LastTest.log
 if [ -f "$log" ]; then

@@ -54,11 +54,12 @@ void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-// Token ranges per split-K block: about two blocks per multiprocessor of the H100 (132), at least
-// 64 tokens each (4 warps x 4 tokens in flight x 4 rounds), at most 64 splits.
+// Token ranges per split-K block: about eight blocks of four warps per multiprocessor of the H100
+// (132), so that enough K/V loads are in flight to cover HBM latency, at least 64 tokens each
+// (4 warps x 4 tokens in flight x 4 rounds), at most 256 splits (the combine kernel's limit).
 int32_t split_for(int64_t n_rows_heads, int64_t max_tokens) {
-    const int64_t want = std::max<int64_t>(1, 264 / std::max<int64_t>(1, n_rows_heads));
-    return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + 63) / 64), 1, 64));
+    const int64_t want = std::max<int64_t>(1, 1056 / std::max<int64_t>(1, n_rows_heads));
+    return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + 63) / 64), 1, 256));
 }
 
 // Thread blocks of the background gather: 16 by default; FREEKV_BG_GATHER_CTAS (1..132) overrides

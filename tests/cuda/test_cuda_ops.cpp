@@ -162,9 +162,9 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
             a.n_seq = n_seq, a.n_head = n_head, a.n_head_kv = n_head_kv, a.head_dim = head_dim;
             a.page_size = page_size, a.max_list = max_list;
             a.stride_seq = stride_seq, a.stride_page = stride_page, a.stride_tok = stride_tok;
-            // Split-K: 1 (one block per list), 5 and 64 token ranges merged by the combine kernel;
+            // Split-K: 1 (one block per list), 5, 64 and 256 (the limit) token ranges merged by the combine kernel;
             // the 5-token list of sequence 2 leaves splits (and warps) empty.
-            for (int32_t split : {1, 5, 64}) {
+            for (int32_t split : {1, 5, 64, 256}) {
             a.n_split = split;
             float* partial = nullptr;
             if (split > 1) {

@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
 // Merges the n_split partial states of each (sequence, KV head) into the output: the split weights
 // exp(m_z - m) / l of each head first (in shared memory), then every output element sums its n_split
 // partials with independent loads.
-constexpr int kMaxSplit = 64;
+constexpr int kMaxSplit = 256;
 __global__ void attention_combine_kernel(PagesAttentionArgs a) {
     const int ikv = blockIdx.x, seq = blockIdx.y, group = a.n_head / a.n_head_kv;
     const int stride = group * (a.head_dim + 2);
