@@ -23,8 +23,9 @@ void KvFlags::add_to(CLI::App& cmd) {
     cmd.add_option("--group-agg", group_agg, "GQA group aggregation: softmax-mean, mean or max (mode default)")
         ->envname("FREEKV_ARG_GROUP_AGG");
     cmd.add_option("--recall-impl", recall_impl,
-                   "GPU recall: gather (one zero-copy kernel) or per-copy (one cudaMemcpyAsync per page block, "
-                   "ArkVale's way); mode default: per-copy for arkvale, gather otherwise")
+                   "GPU recall: gather (one zero-copy kernel), dma (batched copy-engine copies + a scatter kernel; "
+                   "FreeKV's background recall from a worker thread) or per-copy (one cudaMemcpyAsync per page "
+                   "block, ArkVale's way); mode default: per-copy for arkvale, gather otherwise")
         ->envname("FREEKV_ARG_RECALL_IMPL");
     cmd.add_flag("--kv-check-invariants", check_invariants, "check slot maps and slot data after every sparse step (slow)");
 }

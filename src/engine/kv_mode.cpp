@@ -33,11 +33,19 @@ const char* kv_mode_name(KvMode m) {
 
 RecallImpl parse_recall_impl(const std::string& s) {
     if (s == "gather") return RecallImpl::kGather;
+    if (s == "dma") return RecallImpl::kDma;
     if (s == "per-copy") return RecallImpl::kPerCopy;
-    FREEKV_FAIL("--recall-impl '{}' must be gather or per-copy", s);
+    FREEKV_FAIL("--recall-impl '{}' must be gather, dma or per-copy", s);
 }
 
-const char* recall_impl_name(RecallImpl r) { return r == RecallImpl::kGather ? "gather" : "per-copy"; }
+const char* recall_impl_name(RecallImpl r) {
+    switch (r) {
+    case RecallImpl::kGather: return "gather";
+    case RecallImpl::kDma: return "dma";
+    case RecallImpl::kPerCopy: return "per-copy";
+    }
+    return "?";
+}
 
 float parse_correction_threshold(const std::string& s) {
     // NOTE: "0" also means off (the issue tracker's spelling); a literal threshold of 0 would flag

@@ -15,10 +15,14 @@ namespace freekv {
 enum class KvMode { kFull, kBudgetOnly, kStreaming, kQuest, kArkvale, kFreekv };
 
 /// How recalled pages reach the budget cache on the GPU (design doc R1): one zero-copy gather
-/// kernel over mapped pinned memory, or ArkVale's one cudaMemcpyAsync per (page, KV head) block
-/// into a staging buffer plus a scatter kernel, waited on by the host before attention. The CPU
-/// backend's transfer engine copies either way.
-enum class RecallImpl { kGather, kPerCopy };
+/// kernel over mapped pinned memory; `dma`, the copy engines (cudaMemcpyBatchAsync of the blocks
+/// into a staging buffer, then a scatter kernel), issued for FreeKV's background recall by a host
+/// worker thread once the selection's job list has reached the host (its corrective recall stays
+/// the gather kernel, which needs no host round trip), and by the main thread after a host wait on
+/// the synchronous paths; or ArkVale's one cudaMemcpyAsync per (page, KV head) block into a staging
+/// buffer plus a scatter kernel, waited on by the host before attention. The CPU backend's transfer
+/// engine copies the same way for all three.
+enum class RecallImpl { kGather, kDma, kPerCopy };
 RecallImpl parse_recall_impl(const std::string& s);  // Error names --recall-impl
 const char* recall_impl_name(RecallImpl r);
 

@@ -3,7 +3,8 @@
 //   - in the dense regime every KV mode gives full's logits exactly (same kernels, same lists);
 //   - in the sparse regime every offloading mode tracks the CPU RetrievalKv on the same tokens:
 //     perplexity, top-1 agreement, correction rate and attention-mass recall (the GPU keeps K/V
-//     in bf16, the CPU in fp32, so near-tie page choices can differ: bounds are statistical).
+//     in bf16, the CPU in fp32, so near-tie page choices can differ: bounds are statistical);
+//   - the recall paths (gather, dma, per-copy) give identical logits.
 // The model folder comes from $FREEKV_REF_MODEL or ../shared, the text from $FREEKV_EVAL_TEXT or
 // ../shared/text; skips without them or without a CUDA device.
 #include <cuda_runtime.h>
@@ -179,6 +180,70 @@ TEST(GpuEngine, SparseModesTrackTheCpuEngine) {
         } else {
             EXPECT_GT(sg.pages_per_step(), 0.0) << c.label << " must recall pages";
             EXPECT_NEAR(sg.pages_per_step() / sc.pages_per_step(), 1.0, 0.25) << c.label;
+        }
+    }
+}
+
+// Every recall path moves the same bytes into the same slots, so the logits are identical bit for
+// bit: gather, dma (FreeKV's background through the worker thread and the copy engines; the
+// synchronous paths through the host) and per-copy; the recall counters agree too.
+TEST(GpuEngine, RecallImplsGiveIdenticalLogits) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const auto dir = model_dir();
+    std::filesystem::path text;
+    if (const char* env = std::getenv("FREEKV_EVAL_TEXT")) text = env;
+    else if (auto s = test::shared_dir()) text = *s / "text" / "eval_wp_tail.txt";
+    if (dir.empty() || !std::filesystem::exists(dir / "tokenizer.json") || !std::filesystem::exists(text))
+        GTEST_SKIP() << "reference model (with tokenizer.json) or eval text not found";
+    const LoadedModel m = load_model(dir.string());
+    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights());
+    const std::vector<int32_t> tokens = m.tokenizer->encode(read_text_file(text.string()));
+    const int64_t window = 1400, prefix = 1024;
+    ASSERT_GE(static_cast<int64_t>(tokens.size()), window);
+    const std::span<const int32_t> w(tokens.data(), static_cast<size_t>(window));
+    struct Run {
+        std::vector<float> logits;  // every step's, concatenated
+        double pages_per_step = 0, correction_rate = 0;
+    };
+    auto run = [&](KvModeConfig mode) {
+        KvSession s(m.config, mode, window, weights);
+        Run r;
+        std::vector<float> l;
+        s.forward(*m.model, w.first(static_cast<size_t>(prefix)), l);
+        r.logits = l;
+        for (int64_t t = prefix; t < window; ++t) {
+            s.forward(*m.model, w.subspan(static_cast<size_t>(t), 1), l);
+            r.logits.insert(r.logits.end(), l.begin(), l.end());
+        }
+        const KvStats st = s.stats();
+        r.pages_per_step = st.pages_per_step();
+        r.correction_rate = st.correction_rate();
+        return r;
+    };
+    KvModeConfig corr_off = mode_of(KvMode::kFreekv, 512, 64, 64);
+    corr_off.correction_threshold = NAN;  // every recall on the background path
+    KvModeConfig no_spec = mode_of(KvMode::kFreekv, 512, 64, 64);
+    no_spec.spec_retrieval = false;
+    const std::pair<const char*, KvModeConfig> cases[] = {{"freekv", mode_of(KvMode::kFreekv, 512, 64, 64)},
+                                                          {"freekv:corr-off", corr_off},
+                                                          {"freekv:no-spec", no_spec},
+                                                          {"arkvale", mode_of(KvMode::kArkvale, 512, 64, 64)}};
+    for (const auto& [label, base] : cases) {
+        KvModeConfig mode = base;
+        mode.recall_impl = RecallImpl::kGather;
+        const Run want = run(mode);
+        EXPECT_GT(want.pages_per_step, 0.0) << label;
+        for (RecallImpl impl : {RecallImpl::kDma, RecallImpl::kPerCopy}) {
+            mode.recall_impl = impl;
+            const Run got = run(mode);
+            std::printf("%-16s %-8s pages/step %.2f (gather %.2f) corr rate %.4f\n", label, recall_impl_name(impl),
+                        got.pages_per_step, want.pages_per_step, got.correction_rate);
+            ASSERT_EQ(got.logits.size(), want.logits.size());
+            size_t differ = 0;
+            for (size_t i = 0; i < got.logits.size(); ++i) differ += got.logits[i] != want.logits[i] ? 1 : 0;
+            EXPECT_EQ(differ, 0u) << label << " with " << recall_impl_name(impl) << ": logits differ from gather's";
+            EXPECT_EQ(got.pages_per_step, want.pages_per_step) << label << " " << recall_impl_name(impl);
+            EXPECT_EQ(got.correction_rate, want.correction_rate) << label << " " << recall_impl_name(impl);
         }
     }
 }

@@ -342,11 +342,15 @@ TEST(KvModeConfig, RecallImplDefaultsPerModeAndParses) {
     }
     EXPECT_EQ(parse_recall_impl("gather"), RecallImpl::kGather);
     EXPECT_EQ(parse_recall_impl("per-copy"), RecallImpl::kPerCopy);
+    EXPECT_EQ(parse_recall_impl("dma"), RecallImpl::kDma);
+    for (RecallImpl r : {RecallImpl::kGather, RecallImpl::kDma, RecallImpl::kPerCopy})
+        EXPECT_EQ(parse_recall_impl(recall_impl_name(r)), r);
     try {
-        parse_recall_impl("dma");
-        ADD_FAILURE() << "dma is not an engine recall path";
+        parse_recall_impl("memcpy");
+        ADD_FAILURE() << "memcpy is not a recall path";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("--recall-impl"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("dma"), std::string::npos) << "the error lists the choices: " << e.what();
     }
 }
 
