@@ -27,6 +27,10 @@ void KvFlags::add_to(CLI::App& cmd) {
                    "FreeKV's background recall from a worker thread) or per-copy (one cudaMemcpyAsync per page "
                    "block, ArkVale's way); mode default: per-copy for arkvale, gather otherwise")
         ->envname("FREEKV_ARG_RECALL_IMPL");
+    cmd.add_option("--corr-sync", corr_sync,
+                   "GPU FreeKV correction: device (corrective kernels always launched, no host wait) or host (the "
+                   "host reads each layer's flags and launches them only when a head is flagged) (device)")
+        ->envname("FREEKV_ARG_CORR_SYNC");
     cmd.add_flag("--kv-check-invariants", check_invariants, "check slot maps and slot data after every sparse step (slow)");
 }
 
@@ -72,6 +76,8 @@ KvModeConfig KvFlags::resolve() const {
     if (!group_agg.empty()) c.group_agg = parse_group_agg(group_agg);
     c.check_invariants = check_invariants;
     if (!recall_impl.empty()) c.recall_impl = parse_recall_impl(recall_impl);
+    if (corr_sync != "device" && corr_sync != "host") FREEKV_FAIL("--corr-sync '{}' must be device or host", corr_sync);
+    c.corr_sync_host = corr_sync == "host";
     if (c.mode != KvMode::kFull) (void)c.make_budget();  // validates and names the flag
     return c;
 }

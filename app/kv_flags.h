@@ -14,7 +14,7 @@
 namespace freekv::app {
 
 struct KvFlags {
-    std::string mode = "freekv", corr_threshold = "0.9", summary, group_agg, recall_impl;
+    std::string mode = "freekv", corr_threshold = "0.9", summary, group_agg, recall_impl, corr_sync = "device";
     int64_t budget = 2048, sink = 512, recent = 512, page_size = 32;
     bool no_spec = false, check_invariants = false;
 

@@ -75,6 +75,7 @@ std::string KvModeConfig::describe() const {
                          : correction_on() ? fmt::format("{:.2f}", correction_threshold)
                                            : std::string("off"));
     if (mode == KvMode::kArkvale || mode == KvMode::kFreekv) s += fmt::format(" | recall {} (GPU)", recall_impl_name(recall()));
+    if (mode == KvMode::kFreekv && spec_retrieval && corr_sync_host) s += " | corr-sync host (GPU)";
     return s;
 }
 

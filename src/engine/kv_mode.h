@@ -40,6 +40,10 @@ struct KvModeConfig {
     bool attention_mass_recall = false;  // compute the share of full attention mass attended
     std::optional<float> force_corr_rate;  // benchmarks: flag each (step, layer, seq, KV head) with this probability
     std::optional<RecallImpl> recall_impl;  // default per mode: per-copy for arkvale, gather otherwise
+    // GPU FreeKV (design doc R2): false: the corrective selection and gather are always launched
+    // and do nothing for unflagged heads; true: the host reads each layer's flags (one small sync
+    // per layer) and launches them only when a head is flagged.
+    bool corr_sync_host = false;
 
     KvBudget make_budget() const { return KvBudget::make(page_size, budget, sink, recent, mode == KvMode::kStreaming); }
     SummaryKind summary_kind() const {

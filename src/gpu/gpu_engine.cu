@@ -231,6 +231,10 @@ struct GpuEngine::Impl {
     void dma_background(int64_t il, int64_t step, bool timed, cuda::GatherArgs ga);
     void wait_background(int64_t il);          // main stream waits for bg_done[il] of bg_step[il]
 
+    // --corr-sync host: the layer's flags (1: re-select now) come to the host first.
+    uint8_t* host_flags = nullptr;  // pinned [max_batch][n_kv]
+    cudaEvent_t flags_ready = nullptr;
+
     const GpuWeights::Impl& w() const { return weights->impl(); }
     int64_t row() const { return g.row(); }
     uint16_t* layer_cache(int64_t il) const { return cache.get() + il * g.layer_cache_elems(); }
@@ -336,6 +340,10 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
             FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_count, sizeof(int32_t)));
             FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_jobs, sz(m.job_capacity) * sizeof(cuda::GatherJob)));
         }
+        if (m.speculative && mode.corr_sync_host) {
+            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_flags, sz(max_batch * c.n_head_kv)));
+            FREEKV_CUDA_CHECK(cudaEventCreateWithFlags(&m.flags_ready, cudaEventDisableTiming));
+        }
         if (m.dma && m.speculative) {
             m.bg_staging.resize(m.job_capacity * m.g.block_elems());
             FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_bg_count, sz(c.n_layer) * sizeof(int32_t)));
@@ -376,6 +384,8 @@ GpuEngine::~GpuEngine() {
     cudaFreeHost(m.host_jobs);
     cudaFreeHost(m.host_bg_count);
     cudaFreeHost(m.host_bg_jobs);
+    cudaFreeHost(m.host_flags);
+    if (m.flags_ready != nullptr) cudaEventDestroy(m.flags_ready);
     cudaStreamDestroy(m.main);
     cudaStreamDestroy(m.side);
     if (m.copy != nullptr) cudaStreamDestroy(m.copy);
@@ -959,7 +969,15 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             fa.tau = mode.correction_on() ? mode.correction_threshold : 0.0f;
             fa.n_seq = static_cast<int32_t>(n);
             cuda::correction_flags(fa, g, main);
-            select_and_gather(il, static_cast<int32_t>(n), q.get(), sel_n_pages->get(), flags.get() + il * n * n_kv, 1, 0, main);
+            bool corrective = true;
+            if (host_flags != nullptr && any_test) {  // --corr-sync host: one small wait per layer
+                FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_flags, flags.get() + il * n * n_kv, sz(n * n_kv), cudaMemcpyDeviceToHost, main));
+                FREEKV_CUDA_CHECK(cudaEventRecord(flags_ready, main));
+                FREEKV_CUDA_CHECK(cudaEventSynchronize(flags_ready));
+                corrective = std::any_of(host_flags, host_flags + n * n_kv, [](uint8_t f) { return f == 1; });
+            }
+            if (corrective)
+                select_and_gather(il, static_cast<int32_t>(n), q.get(), sel_n_pages->get(), flags.get() + il * n * n_kv, 1, 0, main);
         } else if (timing) {
             FREEKV_CUDA_CHECK(cudaEventRecord(mk[1], main));
         }

@@ -4,7 +4,8 @@
 //   - in the sparse regime every offloading mode tracks the CPU RetrievalKv on the same tokens:
 //     perplexity, top-1 agreement, correction rate and attention-mass recall (the GPU keeps K/V
 //     in bf16, the CPU in fp32, so near-tie page choices can differ: bounds are statistical);
-//   - the recall paths (gather, dma, per-copy) give identical logits.
+//   - the recall paths (gather, dma, per-copy) and both correction launch modes (--corr-sync) give
+//     identical logits.
 // The model folder comes from $FREEKV_REF_MODEL or ../shared, the text from $FREEKV_EVAL_TEXT or
 // ../shared/text; skips without them or without a CUDA device.
 #include <cuda_runtime.h>
@@ -244,6 +245,13 @@ TEST(GpuEngine, RecallImplsGiveIdenticalLogits) {
             EXPECT_EQ(differ, 0u) << label << " with " << recall_impl_name(impl) << ": logits differ from gather's";
             EXPECT_EQ(got.pages_per_step, want.pages_per_step) << label << " " << recall_impl_name(impl);
             EXPECT_EQ(got.correction_rate, want.correction_rate) << label << " " << recall_impl_name(impl);
+        }
+        if (base.mode == KvMode::kFreekv && base.spec_retrieval) {  // --corr-sync host: same work, launched by the host
+            mode.recall_impl = RecallImpl::kGather;
+            mode.corr_sync_host = true;
+            const Run got = run(mode);
+            EXPECT_EQ(got.logits, want.logits) << label << " with --corr-sync host";
+            EXPECT_EQ(got.pages_per_step, want.pages_per_step) << label << " with --corr-sync host";
         }
     }
 }
