@@ -23,6 +23,7 @@
 #include "backend/cuda/ops_cuda.cuh"
 #include "backend/cuda/page_boundary.cuh"
 #include "backend/cuda/pinned_store.cuh"
+#include "backend/cuda/prefill_attention.cuh"
 #include "backend/cuda/select_pages.cuh"
 #include "core/dtype.h"
 #include "gpu/gpu_engine.h"
@@ -182,6 +183,7 @@ struct GpuEngine::Impl {
     // activations
     DeviceArray<float> x, h, q, k, v, attn, proj, gate, up, logits, partial, last_q;
     DeviceArray<uint16_t> scratch_bf16, hist_k, hist_v;
+    DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores
     DeviceArray<int32_t> slot_map;  // install: slot of each prefill page
 
     struct Seq {
@@ -720,7 +722,6 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
                               std::vector<float>& out) {
     const int64_t n = span.n_tok;
     const int32_t seq = span.seq;
-    FREEKV_CHECK(n <= 65535, "a GPU prefill of {} tokens exceeds the 65535 tokens one call handles today", n);
     for (size_t il = 0; il < bg_pending.size(); ++il)  // no background work may still read shared buffers
         if (bg_pending[il]) wait_background(static_cast<int64_t>(il));
     ensure_activations(n);
@@ -732,29 +733,32 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
     slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), main);
     hist_k.resize(n * row());
     hist_v.resize(n * row());
+    // Prefill attention: chunked GEMMs over the prompt's K/V as the cache stores them (bf16).
+    cuda::PrefillAttentionArgs pa;
+    pa.n = static_cast<int32_t>(n);
+    pa.n_head = static_cast<int32_t>(c.n_head);
+    pa.n_head_kv = static_cast<int32_t>(c.n_head_kv);
+    pa.head_dim = static_cast<int32_t>(c.head_dim);
+    pa.chunk = cuda::prefill_chunk(n, c.n_head_kv, int64_t{512} << 20);
+    prefill_k.resize(n * row());
+    prefill_v.resize(n * row());
+    prefill_scores.resize(cuda::prefill_scores_floats(n, c.n_head_kv, pa.chunk));
     cuda::embedding(w().token_embd.get(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < c.n_layer; ++il) {
         qkv(il, n);
-        cuda::round_bf16(k.get(), n * row(), hist_k.get(), main);
-        cuda::round_bf16(v.get(), n * row(), hist_v.get(), main);
-        cuda::PagesAttentionArgs a;  // causal over the contiguous history: token t is "sequence" t
-        a.q = q.get();
-        a.k = hist_k.get();
-        a.v = hist_v.get();
-        a.out = attn.get();
-        a.n_seq = static_cast<int32_t>(n);
-        a.n_head = static_cast<int32_t>(c.n_head);
-        a.n_head_kv = static_cast<int32_t>(c.n_head_kv);
-        a.head_dim = static_cast<int32_t>(c.head_dim);
-        a.page_size = g.page_size;
-        a.stride_page = g.page_size * row();
-        a.stride_tok = row();
-        a.causal_pos0 = 0;
-        cuda::attention_pages(a, main);
+        cuda::round_bf16(k.get(), n * row(), hist_k.get(), main, prefill_k.get());
+        cuda::round_bf16(v.get(), n * row(), hist_v.get(), main, prefill_v.get());
+        pa.q = q.get();
+        pa.k = prefill_k.get();
+        pa.v = prefill_v.get();
+        pa.out = attn.get();
+        pa.scores = prefill_scores.get();
+        cuda::prefill_attention(pa, main);
         install_layer(il, seq, n, q.get() + (n - 1) * c.n_head * c.head_dim);
         mlp_and_attention_out(il, n);
     }
     output_logits(out_rows, out);
+    for (auto* a : {&prefill_k, &prefill_v, &prefill_scores}) a->release();  // up to ~1.5 GiB at 128K
     Seq& s = seqs[sz(seq)];
     s.n_tokens = n;
     ++s.n_queries;

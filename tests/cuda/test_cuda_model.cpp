@@ -72,14 +72,19 @@ TEST(GpuEngine, FullMatchesTransformers) {
         std::printf("prompt %zu tokens: logits NMSE %.3e\n", ids.size(), e);
         EXPECT_LE(e, 1e-3) << ids.size() << " tokens";
         std::vector<int32_t> greedy;
+        float margin = NAN;  // at the first disagreement: our top logit minus the golden token's
         for (size_t i = 0; i < want_greedy.size(); ++i) {
             greedy.push_back(argmax(logits));
+            if (std::isnan(margin) && greedy.back() != want_greedy[i])
+                margin = logits[static_cast<size_t>(greedy.back())] - logits[static_cast<size_t>(want_greedy[i])];
             const int32_t t[1] = {greedy.back()};
             session.forward(*m.model, t, logits);
         }
         size_t agree = 0;
         while (agree < greedy.size() && greedy[agree] == want_greedy[agree]) ++agree;
-        std::printf("prompt %zu tokens: greedy agrees for %zu of 32 tokens\n", ids.size(), agree);
+        std::printf("prompt %zu tokens: greedy agrees for %zu of 32 tokens", ids.size(), agree);
+        if (agree < greedy.size()) std::printf(" (at the first difference our top logit leads the golden token's by %.4f)", margin);
+        std::printf("\n");
         EXPECT_GE(agree, 4u) << "the first greedy tokens must match";
     }
 }

@@ -15,6 +15,7 @@
 #include "backend/cuda/ops_cuda.cuh"
 #include "backend/cuda/page_boundary.cuh"
 #include "backend/cuda/pinned_store.cuh"
+#include "backend/cuda/prefill_attention.cuh"
 #include "core/error.h"
 #include "backend/cuda/select_pages.cuh"
 #include "retrieval/selection.h"
@@ -191,6 +192,47 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                                   static_cast<const void*>(a.last_len), static_cast<const void*>(a.out)})
                 cudaFree(const_cast<void*>(p));
         }
+    }
+}
+
+// Prefill attention (chunked GEMMs + masked softmax) against the reference causal attention: odd
+// prompt lengths, chunks that do not divide them (and one chunk of everything), group sizes 1, 2,
+// 4, 7, 8, head_dim 64 and 128.
+TEST_F(CudaOps, PrefillAttentionIsCausalAcrossChunks) {
+    std::mt19937 rng(29);
+    struct Shape {
+        int n, n_head, n_head_kv, head_dim, chunk;
+    };
+    for (const Shape sh : {Shape{77, 4, 4, 64, 16}, Shape{130, 8, 4, 128, 33}, Shape{301, 16, 4, 128, 64}, Shape{95, 14, 2, 64, 95},
+                           Shape{64, 8, 1, 128, 17}}) {
+        const int64_t q_row = int64_t{sh.n_head} * sh.head_dim, kv_row = int64_t{sh.n_head_kv} * sh.head_dim;
+        const auto q = randn(static_cast<size_t>(sh.n * q_row), rng);
+        const auto k = from_bf16(to_bf16(randn(static_cast<size_t>(sh.n * kv_row), rng)));  // as the cache holds them
+        const auto v = from_bf16(to_bf16(randn(static_cast<size_t>(sh.n * kv_row), rng)));
+        cuda::PrefillAttentionArgs a;
+        a.q = to_device(q);
+        a.k = to_device(k);
+        a.v = to_device(v);
+        a.out = poisoned(q.size());
+        a.n = sh.n, a.n_head = sh.n_head, a.n_head_kv = sh.n_head_kv, a.head_dim = sh.head_dim, a.chunk = sh.chunk;
+        a.scores = poisoned(static_cast<size_t>(cuda::prefill_scores_floats(sh.n, sh.n_head_kv, sh.chunk)));
+        cuda::prefill_attention(a, nullptr);
+        const auto got = to_host(a.out, q.size());
+        std::vector<int32_t> pages(static_cast<size_t>(sh.n)), pos(static_cast<size_t>(sh.n));
+        std::iota(pages.begin(), pages.end(), 0);
+        std::iota(pos.begin(), pos.end(), 0);
+        const PagedKvView view{k.data(), v.data(), pages.data(), sh.n, 1, 1, kv_row, kv_row, 0};
+        std::vector<float> want(q.size());
+        ref::attention(q.data(), {sh.n, sh.n_head, sh.n_head_kv, sh.head_dim, pos.data()}, view, want.data());
+        EXPECT_LE(test::nmse(got, want), kNmse) << "n " << sh.n << " heads " << sh.n_head << "/" << sh.n_head_kv << " d "
+                                                << sh.head_dim << " chunk " << sh.chunk;
+        // The last token of a chunk and the first of the next see different key counts: check both.
+        const int t = std::min(sh.chunk, sh.n - 1);
+        for (int tt : {t - 1, t})
+            EXPECT_NEAR(got[static_cast<size_t>(tt * q_row)], want[static_cast<size_t>(tt * q_row)], 1e-4f) << "token " << tt;
+        for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),
+                              static_cast<const void*>(a.out), static_cast<const void*>(a.scores)})
+            cudaFree(const_cast<void*>(p));
     }
 }
 

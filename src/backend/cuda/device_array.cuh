@@ -20,6 +20,13 @@ public:
     DeviceArray(const DeviceArray&) = delete;
     DeviceArray& operator=(const DeviceArray&) = delete;
 
+    /// Frees the array now (cudaFree waits for the device); the next resize() allocates again.
+    void release() {
+        cudaFree(data_);
+        data_ = nullptr;
+        size_ = 0;
+    }
+
     void resize(int64_t n) {
         if (n <= size_) return;
         cudaFree(data_);

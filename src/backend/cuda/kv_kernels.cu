@@ -25,9 +25,12 @@ __global__ void append_kernel(const float* k, const float* v, int32_t n_seq, int
     cache[dst + v_delta] = float_to_bf16(v[i]);
 }
 
-__global__ void round_kernel(const float* x, int64_t n, uint16_t* out) {
+__global__ void round_kernel(const float* x, int64_t n, uint16_t* out, float* rounded) {
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (i < n) out[i] = float_to_bf16(x[i]);
+    if (i >= n) return;
+    const uint16_t b = float_to_bf16(x[i]);
+    out[i] = b;
+    if (rounded != nullptr) rounded[i] = bf16_to_float(b);
 }
 
 __global__ void install_kernel(InstallArgs a, KvGeometry g) {
@@ -218,8 +221,8 @@ void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& 
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream) {
-    round_kernel<<<blocks(n), 256, 0, as_stream(stream)>>>(x, n, out);
+void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream, float* rounded) {
+    round_kernel<<<blocks(n), 256, 0, as_stream(stream)>>>(x, n, out, rounded);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

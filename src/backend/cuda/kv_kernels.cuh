@@ -37,8 +37,8 @@ struct KvGeometry {
 void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& g, const int64_t* dst_offset,
                uint16_t* layer_cache, void* stream);
 
-/// Rounds x ([n] fp32) to bf16.
-void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream);
+/// Rounds x ([n] fp32) to bf16; with `rounded`, also writes the rounded values back as fp32.
+void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream, float* rounded = nullptr);
 
 /// Installs the history ([n_tokens][row] bf16 K and V) of batch entry `seq` into one layer:
 /// pages 0 .. n_complete-1 get summaries (when summaries != nullptr) and are offloaded through the
