@@ -17,6 +17,7 @@
 #include <random>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_handles.cuh"
 #include "backend/cuda/device_array.cuh"
 #include "backend/cuda/gather_pages.cuh"
 #include "backend/cuda/kv_kernels.cuh"
@@ -147,8 +148,8 @@ struct GpuEngine::Impl {
     int64_t max_batch = 0, max_tokens = 0, max_pages = 0, n_slots = 0;
     cuda::KvGeometry g;
 
-    cudaStream_t main = nullptr, side = nullptr;
-    std::vector<cudaEvent_t> attn_done, bg_done;
+    cuda::Stream main, side;
+    std::vector<cuda::Event> attn_done, bg_done;
     std::vector<bool> bg_pending;
     std::vector<int64_t> bg_step;  // decode step of the last background record per layer
 
@@ -198,11 +199,11 @@ struct GpuEngine::Impl {
     std::mt19937_64 force_rng{1234};
 
     bool timing = false, timing_step = false;
-    std::vector<cudaEvent_t> marks;  // [L][4]
+    std::vector<cuda::Event> marks;  // [L][4]
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
     // Gather (or per-copy + scatter) kernel times, [2 step parity][L][2 kind][start, end]; an entry
     // is read once its end event has completed, at the latest before it is recorded again.
-    std::vector<cudaEvent_t> gather_marks;
+    std::vector<cuda::Event> gather_marks;
     std::vector<uint8_t> gather_marked;  // [2][L][2]
     double gather_ms[2] = {0, 0};        // synchronous, background
     void collect_gather_times(bool wait);
@@ -212,8 +213,8 @@ struct GpuEngine::Impl {
     // the same with one cudaMemcpyBatchAsync per MiB of blocks.
     bool per_copy = false, dma = false;
     DeviceArray<uint16_t> staging;
-    int32_t* host_count = nullptr;         // pinned
-    cuda::GatherJob* host_jobs = nullptr;  // pinned, job_capacity entries
+    cuda::PinnedArray<int32_t> host_count;
+    cuda::PinnedArray<cuda::GatherJob> host_jobs;  // job_capacity entries
     std::vector<const uint16_t*> host_chunks;
     std::vector<void*> batch_dst[2];       // cudaMemcpyBatchAsync arguments: [0] main thread, [1] worker
     std::vector<const void*> batch_src[2];
@@ -221,21 +222,21 @@ struct GpuEngine::Impl {
     void batch_copy(const cuda::GatherJob* job_list, int32_t count, int64_t il, uint16_t* to, int who, cudaStream_t s);
 
     // dma background recall (FreeKV): the worker and what it alone touches while tasks run.
-    std::unique_ptr<RecallWorker> worker;
-    cudaStream_t copy = nullptr;
-    std::vector<cudaEvent_t> sel_done;         // [L] side stream: the background plan is on the host
+    cuda::Stream copy;
+    std::vector<cuda::Event> sel_done;         // [L] side stream: the background plan is on the host
     DeviceArray<uint16_t> bg_staging;
-    int32_t* host_bg_count = nullptr;          // pinned [L]
-    cuda::GatherJob* host_bg_jobs = nullptr;   // pinned [L][job_capacity]
-    std::vector<cudaEvent_t> dma_marks;        // [2 step parity][L][start, end]
+    cuda::PinnedArray<int32_t> host_bg_count;  // [L]
+    cuda::PinnedArray<cuda::GatherJob> host_bg_jobs;  // [L][job_capacity]
+    std::vector<cuda::Event> dma_marks;        // [2 step parity][L][start, end]
     std::vector<uint8_t> dma_marked;           // [2][L]
     double dma_ms = 0;                         // copies + scatter device time (read after drain)
+    std::unique_ptr<RecallWorker> worker;      // declared last of these: destroyed (joined) first
     void dma_background(int64_t il, int64_t step, bool timed, cuda::GatherArgs ga);
     void wait_background(int64_t il);          // main stream waits for bg_done[il] of bg_step[il]
 
     // --corr-sync host: the layer's flags (1: re-select now) come to the host first.
-    uint8_t* host_flags = nullptr;  // pinned [max_batch][n_kv]
-    cudaEvent_t flags_ready = nullptr;
+    cuda::PinnedArray<uint8_t> host_flags;  // [max_batch][n_kv]
+    std::vector<cuda::Event> flags_ready;   // one event when used
 
     const GpuWeights::Impl& w() const { return weights->impl(); }
     int64_t row() const { return g.row(); }
@@ -290,20 +291,16 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
     // main stream's pending blocks first.
     int least = 0, greatest = 0;
     FREEKV_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    FREEKV_CUDA_CHECK(cudaStreamCreateWithPriority(&m.main, cudaStreamNonBlocking, greatest));
-    FREEKV_CUDA_CHECK(cudaStreamCreateWithPriority(&m.side, cudaStreamNonBlocking, least));
-    m.attn_done.resize(sz(c.n_layer));
-    m.bg_done.resize(sz(c.n_layer));
+    m.main = cuda::Stream(greatest);
+    m.side = cuda::Stream(least);
     for (int64_t il = 0; il < c.n_layer; ++il) {
-        FREEKV_CUDA_CHECK(cudaEventCreateWithFlags(&m.attn_done[sz(il)], cudaEventDisableTiming));
-        FREEKV_CUDA_CHECK(cudaEventCreateWithFlags(&m.bg_done[sz(il)], cudaEventDisableTiming));
+        m.attn_done.emplace_back(false);
+        m.bg_done.emplace_back(false);
     }
     m.bg_pending.assign(sz(c.n_layer), false);
     m.bg_step.assign(sz(c.n_layer), -1);
-    m.marks.resize(sz(c.n_layer * 4));
-    for (auto& e : m.marks) FREEKV_CUDA_CHECK(cudaEventCreate(&e));
-    m.gather_marks.resize(sz(2 * c.n_layer * 2 * 2));
-    for (auto& e : m.gather_marks) FREEKV_CUDA_CHECK(cudaEventCreate(&e));
+    for (int64_t i = 0; i < c.n_layer * 4; ++i) m.marks.emplace_back(true);
+    for (int64_t i = 0; i < 2 * c.n_layer * 2 * 2; ++i) m.gather_marks.emplace_back(true);
     m.gather_marked.assign(sz(2 * c.n_layer * 2), 0);
 
     m.cache.resize(c.n_layer * m.g.layer_cache_elems());
@@ -339,22 +336,20 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
         m.dma = mode.recall() == RecallImpl::kDma && m.pinned != nullptr && m.selects;
         if (m.per_copy || (m.dma && !m.speculative)) {
             m.staging.resize(m.job_capacity * m.g.block_elems());
-            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_count, sizeof(int32_t)));
-            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_jobs, sz(m.job_capacity) * sizeof(cuda::GatherJob)));
+            m.host_count = cuda::PinnedArray<int32_t>(1);
+            m.host_jobs = cuda::PinnedArray<cuda::GatherJob>(m.job_capacity);
         }
         if (m.speculative && mode.corr_sync_host) {
-            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_flags, sz(max_batch * c.n_head_kv)));
-            FREEKV_CUDA_CHECK(cudaEventCreateWithFlags(&m.flags_ready, cudaEventDisableTiming));
+            m.host_flags = cuda::PinnedArray<uint8_t>(max_batch * c.n_head_kv);
+            m.flags_ready.emplace_back(false);
         }
         if (m.dma && m.speculative) {
             m.bg_staging.resize(m.job_capacity * m.g.block_elems());
-            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_bg_count, sz(c.n_layer) * sizeof(int32_t)));
-            FREEKV_CUDA_CHECK(cudaMallocHost(&m.host_bg_jobs, sz(c.n_layer * m.job_capacity) * sizeof(cuda::GatherJob)));
-            FREEKV_CUDA_CHECK(cudaStreamCreateWithPriority(&m.copy, cudaStreamNonBlocking, least));
-            m.sel_done.resize(sz(c.n_layer));
-            for (auto& e : m.sel_done) FREEKV_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-            m.dma_marks.resize(sz(2 * c.n_layer * 2));
-            for (auto& e : m.dma_marks) FREEKV_CUDA_CHECK(cudaEventCreate(&e));
+            m.host_bg_count = cuda::PinnedArray<int32_t>(c.n_layer);
+            m.host_bg_jobs = cuda::PinnedArray<cuda::GatherJob>(c.n_layer * m.job_capacity);
+            m.copy = cuda::Stream(least);
+            for (int64_t il = 0; il < c.n_layer; ++il) m.sel_done.emplace_back(false);
+            for (int64_t i = 0; i < 2 * c.n_layer * 2; ++i) m.dma_marks.emplace_back(true);
             m.dma_marked.assign(sz(2 * c.n_layer), 0);
             m.worker = std::make_unique<RecallWorker>(c.n_layer);
         }
@@ -377,20 +372,10 @@ GpuEngine::~GpuEngine() {
     if (!impl_) return;
     Impl& m = *impl_;
     m.worker.reset();  // finishes the issued tasks, then joins
+    // Let queued work finish before the members (streams, events, pinned and device memory) go.
     cudaStreamSynchronize(m.side);
     cudaStreamSynchronize(m.main);
-    if (m.copy != nullptr) cudaStreamSynchronize(m.copy);
-    for (auto* list : {&m.attn_done, &m.bg_done, &m.marks, &m.gather_marks, &m.sel_done, &m.dma_marks})
-        for (cudaEvent_t e : *list) cudaEventDestroy(e);
-    cudaFreeHost(m.host_count);
-    cudaFreeHost(m.host_jobs);
-    cudaFreeHost(m.host_bg_count);
-    cudaFreeHost(m.host_bg_jobs);
-    cudaFreeHost(m.host_flags);
-    if (m.flags_ready != nullptr) cudaEventDestroy(m.flags_ready);
-    cudaStreamDestroy(m.main);
-    cudaStreamDestroy(m.side);
-    if (m.copy != nullptr) cudaStreamDestroy(m.copy);
+    if (m.copy.valid()) cudaStreamSynchronize(m.copy);
 }
 
 int32_t GpuEngine::add_sequence() {
@@ -528,8 +513,8 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     ga.per_head = counters.get() + c.n_layer * 4 + (kind * c.n_layer + il) * c.n_head_kv;
     if (kind == 1 && dma) {
         // The plan goes to pinned host memory; the worker copies once it is there (sel_done).
-        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_bg_count + il, count, sizeof(int32_t), cudaMemcpyDeviceToHost, s));
-        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_bg_jobs + il * job_capacity, job_list, sz(job_capacity) * sizeof(cuda::GatherJob),
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_bg_count.get() + il, count, sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_bg_jobs.get() + il * job_capacity, job_list, sz(job_capacity) * sizeof(cuda::GatherJob),
                                           cudaMemcpyDeviceToHost, s));
         FREEKV_CUDA_CHECK(cudaEventRecord(sel_done[sz(il)], s));
         ga.ctas = 32;  // the scatter reads device memory
@@ -552,15 +537,15 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
         // a DMA of one 2 * page_size * head_dim block), then one scatter into the slots. dma: the
         // same copies, batched. (FreeKV's corrective recall with dma stays the gather kernel: a
         // host round trip per layer would put the host on the critical path.)
-        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_count, count, sizeof(int32_t), cudaMemcpyDeviceToHost, s));
-        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_jobs, job_list, sz(job_capacity) * sizeof(cuda::GatherJob), cudaMemcpyDeviceToHost, s));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_count.get(), count, sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_jobs.get(), job_list, sz(job_capacity) * sizeof(cuda::GatherJob), cudaMemcpyDeviceToHost, s));
         FREEKV_CUDA_CHECK(cudaStreamSynchronize(s));
         if (dma) {
-            batch_copy(host_jobs, *host_count, il, staging.get(), 0, s);
+            batch_copy(host_jobs.get(), *host_count.get(), il, staging.get(), 0, s);
         } else {
             const int64_t block = g.block_elems();
-            for (int32_t j = 0; j < *host_count; ++j)
-                FREEKV_CUDA_CHECK(cudaMemcpyAsync(staging.get() + j * block, host_block(host_jobs[j], il), sz(block) * 2,
+            for (int32_t j = 0; j < *host_count.get(); ++j)
+                FREEKV_CUDA_CHECK(cudaMemcpyAsync(staging.get() + j * block, host_block(host_jobs.get()[j], il), sz(block) * 2,
                                                   cudaMemcpyHostToDevice, s));
         }
         ga.staging = staging.get();
@@ -609,7 +594,7 @@ void GpuEngine::Impl::batch_copy(const cuda::GatherJob* job_list, int32_t count,
 // host, then the scatter into the slots, then bg_done[il], all on the copy stream.
 void GpuEngine::Impl::dma_background(int64_t il, int64_t step, bool timed, cuda::GatherArgs ga) {
     FREEKV_CUDA_CHECK(cudaEventSynchronize(sel_done[sz(il)]));
-    const int32_t count = host_bg_count[il];
+    const int32_t count = host_bg_count.get()[il];
     const size_t mark = sz((step % 2) * c.n_layer + il);
     if (timed) {
         if (dma_marked[mark]) {  // from two steps ago: long finished
@@ -620,7 +605,7 @@ void GpuEngine::Impl::dma_background(int64_t il, int64_t step, bool timed, cuda:
         }
         FREEKV_CUDA_CHECK(cudaEventRecord(dma_marks[2 * mark], copy));
     }
-    batch_copy(host_bg_jobs + il * job_capacity, count, il, bg_staging.get(), 1, copy);
+    batch_copy(host_bg_jobs.get() + il * job_capacity, count, il, bg_staging.get(), 1, copy);
     ga.staging = bg_staging.get();
     const std::string err = cuda::gather_pages(ga, copy);
     FREEKV_CHECK(err.empty(), "scatter kernel: {}", err);
@@ -956,7 +941,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
 
     cuda::embedding(w().token_embd.get(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < L; ++il) {
-        cudaEvent_t* mk = marks.data() + il * 4;
+        const cuda::Event* mk = marks.data() + il * 4;
         qkv(il, n);
         cuda::append_kv(k.get(), v.get(), static_cast<int32_t>(n), g, append_offset.get(), layer_cache(il), main);
         if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[0], main));
@@ -974,11 +959,11 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             fa.n_seq = static_cast<int32_t>(n);
             cuda::correction_flags(fa, g, main);
             bool corrective = true;
-            if (host_flags != nullptr && any_test) {  // --corr-sync host: one small wait per layer
-                FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_flags, flags.get() + il * n * n_kv, sz(n * n_kv), cudaMemcpyDeviceToHost, main));
-                FREEKV_CUDA_CHECK(cudaEventRecord(flags_ready, main));
-                FREEKV_CUDA_CHECK(cudaEventSynchronize(flags_ready));
-                corrective = std::any_of(host_flags, host_flags + n * n_kv, [](uint8_t f) { return f == 1; });
+            if (host_flags.valid() && any_test) {  // --corr-sync host: one small wait per layer
+                FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_flags.get(), flags.get() + il * n * n_kv, sz(n * n_kv), cudaMemcpyDeviceToHost, main));
+                FREEKV_CUDA_CHECK(cudaEventRecord(flags_ready[0], main));
+                FREEKV_CUDA_CHECK(cudaEventSynchronize(flags_ready[0]));
+                corrective = std::any_of(host_flags.get(), host_flags.get() + n * n_kv, [](uint8_t f) { return f == 1; });
             }
             if (corrective)
                 select_and_gather(il, static_cast<int32_t>(n), q.get(), sel_n_pages->get(), flags.get() + il * n * n_kv, 1, 0, main);
@@ -1047,7 +1032,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     if (timing) {
         collect_gather_times(false);
         for (int64_t il = 0; il < L; ++il) {
-            cudaEvent_t* mk = marks.data() + il * 4;
+            const cuda::Event* mk = marks.data() + il * 4;
             float a = 0, b = 0, d = 0;
             FREEKV_CUDA_CHECK(cudaEventElapsedTime(&a, mk[0], mk[1]));
             FREEKV_CUDA_CHECK(cudaEventElapsedTime(&b, mk[1], mk[2]));
