@@ -315,36 +315,41 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
     }
 }
 
-// Merges the n_split partial states of each (sequence, KV head) into the output: the split weights
-// exp(m_z - m) / l of each head first (in shared memory), then every output element sums its n_split
-// partials with independent loads.
+// Merges the n_split partial states of each (sequence, query head) into the output. One block per
+// (KV head, sequence, group member): its first warp computes the split weights exp(m_z - m) / l
+// with the lanes over the splits (independent loads, shuffle reductions), then every thread sums
+// one output element's n_split partials. (One thread per head looping over the splits made a
+// chain of dependent loads: ~22 us per layer at 32 splits.)
 constexpr int kMaxSplit = 256;
-__global__ void attention_combine_kernel(PagesAttentionArgs a) {
-    const int ikv = blockIdx.x, seq = blockIdx.y, group = a.n_head / a.n_head_kv;
+constexpr int kCombineThreads = 128;  // >= head_dim
+__global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(PagesAttentionArgs a) {
+    const int ikv = blockIdx.x, seq = blockIdx.y, g = blockIdx.z, group = a.n_head / a.n_head_kv;
     const int stride = group * (a.head_dim + 2);
     const float* parts = a.partial + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_split * stride;
-    __shared__ float weight[kMaxGroup][kMaxSplit];
-    if (threadIdx.x < group) {
-        const int g = threadIdx.x;
+    __shared__ float weight[kMaxSplit];
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
         float m_all = -INFINITY;
-        for (int z = 0; z < a.n_split; ++z) m_all = fmaxf(m_all, parts[z * stride + group * a.head_dim + g]);
+        for (int z = lane; z < a.n_split; z += 32) m_all = fmaxf(m_all, parts[z * stride + group * a.head_dim + g]);
+        for (int o = 16; o > 0; o >>= 1) m_all = fmaxf(m_all, __shfl_xor_sync(0xffffffffu, m_all, o));
         float l_all = 0.0f;
-        for (int z = 0; z < a.n_split; ++z) {
+        for (int z = lane; z < a.n_split; z += 32) {
             const float m = parts[z * stride + group * a.head_dim + g];
             const float f = m == -INFINITY ? 0.0f : expf(m - m_all);  // an empty split weighs nothing
-            weight[g][z] = f;
+            weight[z] = f;
             l_all += parts[z * stride + group * a.head_dim + group + g] * f;
         }
-        for (int z = 0; z < a.n_split; ++z) weight[g][z] /= l_all;
+        for (int o = 16; o > 0; o >>= 1) l_all += __shfl_xor_sync(0xffffffffu, l_all, o);
+        const float inv = 1.0f / l_all;
+        for (int z = lane; z < a.n_split; z += 32) weight[z] *= inv;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) {
-        const int g = i / a.head_dim;
-        float o = 0.0f;
+    const int i = threadIdx.x;
+    if (i >= a.head_dim) return;
+    float o = 0.0f;
 #pragma unroll 8
-        for (int z = 0; z < a.n_split; ++z) o += parts[z * stride + i] * weight[g][z];
-        a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim + i] = o;
-    }
+    for (int z = 0; z < a.n_split; ++z) o += parts[z * stride + g * a.head_dim + i] * weight[z];
+    a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group + g) * a.head_dim + i] = o;
 }
 
 }  // namespace
@@ -417,7 +422,7 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
     else attention_pages_kernel<16><<<grid, kWarps * 32, 0, s>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());
     if (a.n_split > 1) {
-        attention_combine_kernel<<<dim3(grid.x, grid.y), 256, 0, as_stream(stream)>>>(a);
+        attention_combine_kernel<<<dim3(grid.x, grid.y, static_cast<unsigned>(group)), kCombineThreads, 0, as_stream(stream)>>>(a);
         FREEKV_CUDA_CHECK(cudaGetLastError());
     }
 }
