@@ -352,14 +352,19 @@ TEST_F(CudaOps, PageBoundarySummarizesRotatesAndOffloads) {
 }
 
 // Top-k edge cases of the device selection: all-equal scores (a zero query) must pick the
-// smallest pages, and a 128K-token context (4100 pages, past the 4096-key sort of short contexts)
-// must match the CPU policy.
+// smallest pages; pages whose summaries repeat with period 50 make every score value appear ~80
+// times, so the k-th largest is tied across the whole candidate range (the smaller pages win);
+// random scores over 300 and 4100 pages (a 128K-token context) must match the CPU policy.
 TEST_F(CudaOps, SelectionTiesAndLongContexts) {
     std::mt19937 rng(21);
     const int head_dim = 64, ns = 16, nw = 16, k = 32, n_slots = ns + k + nw;
     for (int max_pages : {300, 4100}) {
-        for (bool zero_query : {true, false}) {
-            const auto summaries = to_bf16(randn(static_cast<size_t>(max_pages * 2 * head_dim), rng));
+        for (int variant : {0, 1, 2}) {
+            const bool zero_query = variant == 0, periodic = variant == 2;
+            auto summaries = to_bf16(randn(static_cast<size_t>(max_pages * 2 * head_dim), rng));
+            if (periodic)
+                for (int pg = 50; pg < max_pages; ++pg)
+                    std::copy_n(summaries.begin() + (pg % 50) * 2 * head_dim, 2 * head_dim, summaries.begin() + pg * 2 * head_dim);
             std::vector<float> q = randn(static_cast<size_t>(4 * head_dim), rng);  // group of 4
             if (zero_query) std::fill(q.begin(), q.end(), 0.0f);
             cuda::SelectArgs a;
@@ -389,7 +394,7 @@ TEST_F(CudaOps, SelectionTiesAndLongContexts) {
                 aggregate_scores(scores.data(), 4, n, GroupAgg::kSoftmaxMean, aggregated.data());
                 want = top_k_pages(aggregated, ns, k);
             }
-            EXPECT_EQ(middle, want) << max_pages << " pages, zero query " << zero_query;  // ascending placement
+            EXPECT_EQ(middle, want) << max_pages << " pages, variant " << variant;  // ascending placement
             EXPECT_EQ(to_host(a.n_jobs, 1)[0], k);
             cudaFree(const_cast<float*>(a.q)), cudaFree(const_cast<uint16_t*>(a.summaries));
             cudaFree(const_cast<int32_t*>(a.n_pages)), cudaFree(a.page_of_slot), cudaFree(a.slot_of_page);

@@ -1,8 +1,8 @@
 // select_pages.cu: device scoring and selection (see select_pages.cuh). Scoring: one warp per
 // candidate page, lanes over the head dimension (coalesced summary reads), the G query heads of the
 // group reduced with shuffles. Selection: one block per (sequence, KV head): aggregation in shared
-// memory, k rounds of a block-wide argmax (ties to the smaller page), then the plan against the
-// resident middle slots by thread 0, which also updates both maps.
+// memory, top-k by a radix select on the score bits (ties to the smaller page), then the plan
+// against the resident middle slots by thread 0, which also updates both maps.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -20,16 +20,14 @@ constexpr int kMaxSelect = 128;
 constexpr int kSelectThreads = 256;
 
 
-// Shared memory of select_kernel: max_pages floats (aggregated scores), then, 8-byte aligned, the
-// sort keys of up to sort_capacity() candidates (a power of two, within 96 KiB in all: 8192
-// candidates, a 256K context at page 32, with up to 4096 pages' scores beside them).
+// Shared memory of select_kernel: the aggregated scores of the candidates, max_pages floats (96 KiB
+// at most: 24,576 pages, a 786K-token context at page 32).
 constexpr int kSharedBytes = 96 * 1024;
-__host__ __device__ int keys_offset(int max_pages) { return (max_pages + 1) / 2 * 2; }  // in floats
-__host__ __device__ int sort_capacity(int max_pages) {
-    const int free_bytes = kSharedBytes - keys_offset(max_pages) * 4;
-    int cap = 1;
-    while (cap * 2 * 8 <= free_bytes) cap *= 2;
-    return cap;
+
+// Order-preserving bits of a float score: a larger score gives a larger unsigned key.
+__device__ __forceinline__ uint32_t ordered_bits(float f) {
+    const uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 // One warp per candidate page (two pages per round, all four 8-byte summary loads issued first),
@@ -147,51 +145,86 @@ __global__ void select_kernel(SelectArgs a) {
     if (a.agg != 2)
         for (int j = threadIdx.x; j < n; j += blockDim.x) aggregated[j] /= static_cast<float>(group);
     __syncthreads();
-    const int n_pow2 = n <= 1 ? 1 : 1 << (32 - __clz(n - 1));
-    if (n_pow2 <= sort_capacity(a.max_pages)) {
-        // Top-k by a bitonic sort (descending) of 64-bit keys: order-preserving score bits, then
-        // the complemented index, so equal scores rank the smaller page first.
-        uint64_t* keys = reinterpret_cast<uint64_t*>(aggregated + keys_offset(a.max_pages));
-        for (int j = threadIdx.x; j < n_pow2; j += blockDim.x) {
-            uint64_t key = 0;  // padding ranks below every score
-            if (j < n) {
-                const uint32_t u = __float_as_uint(aggregated[j]);
-                const uint32_t ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-                key = (static_cast<uint64_t>(ordered) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
-            }
-            keys[j] = key;
+    // Top-k by a radix select on the ordered score bits, 8 bits per pass from the top: each pass
+    // counts the candidates that share the prefix found so far in 256 bins, and warp 0 finds the
+    // bin where the k-th largest falls. Then every candidate above that key is selected, and of
+    // those equal to it the ones with the smallest page index (the CPU policy's tie rule), taken
+    // in index order with warp ballots. 4 passes over n scores instead of a bitonic sort.
+    __shared__ unsigned hist[256];
+    __shared__ uint32_t prefix, prefix_mask;
+    __shared__ int need, n_above, n_taken;
+    const int k = min(a.n_select, n);
+    if (threadIdx.x == 0) {
+        prefix = 0;
+        prefix_mask = 0;
+        need = k;  // how many of the keys matching the prefix still belong to the top k
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+        __syncthreads();
+        const uint32_t want = prefix, mask = prefix_mask;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const uint32_t key = ordered_bits(aggregated[j]);
+            if ((key & mask) == want) atomicAdd(&hist[(key >> shift) & 255u], 1u);
         }
         __syncthreads();
-        for (int k = 2; k <= n_pow2; k <<= 1)
-            for (int j = k >> 1; j > 0; j >>= 1) {
-                for (int i = threadIdx.x; i < n_pow2; i += blockDim.x) {
-                    const int partner = i ^ j;
-                    if (partner > i) {
-                        const uint64_t x = keys[i], y = keys[partner];
-                        if ((i & k) == 0 ? x < y : x > y) {
-                            keys[i] = y;
-                            keys[partner] = x;
-                        }
+        if (threadIdx.x < 32) {  // bins from the top: lane l owns bins 255 - 8l .. 248 - 8l
+            const int lane = threadIdx.x;
+            unsigned own = 0;
+            for (int b = 0; b < 8; ++b) own += hist[255 - 8 * lane - b];
+            unsigned cum = own;  // inclusive prefix over lanes
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned v = __shfl_up_sync(0xffffffffu, cum, o);
+                if (lane >= o) cum += v;
+            }
+            const int target = need;
+            __syncwarp();  // every lane has read `need` before one lane rewrites it below
+            const unsigned found = __ballot_sync(0xffffffffu, cum >= static_cast<unsigned>(target));
+            const int first_lane = __ffs(found) - 1;  // k <= n: some lane reaches it
+            if (lane == first_lane) {
+                unsigned before = cum - own;
+                for (int b = 0; b < 8; ++b) {
+                    const int bin = 255 - 8 * lane - b;
+                    if (before + hist[bin] >= static_cast<unsigned>(target)) {
+                        prefix = want | (static_cast<uint32_t>(bin) << shift);
+                        prefix_mask = mask | (255u << shift);
+                        need = target - static_cast<int>(before);
+                        break;
                     }
+                    before += hist[bin];
                 }
-                __syncthreads();
             }
-        for (int r = threadIdx.x; r < a.n_select; r += blockDim.x)
-            selected[r] = first + static_cast<int>(0xffffffffu - static_cast<uint32_t>(keys[r]));
-        __syncthreads();
-    } else {  // too many candidates for the sort buffer: k rounds of a block-wide arg-max
-        for (int r = 0; r < a.n_select; ++r) {
-            float best = -INFINITY;
-            int index = 0x7fffffff;
-            for (int j = threadIdx.x; j < n; j += blockDim.x)
-                if (aggregated[j] > best || (aggregated[j] == best && j < index)) best = aggregated[j], index = j;
-            block_argmax(best, index);
-            if (threadIdx.x == 0) {
-                selected[r] = first + index;
-                aggregated[index] = -INFINITY;
-            }
-            __syncthreads();
         }
+        __syncthreads();
+    }
+    // prefix is now the k-th largest key; `need` of the keys equal to it complete the top k.
+    const uint32_t kth = prefix;
+    if (threadIdx.x == 0) {
+        n_above = 0;
+        n_taken = 0;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += blockDim.x)
+        if (ordered_bits(aggregated[j]) > kth) selected[atomicAdd(&n_above, 1)] = first + j;
+    __syncthreads();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = static_cast<int>(blockDim.x / 32);
+    for (int base = 0; base < n && n_taken < need; base += static_cast<int>(blockDim.x)) {
+        const int j = base + static_cast<int>(threadIdx.x);
+        const bool equal = j < n && ordered_bits(aggregated[j]) == kth;
+        const unsigned votes = __ballot_sync(0xffffffffu, equal);
+        __shared__ int warp_count[32];
+        if (lane == 0) warp_count[warp] = __popc(votes);
+        __syncthreads();
+        int rank = n_taken + __popc(votes & ((1u << lane) - 1u));
+        for (int w = 0; w < warp; ++w) rank += warp_count[w];
+        if (equal && rank < need) selected[n_above + rank] = first + j;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int total = 0;
+            for (int w = 0; w < n_warps; ++w) total += warp_count[w];
+            n_taken += total;
+        }
+        __syncthreads();
     }
     // ---- plan against the resident set (design doc 3.5) ----
     // The maps are read once into shared memory by all threads; thread 0 pairs pages with slots
@@ -201,7 +234,6 @@ __global__ void select_kernel(SelectArgs a) {
     __shared__ int n_new, job_base;
     int32_t* slots = a.page_of_slot + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_slots;
     int32_t* where = a.slot_of_page + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages;
-    const int k = a.n_select;
     for (int i = threadIdx.x; i < k; i += blockDim.x) {  // ascending pages (they are distinct)
         int rank = 0;
         for (int j = 0; j < k; ++j) rank += selected[j] < selected[i] ? 1 : 0;
@@ -251,7 +283,7 @@ void select_pages(const SelectArgs& a, void* stream) {
     FREEKV_CHECK(a.n_select <= kMaxSelect, "select_pages: n_select {} > {}", a.n_select, kMaxSelect);
     FREEKV_CHECK(static_cast<size_t>(a.max_pages) * sizeof(float) <= kSharedBytes,
                  "select_pages: {} pages exceed one block's shared memory", a.max_pages);
-    const size_t shared = kSharedBytes;
+    const size_t shared = static_cast<size_t>(a.max_pages) * sizeof(float);
     static const cudaError_t opt_in =
         cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
     FREEKV_CUDA_CHECK(opt_in);
