@@ -80,6 +80,21 @@ int32_t background_gather_ctas() {
     return ctas;
 }
 
+// Multiprocessors left to cuBLAS while FreeKV's background gather runs: all but one per gather
+// block, so that the scheduler can place a one-wave GEMM beside the gather instead of sharing SMs
+// with it. FREEKV_GEMM_SM_RESERVE=0 gives cuBLAS every SM (for measuring the difference).
+int gemm_sms_beside_gather() {
+    static const int sms = [] {
+        const char* env = std::getenv("FREEKV_GEMM_SM_RESERVE");
+        if (env != nullptr && std::atoi(env) == 0) return 0;
+        int dev = 0, count = 0;
+        FREEKV_CUDA_CHECK(cudaGetDevice(&dev));
+        FREEKV_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
+        return std::max(1, count - background_gather_ctas());
+    }();
+    return sms;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- weights
@@ -709,6 +724,7 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
     const int32_t seq = span.seq;
     for (size_t il = 0; il < bg_pending.size(); ++il)  // no background work may still read shared buffers
         if (bg_pending[il]) wait_background(static_cast<int64_t>(il));
+    cuda::set_gemm_sm_target(0);  // nothing runs beside the prefill
     ensure_activations(n);
     ids.upload(tokens.data(), n, main);
     std::vector<int32_t> pos(sz(n));
@@ -939,6 +955,9 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     }
     const int64_t q_dim = c.n_head * c.head_dim;
 
+    // Only while a background gather runs (sparse FreeKV rows): in the dense regime every mode
+    // runs full's kernels, bit for bit.
+    cuda::set_gemm_sm_target(any_test && speculative && !dma ? gemm_sms_beside_gather() : 0);
     cuda::embedding(w().token_embd.get(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < L; ++il) {
         const cuda::Event* mk = marks.data() + il * 4;

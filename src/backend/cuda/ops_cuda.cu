@@ -379,6 +379,13 @@ void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
+void set_gemm_sm_target(int sms) {
+    thread_local int current = 0;
+    if (sms == current) return;
+    FREEKV_CHECK(cublasSetSmCountTarget(cublas_handle(), sms) == CUBLAS_STATUS_SUCCESS, "cublasSetSmCountTarget({}) failed", sms);
+    current = sms;
+}
+
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                  uint16_t* x_bf16, void* stream) {
     if (gemv_fits(x, m, w, k)) {  // decode: one pass over w, no conversion kernel, no cuBLAS

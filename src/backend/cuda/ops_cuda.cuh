@@ -18,6 +18,11 @@ void silu_mul(float* gate, const float* up, int64_t n, void* stream);
 /// out[n_tok, n_embd] = bf16 rows `ids` of table[n_vocab, n_embd], widened to fp32.
 void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream);
 
+/// Multiprocessors the cuBLAS GEMMs of the calling thread may use (0: all). An engine whose
+/// background gather holds some SMs for the whole step leaves them out, so that a one-wave GEMM
+/// does not wait for the blocks that share an SM with the gather.
+void set_gemm_sm_target(int sms);
+
 /// y[m, n] = x[m, k] . w[n, k]^T (+ bias[n]) with w bf16 through cuBLAS: x is rounded to bf16 into
 /// `x_bf16` (device scratch of m * k elements), products accumulate in fp32, y is fp32.
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
