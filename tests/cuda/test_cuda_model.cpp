@@ -16,6 +16,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <optional>
+#include <string>
 
 #include "core/mapped_file.h"
 #include "engine/kv_session.h"
@@ -89,6 +91,28 @@ TEST(GpuEngine, FullMatchesTransformers) {
     }
 }
 
+// The reference model (its weights also on the GPU) and the eval text's tokens ($FREEKV_EVAL_TEXT or
+// ../shared/text/eval_wp_tail.txt); nullopt with the reason when either is missing.
+struct ModelAndText {
+    LoadedModel model;
+    std::shared_ptr<const gpu::GpuWeights> weights;
+    std::vector<int32_t> tokens;
+};
+std::optional<ModelAndText> model_and_text(std::string* why) {
+    const auto dir = model_dir();
+    std::filesystem::path text;
+    if (const char* env = std::getenv("FREEKV_EVAL_TEXT")) text = env;
+    else if (auto s = test::shared_dir()) text = *s / "text" / "eval_wp_tail.txt";
+    if (dir.empty() || !std::filesystem::exists(dir / "tokenizer.json") || !std::filesystem::exists(text)) {
+        *why = "reference model (with tokenizer.json) or eval text not found";
+        return std::nullopt;
+    }
+    ModelAndText out{load_model(dir.string()), nullptr, {}};
+    out.weights = std::make_shared<const gpu::GpuWeights>(out.model.config, out.model.model->weights());
+    out.tokens = out.model.tokenizer->encode(read_text_file(text.string()));
+    return out;
+}
+
 KvModeConfig mode_of(KvMode kind, int64_t budget, int64_t sink, int64_t recent) {
     KvModeConfig m;
     m.mode = kind;
@@ -129,15 +153,12 @@ TEST(GpuEngine, DenseRegimeEveryModeEqualsFull) {
 
 TEST(GpuEngine, SparseModesTrackTheCpuEngine) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-    const auto dir = model_dir();
-    std::filesystem::path text;
-    if (const char* env = std::getenv("FREEKV_EVAL_TEXT")) text = env;
-    else if (auto s = test::shared_dir()) text = *s / "text" / "eval_wp_tail.txt";
-    if (dir.empty() || !std::filesystem::exists(dir / "tokenizer.json") || !std::filesystem::exists(text))
-        GTEST_SKIP() << "reference model (with tokenizer.json) or eval text not found";
-    const LoadedModel m = load_model(dir.string());
-    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights());
-    const std::vector<int32_t> tokens = m.tokenizer->encode(read_text_file(text.string()));
+    std::string why;
+    auto loaded = model_and_text(&why);
+    if (!loaded) GTEST_SKIP() << why;
+    const LoadedModel& m = loaded->model;
+    const auto& weights = loaded->weights;
+    const std::vector<int32_t>& tokens = loaded->tokens;
     const int64_t window = 2048, prefix = 1024, steps = window - prefix - 1;
     ASSERT_GE(static_cast<int64_t>(tokens.size()), window);
     const std::span<const int32_t> w(tokens.data(), static_cast<size_t>(window));
@@ -195,15 +216,12 @@ TEST(GpuEngine, SparseModesTrackTheCpuEngine) {
 // synchronous paths through the host) and per-copy; the recall counters agree too.
 TEST(GpuEngine, RecallImplsGiveIdenticalLogits) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-    const auto dir = model_dir();
-    std::filesystem::path text;
-    if (const char* env = std::getenv("FREEKV_EVAL_TEXT")) text = env;
-    else if (auto s = test::shared_dir()) text = *s / "text" / "eval_wp_tail.txt";
-    if (dir.empty() || !std::filesystem::exists(dir / "tokenizer.json") || !std::filesystem::exists(text))
-        GTEST_SKIP() << "reference model (with tokenizer.json) or eval text not found";
-    const LoadedModel m = load_model(dir.string());
-    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights());
-    const std::vector<int32_t> tokens = m.tokenizer->encode(read_text_file(text.string()));
+    std::string why;
+    auto loaded = model_and_text(&why);
+    if (!loaded) GTEST_SKIP() << why;
+    const LoadedModel& m = loaded->model;
+    const auto& weights = loaded->weights;
+    const std::vector<int32_t>& tokens = loaded->tokens;
     const int64_t window = 1400, prefix = 1024;
     ASSERT_GE(static_cast<int64_t>(tokens.size()), window);
     const std::span<const int32_t> w(tokens.data(), static_cast<size_t>(window));
