@@ -7,12 +7,19 @@
 #            as libopenblas.so.0: small, and nothing BLAS-bound runs there), and optionally
 #            ref.tar.xz (the reference model folder, xz-compressed to fit the 64 MiB carry limit)
 #            and eval_wp_tail.txt;
-#   OUT_DIR: receives the logs; a summary is printed last;
-#   PART:    any of tests, perplexity, bench (default: tests). FREEKV_BENCH_ARGS overrides the
-#            bench arguments; FREEKV_PPL_CHUNKS the perplexity windows (2).
+#   OUT_DIR: receives at most 8 files (the device tool brings back no more): machine.txt,
+#            tests.log (every test and sanitizer output, one after the other), bench_recall.md,
+#            perplexity.md + perplexity.log, bench.json + bench.log, profile.md; a summary is
+#            printed last;
+#   PART:    any of tests, perplexity, bench, profile (default: tests). FREEKV_BENCH_ARGS overrides
+#            the bench arguments, FREEKV_PROFILE_ARGS the profiled bench's (without -n),
+#            FREEKV_PPL_CHUNKS the perplexity windows (2).
 # tests: the CUDA op tests, compute-sanitizer memcheck and racecheck on them, the GPU engine tests
-# (plus memcheck on the dense-regime one) and the recall micro-benchmark. Exits non-zero when any
-# part fails.
+# (plus memcheck on the dense-regime one) and the recall micro-benchmark.
+# profile: Nsight Compute's device time per kernel (kernels serialized) over ~700 launches, about
+# one decode step of the profiled bench (default freekv:corr-off at 32K, batch 1), as a markdown
+# table (python3 of the GPU machine parses the CSV).
+# Exits non-zero when any part fails.
 set -uo pipefail
 bin="$1"
 out="$2"
@@ -31,33 +38,44 @@ if [ -f "$bin/ref.tar.xz" ]; then
 fi
 export FREEKV_EVAL_TEXT="$bin/eval_wp_tail.txt"
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+bench_args=${FREEKV_BENCH_ARGS:---shape llama-3.1-8b -d 32768 -b 1,4 -n 512 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512}
+profile_args=${FREEKV_PROFILE_ARGS:---shape llama-3.1-8b -d 32768 -b 1 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --kv-mode freekv:corr-off}
+log="$out/tests.log"
+
+# section NAME COMMAND...: runs the command with its output appended to tests.log under a header;
+# a non-zero exit marks the run failed.
+section() {
+    local name="$1"
+    shift
+    echo "==== $name" >> "$log"
+    "$@" >> "$log" 2>&1
+    local rc=$?
+    echo "==== $name: exit $rc" >> "$log"
+    [ "$rc" -eq 0 ] || status=1
+}
 
 if [[ " $parts " == *" tests "* ]]; then
-    "$bin/test_cuda_ops" > "$out/test_cuda_ops.txt" 2>&1 || status=1
+    section test_cuda_ops "$bin/test_cuda_ops"
     if [ -n "$sanitizer" ]; then
-        "$sanitizer" --tool memcheck --error-exitcode 3 "$bin/test_cuda_ops" > "$out/memcheck.txt" 2>&1 || status=1
-        "$sanitizer" --tool racecheck --error-exitcode 3 "$bin/test_cuda_ops" > "$out/racecheck.txt" 2>&1 || status=1
+        section memcheck "$sanitizer" --tool memcheck --error-exitcode 3 "$bin/test_cuda_ops"
+        section racecheck "$sanitizer" --tool racecheck --error-exitcode 3 "$bin/test_cuda_ops"
     else
-        echo "compute-sanitizer not found" | tee "$out/memcheck.txt" "$out/racecheck.txt"
+        echo "compute-sanitizer not found" >> "$log"
         status=1
     fi
     if [ -x "$bin/test_cuda_model" ]; then
-        FREEKV_REF_MODEL="$ref" "$bin/test_cuda_model" > "$out/test_cuda_model.txt" 2>&1 || status=1
+        FREEKV_REF_MODEL="$ref" section test_cuda_model "$bin/test_cuda_model"
         if [ -n "$sanitizer" ] && [ -n "$ref" ]; then
-            FREEKV_REF_MODEL="$ref" "$sanitizer" --tool memcheck --error-exitcode 3 "$bin/test_cuda_model" \
-                --gtest_filter='*DenseRegime*' > "$out/memcheck_model.txt" 2>&1 || status=1
+            FREEKV_REF_MODEL="$ref" section memcheck_model "$sanitizer" --tool memcheck --error-exitcode 3 \
+                "$bin/test_cuda_model" --gtest_filter='*DenseRegime*'
         fi
     fi
     if [ -x "$bin/bench_recall" ]; then
         "$bin/bench_recall" 4096 20 > "$out/bench_recall.md" 2>&1 || status=1
     fi
-    echo "== test_cuda_ops"; grep -E "^\[ +(OK|PASSED|FAILED|SKIPPED)|Failure" "$out/test_cuda_ops.txt" | head -20
-    echo "== memcheck"; tail -3 "$out/memcheck.txt"
-    echo "== racecheck"; tail -3 "$out/racecheck.txt"
-    if [ -f "$out/test_cuda_model.txt" ]; then
-        echo "== test_cuda_model"; grep -E "prompt|ppl|OK|FAILED|SKIPPED|Failure|Expected|Which is|actual" "$out/test_cuda_model.txt" | head -60
-    fi
-    if [ -f "$out/memcheck_model.txt" ]; then echo "== memcheck (engine, dense)"; tail -3 "$out/memcheck_model.txt"; fi
+    echo "== tests (details in tests.log)"
+    grep -E "^==== .*: exit|^\[ +(PASSED|FAILED)|Failure|ERROR SUMMARY|RACECHECK SUMMARY|prompt .* tokens|ppl cpu|pages/step" "$log" | head -60
     if [ -f "$out/bench_recall.md" ]; then echo "== bench_recall"; grep -E "16 KiB \| 256 \||validation" "$out/bench_recall.md"; fi
 fi
 
@@ -72,8 +90,40 @@ fi
 
 if [[ " $parts " == *" bench "* ]]; then
     # shellcheck disable=SC2086
-    "$bin/freekv" bench ${FREEKV_BENCH_ARGS:---shape llama-3.1-8b -d 32768 -b 1,4 -n 512 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512} \
-        --device cuda --no-progress -o json > "$out/bench.json" 2> "$out/bench.log" || status=1
+    "$bin/freekv" bench $bench_args --device cuda --no-progress -o json > "$out/bench.json" 2> "$out/bench.log" || status=1
     echo "== bench"; cat "$out/bench.json"; tail -5 "$out/bench.log"
+fi
+
+if [[ " $parts " == *" profile "* ]]; then
+    if [ -z "$ncu" ]; then
+        echo "ncu not found" | tee "$out/profile.md"
+        status=1
+    else
+        # About one step after ~3000 launches of set-up and warm-up (16 steps of ~700 launches run);
+        # every kernel the engine launches matches the regex.
+        csv=/tmp/freekv-profile.csv
+        # shellcheck disable=SC2086
+        "$ncu" --clock-control none --metrics gpu__time_duration.sum,launch__grid_size -k regex:. \
+            --launch-skip 3000 --launch-count 700 --csv "$bin/freekv" bench $profile_args -n 12 \
+            --device cuda --no-progress > "$csv" 2> /dev/null || status=1
+        python3 - "$csv" > "$out/profile.md" <<'PY' || status=1
+import collections, csv, re, sys
+lines = open(sys.argv[1]).read().splitlines()
+start = next(i for i, l in enumerate(lines) if l.startswith('"ID"'))
+time, grid = collections.defaultdict(list), {}
+for r in csv.DictReader(lines[start:]):
+    name = re.sub(r'\(.*', '', r['Kernel Name'])
+    if r['Metric Name'] == 'gpu__time_duration.sum':
+        scale = {'nsecond': 1e-3, 'usecond': 1.0, 'msecond': 1e3}.get(r['Metric Unit'], 1e-3)
+        time[name].append(float(r['Metric Value'].replace(',', '')) * scale)
+    elif r['Metric Name'] == 'launch__grid_size':
+        grid[name] = r['Metric Value']
+print('| kernel | launches | mean us | sum us | grid |')
+print('|---|---|---|---|---|')
+for name, v in sorted(time.items(), key=lambda kv: -sum(kv[1])):
+    print(f'| {name} | {len(v)} | {sum(v) / len(v):.1f} | {sum(v):.0f} | {grid.get(name, "")} |')
+PY
+        echo "== profile"; cat "$out/profile.md"
+    fi
 fi
 exit "$status"
