@@ -13,7 +13,7 @@ namespace freekv::app {
 Command register_bench(CLI::App& cmd) {
     struct Flags {
         std::string model, shape = "tiny", depths = "4096", batches = "1,2", output = "md", kv_fill = "auto";
-        int64_t n_gen = 32;
+        int64_t n_gen = 32, ragged = 0;
         int reps = 2;
         RunFlags run;
         float force_corr_rate = -1;
@@ -25,6 +25,10 @@ Command register_bench(CLI::App& cmd) {
     cmd.add_option("--shape", f->shape, "synthetic weights of a named shape: tiny, llama-3.1-8b, qwen2.5-7b (tiny)");
     cmd.add_option("-d,--depth", f->depths, "context depths, comma-separated (4096)");
     cmd.add_option("-b,--batch", f->batches, "batch sizes, comma-separated (1,2)");
+    cmd.add_option("--ragged", f->ragged,
+                   "ragged batches: the context lengths of a batch's sequences spread evenly from this many tokens up "
+                   "to the depth (e.g. -d 131072 -b 8 --ragged 8192)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
     cmd.add_option("-n,--n-gen", f->n_gen, "decode steps measured per cell (32)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
     cmd.add_option("-r,--repetitions", f->reps, "repetitions per cell, mode order rotated (2)")->check(CLI::Range(1, 100));
     cmd.add_option("-o,--output", f->output, "md, csv or json")->check(CLI::IsMember({"md", "csv", "json"}));
@@ -47,6 +51,7 @@ Command register_bench(CLI::App& cmd) {
         p.depths = parse_int_list(f->depths, "-d/--depth", 1, int64_t{1} << 24);
         p.batches = parse_int_list(f->batches, "-b/--batch", 1, int64_t{1} << 20);
         p.n_gen = f->n_gen;
+        p.ragged_min = f->ragged;
         p.reps = f->reps;
         p.gpu = f->run.gpu_weights(m);
         p.synthetic_kv = p.gpu && (f->kv_fill == "synthetic" || (f->kv_fill == "auto" && synthetic));
@@ -62,13 +67,13 @@ Command register_bench(CLI::App& cmd) {
         const std::string name = (synthetic ? f->shape + " (synthetic bf16)" : m.path) + (f->run.backend == "cuda" ? " cuda" : " cpu");
         if (f->output == "json") {
             for (const auto& r : rows)
-                fmt::print("{{\"model\":\"{}\",\"kv_mode\":\"{}\",\"depth\":{},\"batch\":{},\"oom\":{},\"tokens_per_s\":{:.3f},"
+                fmt::print("{{\"model\":\"{}\",\"kv_mode\":\"{}\",\"depth\":{},\"depth_min\":{},\"batch\":{},\"oom\":{},\"tokens_per_s\":{:.3f},"
                            "\"tokens_per_s_std\":{:.3f},\"step_ms\":{:.4f},\"step_ms_p99\":{:.4f},\"floor_ratio\":{:.4f},"
                            "\"select_ms\":{:.4f},\"recall_wait_ms\":{:.4f},\"attention_ms\":{:.4f},\"rest_ms\":{:.4f},"
                            "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f},\"backend\":\"{}\","
                            "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"recall_gbps\":{:.2f},\"recall_sync_ms\":{:.4f},"
                            "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{}}}\n",
-                           name, r.label, r.depth, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
+                           name, r.label, r.depth, r.depth_min, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
                            r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
                            r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s, f->run.backend, r.device_mib,
                            r.host_mib, r.recall_gbps, r.recall_sync_ms, r.recall_background_ms, r.prefill_tflops,
@@ -77,6 +82,10 @@ Command register_bench(CLI::App& cmd) {
         }
         const bool csv = f->output == "csv";
         const char* sep = csv ? "," : " | ";
+        // A ragged cell's depth column gives the shortest and the longest context.
+        auto depth_of = [](const BenchRow& r) {
+            return r.depth_min != r.depth ? fmt::format("{}-{}", r.depth_min, r.depth) : fmt::format("{}", r.depth);
+        };
         if (csv) fmt::print("model,kv_mode,depth,batch,tokens_per_s,tokens_per_s_std,step_ms,step_ms_p99,vs_floor,select_ms,"
                             "recall_wait_ms,attention_ms,rest_ms,pages_per_step,recall_gbps,correction_rate,prefill_tokens_per_s,prefill_tflops,"
                             "kv_gpu_mib,kv_host_mib\n");
@@ -86,12 +95,12 @@ Command register_bench(CLI::App& cmd) {
         for (const auto& r : rows) {
             if (!csv) fmt::print("| ");
             if (r.oom) {
-                fmt::print("{}{}{}{}{}{}{}{}OOM: {}{}\n", name, sep, r.label, sep, r.depth, sep, r.batch, sep, r.error,
+                fmt::print("{}{}{}{}{}{}{}{}OOM: {}{}\n", name, sep, r.label, sep, depth_of(r), sep, r.batch, sep, r.error,
                            csv ? "" : " |");
                 continue;
             }
             fmt::print("{}{}{}{}{}{}{}{}{:.1f} ± {:.1f}{}{:.2f}{}{:.2f}{}{}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.3f}{}{:.1f}{}{}{}{:.3f}{}{:.0f}{}{:.2f}{}{:.0f}{}{:.0f}{}\n",
-                       name, sep, r.label, sep, r.depth, sep, r.batch, sep, r.tokens_per_s, r.tokens_per_s_std, sep,
+                       name, sep, r.label, sep, depth_of(r), sep, r.batch, sep, r.tokens_per_s, r.tokens_per_s_std, sep,
                        r.step_ms_median, sep, r.step_ms_p99, sep,
                        r.floor_ratio > 0 ? fmt::format("{:.0f}%", 100.0 * r.floor_ratio) : std::string("-"), sep,
                        r.select_ms, sep, r.recall_wait_ms, sep, r.attention_ms, sep, r.rest_ms, sep, r.pages_per_step, sep,
@@ -105,7 +114,8 @@ Command register_bench(CLI::App& cmd) {
                        "inside the decode loop (GPU). KV GPU/host MiB: the engine's KV, maps and scratch on the GPU "
                        "(weights excluded) and its pinned CPU store. Excluded: tokenization and sampling (random token ids).{}{}\n",
                        p.reps, p.n_gen, p.n_warmup, p.gpu ? " (GPU: event times of the main stream; prefill t/s 0 = synthetic K/V fill)" : "",
-                       p.synthetic_kv ? " Context: pseudo-random K/V, no prefill." : "",
+                       std::string(p.synthetic_kv ? " Context: pseudo-random K/V, no prefill." : "") +
+                           (p.ragged_min > 0 ? " Ragged batches: depth shortest-longest, lengths spread evenly." : ""),
                        rate >= 0 ? fmt::format(" FreeKV correction is forced at rate {:.2f} (random weights).", rate)
                                  : std::string());
         return 0;

@@ -45,8 +45,9 @@ KvStats measured_part(KvStats after, const KvStats& before) {  // the measured s
 // Times the decode steps of a batch: `step` runs one forward of the batch (one random token per
 // sequence); `snapshot` is taken after the warm-up, so the returned stats cover measured steps.
 template <typename Step, typename Snapshot>
-void time_decode(const ModelConfig& c, int64_t depth, int64_t batch, const std::vector<int32_t>& seqs, const BenchParams& p,
+void time_decode(const ModelConfig& c, const std::vector<int64_t>& lengths, const std::vector<int32_t>& seqs, const BenchParams& p,
                  Step step, Snapshot snapshot, CellResult& out, KvStats& before) {
+    const auto batch = static_cast<int64_t>(lengths.size());
     using clock = std::chrono::steady_clock;
     std::mt19937 rng(static_cast<uint32_t>(p.seed));
     std::vector<int32_t> tokens(static_cast<size_t>(batch));
@@ -57,7 +58,7 @@ void time_decode(const ModelConfig& c, int64_t depth, int64_t batch, const std::
         if (s == p.n_warmup) before = snapshot();
         for (int64_t b = 0; b < batch; ++b) {
             tokens[static_cast<size_t>(b)] = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.n_vocab));
-            spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], depth + s, 1, b};
+            spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], lengths[static_cast<size_t>(b)] + s, 1, b};
         }
         const auto t = clock::now();
         step(tokens, spans, rows);  // returns with the logits on the host
@@ -67,11 +68,15 @@ void time_decode(const ModelConfig& c, int64_t depth, int64_t batch, const std::
     out.tokens_per_s = static_cast<double>(batch * p.n_gen) / total_s;
 }
 
-CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, int64_t depth, int64_t batch, const BenchParams& p,
+// Prompt tokens of all sequences of a cell.
+int64_t total_length(const std::vector<int64_t>& lengths) { return std::accumulate(lengths.begin(), lengths.end(), int64_t{0}); }
+
+CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const std::vector<int64_t>& lengths, const BenchParams& p,
                         const std::vector<int32_t>& prompt) {
     using clock = std::chrono::steady_clock;
     const ModelConfig& c = m.config;
-    const int64_t max_tokens = depth + p.n_warmup + p.n_gen + 1;
+    const auto batch = static_cast<int64_t>(lengths.size());
+    const int64_t max_tokens = *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + 1;
     gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens);
     std::vector<int32_t> seqs;
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(engine.add_sequence());
@@ -79,21 +84,22 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, int64_t 
     std::vector<float> logits;
     const auto t_prefill = clock::now();
     for (int64_t b = 0; b < batch; ++b) {
+        const int64_t len = lengths[static_cast<size_t>(b)];
         if (p.synthetic_kv) {
-            engine.fill_synthetic(seqs[static_cast<size_t>(b)], depth, p.seed + static_cast<uint64_t>(b));
+            engine.fill_synthetic(seqs[static_cast<size_t>(b)], len, p.seed + static_cast<uint64_t>(b));
             continue;
         }
-        const SequenceSpan span{seqs[static_cast<size_t>(b)], 0, depth, 0};
-        const int64_t last = depth - 1;
-        engine.forward(std::span(prompt).first(static_cast<size_t>(depth)), std::span(&span, 1), std::span(&last, 1), logits);
+        const SequenceSpan span{seqs[static_cast<size_t>(b)], 0, len, 0};
+        const int64_t last = len - 1;
+        engine.forward(std::span(prompt).first(static_cast<size_t>(len)), std::span(&span, 1), std::span(&last, 1), logits);
     }
     out.prefill_tokens_per_s = p.synthetic_kv ? 0.0
-                                              : static_cast<double>(batch * depth) /
+                                              : static_cast<double>(total_length(lengths)) /
                                                     std::chrono::duration<double>(clock::now() - t_prefill).count();
     engine.set_timing(true);
     KvStats before;
     time_decode(
-        c, depth, batch, seqs, p,
+        c, lengths, seqs, p,
         [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
             engine.forward(tokens, spans, rows, logits);
         },
@@ -104,11 +110,12 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, int64_t 
     return out;
 }
 
-CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, int64_t depth, int64_t batch, const BenchParams& p,
+CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, const std::vector<int64_t>& lengths, const BenchParams& p,
                     const std::vector<int32_t>& prompt) {
     using clock = std::chrono::steady_clock;
     const ModelConfig& c = m.config;
-    const int64_t max_tokens = depth + p.n_warmup + p.n_gen + 1;
+    const auto batch = static_cast<int64_t>(lengths.size());
+    const int64_t max_tokens = *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + 1;
     std::unique_ptr<PagedKvCache> cache;
     std::unique_ptr<AttentionKv> kv;
     RetrievalKv* retrieval = nullptr;
@@ -128,16 +135,17 @@ CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, int64_t dept
     std::vector<float> logits;
     const auto t_prefill = clock::now();
     for (int64_t b = 0; b < batch; ++b) {
-        const SequenceSpan span{seqs[static_cast<size_t>(b)], 0, depth, 0};
-        const int64_t last = depth - 1;
-        m.model->forward_batch(std::span(prompt).first(static_cast<size_t>(depth)), std::span(&span, 1), *kv,
+        const int64_t len = lengths[static_cast<size_t>(b)];
+        const SequenceSpan span{seqs[static_cast<size_t>(b)], 0, len, 0};
+        const int64_t last = len - 1;
+        m.model->forward_batch(std::span(prompt).first(static_cast<size_t>(len)), std::span(&span, 1), *kv,
                                std::span(&last, 1), logits);
     }
     out.prefill_tokens_per_s =
-        static_cast<double>(batch * depth) / std::chrono::duration<double>(clock::now() - t_prefill).count();
+        static_cast<double>(total_length(lengths)) / std::chrono::duration<double>(clock::now() - t_prefill).count();
     KvStats before;
     time_decode(
-        c, depth, batch, seqs, p,
+        c, lengths, seqs, p,
         [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
             m.model->forward_batch(tokens, spans, *kv, rows, logits);
         },
@@ -163,6 +171,11 @@ double median(std::vector<double> v) {
 
 }  // namespace
 
+int64_t bench_length(const BenchParams& p, int64_t depth, int64_t b, int64_t batch) {
+    if (p.ragged_min <= 0 || batch <= 1) return depth;
+    return p.ragged_min + (depth - p.ragged_min) * b / (batch - 1);
+}
+
 std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                                 const std::function<void(const std::string&)>& progress) {
     std::vector<BenchRow> rows;
@@ -171,9 +184,13 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
         if (depth + p.n_warmup + p.n_gen + 1 > m.config.n_ctx_train)
             FREEKV_FAIL("-d {} plus {} generated tokens exceeds the model's context {}", depth, p.n_warmup + p.n_gen,
                         m.config.n_ctx_train);
+        if (p.ragged_min > 0 && p.ragged_min >= depth)
+            FREEKV_FAIL("--ragged {} must be below every depth (-d {}): it is the shortest sequence of a batch", p.ragged_min, depth);
         std::vector<int32_t> prompt(static_cast<size_t>(depth));
         for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(m.config.n_vocab));
         for (int64_t batch : p.batches) {
+            std::vector<int64_t> lengths;
+            for (int64_t b = 0; b < batch; ++b) lengths.push_back(bench_length(p, depth, b, batch));
             const size_t n_modes = p.modes.size();
             std::vector<std::vector<CellResult>> results(n_modes);
             std::vector<std::string> errors(n_modes);
@@ -183,8 +200,8 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                     if (!errors[i].empty()) continue;
                     if (progress) progress(fmt::format("{} d{} b{} rep {}", p.labels[i], depth, batch, rep + 1));
                     try {
-                        results[i].push_back(p.gpu ? run_cell_gpu(m, p.modes[i], depth, batch, p, prompt)
-                                               : run_cell(m, p.modes[i], depth, batch, p, prompt));
+                        results[i].push_back(p.gpu ? run_cell_gpu(m, p.modes[i], lengths, p, prompt)
+                                               : run_cell(m, p.modes[i], lengths, p, prompt));
                     } catch (const std::bad_alloc&) {
                         errors[i] = "out of memory";
                     } catch (const Error& e) {
@@ -200,6 +217,7 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                 row.recall_impl = p.modes[i].recall();
                 row.force_corr_rate = p.modes[i].force_corr_rate.value_or(-1.0f);
                 row.depth = depth;
+                row.depth_min = lengths.front();
                 row.batch = batch;
                 if (!errors[i].empty()) {
                     row.oom = true;
@@ -236,7 +254,10 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                 row.recall_gbps = recall_ms > 0 && recall_bytes > 0 ? recall_bytes / (recall_ms * 1e6) : 0.0;
                 row.recall_sync_ms = s.gather_sync_ms / n_steps;
                 row.recall_background_ms = s.gather_background_ms / n_steps;
-                row.prefill_tflops = row.prefill_tokens_per_s * prefill_flops_per_token(m.config, depth) / 1e12;
+                double flops = 0;  // of the whole cell's prefill, per prompt token
+                for (int64_t len : lengths) flops += static_cast<double>(len) * prefill_flops_per_token(m.config, len);
+                flops /= static_cast<double>(total_length(lengths));
+                row.prefill_tflops = row.prefill_tokens_per_s * flops / 1e12;
                 row.device_mib = results[i].back().device_mib;
                 row.host_mib = results[i].back().host_mib;
                 if (p.modes[i].mode == KvMode::kBudgetOnly) floor_ms = row.step_ms_median;

@@ -1,6 +1,7 @@
 // bench.h: the side-by-side decode benchmark (design doc 6.2): every KV mode on the same model,
 // depths and batch sizes in one process; per cell tokens/s, ms per decode step (median and p99),
-// the ratio to the budget-only floor, a critical-path breakdown, recall volume and correction rate.
+// the ratio to the budget-only floor, a critical-path breakdown, recall volume and correction rate;
+// optionally ragged batches (sequences of one batch at different context lengths).
 // Invariants: a cell that cannot be allocated is reported as out of memory, never a crash; every
 // mode of a cell sees the same prompt tokens; modes rotate order between repetitions.
 #pragma once
@@ -29,11 +30,18 @@ struct BenchParams {
     // GPU only: give each sequence `depth` tokens of pseudo-random K/V instead of a prefill (random
     // weights make prefilled K/V no more meaningful, and it skips minutes of prefill at 128K).
     bool synthetic_kv = false;
+    // > 0: ragged batches: the sequences of a batch get context lengths spread evenly from
+    // ragged_min (the first) to the cell's depth (the last), as in design doc 6.2's ragged cell.
+    int64_t ragged_min = 0;
 };
+
+/// Context length of sequence b of a batch of `batch` in a cell of depth `depth`.
+int64_t bench_length(const BenchParams& p, int64_t depth, int64_t b, int64_t batch);
 
 struct BenchRow {
     std::string label;
     int64_t depth = 0, batch = 0;
+    int64_t depth_min = 0;  // ragged cells: the shortest sequence's context (depth: the longest)
     bool oom = false;
     std::string error;
     double tokens_per_s = 0, tokens_per_s_std = 0;

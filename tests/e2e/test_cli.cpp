@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdio>
 
+#include "engine/bench.h"
 #include "test_util.h"
 
 namespace freekv {
@@ -143,6 +144,30 @@ TEST(Cli, BenchTinyPrintsEveryMode) {
     const Result bad = run("bench --shape nope --device cpu");
     EXPECT_EQ(bad.code, 1);
     EXPECT_NE(bad.output.find("--shape 'nope'"), std::string::npos) << bad.output;
+}
+
+// Ragged batches (design doc 6.2): a batch's context lengths spread evenly from --ragged up to the
+// depth; the depth column shows "shortest-longest", JSON adds depth_min; --ragged must be below
+// every depth.
+TEST(Cli, BenchRaggedBatch) {
+    BenchParams p;
+    p.ragged_min = 200;
+    EXPECT_EQ(bench_length(p, 400, 0, 3), 200);
+    EXPECT_EQ(bench_length(p, 400, 1, 3), 300);
+    EXPECT_EQ(bench_length(p, 400, 2, 3), 400);
+    EXPECT_EQ(bench_length(p, 400, 0, 1), 400) << "a batch of one is not ragged";
+    const std::string args = "bench --shape tiny -d 400 -b 1,3 -n 3 -r 1 --kv-budget 256 --kv-sink 32 --kv-recent 64 "
+                             "--kv-mode budget-only,freekv --ragged 200 --device cpu";
+    const Result r = run(args);
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("| freekv | 200-400 | 3 |"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("| freekv | 400 | 1 |"), std::string::npos) << r.output;
+    const Result json = run(args + " -o json");
+    ASSERT_EQ(json.code, 0) << json.output;
+    EXPECT_NE(json.output.find("\"depth\":400,\"depth_min\":200,\"batch\":3"), std::string::npos) << json.output;
+    const Result bad = run("bench --shape tiny -d 300 -b 2 --ragged 300 --device cpu");
+    EXPECT_EQ(bad.code, 1);
+    EXPECT_NE(bad.output.find("--ragged 300 must be below every depth"), std::string::npos) << bad.output;
 }
 
 TEST(Cli, TokenizeRoundTrip) {
