@@ -22,7 +22,9 @@ namespace {
 struct CellResult {
     double tokens_per_s = 0, prefill_tokens_per_s = 0;
     std::vector<double> step_ms;
-    KvStats stats;
+    KvStats stats;                 // the timed steps: recall volume, correction rate
+    KvStats breakdown;             // the steps timed by events: select, recall, attention, gather times
+    int64_t breakdown_steps = 0;
     double device_mib = 0, host_mib = 0;
 };
 
@@ -35,6 +37,8 @@ KvStats measured_part(KvStats after, const KvStats& before) {  // the measured s
     after.sequence_steps -= before.sequence_steps;
     after.transfer.sync_jobs -= before.transfer.sync_jobs;
     after.transfer.background_jobs -= before.transfer.background_jobs;
+    after.transfer.sync_bytes -= before.transfer.sync_bytes;
+    after.transfer.background_bytes -= before.transfer.background_bytes;
     for (size_t l = 0; l < after.sparse_pairs.size(); ++l) {
         after.sparse_pairs[l] -= before.sparse_pairs[l];
         after.corrected_pairs[l] -= before.corrected_pairs[l];
@@ -76,7 +80,7 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     using clock = std::chrono::steady_clock;
     const ModelConfig& c = m.config;
     const auto batch = static_cast<int64_t>(lengths.size());
-    const int64_t max_tokens = *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + 1;
+    const int64_t max_tokens = *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + p.n_breakdown + 1;
     gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens);
     std::vector<int32_t> seqs;
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(engine.add_sequence());
@@ -96,15 +100,26 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     out.prefill_tokens_per_s = p.synthetic_kv ? 0.0
                                               : static_cast<double>(total_length(lengths)) /
                                                     std::chrono::duration<double>(clock::now() - t_prefill).count();
-    engine.set_timing(true);
+    auto step = [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
+        engine.forward(tokens, spans, rows, logits);
+    };
     KvStats before;
-    time_decode(
-        c, lengths, seqs, p,
-        [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
-            engine.forward(tokens, spans, rows, logits);
-        },
-        [&] { return engine.stats(); }, out, before);
+    engine.set_timing(false);  // the timed steps record no events
+    time_decode(c, lengths, seqs, p, step, [&] { return engine.stats(); }, out, before);
     out.stats = measured_part(engine.stats(), before);
+    if (p.n_breakdown > 0) {  // then the breakdown, from steps that do
+        std::vector<int64_t> later = lengths;
+        for (auto& len : later) len += p.n_warmup + p.n_gen;
+        BenchParams bp = p;
+        bp.n_warmup = 0;
+        bp.n_gen = p.n_breakdown;
+        CellResult ignored;
+        KvStats start;
+        engine.set_timing(true);
+        time_decode(c, later, seqs, bp, step, [&] { return engine.stats(); }, ignored, start);
+        out.breakdown = measured_part(engine.stats(), start);
+        out.breakdown_steps = p.n_breakdown;
+    }
     out.device_mib = static_cast<double>(engine.device_bytes()) / 1048576.0;
     out.host_mib = static_cast<double>(engine.host_bytes()) / 1048576.0;
     return out;
@@ -151,6 +166,8 @@ CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, const std::v
         },
         [&] { return retrieval ? retrieval->stats() : KvStats{}; }, out, before);
     if (retrieval) out.stats = measured_part(retrieval->stats(), before);
+    out.breakdown = out.stats;  // host timers: no event overhead to avoid
+    out.breakdown_steps = p.n_gen;
     return out;
 }
 
@@ -181,9 +198,9 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
     std::vector<BenchRow> rows;
     std::mt19937 rng(static_cast<uint32_t>(p.seed));
     for (int64_t depth : p.depths) {
-        if (depth + p.n_warmup + p.n_gen + 1 > m.config.n_ctx_train)
-            FREEKV_FAIL("-d {} plus {} generated tokens exceeds the model's context {}", depth, p.n_warmup + p.n_gen,
-                        m.config.n_ctx_train);
+        const int64_t extra = p.n_warmup + p.n_gen + (p.gpu ? p.n_breakdown : 0);
+        if (depth + extra + 1 > m.config.n_ctx_train)
+            FREEKV_FAIL("-d {} plus {} generated tokens exceeds the model's context {}", depth, extra, m.config.n_ctx_train);
         if (p.ragged_min > 0 && p.ragged_min >= depth)
             FREEKV_FAIL("--ragged {} must be below every depth (-d {}): it is the shortest sequence of a batch", p.ragged_min, depth);
         std::vector<int32_t> prompt(static_cast<size_t>(depth));
@@ -240,20 +257,22 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                 std::sort(steps.begin(), steps.end());
                 row.step_ms_p99 = steps[std::min(steps.size() - 1, steps.size() * 99 / 100)];
                 const KvStats& s = results[i].back().stats;
+                const KvStats& bd = results[i].back().breakdown;
                 const double n_steps = static_cast<double>(p.n_gen);
-                row.select_ms = s.select_ms / n_steps;
-                row.recall_wait_ms = s.recall_wait_ms / n_steps;
-                row.attention_ms = s.attention_ms / n_steps;
+                const double n_bd = static_cast<double>(std::max<int64_t>(results[i].back().breakdown_steps, 1));
+                row.select_ms = bd.select_ms / n_bd;
+                row.recall_wait_ms = bd.recall_wait_ms / n_bd;
+                row.attention_ms = bd.attention_ms / n_bd;
                 row.rest_ms = std::max(0.0, row.step_ms_median - row.select_ms - row.recall_wait_ms - row.attention_ms);
                 row.pages_per_step = s.sequence_steps > 0 ? static_cast<double>(s.transfer.sync_jobs + s.transfer.background_jobs) /
                                                                  n_steps
                                                            : 0.0;
                 row.correction_rate = s.sparse_pairs.empty() ? 0.0 : s.correction_rate();
-                const double recall_ms = s.gather_sync_ms + s.gather_background_ms;
-                const double recall_bytes = static_cast<double>(s.transfer.sync_bytes + s.transfer.background_bytes);
+                const double recall_ms = bd.gather_sync_ms + bd.gather_background_ms;
+                const double recall_bytes = static_cast<double>(bd.transfer.sync_bytes + bd.transfer.background_bytes);
                 row.recall_gbps = recall_ms > 0 && recall_bytes > 0 ? recall_bytes / (recall_ms * 1e6) : 0.0;
-                row.recall_sync_ms = s.gather_sync_ms / n_steps;
-                row.recall_background_ms = s.gather_background_ms / n_steps;
+                row.recall_sync_ms = bd.gather_sync_ms / n_bd;
+                row.recall_background_ms = bd.gather_background_ms / n_bd;
                 double flops = 0;  // of the whole cell's prefill, per prompt token
                 for (int64_t len : lengths) flops += static_cast<double>(len) * prefill_flops_per_token(m.config, len);
                 flops /= static_cast<double>(total_length(lengths));

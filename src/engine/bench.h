@@ -24,6 +24,9 @@ struct BenchParams {
     std::vector<int64_t> batches{1};
     int64_t n_gen = 32;     // measured decode steps
     int64_t n_warmup = 4;   // decode steps discarded first
+    // GPU: the per-phase breakdown (and recall GB/s) comes from this many further steps with
+    // events recorded, so that the timed steps carry no event overhead (design doc 6.2).
+    int64_t n_breakdown = 32;
     int reps = 2;
     uint64_t seed = 7;
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
