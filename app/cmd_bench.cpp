@@ -113,7 +113,9 @@ Command register_bench(CLI::App& cmd) {
                        "rest: ms per step on the critical path{}. recall GB/s: recalled bytes over the device time of the recall kernels "
                        "inside the decode loop (GPU). KV GPU/host MiB: the engine's KV, maps and scratch on the GPU "
                        "(weights excluded) and its pinned CPU store. Excluded: tokenization and sampling (random token ids).{}{}\n",
-                       p.reps, p.n_gen, p.n_warmup, p.gpu ? " (GPU: event times of the main stream; prefill t/s 0 = synthetic K/V fill)" : "",
+                       p.reps, p.n_gen, p.n_warmup, p.gpu ? fmt::format(" (GPU: event times of the main stream over {} further steps, so that the timed steps record no "
+                                          "events; prefill t/s 0 = synthetic K/V fill)", p.n_breakdown)
+                             : std::string(),
                        std::string(p.synthetic_kv ? " Context: pseudo-random K/V, no prefill." : "") +
                            (p.ragged_min > 0 ? " Ragged batches: depth shortest-longest, lengths spread evenly." : ""),
                        rate >= 0 ? fmt::format(" FreeKV correction is forced at rate {:.2f} (random weights).", rate)
