@@ -13,7 +13,7 @@ namespace freekv::app {
 Command register_bench(CLI::App& cmd) {
     struct Flags {
         std::string model, shape = "tiny", depths = "4096", batches = "1,2", output = "md", kv_fill = "auto";
-        int64_t n_gen = 32, ragged = 0;
+        int64_t n_gen = 32, ragged = 0, breakdown_steps = 32;
         int reps = 2;
         RunFlags run;
         float force_corr_rate = -1;
@@ -25,6 +25,10 @@ Command register_bench(CLI::App& cmd) {
     cmd.add_option("--shape", f->shape, "synthetic weights of a named shape: tiny, llama-3.1-8b, qwen2.5-7b (tiny)");
     cmd.add_option("-d,--depth", f->depths, "context depths, comma-separated (4096)");
     cmd.add_option("-b,--batch", f->batches, "batch sizes, comma-separated (1,2)");
+    cmd.add_option("--breakdown-steps", f->breakdown_steps,
+                   "GPU: further decode steps timed with events for the breakdown columns, after the timed steps that "
+                   "record none (32; 0: no breakdown)")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
     cmd.add_option("--ragged", f->ragged,
                    "ragged batches: the context lengths of a batch's sequences spread evenly from this many tokens up "
                    "to the depth (e.g. -d 131072 -b 8 --ragged 8192)")
@@ -52,6 +56,7 @@ Command register_bench(CLI::App& cmd) {
         p.batches = parse_int_list(f->batches, "-b/--batch", 1, int64_t{1} << 20);
         p.n_gen = f->n_gen;
         p.ragged_min = f->ragged;
+        p.n_breakdown = f->breakdown_steps;
         p.reps = f->reps;
         p.gpu = f->run.gpu_weights(m);
         p.synthetic_kv = p.gpu && (f->kv_fill == "synthetic" || (f->kv_fill == "auto" && synthetic));

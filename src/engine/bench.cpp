@@ -198,9 +198,12 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
     std::vector<BenchRow> rows;
     std::mt19937 rng(static_cast<uint32_t>(p.seed));
     for (int64_t depth : p.depths) {
-        const int64_t extra = p.n_warmup + p.n_gen + (p.gpu ? p.n_breakdown : 0);
+        const int64_t breakdown = p.gpu ? p.n_breakdown : 0;
+        const int64_t extra = p.n_warmup + p.n_gen + breakdown;
         if (depth + extra + 1 > m.config.n_ctx_train)
-            FREEKV_FAIL("-d {} plus {} generated tokens exceeds the model's context {}", depth, extra, m.config.n_ctx_train);
+            FREEKV_FAIL("-d {} plus {} generated tokens ({} warm-up, {} measured (-n), {} for the GPU breakdown "
+                        "(--breakdown-steps)) exceeds the model's context {}",
+                        depth, extra, p.n_warmup, p.n_gen, breakdown, m.config.n_ctx_train);
         if (p.ragged_min > 0 && p.ragged_min >= depth)
             FREEKV_FAIL("--ragged {} must be below every depth (-d {}): it is the shortest sequence of a batch", p.ragged_min, depth);
         std::vector<int32_t> prompt(static_cast<size_t>(depth));

@@ -144,6 +144,11 @@ TEST(Cli, BenchTinyPrintsEveryMode) {
     const Result bad = run("bench --shape nope --device cpu");
     EXPECT_EQ(bad.code, 1);
     EXPECT_NE(bad.output.find("--shape 'nope'"), std::string::npos) << bad.output;
+    // A depth that leaves no room for the generated tokens names every part of them.
+    const Result full = run("bench --shape tiny -d 32760 -b 1 -n 10 --device cpu");
+    EXPECT_EQ(full.code, 1);
+    EXPECT_NE(full.output.find("plus 14 generated tokens (4 warm-up, 10 measured (-n)"), std::string::npos) << full.output;
+    EXPECT_NE(full.output.find("exceeds the model's context 32768"), std::string::npos) << full.output;
 }
 
 // Ragged batches (design doc 6.2): a batch's context lengths spread evenly from --ragged up to the
