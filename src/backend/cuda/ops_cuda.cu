@@ -226,9 +226,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
     const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim;
     for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) q_shared[i] = q[i];
     __syncthreads();
-    const bool causal = a.page_ids == nullptr;
-    const int32_t* pages = causal ? nullptr : a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
-    const int n_tokens = causal ? a.causal_pos0 + seq + 1 : (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
+    const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
+    const int n_tokens = (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
     // This block's token range (the whole list unless split-K).
     const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
     const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
@@ -240,7 +239,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
 #pragma unroll
         for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
     }
-    const int64_t base = (causal ? 0 : static_cast<int64_t>(seq) * a.stride_seq) + static_cast<int64_t>(ikv) * a.head_dim;
+    const int64_t base = static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * a.head_dim;
     // Each warp takes kTokensInFlight consecutive tokens per round and issues all their K/V loads
     // before the first dot product: the loop is latency-bound, not bandwidth-bound, otherwise.
     for (int j0 = j_begin + warp * kTokensInFlight; j0 < j_end; j0 += kWarps * kTokensInFlight) {
@@ -249,7 +248,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
         for (int u = 0; u < kTokensInFlight; ++u) {
             const int j = j0 + u;
             if (j >= j_end) break;
-            const int page = causal ? j / a.page_size : pages[j / a.page_size];
+            const int page = pages[j / a.page_size];
             const int64_t off = base + static_cast<int64_t>(page) * a.stride_page + (j % a.page_size) * a.stride_tok + lane * dims;
             load_bf16x4(a.k + off, dims, kr[u]);
             load_bf16x4(a.v + off, dims, vr[u]);

@@ -41,10 +41,6 @@ struct PagesAttentionArgs {
     float* out = nullptr;              // [n_seq][n_head][head_dim]
     int32_t n_seq = 0, n_head = 0, n_head_kv = 0, head_dim = 0, page_size = 0, max_list = 0;
     int64_t stride_seq = 0, stride_page = 0, stride_tok = 0;
-    // Causal prefill over one contiguous history: with page_ids == nullptr, "sequence" s is query
-    // token s at position causal_pos0 + s, attending to tokens 0 .. causal_pos0 + s of page 0 ..
-    // (identity pages; n_pages and last_len are ignored).
-    int32_t causal_pos0 = -1;
     // Split-K: each (sequence, KV head) is cut into n_split token ranges processed by separate
     // blocks and merged by a second kernel; `partial` is scratch of partial_floats() floats.
     int32_t n_split = 1;
