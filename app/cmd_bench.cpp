@@ -69,7 +69,8 @@ Command register_bench(CLI::App& cmd) {
             fmt::print(stderr, "{}: {}\n", label, mode.describe());
         }
         const auto rows = run_bench(m, p, [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); });
-        const std::string name = (synthetic ? f->shape + " (synthetic bf16)" : m.path) + (f->run.backend == "cuda" ? " cuda" : " cpu");
+        const std::string name = (synthetic ? f->shape + " (synthetic bf16)" : m.path) +
+                                 (f->run.backend == "cuda" ? (f->run.gpu_dtype == "f32" ? " cuda f32" : " cuda") : " cpu");
         if (f->output == "json") {
             for (const auto& r : rows)
                 fmt::print("{{\"model\":\"{}\",\"kv_mode\":\"{}\",\"depth\":{},\"depth_min\":{},\"batch\":{},\"oom\":{},\"tokens_per_s\":{:.3f},"

@@ -22,7 +22,7 @@ struct GenerateFlags {
     int64_t seed = -1;
     bool no_progress = false, kv_stats = false;
     KvFlags kv;
-    std::string rope_freq_dtype = "f32";
+    std::string rope_freq_dtype = "f32", gpu_dtype = "bf16";
 };
 
 void print_perf(const GenerateStats& s) {
@@ -63,6 +63,7 @@ Command register_generate(CLI::App& cmd) {
     cmd.add_flag("--no-progress", f->no_progress, "no progress line");
     add_threads_flag(cmd, f->threads);
     add_device_flag(cmd, f->device);
+    add_gpu_dtype_flag(cmd, f->gpu_dtype);
     cmd.add_option("--rope-freq-dtype", f->rope_freq_dtype,
                    "rotary frequency precision: f32 (exact) or checkpoint (rounded to the stored dtype, as transformers "
                    "does after loading a bf16 checkpoint in bf16)")
@@ -79,10 +80,7 @@ Command register_generate(CLI::App& cmd) {
         fmt::print(stderr, "{}\n", m.summary());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json; freekv needs it to turn the prompt into tokens", f->model);
         GenerateParams params;
-        if (backend == "cuda") {
-            params.gpu = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights());
-            fmt::print(stderr, "gpu: {:.2f} GiB of bf16 weights on the device\n", static_cast<double>(params.gpu->bytes()) / (1 << 30));
-        }
+        if (backend == "cuda") params.gpu = make_gpu_weights(m, f->gpu_dtype);
         params.n_ctx = f->n_ctx;
         params.n_predict = f->n_predict;
         params.kv_mode = f->kv.resolve();

@@ -29,6 +29,21 @@ void apply_threads(int threads) {
     if (threads > 0) omp_set_num_threads(threads);
 }
 
+CLI::Option* add_gpu_dtype_flag(CLI::App& cmd, std::string& dtype) {
+    return cmd.add_option("--gpu-dtype", dtype,
+                          "GPU weights, GEMM inputs and KV: bf16 (fast) or f32 (the accuracy reference: twice the memory)")
+        ->envname("FREEKV_ARG_GPU_DTYPE")
+        ->check(CLI::IsMember({"bf16", "f32"}));
+}
+
+std::shared_ptr<const gpu::GpuWeights> make_gpu_weights(const LoadedModel& m, const std::string& dtype) {
+    const gpu::GpuDtype d = gpu::parse_gpu_dtype(dtype);
+    auto w = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), d);
+    fmt::print(stderr, "gpu: {:.2f} GiB of {} weights on the device\n", static_cast<double>(w->bytes()) / (1 << 30),
+               gpu::gpu_dtype_name(d));
+    return w;
+}
+
 CLI::Option* add_device_flag(CLI::App& cmd, std::string& device) {
     return cmd.add_option("--device", device, "auto, cpu or cuda[:N] (auto)")
         ->envname("FREEKV_ARG_DEVICE")
@@ -62,6 +77,7 @@ std::string resolve_device(const std::string& device) {
 void RunFlags::add_to(CLI::App& cmd) {
     add_threads_flag(cmd, threads);
     add_device_flag(cmd, device);
+    add_gpu_dtype_flag(cmd, gpu_dtype);
     cmd.add_flag("--no-progress", no_progress, "no progress line");
 }
 
@@ -73,9 +89,7 @@ void RunFlags::apply() {
 
 std::shared_ptr<const gpu::GpuWeights> RunFlags::gpu_weights(const LoadedModel& m) const {
     if (backend != "cuda") return nullptr;
-    auto w = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights());
-    fmt::print(stderr, "gpu: {:.2f} GiB of bf16 weights on the device\n", static_cast<double>(w->bytes()) / (1 << 30));
-    return w;
+    return make_gpu_weights(m, gpu_dtype);
 }
 
 std::vector<int64_t> parse_int_list(const std::string& s, const char* flag, int64_t min, int64_t max) {

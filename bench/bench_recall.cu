@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
                 CHECK(cudaMemcpy(d_jobs + s * n_jobs, sets[s].data(), n_jobs * sizeof(GatherJob), cudaMemcpyHostToDevice));
             CHECK(cudaMemcpy(d_count, &n_jobs, sizeof(int32_t), cudaMemcpyHostToDevice));
             GatherArgs a;
-            a.cpu_chunks = d_chunks;
+            a.cpu_chunks = reinterpret_cast<void* const*>(d_chunks);
             a.pages_per_chunk = pages_per_chunk;
             a.cpu_page_of = d_page_table;
             a.budget_cache = d_cache;

@@ -38,17 +38,32 @@ namespace {
 
 size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
-void upload_bf16(const WeightView& w, DeviceArray<uint16_t>& out, int64_t& bytes) {
-    const int64_t n = w.numel();
-    std::vector<uint16_t> host(sz(n));
-    if (w.dtype == DType::kBF16) {
-        std::copy_n(static_cast<const uint16_t*>(w.data), n, host.data());
-    } else {
-        std::vector<float> f(sz(n));
-        for (int64_t r = 0; r < w.rows(); ++r) convert_to_f32(w.dtype, w.row(r), f.data() + r * w.cols(), w.cols());
-        for (int64_t i = 0; i < n; ++i) host[sz(i)] = f32_to_bf16(f[sz(i)]);
+// A weight on the device in the engine's dtype: bf16, or fp32 (--gpu-dtype f32).
+struct DeviceWeight {
+    DeviceArray<uint16_t> bf16;
+    DeviceArray<float> f32;
+    cuda::WeightRef ref() const {
+        return f32.size() > 0 ? cuda::WeightRef{f32.get(), true} : cuda::WeightRef{bf16.get(), false};
     }
-    out.upload(host.data(), n);
+};
+
+void upload_weight(const WeightView& w, bool as_f32, DeviceWeight& out, int64_t& bytes) {
+    const int64_t n = w.numel();
+    if (!as_f32 && w.dtype == DType::kBF16) {
+        out.bf16.upload(static_cast<const uint16_t*>(w.data), n);  // pageable source: copied before the call returns
+        bytes += n * 2;
+        return;
+    }
+    std::vector<float> f(sz(n));
+    for (int64_t r = 0; r < w.rows(); ++r) convert_to_f32(w.dtype, w.row(r), f.data() + r * w.cols(), w.cols());
+    if (as_f32) {
+        out.f32.upload(f.data(), n);
+        bytes += n * 4;
+        return;
+    }
+    std::vector<uint16_t> host(sz(n));
+    for (int64_t i = 0; i < n; ++i) host[sz(i)] = f32_to_bf16(f[sz(i)]);
+    out.bf16.upload(host.data(), n);
     bytes += n * 2;
 }
 
@@ -101,36 +116,38 @@ int gemm_sms_beside_gather() {
 
 struct GpuWeights::Impl {
     struct Layer {
-        DeviceArray<uint16_t> attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+        DeviceWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
     };
     std::vector<std::unique_ptr<Layer>> layers;
-    DeviceArray<uint16_t> token_embd, output_norm, output;
+    DeviceWeight token_embd, output_norm, output;
     DeviceArray<float> inv_freq;
 };
 
-GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w) : config_(config), impl_(std::make_unique<Impl>()) {
+GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtype dtype)
+    : config_(config), dtype_(dtype), impl_(std::make_unique<Impl>()) {
     std::string why;
     FREEKV_CHECK(gpu_available(&why), "no CUDA device: {}; use --device cpu", why);
     Impl& m = *impl_;
-    upload_bf16(w.token_embd, m.token_embd, bytes_);
-    upload_bf16(w.output_norm, m.output_norm, bytes_);
-    upload_bf16(w.output, m.output, bytes_);
+    const bool f32 = dtype == GpuDtype::kF32;
+    upload_weight(w.token_embd, f32, m.token_embd, bytes_);
+    upload_weight(w.output_norm, f32, m.output_norm, bytes_);
+    upload_weight(w.output, f32, m.output, bytes_);
     for (const LlamaLayerWeights& lw : w.layers) {
         auto l = std::make_unique<Impl::Layer>();
-        upload_bf16(lw.attn_norm, l->attn_norm, bytes_);
-        upload_bf16(lw.wq, l->wq, bytes_);
-        upload_bf16(lw.wk, l->wk, bytes_);
-        upload_bf16(lw.wv, l->wv, bytes_);
-        upload_bf16(lw.wo, l->wo, bytes_);
+        upload_weight(lw.attn_norm, f32, l->attn_norm, bytes_);
+        upload_weight(lw.wq, f32, l->wq, bytes_);
+        upload_weight(lw.wk, f32, l->wk, bytes_);
+        upload_weight(lw.wv, f32, l->wv, bytes_);
+        upload_weight(lw.wo, f32, l->wo, bytes_);
         if (config.qkv_bias) {
-            upload_bf16(lw.bq, l->bq, bytes_);
-            upload_bf16(lw.bk, l->bk, bytes_);
-            upload_bf16(lw.bv, l->bv, bytes_);
+            upload_weight(lw.bq, f32, l->bq, bytes_);
+            upload_weight(lw.bk, f32, l->bk, bytes_);
+            upload_weight(lw.bv, f32, l->bv, bytes_);
         }
-        upload_bf16(lw.ffn_norm, l->ffn_norm, bytes_);
-        upload_bf16(lw.w_gate, l->w_gate, bytes_);
-        upload_bf16(lw.w_up, l->w_up, bytes_);
-        upload_bf16(lw.w_down, l->w_down, bytes_);
+        upload_weight(lw.ffn_norm, f32, l->ffn_norm, bytes_);
+        upload_weight(lw.w_gate, f32, l->w_gate, bytes_);
+        upload_weight(lw.w_up, f32, l->w_up, bytes_);
+        upload_weight(lw.w_down, f32, l->w_down, bytes_);
         m.layers.push_back(std::move(l));
     }
     const auto inv = config.rope_inv_freq();
@@ -169,12 +186,13 @@ struct GpuEngine::Impl {
     std::vector<int64_t> bg_step;  // decode step of the last background record per layer
 
     // KV state
-    DeviceArray<uint16_t> cache, summaries;
+    // KV storage in bytes: elements of g.elem_bytes (2 bf16, 4 fp32); offsets in elements times that.
+    DeviceArray<uint8_t> cache, summaries;
     DeviceArray<int32_t> page_of_slot, slot_of_page, cpu_page_of;
     DeviceArray<float> qring;  // [L][max_batch][2][n_head][head_dim]
     std::unique_ptr<cuda::PinnedStore> pinned;
-    DeviceArray<uint16_t> device_store;  // quest: the full KV in device memory
-    DeviceArray<uint16_t*> chunk_table;
+    DeviceArray<uint8_t> device_store;  // quest: the full KV in device memory
+    DeviceArray<void*> chunk_table;
     int32_t pages_per_chunk = 0;
 
     // per step
@@ -198,7 +216,8 @@ struct GpuEngine::Impl {
 
     // activations
     DeviceArray<float> x, h, q, k, v, attn, proj, gate, up, logits, partial, last_q;
-    DeviceArray<uint16_t> scratch_bf16, hist_k, hist_v;
+    DeviceArray<uint16_t> scratch_bf16;  // GEMM inputs rounded to bf16 (bf16 weights only)
+    DeviceArray<uint8_t> hist_k, hist_v;  // a prefill's K/V as stored
     DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores
     DeviceArray<int32_t> slot_map;  // install: slot of each prefill page
 
@@ -227,19 +246,19 @@ struct GpuEngine::Impl {
     // block into `staging`, then the gather kernel in scatter mode. dma on the synchronous paths:
     // the same with one cudaMemcpyBatchAsync per MiB of blocks.
     bool per_copy = false, dma = false;
-    DeviceArray<uint16_t> staging;
+    DeviceArray<uint8_t> staging;
     cuda::PinnedArray<int32_t> host_count;
     cuda::PinnedArray<cuda::GatherJob> host_jobs;  // job_capacity entries
-    std::vector<const uint16_t*> host_chunks;
+    std::vector<const uint8_t*> host_chunks;
     std::vector<void*> batch_dst[2];       // cudaMemcpyBatchAsync arguments: [0] main thread, [1] worker
     std::vector<const void*> batch_src[2];
     std::vector<size_t> batch_size[2];
-    void batch_copy(const cuda::GatherJob* job_list, int32_t count, int64_t il, uint16_t* to, int who, cudaStream_t s);
+    void batch_copy(const cuda::GatherJob* job_list, int32_t count, int64_t il, uint8_t* to, int who, cudaStream_t s);
 
     // dma background recall (FreeKV): the worker and what it alone touches while tasks run.
     cuda::Stream copy;
     std::vector<cuda::Event> sel_done;         // [L] side stream: the background plan is on the host
-    DeviceArray<uint16_t> bg_staging;
+    DeviceArray<uint8_t> bg_staging;
     cuda::PinnedArray<int32_t> host_bg_count;  // [L]
     cuda::PinnedArray<cuda::GatherJob> host_bg_jobs;  // [L][job_capacity]
     std::vector<cuda::Event> dma_marks;        // [2 step parity][L][start, end]
@@ -255,8 +274,9 @@ struct GpuEngine::Impl {
 
     const GpuWeights::Impl& w() const { return weights->impl(); }
     int64_t row() const { return g.row(); }
-    uint16_t* layer_cache(int64_t il) const { return cache.get() + il * g.layer_cache_elems(); }
-    uint16_t* layer_summaries(int64_t il) const { return summaries.get() + il * g.layer_summary_elems(); }
+    int64_t kv_bytes(int64_t elems) const { return elems * g.elem_bytes; }
+    uint8_t* layer_cache(int64_t il) const { return cache.get() + kv_bytes(il * g.layer_cache_elems()); }
+    uint8_t* layer_summaries(int64_t il) const { return summaries.get() + kv_bytes(il * g.layer_summary_elems()); }
     int32_t* layer_page_of_slot(int64_t il) const { return page_of_slot.get() + il * max_batch * c.n_head_kv * n_slots; }
     int32_t* layer_slot_of_page(int64_t il) const { return slot_of_page.get() + il * max_batch * c.n_head_kv * max_pages; }
     float* ring(int64_t il, int64_t seq, int64_t parity) const {
@@ -274,7 +294,7 @@ struct GpuEngine::Impl {
     void output_logits(std::span<const int64_t> out_rows, std::vector<float>& logits);
     void select_and_gather(int64_t il, int32_t n_rows, const float* q_rows, const int32_t* n_pages_rows, const uint8_t* flag_rows,
                            uint8_t want, int kind, cudaStream_t s);
-    const uint16_t* host_block(const cuda::GatherJob& job, int64_t il) const;  // a block in the pinned store
+    const uint8_t* host_block(const cuda::GatherJob& job, int64_t il) const;  // a block in the pinned store
     void ensure_activations(int64_t n);
     std::vector<int32_t> prefill_slots(int64_t n_tokens) const;
 };
@@ -299,7 +319,8 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
     m.offloads = !m.dense_only;
     m.g = {static_cast<int32_t>(c.n_layer), static_cast<int32_t>(max_batch), static_cast<int32_t>(m.n_slots),
            static_cast<int32_t>(m.max_pages), static_cast<int32_t>(p), static_cast<int32_t>(c.n_head),
-           static_cast<int32_t>(c.n_head_kv), static_cast<int32_t>(c.head_dim)};
+           static_cast<int32_t>(c.n_head_kv), static_cast<int32_t>(c.head_dim),
+           m.weights->dtype() == GpuDtype::kF32 ? 4 : 2};
     FREEKV_CHECK(c.head_dim % 32 == 0 && c.head_dim <= 128, "GPU engine: head_dim {} must be 32, 64, 96 or 128", c.head_dim);
 
     // The side stream's speculative work yields to the critical path: the scheduler dispatches the
@@ -318,10 +339,10 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
     for (int64_t i = 0; i < 2 * c.n_layer * 2 * 2; ++i) m.gather_marks.emplace_back(true);
     m.gather_marked.assign(sz(2 * c.n_layer * 2), 0);
 
-    m.cache.resize(c.n_layer * m.g.layer_cache_elems());
+    m.cache.resize(m.kv_bytes(c.n_layer * m.g.layer_cache_elems()));
     m.qring.resize(c.n_layer * max_batch * 2 * c.n_head * c.head_dim);
     if (m.offloads) {
-        m.summaries.resize(c.n_layer * m.g.layer_summary_elems());
+        m.summaries.resize(m.kv_bytes(c.n_layer * m.g.layer_summary_elems()));
         const int64_t map_slots = c.n_layer * max_batch * c.n_head_kv * m.n_slots;
         const int64_t map_pages = c.n_layer * max_batch * c.n_head_kv * m.max_pages;
         m.page_of_slot.resize(map_slots);
@@ -329,17 +350,17 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
         FREEKV_CUDA_CHECK(cudaMemsetAsync(m.page_of_slot.get(), 0xff, sz(map_slots) * 4, m.main));
         FREEKV_CUDA_CHECK(cudaMemsetAsync(m.slot_of_page.get(), 0xff, sz(map_pages) * 4, m.main));
         // CPU store: batch entry b owns CPU pages [b * max_pages, (b + 1) * max_pages).
-        const int64_t page_bytes = m.g.cpu_page_elems() * 2, n_cpu_pages = max_batch * m.max_pages;
-        std::vector<uint16_t*> chunks;
+        const int64_t page_bytes = m.kv_bytes(m.g.cpu_page_elems()), n_cpu_pages = max_batch * m.max_pages;
+        std::vector<void*> chunks;
         if (mode.mode == KvMode::kQuest) {
-            m.device_store.resize(n_cpu_pages * m.g.cpu_page_elems());
+            m.device_store.resize(n_cpu_pages * page_bytes);
             m.pages_per_chunk = static_cast<int32_t>(n_cpu_pages);
             chunks.push_back(m.device_store.get());
         } else {
             m.pinned = std::make_unique<cuda::PinnedStore>(n_cpu_pages * page_bytes, page_bytes);
             m.pages_per_chunk = static_cast<int32_t>(m.pinned->chunk_bytes() / page_bytes);
-            for (void* d : m.pinned->device_chunks()) chunks.push_back(static_cast<uint16_t*>(d));
-            for (int64_t i = 0; i < m.pinned->n_chunks(); ++i) m.host_chunks.push_back(static_cast<const uint16_t*>(m.pinned->host_chunk(i)));
+            for (void* d : m.pinned->device_chunks()) chunks.push_back(d);
+            for (int64_t i = 0; i < m.pinned->n_chunks(); ++i) m.host_chunks.push_back(static_cast<const uint8_t*>(m.pinned->host_chunk(i)));
         }
         m.chunk_table.upload(chunks.data(), static_cast<int64_t>(chunks.size()), m.main);
         std::vector<int32_t> cpu_pages(sz(n_cpu_pages));
@@ -350,7 +371,7 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
         m.per_copy = mode.recall() == RecallImpl::kPerCopy && m.pinned != nullptr && m.selects;
         m.dma = mode.recall() == RecallImpl::kDma && m.pinned != nullptr && m.selects;
         if (m.per_copy || (m.dma && !m.speculative)) {
-            m.staging.resize(m.job_capacity * m.g.block_elems());
+            m.staging.resize(m.kv_bytes(m.job_capacity * m.g.block_elems()));
             m.host_count = cuda::PinnedArray<int32_t>(1);
             m.host_jobs = cuda::PinnedArray<cuda::GatherJob>(m.job_capacity);
         }
@@ -359,7 +380,7 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
             m.flags_ready.emplace_back(false);
         }
         if (m.dma && m.speculative) {
-            m.bg_staging.resize(m.job_capacity * m.g.block_elems());
+            m.bg_staging.resize(m.kv_bytes(m.job_capacity * m.g.block_elems()));
             m.host_bg_count = cuda::PinnedArray<int32_t>(c.n_layer);
             m.host_bg_jobs = cuda::PinnedArray<cuda::GatherJob>(c.n_layer * m.job_capacity);
             m.copy = cuda::Stream(least);
@@ -433,11 +454,10 @@ void GpuEngine::Impl::ensure_activations(int64_t n) {
 void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
-    cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.get(), c.rms_norm_eps, h.get(), main);
-    const bool bias = c.qkv_bias;
-    cuda::matmul_bf16(h.get(), n, lw.wq.get(), q_dim, c.n_embd, q.get(), bias ? lw.bq.get() : nullptr, scratch_bf16.get(), main);
-    cuda::matmul_bf16(h.get(), n, lw.wk.get(), row(), c.n_embd, k.get(), bias ? lw.bk.get() : nullptr, scratch_bf16.get(), main);
-    cuda::matmul_bf16(h.get(), n, lw.wv.get(), row(), c.n_embd, v.get(), bias ? lw.bv.get() : nullptr, scratch_bf16.get(), main);
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
+    cuda::matmul(h.get(), n, lw.wq.ref(), q_dim, c.n_embd, q.get(), lw.bq.ref(), scratch_bf16.get(), main);
+    cuda::matmul(h.get(), n, lw.wk.ref(), row(), c.n_embd, k.get(), lw.bk.ref(), scratch_bf16.get(), main);
+    cuda::matmul(h.get(), n, lw.wv.ref(), row(), c.n_embd, v.get(), lw.bv.ref(), scratch_bf16.get(), main);
     const bool neox = c.rope_style == RopeStyle::kNeox;
     cuda::rope(q.get(), n, c.n_head, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
     cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
@@ -446,13 +466,13 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
 void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
-    cuda::matmul_bf16(attn.get(), n, lw.wo.get(), c.n_embd, q_dim, proj.get(), nullptr, scratch_bf16.get(), main);
+    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, proj.get(), {}, scratch_bf16.get(), main);
     add_inplace(x.get(), proj.get(), n * c.n_embd, main);
-    cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.get(), c.rms_norm_eps, h.get(), main);
-    cuda::matmul_bf16(h.get(), n, lw.w_gate.get(), c.n_ff, c.n_embd, gate.get(), nullptr, scratch_bf16.get(), main);
-    cuda::matmul_bf16(h.get(), n, lw.w_up.get(), c.n_ff, c.n_embd, up.get(), nullptr, scratch_bf16.get(), main);
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);
+    cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
+    cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main);
     cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main);
-    cuda::matmul_bf16(gate.get(), n, lw.w_down.get(), c.n_embd, c.n_ff, proj.get(), nullptr, scratch_bf16.get(), main);
+    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, proj.get(), {}, scratch_bf16.get(), main);
     add_inplace(x.get(), proj.get(), n * c.n_embd, main);
 }
 
@@ -468,10 +488,10 @@ void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vect
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(proj.get() + i * c.n_embd, x.get() + out_rows[sz(i)] * c.n_embd,
                                           sz(c.n_embd) * 4, cudaMemcpyDeviceToDevice, main));
     h.resize(n_out * c.n_embd);
-    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.get(), c.rms_norm_eps, h.get(), main);
+    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.ref(), c.rms_norm_eps, h.get(), main);
     logits.resize(n_out * c.n_vocab);
     scratch_bf16.resize(n_out * c.n_embd);
-    cuda::matmul_bf16(h.get(), n_out, w().output.get(), c.n_vocab, c.n_embd, logits.get(), nullptr, scratch_bf16.get(), main);
+    cuda::matmul(h.get(), n_out, w().output.ref(), c.n_vocab, c.n_embd, logits.get(), {}, scratch_bf16.get(), main);
     FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
     FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
 }
@@ -505,6 +525,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     a.n_select = static_cast<int32_t>(budget.n_select);
     a.n_slots = static_cast<int32_t>(n_slots);
     a.agg = static_cast<int32_t>(mode.aggregation());
+    a.elem_bytes = g.elem_bytes;
     cuda::select_pages(a, s);
     cuda::GatherArgs ga;
     ga.cpu_chunks = chunk_table.get();
@@ -521,6 +542,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     ga.page_size = g.page_size;
     ga.n_head_kv = g.n_head_kv;
     ga.head_dim = g.head_dim;
+    ga.elem_bytes = g.elem_bytes;
     // 16 blocks already reach the PCIe rate (bench_recall: 46.4 GB/s of 16 KiB blocks); the
     // background gather keeps to that so that it takes few SMs from the model, the corrective one
     // (on the critical path) takes twice as many.
@@ -558,9 +580,9 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
         if (dma) {
             batch_copy(host_jobs.get(), *host_count.get(), il, staging.get(), 0, s);
         } else {
-            const int64_t block = g.block_elems();
+            const int64_t block = kv_bytes(g.block_elems());
             for (int32_t j = 0; j < *host_count.get(); ++j)
-                FREEKV_CUDA_CHECK(cudaMemcpyAsync(staging.get() + j * block, host_block(host_jobs.get()[j], il), sz(block) * 2,
+                FREEKV_CUDA_CHECK(cudaMemcpyAsync(staging.get() + j * block, host_block(host_jobs.get()[j], il), sz(block),
                                                   cudaMemcpyHostToDevice, s));
         }
         ga.staging = staging.get();
@@ -573,25 +595,25 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     }
 }
 
-const uint16_t* GpuEngine::Impl::host_block(const cuda::GatherJob& job, int64_t il) const {
+const uint8_t* GpuEngine::Impl::host_block(const cuda::GatherJob& job, int64_t il) const {
     const int64_t cpu_page = job.seq * max_pages + job.page;  // cpu_page_of is the identity
-    return host_chunks[sz(cpu_page / pages_per_chunk)] + (cpu_page % pages_per_chunk) * g.cpu_page_elems() +
-           (il * c.n_head_kv + job.ikv) * g.block_elems();
+    return host_chunks[sz(cpu_page / pages_per_chunk)] +
+           kv_bytes((cpu_page % pages_per_chunk) * g.cpu_page_elems() + (il * c.n_head_kv + job.ikv) * g.block_elems());
 }
 
 // The blocks of a job list into consecutive staging blocks, by the copy engines: one
 // cudaMemcpyBatchAsync per MiB (bench_recall: 27 GB/s for 16 KiB blocks, against 5 GB/s for one
 // cudaMemcpyAsync per block). `who` picks the argument arrays of the calling thread.
-void GpuEngine::Impl::batch_copy(const cuda::GatherJob* job_list, int32_t count, int64_t il, uint16_t* to, int who,
+void GpuEngine::Impl::batch_copy(const cuda::GatherJob* job_list, int32_t count, int64_t il, uint8_t* to, int who,
                                  cudaStream_t s) {
     if (count <= 0) return;
-    const int64_t block = g.block_elems();
+    const int64_t block = kv_bytes(g.block_elems());
     auto& dst = batch_dst[who];
     auto& src = batch_src[who];
     auto& size = batch_size[who];
     dst.resize(sz(count));
     src.resize(sz(count));
-    size.assign(sz(count), sz(block) * 2);
+    size.assign(sz(count), sz(block));
     for (int32_t j = 0; j < count; ++j) {
         dst[sz(j)] = to + j * block;
         src[sz(j)] = host_block(job_list[j], il);
@@ -599,7 +621,7 @@ void GpuEngine::Impl::batch_copy(const cuda::GatherJob* job_list, int32_t count,
     cudaMemcpyAttributes attr{};
     attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
     size_t attr_index = 0;
-    const int32_t per_call = static_cast<int32_t>(std::max<int64_t>(1, (int64_t{1} << 20) / (block * 2)));
+    const int32_t per_call = static_cast<int32_t>(std::max<int64_t>(1, (int64_t{1} << 20) / block));
     for (int32_t j = 0; j < count; j += per_call)
         FREEKV_CUDA_CHECK(cudaMemcpyBatchAsync(dst.data() + j, src.data() + j, size.data() + j,
                                                sz(std::min(per_call, count - j)), &attr, &attr_index, 1, s));
@@ -732,9 +754,9 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
     positions.upload(pos.data(), n, main);
     const std::vector<int32_t> slots = prefill_slots(n);
     slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), main);
-    hist_k.resize(n * row());
-    hist_v.resize(n * row());
-    // Prefill attention: chunked GEMMs over the prompt's K/V as the cache stores them (bf16).
+    hist_k.resize(kv_bytes(n * row()));
+    hist_v.resize(kv_bytes(n * row()));
+    // Prefill attention: chunked GEMMs over the prompt's K/V as the cache stores them.
     cuda::PrefillAttentionArgs pa;
     pa.n = static_cast<int32_t>(n);
     pa.n_head = static_cast<int32_t>(c.n_head);
@@ -744,11 +766,11 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
     prefill_k.resize(n * row());
     prefill_v.resize(n * row());
     prefill_scores.resize(cuda::prefill_scores_floats(n, c.n_head_kv, pa.chunk));
-    cuda::embedding(w().token_embd.get(), ids.get(), n, c.n_embd, x.get(), main);
+    cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < c.n_layer; ++il) {
         qkv(il, n);
-        cuda::round_bf16(k.get(), n * row(), hist_k.get(), main, prefill_k.get());
-        cuda::round_bf16(v.get(), n * row(), hist_v.get(), main, prefill_v.get());
+        cuda::store_kv(k.get(), n * row(), hist_k.get(), g.elem_bytes, main, prefill_k.get());
+        cuda::store_kv(v.get(), n * row(), hist_v.get(), g.elem_bytes, main, prefill_v.get());
         pa.q = q.get();
         pa.k = prefill_k.get();
         pa.v = prefill_v.get();
@@ -790,15 +812,15 @@ void GpuEngine::fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed) {
     FREEKV_CHECK(m.seqs.at(sz(seq)).live && m.seqs[sz(seq)].n_tokens == 0, "fill_synthetic needs an empty sequence");
     FREEKV_CHECK(n_tokens >= 1 && n_tokens <= m.max_tokens, "fill_synthetic: {} tokens exceed the context {}", n_tokens,
                  m.max_tokens);
-    m.hist_k.resize(n_tokens * m.row());
-    m.hist_v.resize(n_tokens * m.row());
+    m.hist_k.resize(m.kv_bytes(n_tokens * m.row()));
+    m.hist_v.resize(m.kv_bytes(n_tokens * m.row()));
     m.last_q.resize(m.c.n_head * m.c.head_dim);
     const std::vector<int32_t> slots = m.prefill_slots(n_tokens);
     m.slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), m.main);
     for (int64_t il = 0; il < m.c.n_layer; ++il) {
         const uint64_t s = seed * 1000003ULL + static_cast<uint64_t>(il) * 3 + static_cast<uint64_t>(seq) * 7919;
-        cuda::fill_random_bf16(m.hist_k.get(), n_tokens * m.row(), s, m.main);
-        cuda::fill_random_bf16(m.hist_v.get(), n_tokens * m.row(), s + 1, m.main);
+        cuda::fill_random_kv(m.hist_k.get(), n_tokens * m.row(), s, m.g.elem_bytes, m.main);
+        cuda::fill_random_kv(m.hist_v.get(), n_tokens * m.row(), s + 1, m.g.elem_bytes, m.main);
         cuda::fill_random_f32(m.last_q.get(), m.c.n_head * m.c.head_dim, s + 2, m.main);
         m.install_layer(il, seq, n_tokens, m.last_q.get());
     }
@@ -924,6 +946,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         b.page_size = g.page_size;
         b.n_head_kv = g.n_head_kv;
         b.head_dim = g.head_dim;
+        b.elem_bytes = g.elem_bytes;
         b.cuboid = mode.summary_kind() == SummaryKind::kCuboid;
         cuda::page_boundary(b, main);
     }
@@ -958,7 +981,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     // Only while a background gather runs (sparse FreeKV rows): in the dense regime every mode
     // runs full's kernels, bit for bit.
     cuda::set_gemm_sm_target(any_test && speculative && !dma ? gemm_sms_beside_gather() : 0);
-    cuda::embedding(w().token_embd.get(), ids.get(), n, c.n_embd, x.get(), main);
+    cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < L; ++il) {
         const cuda::Event* mk = marks.data() + il * 4;
         qkv(il, n);
@@ -992,7 +1015,8 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[2], main));
         att.q = q.get();
         att.k = layer_cache(il);
-        att.v = layer_cache(il) + g.page_size * row();
+        att.v = layer_cache(il) + kv_bytes(g.page_size * row());
+        att.elem_bytes = g.elem_bytes;
         att.page_ids = att_lists.get();
         att.n_pages = att_n_pages.get();
         att.last_len = att_last_len.get();
@@ -1136,7 +1160,7 @@ KvStats GpuEngine::stats() {
     }
     s.recalled_sync.assign(sz(L * n_kv), 0);
     s.recalled_background.assign(sz(L * n_kv), 0);
-    const int64_t block_bytes = m.g.block_elems() * 2;
+    const int64_t block_bytes = m.kv_bytes(m.g.block_elems());
     for (int64_t i = 0; i < L * n_kv; ++i) {
         s.recalled_sync[sz(i)] = static_cast<int64_t>(host[sz(L * 4 + i)]);
         s.recalled_background[sz(i)] = static_cast<int64_t>(host[sz(L * 4 + L * n_kv + i)]);

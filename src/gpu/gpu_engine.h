@@ -1,4 +1,5 @@
-// gpu_engine.h: the model and every KV mode on one CUDA GPU (design doc 4): bf16 weights and KV,
+// gpu_engine.h: the model and every KV mode on one CUDA GPU (design doc 4): bf16 weights and KV
+// (or fp32 with GpuDtype::kF32, the accuracy reference: GEMMs in fp32, nothing rounded to bf16),
 // fp32 activations, the budget cache in device memory, the full KV of the offloading modes in
 // pinned, mapped host memory (quest keeps it in device memory), recall by the zero-copy gather
 // kernel, and FreeKV's speculative recall on a second stream ordered by events.
@@ -8,7 +9,7 @@
 //   - a forward is either one prefill span of a sequence that holds no tokens yet, or decode
 //     spans (one token each) of distinct sequences that hold at least one token;
 //   - the decode step follows RetrievalKv (engine/retrieval_kv.h) step for step: same attention
-//     sets, same correction test, same maps; K/V are bf16 here (fp32 there);
+//     sets, same correction test, same maps; K/V are bf16 here (fp32 there) unless kF32;
 //   - at step t, layer l, the background selection + recall of (t - 1, l) has finished on the
 //     side stream before the correction test, the corrective selection or attention of (t, l).
 #pragma once
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
 #include "model/attention_kv.h"
@@ -27,20 +29,34 @@
 
 namespace freekv::gpu {
 
-/// The weights on the device (bf16), shared by every engine of one model.
+/// Element type of the GPU engine's weights, KV and page summaries. kBF16: bf16 storage, GEMM
+/// inputs rounded to bf16 (the fast default). kF32: fp32 storage and fp32 GEMMs (twice the memory,
+/// slower): the GPU then computes what the CPU backend computes, up to summation order.
+enum class GpuDtype { kBF16, kF32 };
+/// Parses "bf16" or "f32"; Error otherwise.
+inline GpuDtype parse_gpu_dtype(const std::string& s) {
+    if (s == "bf16") return GpuDtype::kBF16;
+    if (s == "f32") return GpuDtype::kF32;
+    FREEKV_FAIL("--gpu-dtype '{}' must be bf16 or f32", s);
+}
+inline const char* gpu_dtype_name(GpuDtype d) { return d == GpuDtype::kF32 ? "f32" : "bf16"; }
+
+/// The weights on the device, shared by every engine of one model; its dtype is the engines'.
 class GpuWeights {
 public:
-    GpuWeights(const ModelConfig& config, const LlamaWeights& weights);
+    GpuWeights(const ModelConfig& config, const LlamaWeights& weights, GpuDtype dtype = GpuDtype::kBF16);
     ~GpuWeights();
     GpuWeights(const GpuWeights&) = delete;
     GpuWeights& operator=(const GpuWeights&) = delete;
     const ModelConfig& config() const { return config_; }
+    GpuDtype dtype() const { return dtype_; }
     int64_t bytes() const { return bytes_; }
     struct Impl;
     const Impl& impl() const { return *impl_; }
 
 private:
     ModelConfig config_;
+    GpuDtype dtype_ = GpuDtype::kBF16;
     int64_t bytes_ = 0;
     std::unique_ptr<Impl> impl_;
 };

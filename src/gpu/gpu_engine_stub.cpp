@@ -17,7 +17,7 @@ bool gpu_available(std::string* why) {
     return false;
 }
 
-GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&) : config_(config) {
+GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&, GpuDtype) : config_(config) {
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);
 }
 GpuWeights::~GpuWeights() = default;

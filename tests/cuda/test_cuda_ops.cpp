@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <random>
 #include <vector>
 
@@ -90,7 +91,13 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
         std::vector<float> want(x.size());
         ref::rms_norm(x.data(), rows, n, WeightView{"w", DType::kBF16, {n}, w.data()}, 1e-5f, want.data());
         EXPECT_LE(test::nmse(to_host(dy, x.size()), want), kNmse) << "rms_norm width " << n;
-        cudaFree(dx), cudaFree(dw), cudaFree(dy);
+        // fp32 weights (--gpu-dtype f32): unrounded values, the same reference
+        const auto w32 = randn(static_cast<size_t>(n), rng);
+        float* dw32 = to_device(w32);
+        cuda::rms_norm(dx, rows, n, cuda::WeightRef{dw32, true}, 1e-5f, dy, nullptr);
+        ref::rms_norm(x.data(), rows, n, WeightView{"w", DType::kF32, {n}, w32.data()}, 1e-5f, want.data());
+        EXPECT_LE(test::nmse(to_host(dy, x.size()), want), kNmse) << "rms_norm fp32 width " << n;
+        cudaFree(dx), cudaFree(dw), cudaFree(dy), cudaFree(dw32);
     }
     // rope, both styles, positions up to 131071
     const std::vector<int32_t> pos{0, 1, 77, 4095, 8191, 65537, 131071};
@@ -124,6 +131,12 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
     std::vector<float> we(ids.size() * 200);
     ref::embedding(WeightView{"t", DType::kBF16, {1000, 200}, table.data()}, ids.data(), 5, we.data());
     EXPECT_EQ(to_host(de, we.size()), we);
+    const auto table32 = randn(1000 * 200, rng);
+    float* dt32 = to_device(table32);
+    cuda::embedding(cuda::WeightRef{dt32, true}, dids, 5, 200, de, nullptr);
+    ref::embedding(WeightView{"t", DType::kF32, {1000, 200}, table32.data()}, ids.data(), 5, we.data());
+    EXPECT_EQ(to_host(de, we.size()), we) << "fp32 table";
+    cudaFree(dt32);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     for (void* p : {static_cast<void*>(dg), static_cast<void*>(du), static_cast<void*>(dt), static_cast<void*>(dids),
                     static_cast<void*>(de)})
@@ -133,14 +146,15 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
 TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
     std::mt19937 rng(12);
     const int page_size = 32, n_slots = 24, n_seq = 3;
+    for (int elem_bytes : {2, 4})  // bf16 KV, and fp32 KV (--gpu-dtype f32) with unrounded values
     for (int head_dim : {64, 128}) {
         for (auto [n_head_kv, group] : {std::pair{2, 1}, {2, 2}, {1, 4}, {2, 7}, {1, 8}, {1, 16}, {4, 4}}) {
             const int n_head = n_head_kv * group;
             const int64_t stride_tok = static_cast<int64_t>(n_head_kv) * head_dim, stride_page = page_size * stride_tok;
             const int64_t stride_seq = n_slots * stride_page;
-            const auto k_bf16 = to_bf16(randn(static_cast<size_t>(n_seq * stride_seq), rng));
-            const auto v_bf16 = to_bf16(randn(k_bf16.size(), rng));
-            const auto k32 = from_bf16(k_bf16), v32 = from_bf16(v_bf16);
+            const auto k_raw = randn(static_cast<size_t>(n_seq * stride_seq), rng), v_raw = randn(k_raw.size(), rng);
+            const auto k_bf16 = to_bf16(k_raw), v_bf16 = to_bf16(v_raw);
+            const auto k32 = elem_bytes == 2 ? from_bf16(k_bf16) : k_raw, v32 = elem_bytes == 2 ? from_bf16(v_bf16) : v_raw;
             const int max_list = 20;
             const std::vector<int32_t> n_pages{20, 7, 1}, last_len{9, 32, 5};  // ragged, partial last pages
             std::vector<int32_t> lists(static_cast<size_t>(n_seq * n_head_kv * max_list));
@@ -154,8 +168,9 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
             const auto q = randn(static_cast<size_t>(n_seq * n_head * head_dim), rng);
             cuda::PagesAttentionArgs a;
             a.q = to_device(q);
-            a.k = to_device(k_bf16);
-            a.v = to_device(v_bf16);
+            a.k = elem_bytes == 2 ? static_cast<const void*>(to_device(k_bf16)) : to_device(k_raw);
+            a.v = elem_bytes == 2 ? static_cast<const void*>(to_device(v_bf16)) : to_device(v_raw);
+            a.elem_bytes = elem_bytes;
             a.page_ids = to_device(lists);
             a.n_pages = to_device(n_pages);
             a.last_len = to_device(last_len);
@@ -184,7 +199,8 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                                      want.data());
                 std::span<const float> g(got.data() + s * n_head * head_dim, want.size());
                 EXPECT_LE(test::nmse(g, want), kNmse) << "seq " << s << " group " << group << " n_head_kv " << n_head_kv
-                                                      << " head_dim " << head_dim << " split " << split;
+                                                      << " head_dim " << head_dim << " split " << split
+                                                      << " elem_bytes " << elem_bytes;
             }
             }
             for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),
@@ -265,7 +281,15 @@ TEST_F(CudaOps, MatmulBf16GemvAndCublas) {
         std::vector<float> exact(want.size());
         ref::matmul(x.data(), m, wv, exact.data(), &bv);
         EXPECT_LE(test::nmse(to_host(dy, exact.size()), exact), 1e-4) << "bf16 activations";
-        cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy), cudaFree(scratch);
+        // fp32 weights and bias (--gpu-dtype f32): cuBLAS's fp32 GEMM on unrounded x.
+        const auto w32 = randn(static_cast<size_t>(n * k), rng), b32 = randn(static_cast<size_t>(n), rng);
+        float* dw32 = to_device(w32);
+        float* db32 = to_device(b32);
+        cuda::matmul(dx, m, cuda::WeightRef{dw32, true}, n, k, dy, cuda::WeightRef{db32, true}, nullptr, nullptr);
+        const WeightView wv32{"w", DType::kF32, {n, k}, w32.data()}, bv32{"b", DType::kF32, {n}, b32.data()};
+        ref::matmul(x.data(), m, wv32, exact.data(), &bv32);
+        EXPECT_LE(test::nmse(to_host(dy, exact.size()), exact), kNmse) << "fp32 " << m << "x" << n << "x" << k;
+        cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy), cudaFree(scratch), cudaFree(dw32), cudaFree(db32);
     }
 }
 
@@ -295,15 +319,34 @@ TEST_F(CudaOps, PinnedStoreIsChunkedMappedAndFailsWithTheFlagName) {
     ::unsetenv("FREEKV_FAIL_PINNED_CHUNK");
 }
 
-TEST_F(CudaOps, PageBoundarySummarizesRotatesAndOffloads) {
+// Elements of type T (uint16_t = bf16, or float) from fp32 values, and back.
+template <class T>
+std::vector<T> to_elems(const std::vector<float>& v) {
+    if constexpr (std::is_same_v<T, float>) return v;
+    else return to_bf16(v);
+}
+template <class T>
+float elem_f32(T x) {
+    if constexpr (std::is_same_v<T, float>) return x;
+    else return bf16_to_f32(x);
+}
+template <class T>
+T f32_elem(float x) {
+    if constexpr (std::is_same_v<T, float>) return x;
+    else return f32_to_bf16(x);
+}
+
+template <class T>
+void check_page_boundary() {
     std::mt19937 rng(15);
     const int L = 2, batch = 2, n_slots = 8, p = 16, n_kv = 2, d = 64, max_pages = 12;
     const int64_t token = n_kv * d, slot_elems = 2LL * p * token, cpu_page_elems = 2LL * L * n_kv * p * d;
     for (bool cuboid : {false, true}) {
-        const auto cache = to_bf16(randn(static_cast<size_t>(L * batch * n_slots * slot_elems), rng));
-        cuda::PinnedStore store(cpu_page_elems * 2 * 12, cpu_page_elems * 2, cpu_page_elems * 2 * 4);  // 4 pages per chunk
-        const int ppc = static_cast<int>(store.chunk_bytes() / (cpu_page_elems * 2));
-        uint16_t** chunks = nullptr;
+        const auto cache = to_elems<T>(randn(static_cast<size_t>(L * batch * n_slots * slot_elems), rng));
+        constexpr int64_t eb = sizeof(T);
+        cuda::PinnedStore store(cpu_page_elems * eb * 12, cpu_page_elems * eb, cpu_page_elems * eb * 4);  // 4 pages per chunk
+        const int ppc = static_cast<int>(store.chunk_bytes() / (cpu_page_elems * eb));
+        void** chunks = nullptr;
         ASSERT_EQ(cudaMalloc(&chunks, sizeof(void*) * static_cast<size_t>(store.n_chunks())), cudaSuccess);
         ASSERT_EQ(cudaMemcpy(chunks, store.device_chunks().data(), sizeof(void*) * static_cast<size_t>(store.n_chunks()),
                              cudaMemcpyHostToDevice), cudaSuccess);
@@ -311,44 +354,53 @@ TEST_F(CudaOps, PageBoundarySummarizesRotatesAndOffloads) {
         cuda::BoundaryArgs a;
         a.jobs = to_device(jobs);
         a.n_jobs = 2;
-        a.budget_cache = to_device(cache);
-        a.summaries = to_device(std::vector<uint16_t>(static_cast<size_t>(L * batch * n_kv * max_pages * 2 * d), 0xFFFF));
+        a.budget_cache = nullptr;  // set below
+        auto* summaries_d = to_device(std::vector<T>(static_cast<size_t>(L * batch * n_kv * max_pages * 2 * d), f32_elem<T>(NAN)));
+        auto* cache_d = to_device(cache);
+        a.summaries = summaries_d;
+        a.elem_bytes = static_cast<int32_t>(eb);
         a.cpu_chunks = chunks;
         a.pages_per_chunk = ppc;
         a.n_layer = L, a.max_batch = batch, a.n_slots = n_slots, a.max_pages = max_pages, a.page_size = p;
         a.n_head_kv = n_kv, a.head_dim = d, a.cuboid = cuboid;
+        a.budget_cache = cache_d;
         cuda::page_boundary(a, nullptr);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        const auto cache_after = to_host(a.budget_cache, cache.size());
-        const auto summaries = to_host(a.summaries, static_cast<size_t>(L * batch * n_kv * max_pages * 2 * d));
+        const auto cache_after = to_host(cache_d, cache.size());
+        const auto summaries = to_host(summaries_d, static_cast<size_t>(L * batch * n_kv * max_pages * 2 * d));
         for (const auto& job : jobs)
             for (int il = 0; il < L; ++il) {
                 const int64_t base = (static_cast<int64_t>(il) * batch + job.seq) * n_slots * slot_elems;
-                const uint16_t* src = cache.data() + base + job.src_slot * slot_elems;
+                const T* src = cache.data() + base + job.src_slot * slot_elems;
                 if (job.dst_slot >= 0) {
-                    EXPECT_EQ(0, std::memcmp(cache_after.data() + base + job.dst_slot * slot_elems, src, slot_elems * 2));
+                    EXPECT_EQ(0, std::memcmp(cache_after.data() + base + job.dst_slot * slot_elems, src, slot_elems * eb));
                 }
                 for (int h = 0; h < n_kv; ++h) {
                     std::vector<float> keys(static_cast<size_t>(p * token));
-                    for (size_t i = 0; i < keys.size(); ++i) keys[i] = bf16_to_f32(src[i]);
+                    for (size_t i = 0; i < keys.size(); ++i) keys[i] = elem_f32(src[i]);
                     std::vector<float> want(static_cast<size_t>(2 * d));
                     summarize_page(cuboid ? SummaryKind::kCuboid : SummaryKind::kMinMax, keys.data() + h * d, p, token, d,
                                    want.data());
-                    const uint16_t* got = summaries.data() +
+                    const T* got = summaries.data() +
                                           (((static_cast<int64_t>(il) * batch + job.seq) * n_kv + h) * max_pages + job.page) * 2 * d;
-                    for (int i = 0; i < 2 * d; ++i) ASSERT_EQ(got[i], f32_to_bf16(want[static_cast<size_t>(i)])) << i;
-                    const auto* block = static_cast<const uint16_t*>(store.host_chunk(job.cpu_page / ppc)) +
+                    for (int i = 0; i < 2 * d; ++i) ASSERT_EQ(got[i], f32_elem<T>(want[static_cast<size_t>(i)])) << i;
+                    const auto* block = static_cast<const T*>(store.host_chunk(job.cpu_page / ppc)) +
                                         (static_cast<int64_t>(job.cpu_page % ppc) * L * n_kv + il * n_kv + h) * 2 * p * d;
                     for (int r = 0; r < 2 * p; ++r)
-                        ASSERT_EQ(0, std::memcmp(block + r * d, src + (r / p) * p * token + (r % p) * token + h * d, d * 2))
+                        ASSERT_EQ(0, std::memcmp(block + r * d, src + (r / p) * p * token + (r % p) * token + h * d, d * eb))
                             << "layer " << il << " head " << h << " row " << r;
                 }
             }
         // seq 1 did not rotate: its slots are unchanged
         const int64_t seq1 = (0LL * batch + 1) * n_slots * slot_elems;
-        EXPECT_EQ(0, std::memcmp(cache_after.data() + seq1, cache.data() + seq1, n_slots * slot_elems * 2));
-        cudaFree(const_cast<cuda::BoundaryJob*>(a.jobs)), cudaFree(a.budget_cache), cudaFree(a.summaries), cudaFree(chunks);
+        EXPECT_EQ(0, std::memcmp(cache_after.data() + seq1, cache.data() + seq1, n_slots * slot_elems * eb));
+        cudaFree(const_cast<cuda::BoundaryJob*>(a.jobs)), cudaFree(cache_d), cudaFree(summaries_d), cudaFree(chunks);
     }
+}
+
+TEST_F(CudaOps, PageBoundarySummarizesRotatesAndOffloads) {
+    check_page_boundary<uint16_t>();
+    check_page_boundary<float>();  // --gpu-dtype f32
 }
 
 // Top-k edge cases of the device selection: all-equal scores (a zero query) must pick the
@@ -396,7 +448,7 @@ TEST_F(CudaOps, SelectionTiesAndLongContexts) {
             }
             EXPECT_EQ(middle, want) << max_pages << " pages, variant " << variant;  // ascending placement
             EXPECT_EQ(to_host(a.n_jobs, 1)[0], k);
-            cudaFree(const_cast<float*>(a.q)), cudaFree(const_cast<uint16_t*>(a.summaries));
+            cudaFree(const_cast<float*>(a.q)), cudaFree(const_cast<void*>(a.summaries));
             cudaFree(const_cast<int32_t*>(a.n_pages)), cudaFree(a.page_of_slot), cudaFree(a.slot_of_page);
             cudaFree(d_jobs), cudaFree(a.n_jobs), cudaFree(a.scores);
         }
@@ -410,8 +462,11 @@ TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
     for (int head_dim : {64, 128}) {
         for (int group : {1, 4, 7}) {
             for (GroupAgg agg : {GroupAgg::kSoftmaxMean, GroupAgg::kMean, GroupAgg::kMax}) {
+                // bf16 summaries, and fp32 (--gpu-dtype f32) for the mean aggregation
+                const int elem_bytes = agg == GroupAgg::kMean ? 4 : 2;
                 const int n_head = n_head_kv * group;
-                const auto summaries = to_bf16(randn(static_cast<size_t>(n_seq * n_head_kv * max_pages * 2 * head_dim), rng));
+                const auto summaries_raw = randn(static_cast<size_t>(n_seq * n_head_kv * max_pages * 2 * head_dim), rng);
+                const auto summaries = to_bf16(summaries_raw);
                 const auto q = randn(static_cast<size_t>(n_seq * n_head * head_dim), rng);
                 std::vector<int32_t> page_of_slot(static_cast<size_t>(n_seq * n_head_kv * n_slots), -1);
                 std::vector<int32_t> slot_of_page(static_cast<size_t>(n_seq * n_head_kv * max_pages), -1);
@@ -429,7 +484,8 @@ TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
                     }
                 cuda::SelectArgs a;
                 a.q = to_device(q);
-                a.summaries = to_device(summaries);
+                a.summaries = elem_bytes == 2 ? static_cast<const void*>(to_device(summaries)) : to_device(summaries_raw);
+                a.elem_bytes = elem_bytes;
                 a.n_pages = to_device(n_pages);
                 a.flags = to_device(flags);
                 a.page_of_slot = to_device(page_of_slot);
@@ -446,7 +502,7 @@ TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
                 const auto jobs = to_host(d_jobs, static_cast<size_t>(n_jobs));
                 const auto gpu_slots = to_host(a.page_of_slot, page_of_slot.size());
                 const auto gpu_where = to_host(a.slot_of_page, slot_of_page.size());
-                const auto sum32 = from_bf16(summaries);
+                const auto sum32 = elem_bytes == 2 ? from_bf16(summaries) : summaries_raw;
                 int expected_jobs = 0;
                 for (int s = 0; s < n_seq; ++s)
                     for (int h = 0; h < n_head_kv; ++h) {

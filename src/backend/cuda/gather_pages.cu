@@ -17,27 +17,29 @@ constexpr int kUnroll = 4;
 
 __global__ void __launch_bounds__(kThreads) gather_pages_kernel(GatherArgs a) {
     const int n_jobs = *a.n_jobs;
-    const int row_vectors = a.head_dim * 2 / 16;            // 16-byte vectors per head row
+    // Everything in bytes: the element type only sets the sizes.
+    const int row_bytes = a.head_dim * a.elem_bytes;
+    const int row_vectors = row_bytes / 16;                  // 16-byte vectors per head row
     const int block_vectors = 2 * a.page_size * row_vectors;  // K rows then V rows
-    const long long block_elems = 2LL * a.page_size * a.head_dim;
-    const long long cpu_page_elems = static_cast<long long>(a.n_layer) * a.n_head_kv * block_elems;
-    const long long token_elems = static_cast<long long>(a.n_head_kv) * a.head_dim;
-    const long long slot_elems = 2LL * a.page_size * token_elems;
+    const long long block_bytes = 2LL * a.page_size * row_bytes;
+    const long long cpu_page_bytes = static_cast<long long>(a.n_layer) * a.n_head_kv * block_bytes;
+    const long long token_bytes = static_cast<long long>(a.n_head_kv) * row_bytes;
+    const long long slot_bytes = 2LL * a.page_size * token_bytes;
     for (int j = blockIdx.x; j < n_jobs; j += gridDim.x) {
         const GatherJob job = a.jobs[j];
         if (a.per_head != nullptr && threadIdx.x == 0) atomicAdd(a.per_head + job.ikv, 1ULL);
         const int4* src = nullptr;
         if (a.staging != nullptr) {
-            src = reinterpret_cast<const int4*>(a.staging + j * block_elems);
+            src = reinterpret_cast<const int4*>(static_cast<const char*>(a.staging) + j * block_bytes);
         } else {
             const int cpu_page = a.cpu_page_of[static_cast<long long>(job.seq) * a.max_pages + job.page];
-            const uint16_t* chunk = a.cpu_chunks[cpu_page / a.pages_per_chunk];
-            src = reinterpret_cast<const int4*>(chunk + static_cast<long long>(cpu_page % a.pages_per_chunk) * cpu_page_elems +
-                                                (static_cast<long long>(a.il) * a.n_head_kv + job.ikv) * block_elems);
+            const char* chunk = static_cast<const char*>(a.cpu_chunks[cpu_page / a.pages_per_chunk]);
+            src = reinterpret_cast<const int4*>(chunk + static_cast<long long>(cpu_page % a.pages_per_chunk) * cpu_page_bytes +
+                                                (static_cast<long long>(a.il) * a.n_head_kv + job.ikv) * block_bytes);
         }
-        uint16_t* slot = a.budget_cache +
-                         ((static_cast<long long>(a.il) * a.max_batch + job.seq) * a.n_slots + job.slot) * slot_elems +
-                         static_cast<long long>(job.ikv) * a.head_dim;
+        char* slot = static_cast<char*>(a.budget_cache) +
+                     ((static_cast<long long>(a.il) * a.max_batch + job.seq) * a.n_slots + job.slot) * slot_bytes +
+                     static_cast<long long>(job.ikv) * row_bytes;
         for (int base = threadIdx.x; base < block_vectors; base += kThreads * kUnroll) {
             int4 v[kUnroll];
 #pragma unroll
@@ -51,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) gather_pages_kernel(GatherArgs a) {
                 if (i >= block_vectors) break;
                 const int row = i / row_vectors;                  // 0 .. 2p-1: K rows, then V rows
                 const int kv = row / a.page_size, r = row % a.page_size;
-                int4* dst = reinterpret_cast<int4*>(slot + kv * a.page_size * token_elems + r * token_elems);
+                int4* dst = reinterpret_cast<int4*>(slot + kv * a.page_size * token_bytes + r * token_bytes);
                 dst[i % row_vectors] = v[u];
             }
         }
@@ -61,7 +63,8 @@ __global__ void __launch_bounds__(kThreads) gather_pages_kernel(GatherArgs a) {
 }  // namespace
 
 std::string gather_pages(const GatherArgs& a, void* stream) {
-    if (a.head_dim % 8 != 0) return "gather_pages needs head_dim a multiple of 8 (16-byte rows)";
+    if (a.elem_bytes != 2 && a.elem_bytes != 4) return "gather_pages: element size must be 2 or 4 bytes";
+    if (a.head_dim * a.elem_bytes % 16 != 0) return "gather_pages needs head rows of a multiple of 16 bytes";
     gather_pages_kernel<<<a.ctas, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));

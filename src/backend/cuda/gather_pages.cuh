@@ -14,21 +14,21 @@ struct GatherJob {
     int32_t seq, ikv, page, slot;
 };
 
-/// Shapes and pointers of one gather launch. Element type is 2 bytes (bf16/fp16): the kernel
-/// moves bytes and never converts.
+/// Shapes and pointers of one gather launch. Elements are elem_bytes wide (2: bf16, 4: fp32): the
+/// kernel moves bytes and never converts.
 struct GatherArgs {
-    const uint16_t* const* cpu_chunks = nullptr;  // device array of the store's mapped chunk addresses
+    void* const* cpu_chunks = nullptr;     // device array of the store's mapped chunk addresses
     int32_t pages_per_chunk = 0;           // CPU pages per chunk (a page never straddles chunks)
     const int32_t* cpu_page_of = nullptr;  // [max_batch][max_pages] CPU page id of each logical page (device)
-    uint16_t* budget_cache = nullptr;      // [L][max_batch][n_slots][2][page_size][n_head_kv][head_dim] (device)
+    void* budget_cache = nullptr;          // [L][max_batch][n_slots][2][page_size][n_head_kv][head_dim] (device)
     const GatherJob* jobs = nullptr;       // [n_jobs_capacity] (device)
     const int32_t* n_jobs = nullptr;       // job count, in device memory (R1: no host copy)
     int32_t il = 0, n_layer = 0, max_batch = 0, max_pages = 0, n_slots = 0;
-    int32_t page_size = 32, n_head_kv = 8, head_dim = 128;
+    int32_t page_size = 32, n_head_kv = 8, head_dim = 128, elem_bytes = 2;
     int32_t ctas = 64;
     // Scatter mode (the per-copy recall): when set, job j's HND block was already copied to
-    // staging + j * 2 * page_size * head_dim and the store is not read.
-    const uint16_t* staging = nullptr;
+    // staging + j * 2 * page_size * head_dim elements and the store is not read.
+    const void* staging = nullptr;
     // Optional [n_head_kv] counters: each job adds one to its KV head's entry (recall statistics).
     unsigned long long* per_head = nullptr;
 };

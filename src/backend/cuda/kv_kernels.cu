@@ -1,4 +1,5 @@
-// kv_kernels.cu: see kv_kernels.cuh. Plain kernels: one thread per element for copies, one warp
+// kv_kernels.cu: see kv_kernels.cuh. Kernels that touch KV are templates over the element type
+// (bf16_device.cuh), instantiated by the launchers for g.elem_bytes. Plain kernels: one thread per element for copies, one warp
 // per (sequence, KV head) for the correction test, one block per (page, KV head) for installs and
 // one block per (sequence, query head) for attention-mass recall.
 #include <cuda_runtime.h>
@@ -16,13 +17,14 @@ cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 unsigned blocks(int64_t n) { return static_cast<unsigned>((n + 255) / 256); }
 
 
+template <class T>
 __global__ void append_kernel(const float* k, const float* v, int32_t n_seq, int64_t row, int64_t v_delta,
-                              const int64_t* dst_offset, uint16_t* cache) {
+                              const int64_t* dst_offset, T* cache) {
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (i >= n_seq * row) return;
     const int64_t s = i / row, e = i % row, dst = dst_offset[s] + e;
-    cache[dst] = float_to_bf16(k[i]);
-    cache[dst + v_delta] = float_to_bf16(v[i]);
+    cache[dst] = from_f32<T>(k[i]);
+    cache[dst + v_delta] = from_f32<T>(v[i]);
 }
 
 __global__ void round_kernel(const float* x, int64_t n, uint16_t* out, float* rounded) {
@@ -33,21 +35,22 @@ __global__ void round_kernel(const float* x, int64_t n, uint16_t* out, float* ro
     if (rounded != nullptr) rounded[i] = bf16_to_float(b);
 }
 
+template <class T>
 __global__ void install_kernel(InstallArgs a, KvGeometry g) {
     const int page = blockIdx.x, ikv = blockIdx.y;
     const int64_t row = g.row();
     const int rows = min(g.page_size, a.n_tokens - page * g.page_size);
-    const uint16_t* k = a.hist_k + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
-    const uint16_t* v = a.hist_v + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
+    const T* k = static_cast<const T*>(a.hist_k) + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
+    const T* v = static_cast<const T*>(a.hist_v) + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
     const bool complete = page < a.n_complete;
     if (complete && a.layer_summaries != nullptr) {
-        uint16_t* summary = a.layer_summaries +
-                            ((static_cast<int64_t>(a.seq) * g.n_head_kv + ikv) * g.max_pages + page) * 2 * g.head_dim;
+        T* summary = static_cast<T*>(a.layer_summaries) +
+                     ((static_cast<int64_t>(a.seq) * g.n_head_kv + ikv) * g.max_pages + page) * 2 * g.head_dim;
         summarize_keys(k, row, g.page_size, g.head_dim, a.cuboid, summary);
     }
     if (complete && a.cpu_chunks != nullptr) {
         const int cpu_page = a.cpu_page_of[static_cast<int64_t>(a.seq) * g.max_pages + page];
-        uint16_t* block = a.cpu_chunks[cpu_page / a.pages_per_chunk] +
+        T* block = static_cast<T*>(a.cpu_chunks[cpu_page / a.pages_per_chunk]) +
                           static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_elems() +
                           (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.block_elems();
         for (int e = threadIdx.x; e < 2 * g.page_size * g.head_dim; e += blockDim.x) {
@@ -57,7 +60,7 @@ __global__ void install_kernel(InstallArgs a, KvGeometry g) {
     }
     const int slot = a.slot_of_page[page];
     if (slot >= 0) {
-        uint16_t* dst = a.layer_cache + (static_cast<int64_t>(a.seq) * g.n_slots + slot) * g.slot_elems() + ikv * g.head_dim;
+        T* dst = static_cast<T*>(a.layer_cache) + (static_cast<int64_t>(a.seq) * g.n_slots + slot) * g.slot_elems() + ikv * g.head_dim;
         const int64_t v_delta = static_cast<int64_t>(g.page_size) * row;
         for (int e = threadIdx.x; e < rows * g.head_dim; e += blockDim.x) {
             const int r = e / g.head_dim, i = e % g.head_dim;
@@ -124,6 +127,7 @@ __global__ void store_queries_kernel(const float* q, float* const* dst, int64_t 
 }
 
 // One block per (listed sequence, query head): logits of every key, then per-page mass.
+template <class T>
 __global__ void mass_kernel(MassArgs a, KvGeometry g) {
     const int item = blockIdx.x, h = blockIdx.y, group = g.n_head / g.n_head_kv, ikv = h / group;
     const int seq = a.seq[item], n_tokens = a.n_tokens[item];
@@ -134,17 +138,18 @@ __global__ void mass_kernel(MassArgs a, KvGeometry g) {
     const int64_t row = g.row();
     for (int j = threadIdx.x; j < n_tokens; j += blockDim.x) {
         const int page = j / g.page_size, r = j % g.page_size;
-        const uint16_t* key;
+        const T* key;
         if (page < current) {
             const int cpu_page = a.cpu_page_of[static_cast<int64_t>(seq) * g.max_pages + page];
-            key = a.cpu_chunks[cpu_page / a.pages_per_chunk] + static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_elems() +
+            key = static_cast<const T*>(a.cpu_chunks[cpu_page / a.pages_per_chunk]) +
+                  static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_elems() +
                   (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.block_elems() + static_cast<int64_t>(r) * g.head_dim;
         } else {
-            key = a.layer_cache + (static_cast<int64_t>(seq) * g.n_slots + a.current_slot) * g.slot_elems() + r * row +
+            key = static_cast<const T*>(a.layer_cache) + (static_cast<int64_t>(seq) * g.n_slots + a.current_slot) * g.slot_elems() + r * row +
                   ikv * g.head_dim;
         }
         float dot = 0.0f;
-        for (int i = 0; i < g.head_dim; ++i) dot += q[i] * bf16_to_float(key[i]);
+        for (int i = 0; i < g.head_dim; ++i) dot += q[i] * to_f32(key[i]);
         logits[j] = dot * scale;
     }
     __syncthreads();
@@ -200,24 +205,34 @@ __device__ float hash_uniform(uint64_t seed, uint64_t i) {  // splitmix64 of (se
     return static_cast<float>(z >> 40) / static_cast<float>(1 << 23) - 1.0f;
 }
 
-__global__ void fill_bf16_kernel(uint16_t* out, int64_t n, uint64_t seed) {
+template <class T>
+__global__ void fill_kernel(T* out, int64_t n, uint64_t seed) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-        out[i] = float_to_bf16(hash_uniform(seed, static_cast<uint64_t>(i)));
+        out[i] = from_f32<T>(hash_uniform(seed, static_cast<uint64_t>(i)));
 }
 
-__global__ void fill_f32_kernel(float* out, int64_t n, uint64_t seed) {
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-        out[i] = hash_uniform(seed, static_cast<uint64_t>(i));
+__global__ void copy_kernel(const float* x, int64_t n, float* out, float* rounded) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= n) return;
+    out[i] = x[i];
+    if (rounded != nullptr) rounded[i] = x[i];
+}
+
+void check_elem(int elem_bytes) {
+    FREEKV_CHECK(elem_bytes == 2 || elem_bytes == 4, "KV element size {} must be 2 (bf16) or 4 (fp32)", elem_bytes);
 }
 
 }  // namespace
 
 void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& g, const int64_t* dst_offset,
-               uint16_t* layer_cache, void* stream) {
-    append_kernel<<<blocks(n_seq * g.row()), 256, 0, as_stream(stream)>>>(k, v, n_seq, g.row(), g.page_size * g.row(),
-                                                                         dst_offset, layer_cache);
+               void* layer_cache, void* stream) {
+    check_elem(g.elem_bytes);
+    by_elem(g.elem_bytes, [&](auto tag) {
+        using T = decltype(tag);
+        append_kernel<T><<<blocks(n_seq * g.row()), 256, 0, as_stream(stream)>>>(k, v, n_seq, g.row(), g.page_size * g.row(),
+                                                                                 dst_offset, static_cast<T*>(layer_cache));
+    });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -226,10 +241,22 @@ void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream, float* r
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
+void store_kv(const float* x, int64_t n, void* out, int elem_bytes, void* stream, float* rounded) {
+    check_elem(elem_bytes);
+    if (elem_bytes == 2) {
+        round_bf16(x, n, static_cast<uint16_t*>(out), stream, rounded);
+        return;
+    }
+    copy_kernel<<<blocks(n), 256, 0, as_stream(stream)>>>(x, n, static_cast<float*>(out), rounded);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
 void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream) {
+    check_elem(g.elem_bytes);
     const int n_pages = (a.n_tokens + g.page_size - 1) / g.page_size;
     if (n_pages == 0) return;
-    install_kernel<<<dim3(static_cast<unsigned>(n_pages), static_cast<unsigned>(g.n_head_kv)), 128, 0, as_stream(stream)>>>(a, g);
+    const dim3 grid(static_cast<unsigned>(n_pages), static_cast<unsigned>(g.n_head_kv));
+    by_elem(g.elem_bytes, [&](auto tag) { install_kernel<decltype(tag)><<<grid, 128, 0, as_stream(stream)>>>(a, g); });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -247,7 +274,9 @@ void store_queries(const float* q, float* const* dst, int32_t n_seq, const KvGeo
 
 void mass_recall(const MassArgs& a, const KvGeometry& g, void* stream) {
     if (a.n_list == 0) return;
-    mass_kernel<<<dim3(static_cast<unsigned>(a.n_list), static_cast<unsigned>(g.n_head)), 256, 0, as_stream(stream)>>>(a, g);
+    check_elem(g.elem_bytes);
+    const dim3 grid(static_cast<unsigned>(a.n_list), static_cast<unsigned>(g.n_head));
+    by_elem(g.elem_bytes, [&](auto tag) { mass_kernel<decltype(tag)><<<grid, 256, 0, as_stream(stream)>>>(a, g); });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -259,13 +288,17 @@ void place_pages(const int32_t* items, int32_t n_items, const KvGeometry& g, int
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void fill_random_bf16(uint16_t* out, int64_t n, uint64_t seed, void* stream) {
-    fill_bf16_kernel<<<1024, 256, 0, as_stream(stream)>>>(out, n, seed);
+void fill_random_kv(void* out, int64_t n, uint64_t seed, int elem_bytes, void* stream) {
+    check_elem(elem_bytes);
+    by_elem(elem_bytes, [&](auto tag) {
+        using T = decltype(tag);
+        fill_kernel<T><<<1024, 256, 0, as_stream(stream)>>>(static_cast<T*>(out), n, seed);
+    });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
 void fill_random_f32(float* out, int64_t n, uint64_t seed, void* stream) {
-    fill_f32_kernel<<<1024, 256, 0, as_stream(stream)>>>(out, n, seed);
+    fill_kernel<float><<<1024, 256, 0, as_stream(stream)>>>(out, n, seed);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

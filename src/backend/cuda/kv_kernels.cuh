@@ -2,12 +2,13 @@
 // token's K/V to its slot, installing a prefilled history into the budget cache and the CPU store,
 // the correction test, attention-mass recall, recall counters, and synthetic KV for benchmarks.
 // Host API only (device pointers in, `stream` a cudaStream_t passed as void*); no CUDA types.
-// Layouts are those of kv/kv_manager.h with bf16 elements:
+// Layouts are those of kv/kv_manager.h with elements of g.elem_bytes (2: bf16, 4: fp32):
 //   budget cache [L][max_batch][n_slots][2][page_size][n_head_kv][head_dim]   (NHD slots)
 //   CPU store    per CPU page [L][n_head_kv][2][page_size][head_dim]           (HND blocks)
 //   summaries    [L][max_batch][n_head_kv][max_pages][2][head_dim]
 // Invariants: summaries and offloaded blocks are bit-identical to page_boundary.cu's (fp32 math,
-// bf16 storage, round to nearest even); every launcher checks the launch and throws Error.
+// storage in the element type, bf16 rounded to nearest even); every launcher checks the launch and
+// throws Error.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,7 @@ namespace freekv::cuda {
 struct KvGeometry {
     int32_t n_layer = 0, max_batch = 0, n_slots = 0, max_pages = 0, page_size = 0, n_head = 0, n_head_kv = 0,
             head_dim = 0;
+    int32_t elem_bytes = 2;  // KV and summary elements: 2 (bf16) or 4 (fp32)
     FREEKV_HOST_DEVICE int64_t row() const { return static_cast<int64_t>(n_head_kv) * head_dim; }
     FREEKV_HOST_DEVICE int64_t slot_elems() const { return 2LL * page_size * row(); }
     FREEKV_HOST_DEVICE int64_t layer_cache_elems() const { return static_cast<int64_t>(max_batch) * n_slots * slot_elems(); }
@@ -32,26 +34,29 @@ struct KvGeometry {
     FREEKV_HOST_DEVICE int64_t layer_summary_elems() const { return static_cast<int64_t>(max_batch) * n_head_kv * max_pages * 2 * head_dim; }
 };
 
-/// Rounds k, v ([n_seq][row] fp32) to bf16 and writes row s to element dst_offset[s] (K) and
-/// dst_offset[s] + page_size * row (V) of one layer's budget cache.
+/// Rounds k, v ([n_seq][row] fp32) to the element type and writes row s to element dst_offset[s]
+/// (K) and dst_offset[s] + page_size * row (V) of one layer's budget cache.
 void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& g, const int64_t* dst_offset,
-               uint16_t* layer_cache, void* stream);
+               void* layer_cache, void* stream);
 
 /// Rounds x ([n] fp32) to bf16; with `rounded`, also writes the rounded values back as fp32.
 void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream, float* rounded = nullptr);
+/// x ([n] fp32) as elements of `elem_bytes` into out (bf16: round_bf16; fp32: a copy); with
+/// `rounded`, also the stored values as fp32.
+void store_kv(const float* x, int64_t n, void* out, int elem_bytes, void* stream, float* rounded = nullptr);
 
-/// Installs the history ([n_tokens][row] bf16 K and V) of batch entry `seq` into one layer:
+/// Installs the history ([n_tokens][row] K and V in the element type) of batch entry `seq` into one layer:
 /// pages 0 .. n_complete-1 get summaries (when summaries != nullptr) and are offloaded through the
 /// chunk table (when cpu_chunks != nullptr); page j is copied into slot slot_of_page[j] when >= 0.
 struct InstallArgs {
-    const uint16_t* hist_k = nullptr;
-    const uint16_t* hist_v = nullptr;
+    const void* hist_k = nullptr;
+    const void* hist_v = nullptr;
     int32_t n_tokens = 0, n_complete = 0, seq = 0, il = 0;
     const int32_t* slot_of_page = nullptr;    // [n_pages] (device)
-    uint16_t* layer_cache = nullptr;          // this layer's budget cache
-    uint16_t* layer_summaries = nullptr;      // this layer's summaries, or nullptr
+    void* layer_cache = nullptr;              // this layer's budget cache
+    void* layer_summaries = nullptr;          // this layer's summaries, or nullptr
     bool cuboid = false;
-    uint16_t* const* cpu_chunks = nullptr;    // device array of chunk addresses, or nullptr
+    void* const* cpu_chunks = nullptr;        // device array of chunk addresses, or nullptr
     int32_t pages_per_chunk = 0;
     const int32_t* cpu_page_of = nullptr;     // [max_batch][max_pages] (device)
 };
@@ -86,8 +91,8 @@ struct MassArgs {
     const int32_t* seq = nullptr;            // [n_list] batch index
     const int32_t* n_tokens = nullptr;       // [n_list]
     const int32_t* slot_of_page = nullptr;   // this layer's [max_batch][n_head_kv][max_pages]
-    const uint16_t* layer_cache = nullptr;
-    uint16_t* const* cpu_chunks = nullptr;
+    const void* layer_cache = nullptr;
+    void* const* cpu_chunks = nullptr;
     int32_t pages_per_chunk = 0;
     const int32_t* cpu_page_of = nullptr;
     int32_t il = 0, n_list = 0, n_sink_page = 0, n_recent_page = 0, current_slot = 0;
@@ -101,8 +106,9 @@ void mass_recall(const MassArgs& a, const KvGeometry& g, void* stream);
 void place_pages(const int32_t* items, int32_t n_items, const KvGeometry& g, int32_t* page_of_slot, int32_t* slot_of_page,
                  void* stream);
 
-/// Deterministic pseudo-random bf16 values in [-1, 1) (a hash of seed and index).
-void fill_random_bf16(uint16_t* out, int64_t n, uint64_t seed, void* stream);
+/// Deterministic pseudo-random values in [-1, 1) (a hash of seed and index), stored as elements of
+/// `elem_bytes` (bf16 rounds them; the same seed gives the same values up to that rounding).
+void fill_random_kv(void* out, int64_t n, uint64_t seed, int elem_bytes, void* stream);
 /// Pseudo-random fp32 values in [-1, 1).
 void fill_random_f32(float* out, int64_t n, uint64_t seed, void* stream);
 

@@ -22,7 +22,8 @@ __device__ float bf16_bits_to_float(uint16_t b) { return bf16_to_float(b); }
 
 // One block of up to 1024 threads per row; rows whose length is a multiple of 4 move as float4 /
 // 4 x bf16 so that a 4096-wide row is one load per thread (the kernel is latency-bound).
-__global__ void rms_norm_kernel(const float* x, int64_t n, const uint16_t* w, float eps, float* y) {
+template <class W>
+__global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps, float* y) {
     const float* row = x + blockIdx.x * n;
     float* out = y + blockIdx.x * n;
     const bool vec = n % 4 == 0;
@@ -49,16 +50,17 @@ __global__ void rms_norm_kernel(const float* x, int64_t n, const uint16_t* w, fl
     if (vec) {
         for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
             const float4 v = reinterpret_cast<const float4*>(row)[i];
-            const uint2 wb = reinterpret_cast<const uint2*>(w)[i];
+            float wv[4];
+            load_x4(w + 4 * i, 4, wv);
             float4 r;
-            r.x = __uint_as_float(wb.x << 16) * (v.x * inv);
-            r.y = __uint_as_float(wb.x & 0xffff0000u) * (v.y * inv);
-            r.z = __uint_as_float(wb.y << 16) * (v.z * inv);
-            r.w = __uint_as_float(wb.y & 0xffff0000u) * (v.w * inv);
+            r.x = wv[0] * (v.x * inv);
+            r.y = wv[1] * (v.y * inv);
+            r.z = wv[2] * (v.z * inv);
+            r.w = wv[3] * (v.w * inv);
             reinterpret_cast<float4*>(out)[i] = r;
         }
     } else {
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = bf16_bits_to_float(w[i]) * (row[i] * inv);
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = to_f32(w[i]) * (row[i] * inv);
     }
 }
 
@@ -83,9 +85,10 @@ __global__ void silu_mul_kernel(float* gate, const float* up, int64_t n) {
     if (i < n) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-__global__ void embedding_kernel(const uint16_t* table, const int32_t* ids, int64_t n_embd, float* out) {
-    const uint16_t* row = table + static_cast<int64_t>(ids[blockIdx.x]) * n_embd;
-    for (int64_t i = threadIdx.x; i < n_embd; i += blockDim.x) out[blockIdx.x * n_embd + i] = bf16_bits_to_float(row[i]);
+template <class W>
+__global__ void embedding_kernel(const W* table, const int32_t* ids, int64_t n_embd, float* out) {
+    const W* row = table + static_cast<int64_t>(ids[blockIdx.x]) * n_embd;
+    for (int64_t i = threadIdx.x; i < n_embd; i += blockDim.x) out[blockIdx.x * n_embd + i] = to_f32(row[i]);
 }
 
 __global__ void to_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* out) {
@@ -93,9 +96,10 @@ __global__ void to_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* out) {
     if (i < n) out[i] = __float2bfloat16_rn(x[i]);
 }
 
-__global__ void add_bias_kernel(float* y, int64_t m, int64_t n, const uint16_t* bias) {
+template <class W>
+__global__ void add_bias_kernel(float* y, int64_t m, int64_t n, const W* bias) {
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (i < m * n) y[i] += bf16_bits_to_float(bias[i % n]);
+    if (i < m * n) y[i] += to_f32(bias[i % n]);
 }
 
 // Decode GEMV, y[m, n] = bf16(x[m, :]) . w[n, :] (+ bias) for m <= kGemvMaxRows: each warp owns
@@ -216,8 +220,8 @@ constexpr int kWarps = 4;
 constexpr int kTokensInFlight = 4;
 
 // G: a compile-time bound on the GQA group (1, 2, 4, 8 or 16), so that the per-head softmax state
-// lives in registers sized to it.
-template <int G>
+// lives in registers sized to it; T: the KV element type.
+template <int G, class T>
 __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAttentionArgs a) {
     const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int group = a.n_head / a.n_head_kv, dims = a.head_dim / 32;
@@ -250,8 +254,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
             if (j >= j_end) break;
             const int page = pages[j / a.page_size];
             const int64_t off = base + static_cast<int64_t>(page) * a.stride_page + (j % a.page_size) * a.stride_tok + lane * dims;
-            load_bf16x4(a.k + off, dims, kr[u]);
-            load_bf16x4(a.v + off, dims, vr[u]);
+            load_x4(static_cast<const T*>(a.k) + off, dims, kr[u]);
+            load_x4(static_cast<const T*>(a.v) + off, dims, vr[u]);
         }
 #pragma unroll
         for (int u = 0; u < kTokensInFlight; ++u) {
@@ -353,11 +357,18 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(Page
 
 }  // namespace
 
-void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream) {
+void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream) {
     const int64_t per_thread = n % 4 == 0 ? n / 4 : n;
     const unsigned threads = static_cast<unsigned>(std::clamp<int64_t>((per_thread + 31) / 32 * 32, 32, 1024));
-    rms_norm_kernel<<<static_cast<unsigned>(m), threads, 0, as_stream(stream)>>>(x, n, w, eps, y);
+    by_elem(w.f32 ? 4 : 2, [&](auto tag) {
+        using W = decltype(tag);
+        rms_norm_kernel<W><<<static_cast<unsigned>(m), threads, 0, as_stream(stream)>>>(x, n, static_cast<const W*>(w.p), eps, y);
+    });
     FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream) {
+    rms_norm(x, m, n, WeightRef{w, false}, eps, y, stream);
 }
 
 void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions, const float* inv_freq,
@@ -373,9 +384,17 @@ void silu_mul(float* gate, const float* up, int64_t n, void* stream) {
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream) {
-    embedding_kernel<<<static_cast<unsigned>(n_tok), 256, 0, as_stream(stream)>>>(table, ids, n_embd, out);
+void embedding(WeightRef table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream) {
+    by_elem(table.f32 ? 4 : 2, [&](auto tag) {
+        using W = decltype(tag);
+        embedding_kernel<W><<<static_cast<unsigned>(n_tok), 256, 0, as_stream(stream)>>>(static_cast<const W*>(table.p), ids,
+                                                                                          n_embd, out);
+    });
     FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream) {
+    embedding(WeightRef{table, false}, ids, n_tok, n_embd, out, stream);
 }
 
 void set_gemm_sm_target(int sms) {
@@ -411,6 +430,32 @@ void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_
     }
 }
 
+void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
+            void* stream) {
+    if (!w.f32) {
+        FREEKV_CHECK(bias.p == nullptr || !bias.f32, "matmul: a bf16 weight takes a bf16 bias");
+        matmul_bf16(x, m, static_cast<const uint16_t*>(w.p), n, k, y, static_cast<const uint16_t*>(bias.p), x_bf16, stream);
+        return;
+    }
+    FREEKV_CHECK(bias.p == nullptr || bias.f32, "matmul: an fp32 weight takes an fp32 bias");
+    cublasHandle_t handle = cublas_handle();
+    FREEKV_CHECK(cublasSetStream(handle, as_stream(stream)) == CUBLAS_STATUS_SUCCESS, "cublasSetStream failed");
+    // fp32 inputs with CUBLAS_COMPUTE_32F: full fp32 products (the handle's default math mode
+    // allows no TF32), the accuracy reference of --gpu-dtype f32.
+    const float alpha = 1.0f, beta = 0.0f;
+    const cublasStatus_t status =
+        cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                     w.p, CUDA_R_32F, static_cast<int>(k), x, CUDA_R_32F, static_cast<int>(k), &beta, y, CUDA_R_32F,
+                     static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    FREEKV_CHECK(status == CUBLAS_STATUS_SUCCESS, "cublasGemmEx fp32 ({} x {} x {}) failed with status {}", m, n, k,
+                 static_cast<int>(status));
+    if (bias.p != nullptr) {
+        add_bias_kernel<<<static_cast<unsigned>((m * n + 255) / 256), 256, 0, as_stream(stream)>>>(
+            y, m, n, static_cast<const float*>(bias.p));
+        FREEKV_CUDA_CHECK(cudaGetLastError());
+    }
+}
+
 void attention_pages(const PagesAttentionArgs& a, void* stream) {
     FREEKV_CHECK(a.head_dim % 32 == 0 && a.head_dim <= 128, "attention_pages: head_dim {} must be 32, 64, 96 or 128",
                  a.head_dim);
@@ -421,11 +466,15 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
     const dim3 grid(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), static_cast<unsigned>(a.n_split));
     const int group = a.n_head / a.n_head_kv;
     cudaStream_t s = as_stream(stream);
-    if (group == 1) attention_pages_kernel<1><<<grid, kWarps * 32, 0, s>>>(a);
-    else if (group == 2) attention_pages_kernel<2><<<grid, kWarps * 32, 0, s>>>(a);
-    else if (group <= 4) attention_pages_kernel<4><<<grid, kWarps * 32, 0, s>>>(a);
-    else if (group <= 8) attention_pages_kernel<8><<<grid, kWarps * 32, 0, s>>>(a);
-    else attention_pages_kernel<16><<<grid, kWarps * 32, 0, s>>>(a);
+    FREEKV_CHECK(a.elem_bytes == 2 || a.elem_bytes == 4, "attention_pages: element size {} must be 2 or 4", a.elem_bytes);
+    by_elem(a.elem_bytes, [&](auto tag) {
+        using T = decltype(tag);
+        if (group == 1) attention_pages_kernel<1, T><<<grid, kWarps * 32, 0, s>>>(a);
+        else if (group == 2) attention_pages_kernel<2, T><<<grid, kWarps * 32, 0, s>>>(a);
+        else if (group <= 4) attention_pages_kernel<4, T><<<grid, kWarps * 32, 0, s>>>(a);
+        else if (group <= 8) attention_pages_kernel<8, T><<<grid, kWarps * 32, 0, s>>>(a);
+        else attention_pages_kernel<16, T><<<grid, kWarps * 32, 0, s>>>(a);
+    });
     FREEKV_CUDA_CHECK(cudaGetLastError());
     if (a.n_split > 1) {
         attention_combine_kernel<<<dim3(grid.x, grid.y, static_cast<unsigned>(group)), kCombineThreads, 0, as_stream(stream)>>>(a);

@@ -1,6 +1,7 @@
 // ops_cuda.cuh: host-callable CUDA ops (device pointers in, device pointers out; `stream` is a
 // cudaStream_t passed as void*). Same semantics as the reference twin in backend/ops.h, with
-// bf16 weights and KV (stored as uint16_t) and fp32 activations; checked by tests/cuda against it.
+// bf16 (stored as uint16_t) or fp32 weights and KV, fp32 activations; checked by tests/cuda
+// against it.
 // Invariant: every launcher checks cudaGetLastError and throws freekv::Error on failure.
 #pragma once
 
@@ -8,8 +9,15 @@
 
 namespace freekv::cuda {
 
+/// A weight tensor in device memory: bf16 elements (uint16_t), or fp32 with f32 set.
+struct WeightRef {
+    const void* p = nullptr;
+    bool f32 = false;
+};
+
 /// y[m, n] = x[m, n] / rms(x[m, :]) * w[n]; w bf16.
 void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream);
+void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream);
 /// In-place rotary embedding on x[n_tok, n_heads, head_dim]; neox = rotate-half pairs (i, i + d/2).
 void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions, const float* inv_freq,
           bool neox, void* stream);
@@ -17,6 +25,7 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int3
 void silu_mul(float* gate, const float* up, int64_t n, void* stream);
 /// out[n_tok, n_embd] = bf16 rows `ids` of table[n_vocab, n_embd], widened to fp32.
 void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream);
+void embedding(WeightRef table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream);
 
 /// Multiprocessors the cuBLAS GEMMs of the calling thread may use (0: all). An engine whose
 /// background gather holds some SMs for the whole step leaves them out, so that a one-wave GEMM
@@ -27,19 +36,23 @@ void set_gemm_sm_target(int sms);
 /// `x_bf16` (device scratch of m * k elements), products accumulate in fp32, y is fp32.
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                  uint16_t* x_bf16, void* stream);
+/// The same for a weight of either type: bf16 as matmul_bf16; fp32 (bias fp32 too) through
+/// cuBLAS's fp32 GEMM with x unrounded (x_bf16 unused).
+void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
+            void* stream);
 
-/// Decode attention of one query token per sequence over per-(sequence, KV head) page lists of a
-/// bf16 NHD page store: element (page, token r, head h, dim i) of sequence s's K is at
+/// Decode attention of one query token per sequence over per-(sequence, KV head) page lists of an
+/// NHD page store of bf16 (elem_bytes 2) or fp32 (4) elements: element (page, token r, head h, dim i) of sequence s's K is at
 /// k[s * stride_seq + page * stride_page + r * stride_tok + h * head_dim + i].
 struct PagesAttentionArgs {
     const float* q = nullptr;          // [n_seq][n_head][head_dim]
-    const uint16_t* k = nullptr;       // bf16 page store
-    const uint16_t* v = nullptr;
+    const void* k = nullptr;           // page store
+    const void* v = nullptr;
     const int32_t* page_ids = nullptr; // [n_seq][n_head_kv][max_list]
     const int32_t* n_pages = nullptr;  // [n_seq] list length
     const int32_t* last_len = nullptr; // [n_seq] valid tokens of the last listed page
     float* out = nullptr;              // [n_seq][n_head][head_dim]
-    int32_t n_seq = 0, n_head = 0, n_head_kv = 0, head_dim = 0, page_size = 0, max_list = 0;
+    int32_t n_seq = 0, n_head = 0, n_head_kv = 0, head_dim = 0, page_size = 0, max_list = 0, elem_bytes = 2;
     int64_t stride_seq = 0, stride_page = 0, stride_tok = 0;
     // Split-K: each (sequence, KV head) is cut into n_split token ranges processed by separate
     // blocks and merged by a second kernel; `partial` is scratch of partial_floats() floats.

@@ -11,28 +11,29 @@ namespace freekv::cuda {
 namespace {
 
 
+template <class T>
 __global__ void page_boundary_kernel(BoundaryArgs a) {
     const int il = blockIdx.x, j = blockIdx.y, ikv = blockIdx.z;
     const BoundaryJob job = a.jobs[j];
     const int64_t token = static_cast<int64_t>(a.n_head_kv) * a.head_dim;
     const int64_t slot_elems = 2LL * a.page_size * token;
-    uint16_t* layer_seq = a.budget_cache + (static_cast<int64_t>(il) * a.max_batch + job.seq) * a.n_slots * slot_elems;
-    const uint16_t* src = layer_seq + job.src_slot * slot_elems;
-    // ---- summary of the keys of this KV head (fp32 math, bf16 storage) ----
-    uint16_t* summary = a.summaries +
+    T* layer_seq = static_cast<T*>(a.budget_cache) + (static_cast<int64_t>(il) * a.max_batch + job.seq) * a.n_slots * slot_elems;
+    const T* src = layer_seq + job.src_slot * slot_elems;
+    // ---- summary of the keys of this KV head (fp32 math, T storage) ----
+    T* summary = static_cast<T*>(a.summaries) +
                         (((static_cast<int64_t>(il) * a.max_batch + job.seq) * a.n_head_kv + ikv) * a.max_pages + job.page) *
                             2 * a.head_dim;
     summarize_keys(src + ikv * a.head_dim, token, a.page_size, a.head_dim, a.cuboid, summary);
     // ---- offload: this head's 2 x page_size rows into its HND block ----
-    uint16_t* block = a.cpu_chunks[job.cpu_page / a.pages_per_chunk] +
+    T* block = static_cast<T*>(a.cpu_chunks[job.cpu_page / a.pages_per_chunk]) +
                       (static_cast<int64_t>(job.cpu_page % a.pages_per_chunk) * a.n_layer * a.n_head_kv +
                        static_cast<int64_t>(il) * a.n_head_kv + ikv) *
                           2 * a.page_size * a.head_dim;
-    uint16_t* dst = job.dst_slot >= 0 ? layer_seq + job.dst_slot * slot_elems : nullptr;
+    T* dst = job.dst_slot >= 0 ? layer_seq + job.dst_slot * slot_elems : nullptr;
     for (int e = threadIdx.x; e < 2 * a.page_size * a.head_dim; e += blockDim.x) {
         const int row = e / a.head_dim, i = e % a.head_dim;  // row: K rows 0..p-1, then V rows
         const int64_t nhd = (row / a.page_size) * a.page_size * token + (row % a.page_size) * token + ikv * a.head_dim + i;
-        const uint16_t v = src[nhd];
+        const T v = src[nhd];
         block[e] = v;
         if (dst != nullptr) dst[nhd] = v;  // rotation: this head's slice of the ring slot
     }
@@ -42,9 +43,11 @@ __global__ void page_boundary_kernel(BoundaryArgs a) {
 
 void page_boundary(const BoundaryArgs& a, void* stream) {
     if (a.n_jobs == 0) return;
-    page_boundary_kernel<<<dim3(static_cast<unsigned>(a.n_layer), static_cast<unsigned>(a.n_jobs),
-                                static_cast<unsigned>(a.n_head_kv)),
-                           128, 0, static_cast<cudaStream_t>(stream)>>>(a);
+    FREEKV_CHECK(a.elem_bytes == 2 || a.elem_bytes == 4, "page_boundary: element size {} must be 2 or 4", a.elem_bytes);
+    const dim3 grid(static_cast<unsigned>(a.n_layer), static_cast<unsigned>(a.n_jobs), static_cast<unsigned>(a.n_head_kv));
+    by_elem(a.elem_bytes, [&](auto tag) {
+        page_boundary_kernel<decltype(tag)><<<grid, 128, 0, static_cast<cudaStream_t>(stream)>>>(a);
+    });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -33,6 +33,7 @@ __device__ __forceinline__ uint32_t ordered_bits(float f) {
 // One warp per candidate page (two pages per round, all four 8-byte summary loads issued first),
 // lanes over the head dimension, the group's queries in shared memory.
 constexpr int kScoreWarps = 4;
+template <class T>
 __global__ void __launch_bounds__(kScoreWarps * 32) score_pages_kernel(SelectArgs a) {
     const int ikv = blockIdx.x, row = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int seq = a.batch_of != nullptr ? a.batch_of[row] : row;
@@ -44,7 +45,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32) score_pages_kernel(SelectArg
     const float* q = a.q + (static_cast<int64_t>(row) * a.n_head + ikv * group) * a.head_dim;
     for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) q_shared[i] = q[i];
     __syncthreads();
-    const uint16_t* base = a.summaries + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages * 2 * a.head_dim;
+    const T* base = static_cast<const T*>(a.summaries) + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_pages * 2 * a.head_dim;
     float* scores = a.scores + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * group * a.max_pages;
     const int stride = static_cast<int>(gridDim.z) * kScoreWarps;
     for (int j0 = first + static_cast<int>(blockIdx.z) * kScoreWarps + warp; j0 < end; j0 += 2 * stride) {
@@ -53,9 +54,9 @@ __global__ void __launch_bounds__(kScoreWarps * 32) score_pages_kernel(SelectArg
         for (int u = 0; u < 2; ++u) {
             const int j = j0 + u * stride;
             if (j >= end) break;
-            const uint16_t* upper = base + static_cast<int64_t>(j) * 2 * a.head_dim + lane * dims;
-            load_bf16x4(upper, dims, up[u]);
-            load_bf16x4(upper + a.head_dim, dims, lo[u]);
+            const T* upper = base + static_cast<int64_t>(j) * 2 * a.head_dim + lane * dims;
+            load_x4(upper, dims, up[u]);
+            load_x4(upper + a.head_dim, dims, lo[u]);
         }
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
@@ -290,7 +291,9 @@ void select_pages(const SelectArgs& a, void* stream) {
     auto s = static_cast<cudaStream_t>(stream);
     // About 8 candidate pages per warp: blocks along z grow with the longest possible list.
     const auto z = static_cast<unsigned>(std::clamp((a.max_pages + kScoreWarps * 8 - 1) / (kScoreWarps * 8), 1, 64));
-    score_pages_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), z), kScoreWarps * 32, 0, s>>>(a);
+    FREEKV_CHECK(a.elem_bytes == 2 || a.elem_bytes == 4, "select_pages: summary element size {} must be 2 or 4", a.elem_bytes);
+    const dim3 grid(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), z);
+    by_elem(a.elem_bytes, [&](auto tag) { score_pages_kernel<decltype(tag)><<<grid, kScoreWarps * 32, 0, s>>>(a); });
     FREEKV_CUDA_CHECK(cudaGetLastError());
     select_kernel<<<dim3(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq)), kSelectThreads, shared, s>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());

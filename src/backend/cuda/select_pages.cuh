@@ -18,7 +18,7 @@ struct SelectArgs {
     // batch_of == nullptr) indexes summaries, maps and the jobs' seq.
     const int32_t* batch_of = nullptr;
     const float* q = nullptr;          // [n_seq][n_head][head_dim] post-RoPE queries
-    const uint16_t* summaries = nullptr;  // bf16 [n_seq][n_head_kv][max_pages][2][head_dim]
+    const void* summaries = nullptr;   // [n_seq][n_head_kv][max_pages][2][head_dim] of elem_bytes
     const int32_t* n_pages = nullptr;  // [n_seq] pages of each sequence (candidates [ns, n_pages - nw))
     const uint8_t* flags = nullptr;    // [n_seq][n_head_kv] correction flags, or nullptr
     uint8_t want_flag = 1;
@@ -29,6 +29,7 @@ struct SelectArgs {
     float* scores = nullptr;           // scratch [n_seq][n_head_kv][group][max_pages]
     int32_t n_seq = 0, n_head = 0, n_head_kv = 0, head_dim = 0, max_pages = 0;
     int32_t n_sink_page = 0, n_recent_page = 0, n_select = 0, n_slots = 0;
+    int32_t elem_bytes = 2;            // summaries: 2 (bf16) or 4 (fp32)
     int32_t agg = 0;                   // 0 softmax-mean, 1 mean, 2 max (GroupAgg order)
 };
 
