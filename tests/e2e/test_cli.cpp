@@ -113,6 +113,10 @@ TEST(Cli, PerplexityRejectsBadFlags) {
     EXPECT_NE(r.output.find("--kv-mode 'bogus' must be one of"), std::string::npos) << r.output;
     r = run("perplexity -m " + dir->string() + " -f " + text.string() + " -c 512 --prefix 600");
     EXPECT_NE(r.output.find("--prefix 600"), std::string::npos) << r.output;
+    r = run("perplexity -m " + dir->string() + " -f " + text.string() + " -c 512 --prefix 256 --gpu-dtype f16");
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.output.find("--gpu-dtype"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("bf16"), std::string::npos) << "the error lists the accepted values: " << r.output;
 }
 
 TEST(Cli, NeedleRunsEndToEnd) {
