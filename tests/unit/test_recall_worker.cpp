@@ -60,8 +60,15 @@ TEST(RecallWorker, WaitBlocksUntilTheTaskOfThatStep) {
 TEST(RecallWorker, ATaskErrorReachesTheMainThread) {
     RecallWorker w(2);
     std::atomic<int> later_ran{0};
-    w.submit(0, 1, [] { throw std::runtime_error("copy failed"); });
+    std::atomic<bool> both_submitted{false};
+    // The failing task waits until the second one is queued: otherwise the second submit may
+    // already see the error and throw (correct behaviour, but then this test would race).
+    w.submit(0, 1, [&] {
+        while (!both_submitted.load()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+        throw std::runtime_error("copy failed");
+    });
     w.submit(1, 1, [&] { later_ran.fetch_add(1); });
+    both_submitted.store(true);
     EXPECT_THROW(w.wait_issued(1, 1), std::runtime_error);
     EXPECT_THROW(w.drain(), std::runtime_error);
     EXPECT_THROW(w.submit(0, 2, [] {}), std::runtime_error);
