@@ -65,7 +65,7 @@ void time_decode(const ModelConfig& c, const std::vector<int64_t>& lengths, cons
             spans[static_cast<size_t>(b)] = {seqs[static_cast<size_t>(b)], lengths[static_cast<size_t>(b)] + s, 1, b};
         }
         const auto t = clock::now();
-        step(tokens, spans, rows);  // returns with the logits on the host
+        step(tokens, spans, rows);  // returns with the logits (GPU: the greedy tokens) on the host
         if (s >= p.n_warmup) out.step_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t).count());
     }
     const double total_s = std::accumulate(out.step_ms.begin(), out.step_ms.end(), 0.0) / 1000.0;
@@ -100,8 +100,11 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     out.prefill_tokens_per_s = p.synthetic_kv ? 0.0
                                               : static_cast<double>(total_length(lengths)) /
                                                     std::chrono::duration<double>(clock::now() - t_prefill).count();
+    // A step ends with every sequence's greedy token on the host, chosen on the device (a serving
+    // engine copies no logits; the measured tokens stay random, see time_decode).
+    std::vector<int32_t> top_ids;
     auto step = [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
-        engine.forward(tokens, spans, rows, logits);
+        engine.forward_top(tokens, spans, rows, 1, top_ids, logits);
     };
     KvStats before;
     engine.set_timing(false);  // the timed steps record no events

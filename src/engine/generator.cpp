@@ -32,21 +32,26 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     Sampler sampler(params.sampling);
     GenerateStats stats;
     stats.n_prompt = n_prompt;
-    std::vector<float> logits;
+    // Every forward returns the candidates a draw needs (on the GPU chosen on the device, so the
+    // logits stay there), then the sampler picks among them.
+    const int32_t n_candidates = sampler.candidates_needed(c.n_vocab);
+    std::vector<int32_t> ids;
+    std::vector<float> values;
 
     const auto t0 = clock::now();
     {
         ProgressLine progress("prefill", n_prompt, "tokens", params.progress && n_prompt > chunk);
         for (int64_t done = 0; done < n_prompt; done += chunk) {
             const int64_t n = std::min(chunk, n_prompt - done);
-            session.forward(*m.model, std::span(prompt).subspan(static_cast<size_t>(done), static_cast<size_t>(n)), logits);
+            session.forward_top(*m.model, std::span(prompt).subspan(static_cast<size_t>(done), static_cast<size_t>(n)),
+                                n_candidates, ids, values);
             progress.update(done + n);
         }
     }
     auto t_last = clock::now();
     stats.prompt_ms = std::chrono::duration<double, std::milli>(t_last - t0).count();
     for (int64_t i = 0; i < n_predict; ++i) {
-        const int32_t next = sampler.sample(logits);
+        const int32_t next = sampler.pick(ids, values);
         const auto now = clock::now();
         if (i == 0) stats.ttft_ms = std::chrono::duration<double, std::milli>(now - t0).count();
         else stats.step_ms.push_back(std::chrono::duration<double, std::milli>(now - t_last).count());
@@ -55,7 +60,7 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
         const bool is_stop = std::find(stop.begin(), stop.end(), next) != stop.end();
         if (!on_token(next) || is_stop || i + 1 == n_predict) break;
         const int32_t token[1] = {next};
-        session.forward(*m.model, token, logits);
+        session.forward_top(*m.model, token, n_candidates, ids, values);
     }
     stats.decode_ms = std::chrono::duration<double, std::milli>(t_last - t0).count() - stats.ttft_ms;
     stats.kv = session.stats();

@@ -2,6 +2,7 @@
 #include "engine/kv_session.h"
 
 #include "core/error.h"
+#include "engine/sampler.h"
 
 namespace freekv {
 
@@ -22,13 +23,17 @@ KvSession::KvSession(const ModelConfig& c, const KvModeConfig& mode, int64_t max
     }
 }
 
-void KvSession::forward(const LlamaModel& model, std::span<const int32_t> tokens, std::vector<float>& logits) {
-    const auto n = static_cast<int64_t>(tokens.size());
+SequenceSpan KvSession::next_span(int64_t n) const {
     FREEKV_CHECK(n > 0, "forward of no tokens");
     if (n_tokens_ + n > max_tokens_)
         FREEKV_FAIL("the sequence would hold {} tokens, more than the context of {} (-c/--ctx-size)", n_tokens_ + n,
                     max_tokens_);
-    const SequenceSpan span{seq_, n_tokens_, n, 0};
+    return {seq_, n_tokens_, n, 0};
+}
+
+void KvSession::forward(const LlamaModel& model, std::span<const int32_t> tokens, std::vector<float>& logits) {
+    const auto n = static_cast<int64_t>(tokens.size());
+    const SequenceSpan span = next_span(n);
     const int64_t last = n - 1;
     if (gpu_) {
         gpu_->forward(tokens, std::span(&span, 1), std::span(&last, 1), logits);
@@ -38,6 +43,20 @@ void KvSession::forward(const LlamaModel& model, std::span<const int32_t> tokens
     AttentionKv& kv = full_ ? static_cast<AttentionKv&>(*full_) : static_cast<AttentionKv&>(*retrieval_);
     model.forward_batch(tokens, std::span(&span, 1), kv, std::span(&last, 1), logits);
     n_tokens_ += n;
+}
+
+void KvSession::forward_top(const LlamaModel& model, std::span<const int32_t> tokens, int32_t k, std::vector<int32_t>& ids,
+                            std::vector<float>& values) {
+    if (gpu_ && k <= gpu::kMaxDeviceTopK) {
+        const auto n = static_cast<int64_t>(tokens.size());
+        const SequenceSpan span = next_span(n);
+        const int64_t last = n - 1;
+        gpu_->forward_top(tokens, std::span(&span, 1), std::span(&last, 1), k, ids, values);
+        n_tokens_ += n;
+        return;
+    }
+    forward(model, tokens, logits_);
+    Sampler::top_candidates(logits_, k, ids, values);
 }
 
 KvStats KvSession::stats() {

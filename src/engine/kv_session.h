@@ -25,6 +25,11 @@ public:
 
     /// Runs `tokens` through the model; logits: [n_vocab] of the last token.
     void forward(const LlamaModel& model, std::span<const int32_t> tokens, std::vector<float>& logits);
+    /// Runs `tokens`; ids, values: the k largest logits of the last token in Sampler::top_candidates'
+    /// order. On the GPU (k <= gpu::kMaxDeviceTopK) they are chosen on the device and only they
+    /// come back; otherwise from the full logits on the host.
+    void forward_top(const LlamaModel& model, std::span<const int32_t> tokens, int32_t k, std::vector<int32_t>& ids,
+                     std::vector<float>& values);
     int64_t n_tokens() const { return n_tokens_; }
     int64_t max_tokens() const { return max_tokens_; }
     /// Counters of the retrieval modes (empty for full).
@@ -35,10 +40,13 @@ public:
     bool has_stats() const { return retrieval_ != nullptr || (gpu_ != nullptr && !full_mode_); }
 
 private:
+    /// The span of the next n tokens; Error when they do not fit the context.
+    SequenceSpan next_span(int64_t n) const;
     std::unique_ptr<PagedKvCache> cache_;
     std::unique_ptr<FullAttentionKv> full_;
     std::unique_ptr<RetrievalKv> retrieval_;
     std::unique_ptr<gpu::GpuEngine> gpu_;
+    std::vector<float> logits_;  // forward_top on the host
     bool full_mode_ = false;
     int32_t seq_ = 0;
     int64_t n_tokens_ = 0, max_tokens_ = 0;

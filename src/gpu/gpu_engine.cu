@@ -26,6 +26,7 @@
 #include "backend/cuda/pinned_store.cuh"
 #include "backend/cuda/prefill_attention.cuh"
 #include "backend/cuda/select_pages.cuh"
+#include "backend/cuda/top_k.cuh"
 #include "core/dtype.h"
 #include "gpu/gpu_engine.h"
 #include "gpu/recall_worker.h"
@@ -78,11 +79,18 @@ void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
 }
 
 // Token ranges per split-K block: about eight blocks of four warps per multiprocessor of the H100
-// (132), so that enough K/V loads are in flight to cover HBM latency, at least 64 tokens each
-// (4 warps x 4 tokens in flight x 4 rounds), at most 256 splits (the combine kernel's limit).
+// (132), so that enough K/V loads are in flight to cover HBM latency, at least
+// FREEKV_ATTN_MIN_SPLIT_TOKENS tokens each (default 32 = 4 warps x 4 tokens in flight x 2 rounds:
+// a budget-sized list of 2048 tokens then makes 64 splits; 32 measured best of 16, 32 and 64 for the
+// budget-only floor, 1.19 -> 1.08 ms of attention per step at batch 1, and equal for full KV), at
+// most 256 splits (the combine kernel's limit).
 int32_t split_for(int64_t n_rows_heads, int64_t max_tokens) {
+    static const int64_t min_tokens = [] {
+        const char* env = std::getenv("FREEKV_ATTN_MIN_SPLIT_TOKENS");
+        return env != nullptr ? std::clamp<int64_t>(std::atoll(env), 16, 4096) : int64_t{32};
+    }();
     const int64_t want = std::max<int64_t>(1, 1056 / std::max<int64_t>(1, n_rows_heads));
-    return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + 63) / 64), 1, 256));
+    return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + min_tokens - 1) / min_tokens), 1, 256));
 }
 
 // Thread blocks of the background gather: 16 by default; FREEKV_BG_GATHER_CTAS (1..132) overrides
@@ -220,6 +228,12 @@ struct GpuEngine::Impl {
     DeviceArray<uint8_t> hist_k, hist_v;  // a prefill's K/V as stored
     DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores
     DeviceArray<int32_t> slot_map;  // install: slot of each prefill page
+    // forward_top: while top_k > 0, output_logits returns the rows' k best (values in its `out`,
+    // ids in *top_ids) instead of the logits.
+    int32_t top_k = 0;
+    std::vector<int32_t>* top_ids = nullptr;
+    DeviceArray<float> top_scratch_values, top_values;
+    DeviceArray<int32_t> top_scratch_ids, top_ids_device;
 
     struct Seq {
         bool live = false;
@@ -492,7 +506,21 @@ void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vect
     logits.resize(n_out * c.n_vocab);
     scratch_bf16.resize(n_out * c.n_embd);
     cuda::matmul(h.get(), n_out, w().output.ref(), c.n_vocab, c.n_embd, logits.get(), {}, scratch_bf16.get(), main);
-    FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+    if (top_k > 0) {
+        const int64_t scratch = cuda::top_k_scratch_elems(static_cast<int32_t>(n_out), c.n_vocab, top_k);
+        top_scratch_values.resize(scratch);
+        top_scratch_ids.resize(scratch);
+        top_values.resize(n_out * top_k);
+        top_ids_device.resize(n_out * top_k);
+        cuda::top_k(logits.get(), static_cast<int32_t>(n_out), c.n_vocab, top_k, top_scratch_values.get(), top_scratch_ids.get(),
+                    top_ids_device.get(), top_values.get(), main);
+        out.resize(sz(n_out * top_k));
+        top_ids->resize(sz(n_out * top_k));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), top_values.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(top_ids->data(), top_ids_device.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+    } else {
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+    }
     FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
 }
 
@@ -904,6 +932,18 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             if (md == 4) md = 3;
         forced.upload(forced_host.data(), static_cast<int64_t>(forced_host.size()), main);
     }
+    // Layers where the host already knows that no head can be flagged (every selecting row is
+    // speculative with correction off, or forced at a rate whose draws for this layer are all 0):
+    // the corrective selection and gather would find nothing to do, so they are not launched (four
+    // near-empty kernels per layer, ~0.45 ms per step on the critical path at 32 layers).
+    std::vector<uint8_t> may_flag(sz(L), 0);
+    for (int64_t il = 0; il < L; ++il)
+        for (int64_t r = 0; r < n && !may_flag[sz(il)]; ++r) {
+            if (modes[sz(r)] == 1 || modes[sz(r)] == 2) may_flag[sz(il)] = 1;
+            if (modes[sz(r)] == 3)
+                for (int64_t h = 0; h < n_kv; ++h)
+                    if (forced_host[sz((il * n + r) * n_kv + h)] != 0) may_flag[sz(il)] = 1;
+        }
     // Attention lists: page id = batch * n_slots + slot over the layer's cache (stride_seq 0).
     std::vector<int32_t> lists(sz(n * n_kv * max_list), 0);
     for (int64_t r = 0; r < n; ++r)
@@ -1000,8 +1040,8 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             fa.tau = mode.correction_on() ? mode.correction_threshold : 0.0f;
             fa.n_seq = static_cast<int32_t>(n);
             cuda::correction_flags(fa, g, main);
-            bool corrective = true;
-            if (host_flags.valid() && any_test) {  // --corr-sync host: one small wait per layer
+            bool corrective = may_flag[sz(il)] != 0;
+            if (corrective && host_flags.valid() && any_test) {  // --corr-sync host: one small wait per layer
                 FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_flags.get(), flags.get() + il * n * n_kv, sz(n * n_kv), cudaMemcpyDeviceToHost, main));
                 FREEKV_CUDA_CHECK(cudaEventRecord(flags_ready[0], main));
                 FREEKV_CUDA_CHECK(cudaEventSynchronize(flags_ready[0]));
@@ -1127,6 +1167,24 @@ void GpuEngine::forward(std::span<const int32_t> tokens, std::span<const Sequenc
                      "the GPU engine runs a prefill of an empty sequence alone, or decode steps of one token per sequence "
                      "(sequence {}: {} tokens at position {}); prefill the whole prompt in one call", s.seq, s.n_tok, s.pos0);
     m.decode(tokens, spans, out_rows, logits);
+}
+
+void GpuEngine::forward_top(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
+                            int32_t k, std::vector<int32_t>& ids, std::vector<float>& values) {
+    static_assert(kMaxDeviceTopK == cuda::kMaxTopK);
+    Impl& m = *impl_;
+    FREEKV_CHECK(k >= 1 && k <= std::min<int64_t>(m.c.n_vocab, kMaxDeviceTopK), "forward_top: k = {} must be in [1, {}]", k,
+                 std::min<int64_t>(m.c.n_vocab, kMaxDeviceTopK));
+    m.top_k = k;
+    m.top_ids = &ids;
+    struct Reset {
+        Impl& m;
+        ~Reset() {
+            m.top_k = 0;
+            m.top_ids = nullptr;
+        }
+    } reset{m};
+    forward(tokens, spans, out_rows, values);
 }
 
 KvStats GpuEngine::stats() {

@@ -61,6 +61,9 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+/// The largest k of GpuEngine::forward_top (sampling with a larger top-k, or none, copies the logits).
+constexpr int32_t kMaxDeviceTopK = 256;
+
 /// Whether this build has the GPU engine and a device answers; `why` says why not.
 bool gpu_available(std::string* why = nullptr);
 
@@ -81,6 +84,12 @@ public:
     /// the listed token rows.
     void forward(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
                  std::vector<float>& logits);
+
+    /// Like forward, but only the k largest logits of each listed row come back, chosen on the
+    /// device: ids and values [out_rows.size()][k], ordered by logit descending and lower id first
+    /// on equal logits (Sampler::top_candidates' order). 1 <= k <= min(n_vocab, kMaxDeviceTopK).
+    void forward_top(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
+                     int32_t k, std::vector<int32_t>& ids, std::vector<float>& values);
 
     /// Benchmarks: gives an empty sequence n_tokens of pseudo-random K/V and a random last query,
     /// installed exactly as a prefill of that length would be (summaries, offload, budget cache,

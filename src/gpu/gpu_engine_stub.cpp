@@ -31,6 +31,10 @@ int64_t GpuEngine::n_tokens(int32_t) const { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::forward(std::span<const int32_t>, std::span<const SequenceSpan>, std::span<const int64_t>, std::vector<float>&) {
     FREEKV_FAIL("{}", kNoCuda);
 }
+void GpuEngine::forward_top(std::span<const int32_t>, std::span<const SequenceSpan>, std::span<const int64_t>, int32_t,
+                            std::vector<int32_t>&, std::vector<float>&) {
+    FREEKV_FAIL("{}", kNoCuda);
+}
 void GpuEngine::fill_synthetic(int32_t, int64_t, uint64_t) { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::set_timing(bool) {}
 KvStats GpuEngine::stats() { return {}; }

@@ -5,7 +5,9 @@
 //     perplexity, top-1 agreement, correction rate and attention-mass recall (the GPU keeps K/V
 //     in bf16, the CPU in fp32, so near-tie page choices can differ: bounds are statistical);
 //   - the recall paths (gather, dma, per-copy) and both correction launch modes (--corr-sync) give
-//     identical logits.
+//     identical logits;
+//   - sampling candidates chosen on the device (forward_top) equal the host's choice from the
+//     logits, so sampled tokens are the same either way.
 // The model folder comes from $FREEKV_REF_MODEL or ../shared, the text from $FREEKV_EVAL_TEXT or
 // ../shared/text; skips without them or without a CUDA device.
 #include <cuda_runtime.h>
@@ -17,10 +19,12 @@
 #include <cstdlib>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "core/mapped_file.h"
 #include "engine/kv_session.h"
+#include "engine/sampler.h"
 #include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 #include "test_util.h"
@@ -330,6 +334,46 @@ TEST(GpuEngine, RecallImplsGiveIdenticalLogits) {
             EXPECT_EQ(got.logits, want.logits) << label << " f32 with " << recall_impl_name(impl);
             EXPECT_EQ(got.pages_per_step, want.pages_per_step) << label << " f32 with " << recall_impl_name(impl);
         }
+    }
+}
+
+// Two sessions of the same mode on the same tokens, one returning logits (candidates chosen on the
+// host by Sampler::top_candidates), the other forward_top (chosen on the device): identical ids and
+// values at every step, through the prefill and the sparse decode regime; then both sample with the
+// same seed, each from its own candidates, and feed back what they drew.
+TEST(GpuEngine, DeviceTopKGivesTheHostsSamplingCandidates) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    std::string why;
+    auto loaded = model_and_text(&why);
+    if (!loaded) GTEST_SKIP() << why;
+    const LoadedModel& m = loaded->model;
+    const int64_t prefix = 1024, steps = 40;
+    ASSERT_GE(static_cast<int64_t>(loaded->tokens.size()), prefix);
+    const std::span<const int32_t> prompt(loaded->tokens.data(), static_cast<size_t>(prefix));
+    for (int32_t k : {1, 40, gpu::kMaxDeviceTopK}) {
+        const SamplingParams params{k == 1 ? 0.0f : 0.9f, k, 0.95f, 77};
+        Sampler host_sampler(params), device_sampler(params);
+        ASSERT_EQ(host_sampler.candidates_needed(m.config.n_vocab), k);
+        KvSession host(m.config, mode_of(KvMode::kFreekv, 512, 64, 64), prefix + steps + 1, loaded->weights);
+        KvSession device(m.config, mode_of(KvMode::kFreekv, 512, 64, 64), prefix + steps + 1, loaded->weights);
+        std::vector<float> logits, want_v, got_v;
+        std::vector<int32_t> want_i, got_i;
+        host.forward(*m.model, prompt, logits);
+        device.forward_top(*m.model, prompt, k, got_i, got_v);
+        std::set<int32_t> drawn;
+        for (int64_t t = 0; t <= steps; ++t) {
+            Sampler::top_candidates(logits, k, want_i, want_v);
+            ASSERT_EQ(got_i, want_i) << "k " << k << " step " << t;
+            ASSERT_EQ(got_v, want_v) << "k " << k << " step " << t;
+            const int32_t a = host_sampler.pick(want_i, want_v), b = device_sampler.pick(got_i, got_v);
+            ASSERT_EQ(a, b) << "k " << k << " step " << t;
+            drawn.insert(a);
+            if (t == steps) break;
+            const int32_t token[1] = {a};
+            host.forward(*m.model, token, logits);
+            device.forward_top(*m.model, token, k, got_i, got_v);
+        }
+        std::printf("top-%d: %lld steps identical, %zu distinct tokens drawn\n", k, static_cast<long long>(steps) + 1, drawn.size());
     }
 }
 

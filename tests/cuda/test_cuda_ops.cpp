@@ -19,6 +19,7 @@
 #include "backend/cuda/prefill_attention.cuh"
 #include "core/error.h"
 #include "backend/cuda/select_pages.cuh"
+#include "backend/cuda/top_k.cuh"
 #include "retrieval/selection.h"
 #include "backend/ops.h"
 #include "core/dtype.h"
@@ -554,6 +555,55 @@ TEST_F(CudaOps, SelectionMatchesTheCpuPolicy) {
             }
         }
     }
+}
+
+TEST_F(CudaOps, TopKMatchesAStableSortOfEveryRow) {
+    std::mt19937 rng(23);
+    // Kinds of rows: 0 normal values, 1 nine distinct values (ties everywhere), 2 all equal,
+    // 3 normal with a tenth of the entries at -inf.
+    for (int64_t n : {int64_t{1}, int64_t{5}, int64_t{1000}, int64_t{1024}, int64_t{1025}, int64_t{50001}, int64_t{128256},
+                      int64_t{152064}})
+        for (int32_t k : {1, 2, 40, 256}) {
+            if (k > n) continue;
+            const int32_t rows = n > 100000 ? 2 : 4;
+            std::vector<float> x(static_cast<size_t>(rows * n));
+            for (int32_t r = 0; r < rows; ++r)
+                for (int64_t i = 0; i < n; ++i) {
+                    float& v = x[static_cast<size_t>(r * n + i)];
+                    switch (r % 4) {
+                    case 0: v = std::normal_distribution<float>(0.0f, 3.0f)(rng); break;
+                    case 1: v = static_cast<float>(static_cast<int>(rng() % 9)) - 4.0f; break;
+                    case 2: v = 0.5f; break;
+                    default: v = rng() % 10 == 0 ? -INFINITY : std::normal_distribution<float>()(rng); break;
+                    }
+                }
+            float* dx = to_device(x);
+            const int64_t scratch = cuda::top_k_scratch_elems(rows, n, k);
+            float* dsv = poisoned(static_cast<size_t>(scratch));
+            int32_t* dsi = to_device(std::vector<int32_t>(static_cast<size_t>(scratch), -1));
+            float* dv = poisoned(static_cast<size_t>(rows * k));
+            int32_t* di = to_device(std::vector<int32_t>(static_cast<size_t>(rows * k), -1));
+            cuda::top_k(dx, rows, n, k, dsv, dsi, di, dv, nullptr);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            const auto got_v = to_host(dv, static_cast<size_t>(rows * k));
+            const auto got_i = to_host(di, static_cast<size_t>(rows * k));
+            for (int32_t r = 0; r < rows; ++r) {
+                std::vector<int32_t> want(static_cast<size_t>(n));
+                std::iota(want.begin(), want.end(), 0);
+                const float* row = x.data() + r * n;
+                std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+                for (int32_t j = 0; j < k; ++j) {
+                    const auto at = static_cast<size_t>(r * k + j);
+                    ASSERT_EQ(got_i[at], want[static_cast<size_t>(j)]) << "n " << n << " k " << k << " row " << r << " rank " << j;
+                    ASSERT_EQ(got_v[at], row[want[static_cast<size_t>(j)]]);
+                }
+            }
+            for (void* p : {static_cast<void*>(dx), static_cast<void*>(dsv), static_cast<void*>(dsi), static_cast<void*>(dv),
+                            static_cast<void*>(di)})
+                cudaFree(p);
+        }
+    EXPECT_THROW(cuda::top_k(nullptr, 1, 10, 11, nullptr, nullptr, nullptr, nullptr, nullptr), Error);
+    EXPECT_THROW(cuda::top_k(nullptr, 1, 1000, cuda::kMaxTopK + 1, nullptr, nullptr, nullptr, nullptr, nullptr), Error);
 }
 
 }  // namespace
