@@ -221,8 +221,9 @@ constexpr int kTokensInFlight = 4;
 
 // G: a compile-time bound on the GQA group (1, 2, 4, 8 or 16), so that the per-head softmax state
 // lives in registers sized to it; T: the KV element type. (Forcing 64 registers per thread with
-// __launch_bounds__(128, 8) raised occupancy 31% -> 47% but did not make it faster: full KV at 32K
-// batch 4 went 27.6 -> 29.7 ms per step; bench/results/2026-11-24-h100-gpu-tests-s6.md.)
+// __launch_bounds__(128, 8) raised occupancy 31% -> 47% but made it slower: full KV's attention at
+// 32K went 6.9 -> 8.2 ms per step at batch 1 and 23.0 -> 29.7 ms at batch 4;
+// bench/results/2026-11-24-h100-bench-llama8b-s6.md.)
 template <int G, class T>
 __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAttentionArgs a) {
     const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
