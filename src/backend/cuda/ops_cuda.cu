@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string_view>
 
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
@@ -173,6 +174,104 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
         }
 }
 
+// Decode GEMV on the tensor cores, y[m, n] = bf16(x[m, :]) . w[n, :] (+ bias) for m <= 8 and
+// k % 32 == 0: one mma.m16n8k16 (bf16 in, fp32 accumulate) takes 16 weight rows as A and the m
+// activation rows, padded to 8 columns, as B. Since a dot product may visit k in any order, each
+// lane loads 16 contiguous bytes of its two weight rows and of its activation row per 32-k chunk
+// and feeds them to two mma's as if they were the fragment's k positions: the same permutation for
+// A and B, so no shuffles and no shared memory for the operands. Each block's 4 warps split k;
+// their fp32 partial tiles meet in shared memory. x is rounded to bf16 in registers, as the SIMT
+// GEMV and cuBLAS's input are. Opt-in (FREEKV_GEMV=mma): correct, but on the H100 the 8B shape's
+// floor step took 11.46 ms against 8.17 with the SIMT GEMV (batch 1) and 13.38 against cuBLAS's
+// 10.04 (batch 4), while suffering half as much from the background gather beside it
+// (bench/results/2026-11-24-h100-bench-llama8b-s6.md): a starting point, not yet a fast kernel.
+constexpr int kMmaWarps = 4;
+constexpr int kMmaChunksInFlight = 4;
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                               uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
+                                                                  int64_t n, int64_t k, float* __restrict__ y,
+                                                                  const uint16_t* __restrict__ bias) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int64_t row0 = static_cast<int64_t>(blockIdx.x) * 16;
+    const int64_t ra = row0 + g, rb = row0 + g + 8;  // this lane's two weight rows (A rows g, g + 8)
+    const bool va = ra < n, vb = rb < n, vx = g < m;  // B column g is activation row g
+    const uint4* wa = reinterpret_cast<const uint4*>(w + (va ? ra : 0) * k) + c;
+    const uint4* wb = reinterpret_cast<const uint4*>(w + (vb ? rb : 0) * k) + c;
+    const float4* xr = reinterpret_cast<const float4*>(x + (vx ? g : 0) * k) + 2 * c;
+    const int64_t chunks = k / 32;  // 32 k per chunk: 4 lanes x 8 elements
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t c0 = warp; c0 < chunks; c0 += kMmaWarps * kMmaChunksInFlight) {
+        uint4 av[kMmaChunksInFlight], bv[kMmaChunksInFlight];
+        float4 x0[kMmaChunksInFlight], x1[kMmaChunksInFlight];
+#pragma unroll
+        for (int u = 0; u < kMmaChunksInFlight; ++u) {
+            const int64_t ch = c0 + static_cast<int64_t>(u) * kMmaWarps;
+            const bool in = ch < chunks;
+            av[u] = in && va ? __ldg(wa + ch * 4) : make_uint4(0, 0, 0, 0);
+            bv[u] = in && vb ? __ldg(wb + ch * 4) : make_uint4(0, 0, 0, 0);
+            x0[u] = in && vx ? __ldg(xr + ch * 8) : make_float4(0, 0, 0, 0);
+            x1[u] = in && vx ? __ldg(xr + ch * 8 + 1) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kMmaChunksInFlight; ++u) {
+            // Lane (g, c) holds elements 8c..8c+7 of the chunk: the first mma reads 8c..8c+3 as its
+            // k positions (2c, 2c+1, 2c+8, 2c+9), the second 8c+4..8c+7.
+            const uint32_t b0 = pack_bf16x2(x0[u].x, x0[u].y), b1 = pack_bf16x2(x0[u].z, x0[u].w);
+            const uint32_t b2 = pack_bf16x2(x1[u].x, x1[u].y), b3 = pack_bf16x2(x1[u].z, x1[u].w);
+            mma_bf16_16816(acc, av[u].x, bv[u].x, av[u].y, bv[u].y, b0, b1);
+            mma_bf16_16816(acc, av[u].z, bv[u].z, av[u].w, bv[u].w, b2, b3);
+        }
+    }
+    // acc: (row g, columns 2c, 2c + 1), (row g + 8, columns 2c, 2c + 1). Sum over the warps.
+    __shared__ float part[kMmaWarps][4][32];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][i][lane] = acc[i];
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float s = 0.0f;
+#pragma unroll
+        for (int wi = 0; wi < kMmaWarps; ++wi) s += part[wi][i][lane];
+        const int col = 2 * c + (i & 1);
+        const int64_t row = i < 2 ? ra : rb;
+        if (col < m && row < n) y[col * n + row] = s + (bias != nullptr ? bf16_bits_to_float(bias[row]) : 0.0f);
+    }
+}
+
+// Which decode GEMV serves m <= 8: the tensor-core one (mma) or the SIMT one. FREEKV_GEMV=simd|mma
+// overrides the default, for measuring one against the other on the GPU machine.
+bool gemv_uses_mma() {
+    static const bool mma = [] {
+        const char* env = std::getenv("FREEKV_GEMV");
+        return env != nullptr && std::string_view(env) == "mma";
+    }();
+    return mma;
+}
+
+}  // namespace
+
+void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream) {
+    FREEKV_CHECK(m >= 1 && m <= 8 && k % 32 == 0, "gemv_mma: m = {} must be in [1, 8] and k = {} a multiple of 32", m, k);
+    const auto blocks = static_cast<unsigned>((n + 15) / 16);
+    gemv_mma_kernel<<<blocks, kMmaWarps * 32, 0, as_stream(stream)>>>(x, static_cast<int>(m), w, n, k, y, bias);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+namespace {
+
 // Batch rows up to which the GEMV kernel replaces cuBLAS: FREEKV_GEMV_MAX_ROWS (0..8) overrides the
 // default, for measuring one against the other on the GPU machine.
 int64_t gemv_max_rows() {
@@ -190,6 +289,10 @@ bool gemv_fits(const float* x, int64_t m, const uint16_t* w, int64_t k) {
 
 void gemv_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                cudaStream_t s) {
+    if (gemv_uses_mma() && k % 32 == 0) {
+        gemv_mma(x, m, w, n, k, y, bias, s);
+        return;
+    }
     const auto blocks = static_cast<unsigned>((n + kGemvWarps * kGemvRowsPerWarp - 1) / (kGemvWarps * kGemvRowsPerWarp));
     const int mi = static_cast<int>(m);
     if (m == 1)
