@@ -137,6 +137,7 @@ int main(int argc, char** argv) {
         register_perplexity);
     add("needle", "passkey / key-value retrieval accuracy by depth and length", register_needle);
     add("bench", "every KV mode side by side: decode speed, floor ratio, breakdown, recall volume", register_bench);
+    add("serve", "an HTTP server with the OpenAI completions API (POST /v1/completions, streaming too)", register_serve);
     CLI11_PARSE(app, argc, argv);
     try {
         for (auto& [sub, run] : commands)

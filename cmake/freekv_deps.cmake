@@ -7,6 +7,8 @@ find_package(CLI11 REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+# freekv serve: Debian's cpp-httplib (a compiled library; its pkg-config file carries the defines it was built with).
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 set(BLA_VENDOR OpenBLAS)
 find_package(BLAS REQUIRED)
 # Debian puts the OpenBLAS cblas.h under a per-variant folder.

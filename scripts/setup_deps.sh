@@ -8,6 +8,7 @@ packages=(
     cmake ninja-build g++ pkg-config git
     libcli11-dev nlohmann-json3-dev libfmt-dev
     libpcre2-dev libutf8proc-dev
+    libcpp-httplib-dev
     libopenblas-openmp-dev
     googletest libgtest-dev libgmock-dev libbenchmark-dev
     clang-format-14
