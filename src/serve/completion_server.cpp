@@ -178,6 +178,12 @@ struct CompletionServer::Impl {
     }
 
     void routes() {
+        // SO_REUSEADDR only: cpp-httplib's default also sets SO_REUSEPORT, with which a second server
+        // on a port in use binds without error and the kernel splits the requests between the two.
+        http.set_socket_options([](socket_t sock) {
+            int yes = 1;
+            setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+        });
         http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
             res.set_content(json{{"status", "ok"}, {"model", name}}.dump(), "application/json");
         });

@@ -2,7 +2,8 @@
 // client): health and model list; a completion equals generate() on the same model and sampling
 // (greedy), and the streamed form carries the same tokens then [DONE]; max_tokens 0; every bad
 // request gets a 400 JSON error that names the problem (bad JSON, a text prompt without a tokenizer,
-// ids outside the vocabulary, a prompt longer than the context, n > 1); unknown routes a JSON 404.
+// ids outside the vocabulary, a prompt longer than the context, n > 1); unknown routes a JSON 404;
+// a port in use is an error, not a second server sharing it.
 // Uses the synthetic `tiny` shape (token-id prompts); with the reference model (text prompts) also
 // checks stop strings against the same completion without them.
 #include <gtest/gtest.h>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/error.h"
 #include "engine/generator.h"
 #include "model/synthetic_model.h"
 #include "serve/completion_server.h"
@@ -148,6 +150,19 @@ TEST(Serve, BadRequestsGetClearErrors) {
     EXPECT_NE(json::parse(nope->body)["error"]["message"].get<std::string>().find("POST /v1/completions"), std::string::npos);
     // The server still answers after all that.
     EXPECT_EQ(post(c, {{"prompt", {1, 2}}, {"max_tokens", 2}, {"temperature", 0}}, 200)["usage"]["prompt_tokens"], 2);
+}
+
+TEST(Serve, APortInUseIsAClearError) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    CompletionServer first(m, base_params(64), "a");
+    const int port = first.bind("127.0.0.1", 0);
+    CompletionServer second(m, base_params(64), "b");
+    try {
+        second.bind("127.0.0.1", port);
+        FAIL() << "a second server bound port " << port << " that the first holds";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--port"), std::string::npos) << e.what();
+    }
 }
 
 TEST(Serve, StopStringsCutTheTextOfTheReferenceModel) {
