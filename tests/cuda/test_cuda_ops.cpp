@@ -294,32 +294,40 @@ TEST_F(CudaOps, MatmulBf16GemvAndCublas) {
     }
 }
 
-// The tensor-core GEMV (FREEKV_GEMV=mma) on its own: every batch size 1..8 (B columns padded to
-// 8), row counts not a multiple of its 16 rows per block, k from one 32-element chunk to 14336.
-TEST_F(CudaOps, TensorCoreGemvMatchesTheReference) {
+// The decode GEMVs on their own, every variant the engine can pick by environment: the SIMT one with
+// 2, 4 and 8 chunks in flight (FREEKV_GEMV_CHUNKS) and the tensor-core one (FREEKV_GEMV=mma); every
+// batch size 1..8, row counts not a multiple of 16 rows per block, k from one 32-element chunk to
+// 14336 (the SIMT kernel also k = 40, not a multiple of 32).
+TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
     std::mt19937 rng(15);
-    for (auto [n, k] : {std::pair{7, 32}, std::pair{300, 96}, std::pair{1001, 4096}, std::pair{16, 1024}, std::pair{250, 14336}})
-        for (int m = 1; m <= 8; ++m)
-            for (bool with_bias : {false, true}) {
-                const auto x = randn(static_cast<size_t>(m * k), rng);
-                const auto w = to_bf16(randn(static_cast<size_t>(n * k), rng));
-                const auto bias = to_bf16(randn(static_cast<size_t>(n), rng));
-                float* dx = to_device(x);
-                uint16_t* dw = to_device(w);
-                uint16_t* db = to_device(bias);
-                float* dy = poisoned(static_cast<size_t>(m * n));
-                cuda::gemv_mma(dx, m, dw, n, k, dy, with_bias ? db : nullptr, nullptr);
-                ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-                std::vector<float> xr(x.size());
-                for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
-                std::vector<float> want(static_cast<size_t>(m * n));
-                const WeightView wv{"w", DType::kBF16, {n, k}, w.data()}, bv{"b", DType::kBF16, {n}, bias.data()};
-                ref::matmul(xr.data(), m, wv, want.data(), with_bias ? &bv : nullptr);
-                EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse) << m << "x" << n << "x" << k << " bias " << with_bias;
-                cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy);
-            }
+    for (int variant : {0, 2, 4, 8})  // 0: mma, else the SIMT kernel's chunks
+        for (auto [n, k] : {std::pair{7, 32}, std::pair{300, 96}, std::pair{1001, 4096}, std::pair{16, 1024}, std::pair{250, 14336},
+                            std::pair{33, 40}})
+            for (int m = 1; m <= 8; ++m)
+                for (bool with_bias : {false, true}) {
+                    if (variant == 0 && k % 32 != 0) continue;
+                    const auto x = randn(static_cast<size_t>(m * k), rng);
+                    const auto w = to_bf16(randn(static_cast<size_t>(n * k), rng));
+                    const auto bias = to_bf16(randn(static_cast<size_t>(n), rng));
+                    float* dx = to_device(x);
+                    uint16_t* dw = to_device(w);
+                    uint16_t* db = to_device(bias);
+                    float* dy = poisoned(static_cast<size_t>(m * n));
+                    if (variant == 0) cuda::gemv_mma(dx, m, dw, n, k, dy, with_bias ? db : nullptr, nullptr);
+                    else cuda::gemv_simt(dx, m, dw, n, k, dy, with_bias ? db : nullptr, variant, nullptr);
+                    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+                    std::vector<float> xr(x.size());
+                    for (size_t i = 0; i < x.size(); ++i) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
+                    std::vector<float> want(static_cast<size_t>(m * n));
+                    const WeightView wv{"w", DType::kBF16, {n, k}, w.data()}, bv{"b", DType::kBF16, {n}, bias.data()};
+                    ref::matmul(xr.data(), m, wv, want.data(), with_bias ? &bv : nullptr);
+                    EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse)
+                        << "variant " << variant << " " << m << "x" << n << "x" << k << " bias " << with_bias;
+                    cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy);
+                }
     EXPECT_THROW(cuda::gemv_mma(nullptr, 9, nullptr, 16, 32, nullptr, nullptr, nullptr), Error);
     EXPECT_THROW(cuda::gemv_mma(nullptr, 1, nullptr, 16, 40, nullptr, nullptr, nullptr), Error);
+    EXPECT_THROW(cuda::gemv_simt(nullptr, 1, nullptr, 16, 32, nullptr, nullptr, 3, nullptr), Error);
 }
 
 TEST_F(CudaOps, PinnedStoreIsChunkedMappedAndFailsWithTheFlagName) {

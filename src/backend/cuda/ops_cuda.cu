@@ -111,9 +111,10 @@ constexpr int kGemvMaxRows = 8;
 constexpr int kGemvDefaultRows = 1;  // measured on the H100: see bench/results (batch 4 was faster through cuBLAS)
 constexpr int kGemvRowsPerWarp = 4;
 constexpr int kGemvWarps = 4;
-constexpr int kGemvChunksInFlight = 2;
 
-template <int M>
+// C: 16-byte chunks per lane and row in flight (FREEKV_GEMV_CHUNKS = 2, the measured default, 4 or 8:
+// more bytes in flight per warp for the matrices whose few rows make few warps).
+template <int M, int C>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
                                                                     int64_t n, int64_t k, float* __restrict__ y,
                                                                     const uint16_t* __restrict__ bias) {
@@ -126,10 +127,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
 #pragma unroll
         for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
     const int64_t chunks = k / 8;
-    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kGemvChunksInFlight) {
-        uint4 wv[kGemvChunksInFlight][kGemvRowsPerWarp];
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * C) {
+        uint4 wv[C][kGemvRowsPerWarp];
 #pragma unroll
-        for (int h = 0; h < kGemvChunksInFlight; ++h)
+        for (int h = 0; h < C; ++h)
 #pragma unroll
             for (int r = 0; r < kGemvRowsPerWarp; ++r) {
                 const int64_t c = c0 + 32 * h;
@@ -137,7 +138,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
                                                       : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-        for (int h = 0; h < kGemvChunksInFlight; ++h) {
+        for (int h = 0; h < C; ++h) {
             const int64_t c = c0 + 32 * h;
             if (c >= chunks) break;
 #pragma unroll
@@ -287,24 +288,53 @@ bool gemv_fits(const float* x, int64_t m, const uint16_t* w, int64_t k) {
            reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
+int gemv_chunks() {
+    static const int chunks = [] {
+        const char* env = std::getenv("FREEKV_GEMV_CHUNKS");
+        const int c = env != nullptr ? std::atoi(env) : 2;
+        return c == 4 || c == 8 ? c : 2;
+    }();
+    return chunks;
+}
+
+template <int C>
+void launch_gemv_simt(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+                      cudaStream_t s) {
+    const auto blocks = static_cast<unsigned>((n + kGemvWarps * kGemvRowsPerWarp - 1) / (kGemvWarps * kGemvRowsPerWarp));
+    if (m == 1)
+        gemv_bf16_kernel<1, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    else if (m == 2)
+        gemv_bf16_kernel<2, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    else if (m <= 4)
+        gemv_bf16_kernel<4, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    else
+        gemv_bf16_kernel<8, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
 void gemv_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                cudaStream_t s) {
     if (gemv_uses_mma() && k % 32 == 0) {
         gemv_mma(x, m, w, n, k, y, bias, s);
         return;
     }
-    const auto blocks = static_cast<unsigned>((n + kGemvWarps * kGemvRowsPerWarp - 1) / (kGemvWarps * kGemvRowsPerWarp));
-    const int mi = static_cast<int>(m);
-    if (m == 1)
-        gemv_bf16_kernel<1><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
-    else if (m == 2)
-        gemv_bf16_kernel<2><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
-    else if (m <= 4)
-        gemv_bf16_kernel<4><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
-    else
-        gemv_bf16_kernel<8><<<blocks, kGemvWarps * 32, 0, s>>>(x, mi, w, n, k, y, bias);
-    FREEKV_CUDA_CHECK(cudaGetLastError());
+    gemv_simt(x, m, w, n, k, y, bias, gemv_chunks(), s);
 }
+
+}  // namespace
+
+void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
+               void* stream) {
+    FREEKV_CHECK(m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && (chunks == 2 || chunks == 4 || chunks == 8),
+                 "gemv_simt: m = {} must be in [1, {}], k = {} a multiple of 8 and chunks = {} one of 2, 4, 8", m, kGemvMaxRows, k, chunks);
+    const int mi = static_cast<int>(m);
+    cudaStream_t s = as_stream(stream);
+    if (chunks == 2) launch_gemv_simt<2>(x, mi, w, n, k, y, bias, s);
+    else if (chunks == 4) launch_gemv_simt<4>(x, mi, w, n, k, y, bias, s);
+    else launch_gemv_simt<8>(x, mi, w, n, k, y, bias, s);
+}
+
+namespace {
 
 // One cuBLAS handle per host thread, created on first use (creation costs milliseconds).
 cublasHandle_t cublas_handle() {

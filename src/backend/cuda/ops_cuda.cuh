@@ -39,6 +39,10 @@ void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_
 /// The tensor-core decode GEMV that matmul_bf16 uses for m <= 8 under FREEKV_GEMV=mma (exposed for
 /// tests): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
 void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream);
+/// The SIMT decode GEMV that matmul_bf16 uses for m <= FREEKV_GEMV_MAX_ROWS (exposed for tests), with
+/// `chunks` (2, 4 or 8) 16-byte loads per lane and row in flight; 1 <= m <= 8, k % 8 == 0.
+void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
+               void* stream);
 /// The same for a weight of either type: bf16 as matmul_bf16; fp32 (bias fp32 too) through
 /// cuBLAS's fp32 GEMM with x unrounded (x_bf16 unused).
 void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
