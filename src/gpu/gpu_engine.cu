@@ -28,6 +28,7 @@
 #include "backend/cuda/select_pages.cuh"
 #include "backend/cuda/top_k.cuh"
 #include "core/dtype.h"
+#include "core/log.h"
 #include "gpu/gpu_engine.h"
 #include "gpu/recall_worker.h"
 
@@ -93,14 +94,39 @@ int32_t split_for(int64_t n_rows_heads, int64_t max_tokens) {
     return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + min_tokens - 1) / min_tokens), 1, 256));
 }
 
-// Thread blocks of the background gather: 16 by default; FREEKV_BG_GATHER_CTAS (1..132) overrides
-// it, for measuring how much the background recall takes from the model's kernels.
+// Thread blocks of the synchronous gather (corrective and non-speculative recall, on the critical
+// path): 32 by default; FREEKV_SYNC_GATHER_CTAS (1..528) overrides it, for measurement.
+int32_t sync_gather_ctas() {
+    static const int32_t ctas = [] {
+        const char* env = std::getenv("FREEKV_SYNC_GATHER_CTAS");
+        return env != nullptr ? static_cast<int32_t>(std::clamp(std::atoi(env), 1, 528)) : 32;
+    }();
+    return ctas;
+}
+
+// Thread blocks of the background gather: 12 by default (bench_recall_overlap, session 7: each
+// block keeps ~16 KiB of host reads in flight, 10-12 blocks reach ~50 GB/s alone, and more only
+// slow the model's GEMMs beside them); FREEKV_BG_GATHER_CTAS (1..132) overrides it.
 int32_t background_gather_ctas() {
     static const int32_t ctas = [] {
         const char* env = std::getenv("FREEKV_BG_GATHER_CTAS");
-        return env != nullptr ? static_cast<int32_t>(std::clamp(std::atoi(env), 1, 132)) : 16;
+        return env != nullptr ? static_cast<int32_t>(std::clamp(std::atoi(env), 1, 132)) : 12;
     }();
     return ctas;
+}
+
+// A measurement switch, never for real use: FREEKV_DIAG_BACKGROUND=select runs FreeKV's background
+// selection but not its gather (the maps then name pages that were never copied), =none skips
+// the background work altogether. Attention reads wrong pages either way; only the timing of
+// what is left means anything. Returns 0 (off), 1 (select only) or 2 (none).
+int diag_background() {
+    static const int diag = [] {
+        const char* env = std::getenv("FREEKV_DIAG_BACKGROUND");
+        const int d = env == nullptr ? 0 : std::string(env) == "select" ? 1 : std::string(env) == "none" ? 2 : 0;
+        if (d != 0) FREEKV_LOG_WARN("FREEKV_DIAG_BACKGROUND={}: FreeKV's background recall is cut short; outputs are wrong, timings are diagnostic", env);
+        return d;
+    }();
+    return diag;
 }
 
 // Multiprocessors left to cuBLAS while FreeKV's background gather runs: all but one per gather
@@ -555,6 +581,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     a.agg = static_cast<int32_t>(mode.aggregation());
     a.elem_bytes = g.elem_bytes;
     cuda::select_pages(a, s);
+    if (kind == 1 && diag_background() == 1) return;
     cuda::GatherArgs ga;
     ga.cpu_chunks = chunk_table.get();
     ga.pages_per_chunk = pages_per_chunk;
@@ -571,10 +598,10 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     ga.n_head_kv = g.n_head_kv;
     ga.head_dim = g.head_dim;
     ga.elem_bytes = g.elem_bytes;
-    // 16 blocks already reach the PCIe rate (bench_recall: 46.4 GB/s of 16 KiB blocks); the
-    // background gather keeps to that so that it takes few SMs from the model, the corrective one
-    // (on the critical path) takes twice as many.
-    ga.ctas = kind == 0 ? 32 : background_gather_ctas();
+    // 12 blocks already reach the PCIe rate when alone (bench_recall_overlap); the background
+    // gather keeps to that, since every byte it moves beside the model slows the model's GEMMs; the
+    // synchronous one (on the critical path) takes 32 (64 and 128 measured no faster).
+    ga.ctas = kind == 0 ? sync_gather_ctas() : background_gather_ctas();
     ga.per_head = counters.get() + c.n_layer * 4 + (kind * c.n_layer + il) * c.n_head_kv;
     if (kind == 1 && dma) {
         // The plan goes to pinned host memory; the worker copies once it is there (sel_done).
@@ -1097,7 +1124,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             cuda::mass_recall(ma, g, main);
         }
         cuda::store_queries(q.get(), q_now.get() + il * n, static_cast<int32_t>(n), g, main);
-        if (any_test && speculative) {
+        if (any_test && speculative && diag_background() != 2) {
             // Sel_t of the unflagged heads, on the side stream, once this attention has read the slots.
             float* qs = q_side.get() + il * max_batch * q_dim;
             FREEKV_CUDA_CHECK(cudaMemcpyAsync(qs, q.get(), sz(n * q_dim) * 4, cudaMemcpyDeviceToDevice, main));
