@@ -343,6 +343,10 @@ TEST_F(CudaOps, PinnedStoreIsChunkedMappedAndFailsWithTheFlagName) {
         ASSERT_EQ(cudaMemcpy(&back, store.device_chunks()[static_cast<size_t>(c)], 4, cudaMemcpyDefault), cudaSuccess);
         EXPECT_EQ(back, 0xC0FFEE00u + static_cast<uint32_t>(c));
     }
+    // A store smaller than a chunk pins whole units, not a whole default chunk.
+    cuda::PinnedStore small(unit * 2 + 5, unit);
+    EXPECT_EQ(small.n_chunks(), 1);
+    EXPECT_EQ(small.chunk_bytes(), unit * 3);
     ::setenv("FREEKV_FAIL_PINNED_CHUNK", "1", 1);  // design doc T7: a simulated failure
     try {
         cuda::PinnedStore failing((int64_t{5} << 29), unit);

@@ -14,7 +14,8 @@ namespace freekv::cuda {
 
 class PinnedStore {
 public:
-    /// Pins ceil(bytes / chunk) chunks, chunk = the largest multiple of unit_bytes <= chunk_bytes.
+    /// Pins ceil(bytes / chunk) chunks, chunk = the largest multiple of unit_bytes <= chunk_bytes,
+    /// or bytes rounded up to whole units when that is smaller (one chunk, no more than needed).
     /// FREEKV_FAIL_PINNED_CHUNK=i (tests) makes chunk i fail as if the OS refused it.
     PinnedStore(int64_t bytes, int64_t unit_bytes, int64_t chunk_bytes = int64_t{1} << 30);
     ~PinnedStore();
