@@ -23,18 +23,10 @@
 
 #include "backend/cuda/gather_pages.cuh"
 #include "backend/cuda/pinned_store.cuh"
+#include "bench_cuda_check.h"
 
 using freekv::cuda::GatherArgs;
 using freekv::cuda::GatherJob;
-
-#define CHECK(x)                                                                                 \
-    do {                                                                                         \
-        cudaError_t e_ = (x);                                                                    \
-        if (e_ != cudaSuccess) {                                                                 \
-            std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #x, cudaGetErrorString(e_), __FILE__, __LINE__); \
-            std::exit(2);                                                                        \
-        }                                                                                        \
-    } while (0)
 
 namespace {
 
