@@ -122,8 +122,11 @@ int32_t background_gather_ctas() {
 int diag_background() {
     static const int diag = [] {
         const char* env = std::getenv("FREEKV_DIAG_BACKGROUND");
-        const int d = env == nullptr ? 0 : std::string(env) == "select" ? 1 : std::string(env) == "none" ? 2 : 0;
-        if (d != 0) FREEKV_LOG_WARN("FREEKV_DIAG_BACKGROUND={}: FreeKV's background recall is cut short; outputs are wrong, timings are diagnostic", env);
+        if (env == nullptr) return 0;
+        const std::string v(env);
+        FREEKV_CHECK(v == "select" || v == "none", "FREEKV_DIAG_BACKGROUND={}: use select or none, or unset it", v);
+        const int d = v == "select" ? 1 : 2;
+        FREEKV_LOG_WARN("FREEKV_DIAG_BACKGROUND={}: FreeKV's background recall is cut short; outputs are wrong, timings are diagnostic", env);
         return d;
     }();
     return diag;
