@@ -67,6 +67,10 @@ void attention_pages(const float* q, const AttentionArgs& args, const PagedKvVie
 // The optimized CPU backend: OpenBLAS GEMM on converted weight tiles, OpenMP.
 namespace cpu {
 void matmul(const float* x, int64_t m, const WeightView& w, float* y, const WeightView* bias = nullptr);
+/// matmul over consecutive row groups of x (group_rows[i] rows each, all > 0), each multiplied on
+/// its own: a row's result depends only on the rows of its group (batch invariance).
+void matmul_grouped(const float* x, std::span<const int64_t> group_rows, const WeightView& w, float* y,
+                    const WeightView* bias = nullptr);
 void rms_norm(const float* x, int64_t m, int64_t n, const WeightView& w, float eps, float* y);
 void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions,
           std::span<const float> inv_freq, RopeStyle style);

@@ -13,8 +13,13 @@ namespace {
 // Dispatches to the reference or the optimized CPU ops (tests run both).
 struct Ops {
     OpsImpl impl;
-    void matmul(const float* x, int64_t m, const WeightView& w, float* y, const WeightView* b = nullptr) const {
-        impl == OpsImpl::kRef ? ref::matmul(x, m, w, y, b) : cpu::matmul(x, m, w, y, b);
+    /// groups: consecutive row counts summing to the rows of x; each is multiplied on its own on
+    /// the CPU backend (the reference computes every row alone anyway).
+    void matmul(const float* x, std::span<const int64_t> groups, const WeightView& w, float* y,
+                const WeightView* b = nullptr) const {
+        int64_t m = 0;
+        for (int64_t g : groups) m += g;
+        impl == OpsImpl::kRef ? ref::matmul(x, m, w, y, b) : cpu::matmul_grouped(x, groups, w, y, b);
     }
     void rms_norm(const float* x, int64_t m, int64_t n, const WeightView& w, float eps, float* y) const {
         impl == OpsImpl::kRef ? ref::rms_norm(x, m, n, w, eps, y) : cpu::rms_norm(x, m, n, w, eps, y);
@@ -71,39 +76,53 @@ void LlamaModel::forward_batch(std::span<const int32_t> tokens, std::span<const 
     std::vector<float> attn = buf(n_tok * q_dim), proj = buf(n_tok * c.n_embd);
     std::vector<float> gate = buf(n_tok * c.n_ff), up = buf(n_tok * c.n_ff);
 
+    // Each span's rows are multiplied apart from the other spans', so a sequence's numbers do not
+    // depend on what it is batched with.
+    std::vector<int64_t> groups;
+    for (const auto& s : spans) groups.push_back(s.n_tok);
+
     kv.begin_forward(spans);
     ops.embedding(weights_.token_embd, tokens.data(), n_tok, x.data());
     for (int64_t il = 0; il < c.n_layer; ++il) {
         const LlamaLayerWeights& w = weights_.layers[static_cast<size_t>(il)];
         // ---- attention ----
         ops.rms_norm(x.data(), n_tok, c.n_embd, w.attn_norm, c.rms_norm_eps, h.data());
-        ops.matmul(h.data(), n_tok, w.wq, q.data(), c.qkv_bias ? &w.bq : nullptr);
-        ops.matmul(h.data(), n_tok, w.wk, k.data(), c.qkv_bias ? &w.bk : nullptr);
-        ops.matmul(h.data(), n_tok, w.wv, v.data(), c.qkv_bias ? &w.bv : nullptr);
+        ops.matmul(h.data(), groups, w.wq, q.data(), c.qkv_bias ? &w.bq : nullptr);
+        ops.matmul(h.data(), groups, w.wk, k.data(), c.qkv_bias ? &w.bk : nullptr);
+        ops.matmul(h.data(), groups, w.wv, v.data(), c.qkv_bias ? &w.bv : nullptr);
         ops.rope(q.data(), n_tok, c.n_head, c.head_dim, positions.data(), inv_freq_, c.rope_style);
         ops.rope(k.data(), n_tok, c.n_head_kv, c.head_dim, positions.data(), inv_freq_, c.rope_style);
         kv.attend(il, spans, q.data(), k.data(), v.data(), attn.data());
-        ops.matmul(attn.data(), n_tok, w.wo, proj.data());
+        ops.matmul(attn.data(), groups, w.wo, proj.data());
         for (int64_t i = 0; i < n_tok * c.n_embd; ++i) x[static_cast<size_t>(i)] += proj[static_cast<size_t>(i)];
         // ---- feed-forward ----
         ops.rms_norm(x.data(), n_tok, c.n_embd, w.ffn_norm, c.rms_norm_eps, h.data());
-        ops.matmul(h.data(), n_tok, w.w_gate, gate.data());
-        ops.matmul(h.data(), n_tok, w.w_up, up.data());
+        ops.matmul(h.data(), groups, w.w_gate, gate.data());
+        ops.matmul(h.data(), groups, w.w_up, up.data());
         ops.silu_mul(gate.data(), up.data(), n_tok * c.n_ff);
-        ops.matmul(gate.data(), n_tok, w.w_down, proj.data());
+        ops.matmul(gate.data(), groups, w.w_down, proj.data());
         for (int64_t i = 0; i < n_tok * c.n_embd; ++i) x[static_cast<size_t>(i)] += proj[static_cast<size_t>(i)];
     }
     kv.end_forward(spans);
     const auto n_out = static_cast<int64_t>(out_rows.size());
     if (n_out == 0) return;
     std::vector<float> selected = buf(n_out * c.n_embd);
+    // Output groups: runs of consecutive out_rows that fall in the same span.
+    std::vector<int64_t> out_groups;
+    size_t prev_span = spans.size();
     for (int64_t r = 0; r < n_out; ++r) {
-        FREEKV_CHECK(out_rows[static_cast<size_t>(r)] >= 0 && out_rows[static_cast<size_t>(r)] < n_tok, "output row out of range");
-        std::copy_n(x.data() + out_rows[static_cast<size_t>(r)] * c.n_embd, c.n_embd, selected.data() + r * c.n_embd);
+        const int64_t row = out_rows[static_cast<size_t>(r)];
+        FREEKV_CHECK(row >= 0 && row < n_tok, "output row out of range");
+        std::copy_n(x.data() + row * c.n_embd, c.n_embd, selected.data() + r * c.n_embd);
+        size_t is = 0;
+        while (spans[is].offset + spans[is].n_tok <= row) ++is;
+        if (is == prev_span) ++out_groups.back();
+        else out_groups.push_back(1);
+        prev_span = is;
     }
     ops.rms_norm(selected.data(), n_out, c.n_embd, weights_.output_norm, c.rms_norm_eps, selected.data());
     logits.resize(static_cast<size_t>(n_out * c.n_vocab));
-    ops.matmul(selected.data(), n_out, weights_.output, logits.data());
+    ops.matmul(selected.data(), out_groups, weights_.output, logits.data());
 }
 
 }  // namespace freekv

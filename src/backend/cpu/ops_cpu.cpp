@@ -34,11 +34,31 @@ int64_t tile_rows(int64_t k) { return std::max<int64_t>(8, (int64_t{64} * 1024) 
 }  // namespace
 
 void matmul(const float* x, int64_t m, const WeightView& w, float* y, const WeightView* bias) {
+    const int64_t whole[1] = {m};
+    matmul_grouped(x, whole, w, y, bias);
+}
+
+// NOTE: OpenBLAS's SGEMM gives a row a different rounding depending on how many rows it is
+// multiplied with (measured: from 16 rows up), and SGEMV differs from SGEMM. Multiplying each group
+// on its own makes a row's result a function of its group only, so a sequence batched with others
+// gets the bits it gets alone; the weight tile is still converted once for all groups.
+void matmul_grouped(const float* x, std::span<const int64_t> group_rows, const WeightView& w, float* y,
+                    const WeightView* bias) {
     const int64_t n = w.rows(), k = w.cols();
+    int64_t m = 0;
+    for (int64_t g : group_rows) {
+        FREEKV_CHECK(g > 0, "matmul: an empty row group");
+        m += g;
+    }
     if (w.dtype == DType::kF32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n),
-                    static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k), static_cast<const float*>(w.data),
-                    static_cast<blasint>(k), 0.0f, y, static_cast<blasint>(n));
+        int64_t r = 0;
+        for (int64_t g : group_rows) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(g), static_cast<blasint>(n),
+                        static_cast<blasint>(k), 1.0f, x + r * k, static_cast<blasint>(k),
+                        static_cast<const float*>(w.data), static_cast<blasint>(k), 0.0f, y + r * n,
+                        static_cast<blasint>(n));
+            r += g;
+        }
     } else {
         const int64_t rows = tile_rows(k);
         const int64_t n_tiles = (n + rows - 1) / rows;
@@ -50,13 +70,18 @@ void matmul(const float* x, int64_t m, const WeightView& w, float* y, const Weig
             for (int64_t it = 0; it < n_tiles; ++it) {
                 const int64_t r0 = it * rows, nr = std::min(rows, n - r0);
                 convert_to_f32(w.dtype, w.row(r0), tile, nr * k);
-                if (m == 1) {
-                    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f,
-                                tile, static_cast<blasint>(k), x, 1, 0.0f, y + r0, 1);
-                } else {
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
-                                static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f, x, static_cast<blasint>(k),
-                                tile, static_cast<blasint>(k), 0.0f, y + r0, static_cast<blasint>(n));
+                int64_t r = 0;
+                for (int64_t g : group_rows) {
+                    if (g == 1) {
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f,
+                                    tile, static_cast<blasint>(k), x + r * k, 1, 0.0f, y + r * n + r0, 1);
+                    } else {
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(g),
+                                    static_cast<blasint>(nr), static_cast<blasint>(k), 1.0f, x + r * k,
+                                    static_cast<blasint>(k), tile, static_cast<blasint>(k), 0.0f, y + r * n + r0,
+                                    static_cast<blasint>(n));
+                    }
+                    r += g;
                 }
             }
         }
