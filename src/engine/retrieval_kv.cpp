@@ -182,8 +182,10 @@ void RetrievalKv::prefill_layer(int64_t il, const SequenceSpan& span, const floa
     const int32_t seq = span.seq;
     history_k_.resize(sz(n_tokens * row));
     history_v_.resize(sz(n_tokens * row));
-    // ---- history: complete earlier pages from the CPU store, the partial one from its slot ----
-    const int64_t old_complete = pos0 / p;
+    // ---- history: offloaded pages from the CPU store, the last chunk's current page from its slot ----
+    // The last chunk's current page (its last one, full or not) was not offloaded: a page is
+    // offloaded once a later token exists, like a decode step's page boundary.
+    const int64_t old_complete = pos0 > 0 ? (pos0 - 1) / p : 0, old_rows = pos0 - old_complete * p;
     for (int64_t page = 0; page < old_complete; ++page)
         for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
             const float* block = kv_->block(seq, page, il, ikv);
@@ -192,10 +194,10 @@ void RetrievalKv::prefill_layer(int64_t il, const SequenceSpan& span, const floa
                 std::memcpy(&history_v_[sz((page * p + r) * row + ikv * hd)], block + (p + r) * hd, sz(hd) * 4);
             }
         }
-    if (pos0 % p != 0) {
+    if (old_rows > 0) {
         const int64_t slot = budget_.is_sparse(old_complete + 1) ? budget_.current_slot() : old_complete;
-        std::memcpy(&history_k_[sz(old_complete * p * row)], kv_->slot_k(il, seq, slot), sz((pos0 % p) * row) * 4);
-        std::memcpy(&history_v_[sz(old_complete * p * row)], kv_->slot_v(il, seq, slot), sz((pos0 % p) * row) * 4);
+        std::memcpy(&history_k_[sz(old_complete * p * row)], kv_->slot_k(il, seq, slot), sz(old_rows * row) * 4);
+        std::memcpy(&history_v_[sz(old_complete * p * row)], kv_->slot_v(il, seq, slot), sz(old_rows * row) * 4);
     }
     std::memcpy(&history_k_[sz(pos0 * row)], k, sz(span.n_tok * row) * 4);
     std::memcpy(&history_v_[sz(pos0 * row)], v, sz(span.n_tok * row) * 4);
