@@ -1,12 +1,15 @@
-// generator.cpp: prefill + decode loop for one sequence (see generator.h).
+// generator.cpp: one generation as a client of a one-slot Engine (see generator.h).
 #include "engine/generator.h"
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
 
 #include "core/error.h"
 #include "core/progress.h"
-#include "engine/kv_session.h"
+#include "engine/engine.h"
 
 namespace freekv {
 
@@ -25,45 +28,56 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     const int64_t budget = n_ctx - n_prompt;
     const int64_t n_predict = params.n_predict < 0 ? budget : std::min(params.n_predict, budget);
 
-    KvSession session(c, params.kv_mode, n_prompt + n_predict, params.gpu);
-    // The GPU engine prefills a prompt in one call.
-    const int64_t chunk = session.on_gpu() ? n_prompt : params.prefill_chunk;
-    const std::vector<int32_t> stop = m.stop_ids();
-    Sampler sampler(params.sampling);
+    // A one-slot engine sized for this generation (the CLI's memory stays what the prompt needs).
+    EngineConfig config;
+    config.kv_mode = params.kv_mode;
+    config.n_ctx = n_prompt + std::max<int64_t>(n_predict, 1);
+    config.max_batch = 1;
+    config.max_waiting = 0;
+    config.prefill_chunk = params.prefill_chunk;
+    config.step_tokens = params.prefill_chunk;
+    config.gpu = params.gpu;
+    Engine engine(m, config);
     GenerateStats stats;
     stats.n_prompt = n_prompt;
-    // Every forward returns the candidates a draw needs (on the GPU chosen on the device, so the
-    // logits stay there), then the sampler picks among them.
-    const int32_t n_candidates = sampler.candidates_needed(c.n_vocab);
-    std::vector<int32_t> ids;
-    std::vector<float> values;
-
+    std::mutex mutex;
+    std::condition_variable done_cv;
+    std::optional<RequestOutcome> outcome;
+    ProgressLine progress("prefill", n_prompt, "tokens", params.progress && !engine.on_gpu() && n_prompt > params.prefill_chunk);
     const auto t0 = clock::now();
-    {
-        ProgressLine progress("prefill", n_prompt, "tokens", params.progress && n_prompt > chunk);
-        for (int64_t done = 0; done < n_prompt; done += chunk) {
-            const int64_t n = std::min(chunk, n_prompt - done);
-            session.forward_top(*m.model, std::span(prompt).subspan(static_cast<size_t>(done), static_cast<size_t>(n)),
-                                n_candidates, ids, values);
-            progress.update(done + n);
-        }
-    }
-    auto t_last = clock::now();
-    stats.prompt_ms = std::chrono::duration<double, std::milli>(t_last - t0).count();
-    for (int64_t i = 0; i < n_predict; ++i) {
-        const int32_t next = sampler.pick(ids, values);
+    auto t_last = t0;
+    EngineRequest request;
+    request.prompt = prompt;
+    request.max_tokens = n_predict;
+    request.sampling = params.sampling;
+    request.stop_ids = m.stop_ids();
+    request.on_prefill = [&](int64_t n_done) {
+        progress.update(n_done);
+        if (n_done == n_prompt) stats.prompt_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+    };
+    request.on_token = [&](int32_t id) {
         const auto now = clock::now();
-        if (i == 0) stats.ttft_ms = std::chrono::duration<double, std::milli>(now - t0).count();
-        else stats.step_ms.push_back(std::chrono::duration<double, std::milli>(now - t_last).count());
+        if (stats.n_generated > 0) stats.step_ms.push_back(std::chrono::duration<double, std::milli>(now - t_last).count());
         t_last = now;
         ++stats.n_generated;
-        const bool is_stop = std::find(stop.begin(), stop.end(), next) != stop.end();
-        if (!on_token(next) || is_stop || i + 1 == n_predict) break;
-        const int32_t token[1] = {next};
-        session.forward_top(*m.model, token, n_candidates, ids, values);
+        return on_token(id);
+    };
+    request.on_done = [&](const RequestOutcome& out) {
+        std::lock_guard lock(mutex);
+        outcome = out;
+        done_cv.notify_all();
+    };
+    engine.submit(std::move(request));
+    {
+        std::unique_lock lock(mutex);
+        done_cv.wait(lock, [&] { return outcome.has_value(); });
     }
+    if (outcome->reason == FinishReason::kError) FREEKV_FAIL("{}", outcome->error);
+    if (outcome->reason == FinishReason::kStop) ++stats.n_generated;  // the stop token is not passed on
+    stats.ttft_ms = outcome->ttft_ms;
     stats.decode_ms = std::chrono::duration<double, std::milli>(t_last - t0).count() - stats.ttft_ms;
-    stats.kv = session.stats();
+    if (stats.decode_ms < 0) stats.decode_ms = 0;
+    stats.kv = engine.kv_stats();
     return stats;
 }
 

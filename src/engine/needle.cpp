@@ -137,16 +137,16 @@ std::vector<NeedleCell> run_needle(const LoadedModel& model, const std::vector<i
                 const NeedleCase c = params.task == NeedleTask::kPasskey
                                          ? make_passkey_case(tok, haystack, length, depth / 100.0, rng)
                                          : make_kv_case(tok, length, depth / 100.0, rng);
-                KvSession session(model.config, params.mode, length + max_new, params.gpu);
+                KvSession session(model, params.mode, length + max_new, params.gpu);
                 std::vector<float> logits;
-                session.forward(*model.model, c.prompt, logits);
+                session.forward(c.prompt, logits);
                 std::vector<int32_t> answer;
                 for (int64_t i = 0; i < max_new; ++i) {
                     const int32_t next = Sampler::argmax(logits);
                     answer.push_back(next);
                     if (i + 1 < max_new) {
                         const int32_t t[1] = {next};
-                        session.forward(*model.model, t, logits);
+                        session.forward(t, logits);
                     }
                 }
                 const std::string text = tok.decode(answer, true);

@@ -96,12 +96,12 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
     for (int64_t w = 0; w < n_windows; ++w) {
         const std::span<const int32_t> window(tokens.data() + w * params.n_ctx, static_cast<size_t>(params.n_ctx));
         std::vector<std::unique_ptr<KvSession>> runners;
-        for (const auto& m : modes) runners.push_back(std::make_unique<KvSession>(c, m, params.n_ctx, params.gpu));
+        for (const auto& m : modes) runners.push_back(std::make_unique<KvSession>(model, m, params.n_ctx, params.gpu));
         std::unique_ptr<KvSession> reference;
-        if (params.compare_full) reference = std::make_unique<KvSession>(c, full_mode, params.n_ctx, params.gpu);
+        if (params.compare_full) reference = std::make_unique<KvSession>(model, full_mode, params.n_ctx, params.gpu);
         const auto prompt = window.first(static_cast<size_t>(params.prefix));
-        for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, prompt, logits[i]);
-        if (reference) reference->forward(*model.model, prompt, full_logits);
+        for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(prompt, logits[i]);
+        if (reference) reference->forward(prompt, full_logits);
         for (int64_t t = params.prefix; t < params.n_ctx; ++t) {
             const auto target = static_cast<size_t>(window[static_cast<size_t>(t)]);
             Distribution f;
@@ -118,8 +118,8 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
             }
             if (t + 1 < params.n_ctx) {
                 const auto next = window.subspan(static_cast<size_t>(t), 1);
-                for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(*model.model, next, logits[i]);
-                if (reference) reference->forward(*model.model, next, full_logits);
+                for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(next, logits[i]);
+                if (reference) reference->forward(next, full_logits);
             }
             if (progress) progress(w * per_window + (t - params.prefix) + 1, total);
         }

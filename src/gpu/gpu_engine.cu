@@ -270,6 +270,7 @@ struct GpuEngine::Impl {
         bool forced = false;
     };
     std::vector<Seq> seqs;
+    std::vector<int32_t> last_decode_rows;  // the sequences of the last decode step, in row order
     int64_t decode_steps = 0, sequence_steps = 0;
     std::vector<int64_t> forced_pairs;
     std::vector<float> mass_recall;
@@ -464,6 +465,14 @@ int32_t GpuEngine::add_sequence() {
             return static_cast<int32_t>(b);
         }
     FREEKV_FAIL("the GPU engine holds {} sequences already (its batch size)", impl_->max_batch);
+}
+
+void GpuEngine::remove_sequence(int32_t seq) {
+    Impl& m = *impl_;
+    FREEKV_CHECK(seq >= 0 && seq < m.max_batch && m.seqs[sz(seq)].live, "remove_sequence: sequence {} was not added", seq);
+    // Background work of the last step may still write this slot's maps on the side stream; the
+    // next user of the slot starts with a prefill, which waits for all of it before installing.
+    m.seqs[sz(seq)] = Impl::Seq{};
 }
 
 int64_t GpuEngine::n_tokens(int32_t seq) const { return impl_->seqs.at(sz(seq)).n_tokens; }
@@ -901,8 +910,15 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     timing_step = timing;
     rows_batch = &rows_batch_buf[decode_steps % 2];
     sel_n_pages = &sel_n_pages_buf[decode_steps % 2];
-    for (int64_t il = 0; il < L; ++il)  // background work that read this step's buffers (two steps ago)
-        if (bg_pending[sz(il)] && bg_step[sz(il)] <= decode_steps - 2) wait_background(il);
+    // Background work that read this step's buffers (two steps ago); all of it when the rows
+    // changed (a sequence joined or left), since per-row scratch such as the flags is laid out
+    // [layer][row] and a new row count would overlap the layers still being read.
+    std::vector<int32_t> rows_now(sz(n));
+    for (int64_t r = 0; r < n; ++r) rows_now[sz(r)] = spans[sz(r)].seq;
+    const bool rows_changed = rows_now != last_decode_rows;
+    last_decode_rows = std::move(rows_now);
+    for (int64_t il = 0; il < L; ++il)
+        if (bg_pending[sz(il)] && (rows_changed || bg_step[sz(il)] <= decode_steps - 2)) wait_background(il);
     // ---- host plan of the step ----
     std::vector<int32_t> pos(sz(n)), batch(sz(n)), att_n(sz(n)), att_last(sz(n)), sel_n(sz(n));
     std::vector<int64_t> append(sz(n));

@@ -76,8 +76,10 @@ public:
     GpuEngine(const GpuEngine&) = delete;
     GpuEngine& operator=(const GpuEngine&) = delete;
 
-    /// Admits an empty sequence; returns its batch index.
+    /// Admits an empty sequence; returns its batch index (the lowest free one).
     int32_t add_sequence();
+    /// Frees a sequence's batch index for a later add_sequence (the engine's memory stays reserved).
+    void remove_sequence(int32_t seq);
     int64_t n_tokens(int32_t seq) const;
 
     /// Runs the spans (tokens concatenated in span order); logits: [out_rows.size()][n_vocab] of

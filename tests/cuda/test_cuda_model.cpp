@@ -71,9 +71,9 @@ void check_full_against_golden(gpu::GpuDtype dtype) {
         const auto ids = c["prompt_ids"].get<std::vector<int32_t>>();
         const auto want = c["last_logits"].get<std::vector<float>>();
         const auto want_greedy = c["greedy_32"].get<std::vector<int32_t>>();
-        KvSession session(m.config, full_kv_mode(), static_cast<int64_t>(ids.size()) + 40, weights);
+        KvSession session(m, full_kv_mode(), static_cast<int64_t>(ids.size()) + 40, weights);
         std::vector<float> logits;
-        session.forward(*m.model, ids, logits);
+        session.forward(ids, logits);
         // NOTE: bf16: activations enter the GEMMs as bf16 (relative rounding 2^-9 per element) and
         // K/V are stored bf16, while golden.json is fp32 throughout; 1e-3 is the bf16-level bound.
         // f32: only summation order differs (the CPU backend reaches 1e-12..9e-8 here); 1e-6 fails on
@@ -88,7 +88,7 @@ void check_full_against_golden(gpu::GpuDtype dtype) {
             if (std::isnan(margin) && greedy.back() != want_greedy[i])
                 margin = logits[static_cast<size_t>(greedy.back())] - logits[static_cast<size_t>(want_greedy[i])];
             const int32_t t[1] = {greedy.back()};
-            session.forward(*m.model, t, logits);
+            session.forward(t, logits);
         }
         size_t agree = 0;
         while (agree < greedy.size() && greedy[agree] == want_greedy[agree]) ++agree;
@@ -155,13 +155,13 @@ TEST(GpuEngine, DenseRegimeEveryModeEqualsFull) {
     const auto ids = golden["cases"].back()["prompt_ids"].get<std::vector<int32_t>>();
     const int64_t steps = 24, max_tokens = static_cast<int64_t>(ids.size()) + steps;
     auto run = [&](const KvModeConfig& mode) {
-        KvSession s(m.config, mode, max_tokens, weights);
+        KvSession s(m, mode, max_tokens, weights);
         std::vector<float> logits, all;
-        s.forward(*m.model, ids, logits);
+        s.forward(ids, logits);
         all = logits;
         for (int64_t i = 0; i < steps; ++i) {  // teacher-forced on the prompt's own tokens
             const int32_t t[1] = {ids[static_cast<size_t>(i)]};
-            s.forward(*m.model, t, logits);
+            s.forward(t, logits);
             all.insert(all.end(), logits.begin(), logits.end());
         }
         return all;
@@ -192,10 +192,10 @@ void track_cpu_engine(const ModelAndText& loaded, const std::vector<std::pair<co
     const std::span<const int32_t> w(tokens.data(), static_cast<size_t>(window));
     for (auto [label, mode] : cases) {
         mode.attention_mass_recall = true;
-        KvSession cpu(m.config, mode, window), gpu(m.config, mode, window, weights);
+        KvSession cpu(m, mode, window), gpu(m, mode, window, weights);
         std::vector<float> lc, lg;
-        cpu.forward(*m.model, w.first(static_cast<size_t>(prefix)), lc);
-        gpu.forward(*m.model, w.first(static_cast<size_t>(prefix)), lg);
+        cpu.forward(w.first(static_cast<size_t>(prefix)), lc);
+        gpu.forward(w.first(static_cast<size_t>(prefix)), lg);
         double nll_c = 0, nll_g = 0;
         int64_t agree = 0;
         for (int64_t t = prefix; t < prefix + steps; ++t) {
@@ -203,8 +203,8 @@ void track_cpu_engine(const ModelAndText& loaded, const std::vector<std::pair<co
             nll_c -= log_prob(lc, target);
             nll_g -= log_prob(lg, target);
             agree += argmax(lc) == argmax(lg) ? 1 : 0;
-            cpu.forward(*m.model, w.subspan(static_cast<size_t>(t), 1), lc);
-            gpu.forward(*m.model, w.subspan(static_cast<size_t>(t), 1), lg);
+            cpu.forward(w.subspan(static_cast<size_t>(t), 1), lc);
+            gpu.forward(w.subspan(static_cast<size_t>(t), 1), lg);
         }
         const KvStats sc = cpu.stats(), sg = gpu.stats();
         const double ppl_c = std::exp(nll_c / static_cast<double>(steps)), ppl_g = std::exp(nll_g / static_cast<double>(steps));
@@ -275,13 +275,13 @@ TEST(GpuEngine, RecallImplsGiveIdenticalLogits) {
         double pages_per_step = 0, correction_rate = 0;
     };
     auto run = [&](KvModeConfig mode, std::shared_ptr<const gpu::GpuWeights> on = nullptr) {
-        KvSession s(m.config, mode, window, on ? on : weights);
+        KvSession s(m, mode, window, on ? on : weights);
         Run r;
         std::vector<float> l;
-        s.forward(*m.model, w.first(static_cast<size_t>(prefix)), l);
+        s.forward(w.first(static_cast<size_t>(prefix)), l);
         r.logits = l;
         for (int64_t t = prefix; t < window; ++t) {
-            s.forward(*m.model, w.subspan(static_cast<size_t>(t), 1), l);
+            s.forward(w.subspan(static_cast<size_t>(t), 1), l);
             r.logits.insert(r.logits.end(), l.begin(), l.end());
         }
         const KvStats st = s.stats();
@@ -354,12 +354,12 @@ TEST(GpuEngine, DeviceTopKGivesTheHostsSamplingCandidates) {
         const SamplingParams params{k == 1 ? 0.0f : 0.9f, k, 0.95f, 77};
         Sampler host_sampler(params), device_sampler(params);
         ASSERT_EQ(host_sampler.candidates_needed(m.config.n_vocab), k);
-        KvSession host(m.config, mode_of(KvMode::kFreekv, 512, 64, 64), prefix + steps + 1, loaded->weights);
-        KvSession device(m.config, mode_of(KvMode::kFreekv, 512, 64, 64), prefix + steps + 1, loaded->weights);
+        KvSession host(m, mode_of(KvMode::kFreekv, 512, 64, 64), prefix + steps + 1, loaded->weights);
+        KvSession device(m, mode_of(KvMode::kFreekv, 512, 64, 64), prefix + steps + 1, loaded->weights);
         std::vector<float> logits, want_v, got_v;
         std::vector<int32_t> want_i, got_i;
-        host.forward(*m.model, prompt, logits);
-        device.forward_top(*m.model, prompt, k, got_i, got_v);
+        host.forward(prompt, logits);
+        device.forward_top(prompt, k, got_i, got_v);
         std::set<int32_t> drawn;
         for (int64_t t = 0; t <= steps; ++t) {
             Sampler::top_candidates(logits, k, want_i, want_v);
@@ -370,8 +370,8 @@ TEST(GpuEngine, DeviceTopKGivesTheHostsSamplingCandidates) {
             drawn.insert(a);
             if (t == steps) break;
             const int32_t token[1] = {a};
-            host.forward(*m.model, token, logits);
-            device.forward_top(*m.model, token, k, got_i, got_v);
+            host.forward(token, logits);
+            device.forward_top(token, k, got_i, got_v);
         }
         std::printf("top-%d: %lld steps identical, %zu distinct tokens drawn\n", k, static_cast<long long>(steps) + 1, drawn.size());
     }

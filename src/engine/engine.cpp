@@ -1,0 +1,325 @@
+// engine.cpp: see engine.h. The engine thread is the only one that touches the runner, the
+// scheduler and the live requests; other threads talk to it through the inbox under `mutex`.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "engine/model_runner.h"
+#include "engine/scheduler.h"
+
+namespace freekv {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+}  // namespace
+
+const char* finish_reason_name(FinishReason reason) {
+    switch (reason) {
+        case FinishReason::kStop: return "stop";
+        case FinishReason::kLength: return "length";
+        case FinishReason::kCancelled: return "cancelled";
+        case FinishReason::kError: return "error";
+    }
+    return "?";
+}
+
+struct Engine::Impl {
+    const LoadedModel& model;
+    EngineConfig config;
+    std::unique_ptr<ModelRunner> runner;
+    Scheduler scheduler;
+
+    // ---- shared with the submitting threads, under `mutex` ----
+    mutable std::mutex mutex;
+    std::condition_variable wake;
+    struct Incoming {
+        int64_t id;
+        EngineRequest request;
+        Clock::time_point submitted;
+    };
+    std::deque<Incoming> inbox;
+    std::vector<int64_t> cancels;
+    bool stopping = false;
+    int64_t next_id = 1;
+    int64_t n_queued = 0;   // submitted, not yet admitted into a slot (nor ended)
+    int64_t n_running = 0;  // holding a slot
+    EngineMetrics counters;
+
+    // ---- the engine thread's ----
+    struct Live {
+        EngineRequest request;
+        Sampler sampler;
+        int64_t n_predict = 0, n_generated = 0;
+        int32_t slot = -1;  // -1 while waiting
+        int32_t last_token = -1;
+        Clock::time_point submitted, admitted, first_token;
+        bool has_token = false;
+    };
+    std::unordered_map<int64_t, Live> live;
+    std::mutex step_mutex;  // held while a step runs; kv_stats() takes it
+    std::thread thread;
+
+    Impl(const LoadedModel& m, EngineConfig c)
+        : model(m), config(std::move(c)),
+          scheduler(SchedulerConfig{config.step_tokens, config.prefill_chunk, false}) {}
+
+    void finish(int64_t id, FinishReason reason, std::string error = {});
+    void step();
+    void loop();
+};
+
+void Engine::Impl::finish(int64_t id, FinishReason reason, std::string error) {
+    auto it = live.find(id);
+    if (it == live.end()) return;
+    Live& s = it->second;
+    const auto now = Clock::now();
+    scheduler.remove(id);
+    if (s.slot >= 0) runner->remove_sequence(s.slot);
+    RequestOutcome out;
+    out.reason = reason;
+    out.error = std::move(error);
+    out.n_prompt = static_cast<int64_t>(s.request.prompt.size());
+    out.n_generated = s.n_generated;
+    out.queue_ms = s.slot >= 0 ? ms_between(s.submitted, s.admitted) : ms_between(s.submitted, now);
+    out.ttft_ms = s.has_token ? ms_between(s.submitted, s.first_token) : 0;
+    out.total_ms = ms_between(s.submitted, now);
+    {
+        std::lock_guard lock(mutex);
+        if (s.slot < 0) --n_queued;
+        else --n_running;
+        ++counters.finished[static_cast<int>(reason)];
+        counters.generated_tokens += s.n_generated;
+        counters.queue_seconds += out.queue_ms / 1000;
+        counters.ttft_seconds += out.ttft_ms / 1000;
+    }
+    auto on_done = std::move(s.request.on_done);
+    live.erase(it);
+    if (on_done) on_done(out);
+}
+
+void Engine::Impl::step() {
+    for (int64_t id : scheduler.admit(runner->n_free())) {
+        Live& s = live.at(id);
+        s.slot = runner->add_sequence();
+        s.admitted = Clock::now();
+        std::lock_guard lock(mutex);
+        --n_queued;
+        ++n_running;
+    }
+    const std::vector<StepWork> work = scheduler.plan();
+    if (work.empty()) return;
+    const auto t0 = Clock::now();
+    std::vector<int32_t> tokens;
+    std::vector<SequenceSpan> spans;
+    std::vector<int64_t> out_rows;
+    std::vector<int64_t> emitting;  // ids, in out_rows order
+    int32_t k = 1;
+    int64_t n_decode = 0;
+    for (const StepWork& w : work) {
+        Live& s = live.at(w.id);
+        const auto offset = static_cast<int64_t>(tokens.size());
+        if (w.decode) {
+            tokens.push_back(s.last_token);
+            ++n_decode;
+        } else {
+            tokens.insert(tokens.end(), s.request.prompt.begin() + w.pos0, s.request.prompt.begin() + w.pos0 + w.n_tok);
+        }
+        spans.push_back({s.slot, w.pos0, w.n_tok, offset});
+        if (w.emits) {
+            out_rows.push_back(offset + w.n_tok - 1);
+            emitting.push_back(w.id);
+            k = std::max(k, s.sampler.candidates_needed(model.config.n_vocab));
+        }
+    }
+    k = static_cast<int32_t>(std::min<int64_t>(k, model.config.n_vocab));
+    std::vector<int32_t> ids;
+    std::vector<float> values;
+    try {
+        runner->forward_top(tokens, spans, out_rows, k, ids, values);
+    } catch (const std::exception& e) {
+        // The step's sequences cannot go on (their KV is incomplete); the others are untouched.
+        for (const StepWork& w : work) finish(w.id, FinishReason::kError, e.what());
+        return;
+    }
+    scheduler.commit(work);
+    const auto t1 = Clock::now();
+    {
+        std::lock_guard lock(mutex);
+        ++counters.steps;
+        counters.decode_rows += n_decode;
+        counters.step_seconds += std::chrono::duration<double>(t1 - t0).count();
+    }
+    for (const StepWork& w : work) {
+        if (w.decode) continue;
+        Live& s = live.at(w.id);
+        if (!s.request.on_prefill) continue;
+        try {
+            s.request.on_prefill(w.pos0 + w.n_tok);
+        } catch (const std::exception& e) {
+            finish(w.id, FinishReason::kError, fmt::format("the prefill callback failed: {}", e.what()));
+        }
+    }
+    for (size_t r = 0; r < emitting.size(); ++r) {
+        const int64_t id = emitting[r];
+        auto it = live.find(id);
+        if (it == live.end()) continue;  // ended by its prefill callback
+        Live& s = it->second;
+        const auto row = static_cast<size_t>(k) * r;
+        const int32_t token = s.sampler.pick(std::span(ids).subspan(row, static_cast<size_t>(k)),
+                                             std::span(values).subspan(row, static_cast<size_t>(k)));
+        if (!s.has_token) {
+            s.has_token = true;
+            s.first_token = Clock::now();
+        }
+        ++s.n_generated;
+        if (std::find(s.request.stop_ids.begin(), s.request.stop_ids.end(), token) != s.request.stop_ids.end()) {
+            finish(id, FinishReason::kStop);
+            continue;
+        }
+        bool go = true;
+        try {
+            if (s.request.on_token) go = s.request.on_token(token);
+        } catch (const std::exception& e) {
+            finish(id, FinishReason::kError, fmt::format("the token callback failed: {}", e.what()));
+            continue;
+        }
+        if (!go) {
+            finish(id, FinishReason::kCancelled);
+            continue;
+        }
+        if (s.n_generated >= s.n_predict) {
+            finish(id, FinishReason::kLength);
+            continue;
+        }
+        s.last_token = token;
+    }
+}
+
+void Engine::Impl::loop() {
+    for (;;) {
+        std::deque<Incoming> arrived;
+        std::vector<int64_t> cancelled;
+        {
+            std::unique_lock lock(mutex);
+            wake.wait(lock, [&] { return stopping || !inbox.empty() || !cancels.empty() || !live.empty(); });
+            if (stopping) break;
+            arrived.swap(inbox);
+            cancelled.swap(cancels);
+        }
+        std::lock_guard step_lock(step_mutex);  // runner and scheduler changes below
+        for (Incoming& in : arrived) {
+            const int64_t n_prompt = static_cast<int64_t>(in.request.prompt.size());
+            const int64_t room = runner->max_tokens() - n_prompt;
+            const int64_t n_predict = in.request.max_tokens < 0 ? room : std::min(in.request.max_tokens, room);
+            Sampler sampler(in.request.sampling);
+            live.emplace(in.id, Live{std::move(in.request), sampler, n_predict, 0, -1, -1, in.submitted, {}, {}, false});
+            scheduler.enqueue(in.id, n_prompt);
+            if (n_predict == 0) finish(in.id, FinishReason::kLength);
+        }
+        for (int64_t id : cancelled) finish(id, FinishReason::kCancelled);
+        step();
+    }
+    std::vector<int64_t> ids;
+    for (const auto& [id, s] : live) ids.push_back(id);
+    std::sort(ids.begin(), ids.end());
+    for (int64_t id : ids) finish(id, FinishReason::kCancelled, "the engine stopped");
+    std::deque<Incoming> never_taken;
+    {
+        std::lock_guard lock(mutex);
+        never_taken.swap(inbox);
+        counters.finished[static_cast<int>(FinishReason::kCancelled)] += static_cast<int64_t>(never_taken.size());
+        n_queued -= static_cast<int64_t>(never_taken.size());
+    }
+    for (Incoming& in : never_taken) {
+        RequestOutcome out;
+        out.reason = FinishReason::kCancelled;
+        out.error = "the engine stopped";
+        out.n_prompt = static_cast<int64_t>(in.request.prompt.size());
+        if (in.request.on_done) in.request.on_done(out);
+    }
+}
+
+Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_unique<Impl>(model, std::move(config))) {
+    Impl& m = *impl_;
+    EngineConfig& c = m.config;
+    if (c.n_ctx <= 0) c.n_ctx = model.config.n_ctx_train;
+    FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
+    FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
+    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu);
+    if (m.runner->whole_prompt_prefill())
+        m.scheduler = Scheduler(SchedulerConfig{c.step_tokens, c.prefill_chunk, true});
+    m.counters.max_batch = c.max_batch;
+    m.counters.n_ctx = c.n_ctx;
+    m.thread = std::thread([&m] { m.loop(); });
+}
+
+Engine::~Engine() {
+    {
+        std::lock_guard lock(impl_->mutex);
+        impl_->stopping = true;
+    }
+    impl_->wake.notify_all();
+    impl_->thread.join();
+}
+
+int64_t Engine::submit(EngineRequest request) {
+    Impl& m = *impl_;
+    const ModelConfig& c = m.model.config;
+    const auto n_prompt = static_cast<int64_t>(request.prompt.size());
+    if (n_prompt == 0) FREEKV_FAIL("the prompt is empty");
+    if (n_prompt >= m.config.n_ctx)
+        FREEKV_FAIL("the prompt has {} tokens but the context is {} (-c/--ctx-size); shorten the prompt or raise -c "
+                    "(the model was trained for {})", n_prompt, m.config.n_ctx, c.n_ctx_train);
+    for (int32_t id : request.prompt)
+        if (id < 0 || id >= c.n_vocab) FREEKV_FAIL("prompt token {} is outside the vocabulary of {}", id, c.n_vocab);
+    std::lock_guard lock(m.mutex);
+    if (m.stopping) throw EngineBusy("the engine is stopping");
+    // Requests beyond the slots wait; at most max_waiting of them.
+    if (m.n_queued + m.n_running >= m.config.max_batch + m.config.max_waiting) {
+        ++m.counters.rejected;
+        throw EngineBusy(fmt::format("{} requests are waiting already (the queue holds {}, --max-queue); retry later",
+                                     m.n_queued, m.config.max_waiting));
+    }
+    const int64_t id = m.next_id++;
+    ++m.counters.submitted;
+    ++m.n_queued;
+    m.counters.prompt_tokens += n_prompt;
+    m.inbox.push_back({id, std::move(request), Clock::now()});
+    m.wake.notify_one();
+    return id;
+}
+
+void Engine::cancel(int64_t id) {
+    {
+        std::lock_guard lock(impl_->mutex);
+        impl_->cancels.push_back(id);
+    }
+    impl_->wake.notify_one();
+}
+
+EngineMetrics Engine::metrics() const {
+    std::lock_guard lock(impl_->mutex);
+    EngineMetrics out = impl_->counters;
+    out.waiting = impl_->n_queued;
+    out.running = impl_->n_running;
+    return out;
+}
+
+KvStats Engine::kv_stats() {
+    std::lock_guard lock(impl_->step_mutex);
+    return impl_->runner->stats();
+}
+
+const EngineConfig& Engine::config() const { return impl_->config; }
+bool Engine::on_gpu() const { return impl_->runner->on_gpu(); }
+
+}  // namespace freekv

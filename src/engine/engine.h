@@ -1,0 +1,108 @@
+// engine.h: the long-lived inference engine: it owns a ModelRunner (the sequence slots of one
+// backend) and a Scheduler, takes requests from any thread and steps every running sequence
+// together on its own thread (continuous batching): sequences join as slots free up, prefill in
+// chunks beside the decoders (whole, in a step of its own, on the GPU), and leave when done.
+// Invariants:
+//   - submit() checks a request before it is queued (Error: bad prompt; EngineBusy: queue full)
+//     and returns its id; every accepted request gets exactly one on_done, after its last on_token;
+//   - callbacks run on the engine thread, in order per request; they must not block for long
+//     (they may call cancel());
+//   - a sequence's tokens do not depend on what it was batched with on the CPU backend; on the GPU
+//     in f32 they match its solo run up to cuBLAS batch-size rounding;
+//   - stopping the engine (destructor) ends every request with FinishReason::kCancelled.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/kv_mode.h"
+#include "engine/kv_stats.h"
+#include "engine/sampler.h"
+#include "gpu/gpu_engine.h"
+#include "model/model_loader.h"
+
+namespace freekv {
+
+struct EngineConfig {
+    KvModeConfig kv_mode = full_kv_mode();
+    int64_t n_ctx = 0;           // tokens per sequence, prompt + generated; 0 = the model's trained context
+    int64_t max_batch = 8;       // sequences stepped together (runner slots)
+    int64_t max_waiting = 256;   // requests queued beyond the running ones; more are refused
+    int64_t step_tokens = 2048;  // tokens per CPU step, decode tokens and prefill chunks together
+    int64_t prefill_chunk = 512; // CPU prefill chunk boundaries (multiples of it)
+    std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU when set
+};
+
+/// submit() when max_waiting requests wait already: try again later (the server answers 429).
+class EngineBusy : public std::runtime_error {
+public:
+    explicit EngineBusy(const std::string& message) : std::runtime_error(message) {}
+};
+
+enum class FinishReason { kStop, kLength, kCancelled, kError };
+const char* finish_reason_name(FinishReason reason);
+
+struct RequestOutcome {
+    FinishReason reason = FinishReason::kLength;
+    std::string error;  // what went wrong, for kError
+    int64_t n_prompt = 0, n_generated = 0;  // n_generated counts a final stop token
+    double queue_ms = 0;  // submit() to admission into a slot
+    double ttft_ms = 0;   // submit() to the first token (0 if none)
+    double total_ms = 0;  // submit() to the end
+};
+
+struct EngineRequest {
+    std::vector<int32_t> prompt;
+    int64_t max_tokens = 16;        // -1: until a stop token or the context is full
+    SamplingParams sampling;
+    std::vector<int32_t> stop_ids;  // tokens that end the generation (not passed to on_token)
+    /// Each generated token, in order; returning false stops the request (kCancelled).
+    std::function<bool(int32_t)> on_token;
+    /// Once, when the request ends for any reason.
+    std::function<void(const RequestOutcome&)> on_done;
+    /// Optional: the prompt tokens held after each prefill step.
+    std::function<void(int64_t)> on_prefill;
+};
+
+/// Counters for /metrics; totals since the engine started.
+struct EngineMetrics {
+    int64_t max_batch = 0, n_ctx = 0;
+    int64_t waiting = 0, running = 0;
+    int64_t submitted = 0, rejected = 0;
+    int64_t finished[4] = {0, 0, 0, 0};  // by FinishReason
+    int64_t prompt_tokens = 0, generated_tokens = 0;
+    int64_t steps = 0, decode_rows = 0;  // engine steps; decode tokens over all steps
+    double step_seconds = 0;             // time spent in steps
+    double queue_seconds = 0, ttft_seconds = 0;  // sums over finished requests (admitted / with a token)
+};
+
+class Engine {
+public:
+    /// Builds the runner (memory for max_batch sequences of n_ctx tokens) and starts the engine thread.
+    Engine(const LoadedModel& model, EngineConfig config);
+    ~Engine();
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    /// Queues a request; returns its id. Throws Error when the prompt is empty, has a token outside
+    /// the vocabulary or does not leave room in the context, EngineBusy when the queue is full.
+    int64_t submit(EngineRequest request);
+    /// Ends a waiting or running request with kCancelled (no effect once it has finished).
+    void cancel(int64_t id);
+
+    EngineMetrics metrics() const;
+    /// Retrieval counters over every request so far (empty for full); waits for the current step.
+    KvStats kv_stats();
+    const EngineConfig& config() const;
+    bool on_gpu() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freekv

@@ -1,0 +1,59 @@
+// model_runner.h: one backend's forward over the engine's sequence slots: the model plus the KV
+// storage of every KV mode for up to max_batch sequences of up to max_tokens each. The CPU runner
+// keeps them in a PagedKvCache (full) or a RetrievalKv (the offloading modes), the GPU runner in a
+// GpuEngine. It owns storage and runs steps; it never decides who runs (that is the Scheduler's).
+// Invariants:
+//   - add_sequence() returns a free slot (the lowest) or throws when all max_batch are taken;
+//     remove_sequence() frees it for reuse, with nothing of the old sequence left visible;
+//   - a forward lists its spans' tokens in order (SequenceSpan::offset); each span continues its
+//     sequence at n_tokens(seq); with whole_prompt_prefill() a prompt is one span that runs alone
+//     and any other forward is one decode token per sequence (the GPU engine's contract);
+//   - on the CPU a sequence's logits do not depend on what it is batched with (grouped matmuls).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/kv_mode.h"
+#include "engine/kv_stats.h"
+#include "gpu/gpu_engine.h"
+#include "model/attention_kv.h"
+#include "model/model_loader.h"
+
+namespace freekv {
+
+class ModelRunner {
+public:
+    virtual ~ModelRunner() = default;
+    virtual int64_t max_batch() const = 0;
+    virtual int64_t max_tokens() const = 0;
+    /// Whether a prompt must be prefilled whole, in a forward of its own.
+    virtual bool whole_prompt_prefill() const = 0;
+    virtual bool on_gpu() const = 0;
+    virtual int64_t n_free() const = 0;
+
+    virtual int32_t add_sequence() = 0;
+    virtual void remove_sequence(int32_t seq) = 0;
+
+    /// Runs the spans; logits: [out_rows.size()][n_vocab] of the listed token rows.
+    virtual void forward(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,
+                         std::span<const int64_t> out_rows, std::vector<float>& logits) = 0;
+    /// Runs the spans; ids, values: [out_rows.size()][k], each row's k largest logits in
+    /// Sampler::top_candidates' order (on the GPU chosen on the device when k allows).
+    virtual void forward_top(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,
+                             std::span<const int64_t> out_rows, int32_t k, std::vector<int32_t>& ids,
+                             std::vector<float>& values) = 0;
+    /// Counters of the retrieval modes (empty for full); waits for background work.
+    virtual KvStats stats() = 0;
+};
+
+/// A runner for `mode` with max_batch slots of max_tokens tokens: on the GPU when `gpu` weights
+/// are given, else on the CPU with the model's own weights. Throws Error naming the flag to change
+/// when the memory does not fit.
+std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
+                                               int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu = nullptr);
+
+}  // namespace freekv
