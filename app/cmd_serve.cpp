@@ -1,5 +1,6 @@
-// cmd_serve.cpp: `freekv serve`: the model behind an HTTP server with the OpenAI completions API
-// (src/serve/completion_server.h), under any KV mode, on the CPU or the GPU.
+// cmd_serve.cpp: `freekv serve`: the model behind an HTTP server with the OpenAI completions and
+// chat APIs (src/serve/completion_server.h), batching concurrent requests in one engine, under any
+// KV mode, on the CPU or the GPU.
 #include "app/commands.h"
 #include "app/kv_flags.h"
 #include "core/error.h"
@@ -12,7 +13,7 @@ namespace {
 struct ServeFlags {
     std::string model, host = "127.0.0.1", name;
     int port = 8080;
-    int64_t n_ctx = 0;
+    int64_t n_ctx = 0, max_batch = 8, max_queue = 64, step_tokens = 2048;
     KvFlags kv;
     RunFlags run;
 };
@@ -28,26 +29,39 @@ Command register_serve(CLI::App& cmd) {
     cmd.add_option("--name", f->name, "model name reported by the API (default: the model folder's name)");
     cmd.add_option("-c,--ctx-size", f->n_ctx, "context per request, prompt plus completion (0 = the model's trained context)")
         ->envname("FREEKV_ARG_CTX_SIZE")->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+    cmd.add_option("--max-batch", f->max_batch,
+                   "sequences decoded together (8); memory is reserved for this many of -c tokens each")
+        ->envname("FREEKV_ARG_MAX_BATCH")->check(CLI::Range(int64_t{1}, int64_t{4096}));
+    cmd.add_option("--max-queue", f->max_queue, "requests that may wait for a slot (64); more get HTTP 429")
+        ->envname("FREEKV_ARG_MAX_QUEUE")->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+    cmd.add_option("--step-tokens", f->step_tokens,
+                   "tokens per CPU engine step, decode tokens plus prompt chunks of 512 (2048)")
+        ->envname("FREEKV_ARG_STEP_TOKENS")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
     f->kv.add_to(cmd);
     f->run.add_to(cmd);
     return [f]() -> int {
         f->run.apply();
         LoadedModel m = load_model(f->model);
         fmt::print(stderr, "{}\n", m.summary());
-        GenerateParams base;
-        base.gpu = f->run.gpu_weights(m);
-        base.n_ctx = f->n_ctx;
-        base.kv_mode = f->kv.resolve();
-        base.progress = false;
-        fmt::print(stderr, "{}\n", base.kv_mode.describe());
-        std::string name = f->name;
-        if (name.empty()) {
+        serve::ServerOptions options;
+        options.engine.gpu = f->run.gpu_weights(m);
+        options.engine.n_ctx = f->n_ctx;
+        options.engine.kv_mode = f->kv.resolve();
+        options.engine.max_batch = f->max_batch;
+        options.engine.max_waiting = f->max_queue;
+        options.engine.step_tokens = f->step_tokens;
+        fmt::print(stderr, "{}\n", options.engine.kv_mode.describe());
+        options.model_name = f->name;
+        if (options.model_name.empty()) {
             const std::filesystem::path p(f->model);
-            name = (p.has_filename() ? p.filename() : p.parent_path().filename()).string();
+            options.model_name = (p.has_filename() ? p.filename() : p.parent_path().filename()).string();
         }
-        serve::CompletionServer server(m, base, name);
+        serve::CompletionServer server(m, options);
         const int port = server.bind(f->host, f->port);
-        fmt::print(stderr, "serve: {} on http://{}:{} (POST /v1/completions, GET /v1/models, GET /health)\n", name, f->host, port);
+        const EngineConfig& e = server.engine().config();
+        fmt::print(stderr, "serve: {} on http://{}:{} | {} | {} slots of {} tokens, queue {} | chat format {}\n",
+                   options.model_name, f->host, port, server.engine().on_gpu() ? "cuda" : "cpu", e.max_batch, e.n_ctx,
+                   e.max_waiting, server.chat_format());
         server.run();
         return 0;
     };

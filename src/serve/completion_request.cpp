@@ -31,28 +31,21 @@ float real(const json& v, const char* name, double lo, double hi) {
 
 }  // namespace
 
-CompletionRequest parse_completion_request(std::string_view body) {
+namespace {
+
+json parse_object(std::string_view body, const char* what) {
     json j;
     try {
         j = json::parse(body);
     } catch (const json::parse_error& e) {
         bad(fmt::format("the body is not valid JSON ({})", e.what()));
     }
-    if (!j.is_object()) bad("the body must be a JSON object with at least a 'prompt'");
-    CompletionRequest r;
-    const auto prompt = j.find("prompt");
-    if (prompt == j.end() || prompt->is_null()) bad("'prompt' is missing: send a string, or an array of token ids");
-    if (prompt->is_string()) {
-        r.prompt_text = prompt->get<std::string>();
-        if (r.prompt_text->empty()) bad("'prompt' is empty");
-    } else if (prompt->is_array()) {
-        if (prompt->empty()) bad("'prompt' is an empty array");
-        if ((*prompt)[0].is_string())
-            bad("'prompt' as an array of strings (a batch of prompts) is not supported: send one request per prompt");
-        for (const auto& id : *prompt) r.prompt_ids.push_back(static_cast<int32_t>(integer(id, "prompt[]", 0, std::numeric_limits<int32_t>::max())));
-    } else {
-        bad("'prompt' must be a string or an array of token ids");
-    }
+    if (!j.is_object()) bad(fmt::format("the body must be a JSON object with at least {}", what));
+    return j;
+}
+
+// The fields both APIs share: length, sampling, streaming, n, stop.
+void parse_common(const json& j, CompletionRequest& r) {
     if (auto it = j.find("max_tokens"); it != j.end() && !it->is_null()) r.max_tokens = integer(*it, "max_tokens", 0, int64_t{1} << 24);
     if (auto it = j.find("temperature"); it != j.end() && !it->is_null()) r.temperature = real(*it, "temperature", 0.0, 100.0);
     if (auto it = j.find("top_p"); it != j.end() && !it->is_null()) r.top_p = real(*it, "top_p", 0.0, 1.0);
@@ -80,6 +73,50 @@ CompletionRequest parse_completion_request(std::string_view body) {
         for (const auto& s : r.stop)
             if (s.empty()) bad("'stop' strings must not be empty");
     }
+}
+
+}  // namespace
+
+CompletionRequest parse_completion_request(std::string_view body) {
+    const json j = parse_object(body, "a 'prompt'");
+    CompletionRequest r;
+    const auto prompt = j.find("prompt");
+    if (prompt == j.end() || prompt->is_null()) bad("'prompt' is missing: send a string, or an array of token ids");
+    if (prompt->is_string()) {
+        r.prompt_text = prompt->get<std::string>();
+        if (r.prompt_text->empty()) bad("'prompt' is empty");
+    } else if (prompt->is_array()) {
+        if (prompt->empty()) bad("'prompt' is an empty array");
+        if ((*prompt)[0].is_string())
+            bad("'prompt' as an array of strings (a batch of prompts) is not supported: send one request per prompt");
+        for (const auto& id : *prompt) r.prompt_ids.push_back(static_cast<int32_t>(integer(id, "prompt[]", 0, std::numeric_limits<int32_t>::max())));
+    } else {
+        bad("'prompt' must be a string or an array of token ids");
+    }
+    parse_common(j, r);
+    return r;
+}
+
+CompletionRequest parse_chat_request(std::string_view body) {
+    const json j = parse_object(body, "'messages'");
+    CompletionRequest r;
+    const auto messages = j.find("messages");
+    if (messages == j.end() || !messages->is_array() || messages->empty())
+        bad("'messages' must be a non-empty array of {\"role\": ..., \"content\": ...} objects");
+    for (const auto& m : *messages) {
+        if (!m.is_object()) bad("each of 'messages' must be an object with 'role' and 'content'");
+        const auto role = m.find("role"), content = m.find("content");
+        if (role == m.end() || !role->is_string()) bad("a message has no 'role' string");
+        const std::string rs = role->get<std::string>();
+        if (rs != "system" && rs != "user" && rs != "assistant")
+            bad(fmt::format("message role '{}' is not supported: use system, user or assistant", rs));
+        if (content == m.end() || !content->is_string())
+            bad("a message's 'content' must be a string (content parts and images are not supported)");
+        r.messages.push_back({rs, content->get<std::string>()});
+    }
+    parse_common(j, r);
+    if (auto it = j.find("max_completion_tokens"); it != j.end() && !it->is_null())
+        r.max_tokens = integer(*it, "max_completion_tokens", 0, int64_t{1} << 24);
     return r;
 }
 

@@ -1,24 +1,30 @@
-// completion_server.h: `freekv serve`: an HTTP server for one loaded model with the OpenAI
-// completions API: POST /v1/completions (JSON, or server-sent events with "stream": true),
-// GET /v1/models and GET /health. Built on Debian's cpp-httplib.
-// Invariants: requests are checked before any model work and a bad one gets 400 with a JSON error
-// that says what was wrong; generations run one at a time (each in a fresh KvSession of the
-// server's KV mode, on the GPU when weights are given), others wait their turn; a client that
-// disconnects mid-stream stops its generation; the model is never modified by a request.
+// completion_server.h: `freekv serve`: an HTTP server (Debian's cpp-httplib) in front of one
+// long-lived Engine, with the OpenAI API subset: POST /v1/completions and /v1/chat/completions
+// (JSON, or server-sent events with "stream": true), GET /v1/models; plus GET /health, GET
+// /metrics (Prometheus text), POST /tokenize and POST /detokenize.
+// Invariants: requests are checked before any model work; a bad one gets 400 with a JSON error
+// saying what was wrong, a full queue 429, a stopping engine 503; every accepted request runs in
+// the engine's continuous batch beside the others; a client that disconnects mid-stream, or a
+// stop string, cancels its request and frees its slot; the model is never modified by a request.
 #pragma once
 
 #include <memory>
 #include <string>
 
-#include "engine/generator.h"
+#include "engine/engine.h"
 #include "model/model_loader.h"
 
 namespace freekv::serve {
 
+struct ServerOptions {
+    std::string model_name = "model";
+    EngineConfig engine;  // KV mode, context, batch slots, queue, GPU weights
+};
+
 class CompletionServer {
 public:
-    /// `base`: KV mode, context, GPU weights; sampling and length come from each request.
-    CompletionServer(const LoadedModel& model, GenerateParams base, std::string model_name);
+    /// Starts the engine (memory for engine.max_batch sequences of engine.n_ctx tokens).
+    CompletionServer(const LoadedModel& model, ServerOptions options);
     ~CompletionServer();
     CompletionServer(const CompletionServer&) = delete;
     CompletionServer& operator=(const CompletionServer&) = delete;
@@ -29,6 +35,9 @@ public:
     void run();
     /// Makes run() return (from any thread).
     void stop();
+    /// The chat format in use ("llama3", "chatml") or "none".
+    std::string chat_format() const;
+    Engine& engine();
 
 private:
     struct Impl;

@@ -3,13 +3,17 @@
 // (greedy), and the streamed form carries the same tokens then [DONE]; max_tokens 0; every bad
 // request gets a 400 JSON error that names the problem (bad JSON, a text prompt without a tokenizer,
 // ids outside the vocabulary, a prompt longer than the context, n > 1); unknown routes a JSON 404;
-// a port in use is an error, not a second server sharing it.
+// a port in use is an error, not a second server sharing it. Concurrency: 16 requests at once get
+// their solo tokens; 200 streams at once, a fifth of them dropped by their clients mid-stream,
+// leave the rest untouched and every slot free (/metrics); a full queue answers 429.
 // Uses the synthetic `tiny` shape (token-id prompts); with the reference model (text prompts) also
 // checks stop strings against the same completion without them.
 #include <gtest/gtest.h>
+#include <fmt/format.h>
 #include <httplib.h>
 
 #include <nlohmann/json.hpp>
+#include <atomic>
 #include <thread>
 
 #include "core/error.h"
@@ -26,7 +30,7 @@ using nlohmann::json;
 // A server on a free port of 127.0.0.1, running on its own thread for the test's lifetime.
 class RunningServer {
 public:
-    RunningServer(const LoadedModel& m, GenerateParams base) : server_(m, std::move(base), "test-model") {
+    RunningServer(const LoadedModel& m, ServerOptions options) : server_(m, std::move(options)) {
         port_ = server_.bind("127.0.0.1", 0);
         thread_ = std::thread([this] { server_.run(); });
     }
@@ -34,6 +38,8 @@ public:
         server_.stop();
         thread_.join();
     }
+    CompletionServer& server() { return server_; }
+    int port() const { return port_; }
     httplib::Client client() const {
         httplib::Client c("127.0.0.1", port_);
         c.set_read_timeout(120, 0);
@@ -46,12 +52,12 @@ private:
     std::thread thread_;
 };
 
-GenerateParams base_params(int64_t n_ctx) {
-    GenerateParams p;
-    p.n_ctx = n_ctx;
-    p.progress = false;
-    p.kv_mode = full_kv_mode();
-    return p;
+ServerOptions base_params(int64_t n_ctx, const std::string& name = "test-model") {
+    ServerOptions o;
+    o.model_name = name;
+    o.engine.n_ctx = n_ctx;
+    o.engine.kv_mode = full_kv_mode();
+    return o;
 }
 
 json post(httplib::Client& c, const json& body, int want_status) {
@@ -63,7 +69,10 @@ json post(httplib::Client& c, const json& body, int want_status) {
 }
 
 std::vector<int32_t> engine_tokens(const LoadedModel& m, const std::vector<int32_t>& prompt, int64_t n, int64_t n_ctx) {
-    GenerateParams p = base_params(n_ctx);
+    GenerateParams p;
+    p.n_ctx = n_ctx;
+    p.progress = false;
+    p.kv_mode = full_kv_mode();
     p.n_predict = n;
     p.sampling.temperature = 0.0f;
     const auto stop = m.stop_ids();
@@ -144,6 +153,10 @@ TEST(Serve, BadRequestsGetClearErrors) {
     EXPECT_NE(message(json{{"prompt", {1, m.config.n_vocab}}}.dump(), 400).find("outside the vocabulary"), std::string::npos);
     EXPECT_NE(message(json{{"prompt", std::vector<int32_t>(64, 7)}}.dump(), 400).find("context is 64"), std::string::npos);
     EXPECT_NE(message(R"({"prompt":[1],"n":3})", 400).find("'n' must be 1"), std::string::npos);
+    auto chat = c.Post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"hi"}]})", "application/json");
+    ASSERT_TRUE(chat);
+    EXPECT_EQ(chat->status, 400);
+    EXPECT_NE(chat->body.find("no tokenizer.json"), std::string::npos) << chat->body;
     auto nope = c.Get("/v1/chat/nothing");
     ASSERT_TRUE(nope);
     EXPECT_EQ(nope->status, 404);
@@ -154,9 +167,9 @@ TEST(Serve, BadRequestsGetClearErrors) {
 
 TEST(Serve, APortInUseIsAClearError) {
     const LoadedModel m = make_synthetic_model("tiny");
-    CompletionServer first(m, base_params(64), "a");
+    CompletionServer first(m, base_params(64, "a"));
     const int port = first.bind("127.0.0.1", 0);
-    CompletionServer second(m, base_params(64), "b");
+    CompletionServer second(m, base_params(64, "b"));
     try {
         second.bind("127.0.0.1", port);
         FAIL() << "a second server bound port " << port << " that the first holds";
@@ -192,6 +205,193 @@ TEST(Serve, StopStringsCutTheTextOfTheReferenceModel) {
         at = end;
     }
     EXPECT_EQ(streamed, full.substr(0, cut));
+}
+
+// Reads a server-sent-events body: the token ids of its chunks, the last finish reason, whether it
+// ended with [DONE].
+struct Streamed {
+    std::vector<int32_t> tokens;
+    std::string reason;
+    bool done = false;
+};
+Streamed parse_events(const std::string& body) {
+    Streamed s;
+    size_t at = 0;
+    while ((at = body.find("data: ", at)) != std::string::npos) {
+        const size_t end = body.find("\n\n", at);
+        if (end == std::string::npos) break;
+        const std::string data = body.substr(at + 6, end - at - 6);
+        at = end;
+        if (data == "[DONE]") {
+            s.done = true;
+            break;
+        }
+        const json ev = json::parse(data);
+        for (int32_t id : ev["choices"][0]["token_ids"]) s.tokens.push_back(id);
+        if (!ev["choices"][0]["finish_reason"].is_null()) s.reason = ev["choices"][0]["finish_reason"];
+    }
+    return s;
+}
+
+std::vector<int32_t> prompt_of(int i, int64_t n_vocab) {
+    std::vector<int32_t> p;
+    for (int j = 0; j < 3 + i % 11; ++j) p.push_back(static_cast<int32_t>((i * 31 + j * 7 + 1) % n_vocab));
+    return p;
+}
+
+int64_t metric_value(const std::string& text, const std::string& name) {
+    const size_t at = text.find("\n" + name + " ");
+    if (at == std::string::npos) return -1;
+    return std::stoll(text.substr(at + name.size() + 2));
+}
+
+TEST(Serve, ConcurrentRequestsGetTheirSoloTokens) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    ServerOptions o = base_params(256);
+    o.engine.max_batch = 8;
+    RunningServer server(m, o);
+    constexpr int kRequests = 16;
+    std::vector<std::vector<int32_t>> want(kRequests), got(kRequests);
+    for (int i = 0; i < kRequests; ++i) want[i] = engine_tokens(m, prompt_of(i, m.config.n_vocab), 10, 256);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < kRequests; ++i)
+        clients.emplace_back([&, i] {
+            auto c = server.client();
+            const json body{{"prompt", prompt_of(i, m.config.n_vocab)}, {"max_tokens", 10}, {"temperature", 0}, {"stream", i % 2 == 1}};
+            auto res = c.Post("/v1/completions", body.dump(), "application/json");
+            if (!res || res->status != 200) return;
+            if (i % 2 == 1) got[i] = parse_events(res->body).tokens;
+            else got[i] = json::parse(res->body)["choices"][0]["token_ids"].get<std::vector<int32_t>>();
+        });
+    for (auto& t : clients) t.join();
+    for (int i = 0; i < kRequests; ++i) EXPECT_EQ(got[i], want[i]) << "request " << i << (i % 2 ? " (streamed)" : "");
+    const std::string metrics = server.client().Get("/metrics")->body;
+    EXPECT_EQ(metric_value(metrics, "freekv_requests_submitted_total"), kRequests);
+    EXPECT_GT(metric_value(metrics, "freekv_engine_decode_rows_total"), metric_value(metrics, "freekv_engine_steps_total"))
+        << "no step decoded more than one request:\n" << metrics;
+}
+
+// 200 streams at once; every fifth client reads one event and hangs up. The others must get their
+// solo tokens, the dropped ones must end as cancelled (not run to max_tokens), and the engine must
+// end with every slot free.
+TEST(Serve, DroppedStreamsAreCancelledAndFreeTheirSlots) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    ServerOptions o = base_params(512);
+    o.engine.max_batch = 16;
+    o.engine.max_waiting = 256;
+    RunningServer server(m, o);
+    constexpr int kStreams = 200, kTokens = 6, kLong = 400;
+    std::vector<std::vector<int32_t>> want(kStreams);
+    for (int i = 0; i < kStreams; ++i)
+        if (i % 5 != 0) want[i] = engine_tokens(m, prompt_of(i, m.config.n_vocab), kTokens, 512);
+    std::vector<Streamed> got(kStreams);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < kStreams; ++i)
+        clients.emplace_back([&, i] {
+            auto c = server.client();
+            const bool drop = i % 5 == 0;
+            const json body{{"prompt", prompt_of(i, m.config.n_vocab)}, {"max_tokens", drop ? kLong : kTokens},
+                            {"temperature", 0}, {"stream", true}};
+            if (!drop) {
+                auto res = c.Post("/v1/completions", body.dump(), "application/json");
+                if (res && res->status == 200) got[i] = parse_events(res->body);
+                else got[i].reason = res ? fmt::format("HTTP {}: {}", res->status, res->body) : httplib::to_string(res.error());
+                return;
+            }
+            httplib::Request req;
+            req.method = "POST";
+            req.path = "/v1/completions";
+            req.body = body.dump();
+            req.set_header("Content-Type", "application/json");
+            std::string seen;
+            req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+                seen.append(data, n);
+                return seen.find("\n\n") == std::string::npos;  // hang up after the first event
+            };
+            c.send(req);
+        });
+    for (auto& t : clients) t.join();
+    for (int i = 0; i < kStreams; ++i) {
+        if (i % 5 == 0) continue;
+        EXPECT_TRUE(got[i].done) << "stream " << i << " did not end with [DONE]: " << got[i].reason;
+        EXPECT_EQ(got[i].tokens, want[i]) << "stream " << i;
+    }
+    // The dropped streams end as the server notices the closed sockets.
+    auto c = server.client();
+    std::string metrics;
+    for (int tries = 0; tries < 600; ++tries) {
+        metrics = c.Get("/metrics")->body;
+        if (metric_value(metrics, "freekv_requests_running") == 0 && metric_value(metrics, "freekv_requests_waiting") == 0) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_EQ(metric_value(metrics, "freekv_requests_running"), 0) << metrics;
+    EXPECT_EQ(metric_value(metrics, "freekv_requests_waiting"), 0) << metrics;
+    EXPECT_NE(metrics.find("freekv_requests_finished_total{reason=\"cancelled\"} 40\n"), std::string::npos) << metrics;
+    EXPECT_NE(metrics.find("freekv_requests_finished_total{reason=\"length\"} 160\n"), std::string::npos) << metrics;
+    EXPECT_LT(metric_value(metrics, "freekv_generation_tokens_total"), 160 * kTokens + 40 * kLong / 2)
+        << "dropped streams ran on";
+}
+
+TEST(Serve, AFullQueueAnswers429) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    ServerOptions o = base_params(4096);
+    o.engine.max_batch = 1;
+    o.engine.max_waiting = 0;
+    RunningServer server(m, o);
+    // One long request holds the only slot; the next one is refused at once.
+    std::atomic<bool> first_started{false};
+    std::thread holder([&] {
+        auto c = server.client();
+        httplib::Request req;
+        req.method = "POST";
+        req.path = "/v1/completions";
+        req.body = json{{"prompt", {1, 2, 3}}, {"max_tokens", 4000}, {"temperature", 0}, {"stream", true}}.dump();
+        req.set_header("Content-Type", "application/json");
+        req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+            first_started = true;
+            return false;  // hang up: cancels it
+        };
+        c.send(req);
+    });
+    while (!first_started) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    auto c = server.client();
+    auto res = c.Post("/v1/completions", json{{"prompt", {4, 5}}, {"max_tokens", 2}}.dump(), "application/json");
+    holder.join();
+    ASSERT_TRUE(res);
+    // The holder may already have been cancelled and its slot freed: then the request ran.
+    if (res->status != 200) {
+        EXPECT_EQ(res->status, 429) << res->body;
+        EXPECT_EQ(res->get_header_value("Retry-After"), "1");
+        EXPECT_NE(json::parse(res->body)["error"]["message"].get<std::string>().find("--max-queue"), std::string::npos) << res->body;
+    }
+}
+
+TEST(Serve, TokenizeDetokenizeAndChatOnTheReferenceModel) {
+    const auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "reference model not found (../shared/models/freekv-ref-28m)";
+    const LoadedModel m = load_model(dir->string());
+    RunningServer server(m, base_params(512));
+    auto c = server.client();
+    const std::string text = "The Emperor rode along the line";
+    auto tok = c.Post("/tokenize", json{{"content", text}}.dump(), "application/json");
+    ASSERT_TRUE(tok);
+    ASSERT_EQ(tok->status, 200) << tok->body;
+    const auto ids = json::parse(tok->body)["tokens"].get<std::vector<int32_t>>();
+    EXPECT_EQ(ids, m.tokenizer->encode(text));
+    auto detok = c.Post("/detokenize", json{{"tokens", ids}}.dump(), "application/json");
+    ASSERT_TRUE(detok);
+    EXPECT_EQ(json::parse(detok->body)["content"], text);
+    auto bad = c.Post("/detokenize", json{{"tokens", {1, 1 << 30}}}.dump(), "application/json");
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->status, 400);
+    EXPECT_NE(bad->body.find("outside the vocabulary"), std::string::npos) << bad->body;
+    // The reference model was trained on books, without a chat format: chat requests say so.
+    auto chat = c.Post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"hi"}]})", "application/json");
+    ASSERT_TRUE(chat);
+    if (server.server().chat_format() == "none") {
+        EXPECT_EQ(chat->status, 400);
+        EXPECT_NE(chat->body.find("neither Llama 3 nor ChatML"), std::string::npos) << chat->body;
+    }
 }
 
 }  // namespace

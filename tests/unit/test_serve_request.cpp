@@ -1,13 +1,17 @@
 // test_serve_request.cpp: `freekv serve`'s request checks (every field, every malformed form gets a
 // BadRequest that names the field) and the stop-string matcher (text is cut at the first stop
-// string even when it arrives split across tokens, and nothing that may start one is sent early).
+// string even when it arrives split across tokens, and nothing that may start one is sent early);
+// chat requests and the Llama 3 / ChatML chat formats.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
+#include "serve/chat_template.h"
 #include "serve/completion_request.h"
 #include "serve/stop_matcher.h"
+#include "tokenizer/byte_level.h"
 
 namespace freekv::serve {
 namespace {
@@ -108,6 +112,83 @@ TEST(StopMatcher, HoldsBackOnlyWhatMayStartAStopString) {
     EXPECT_EQ(after.push("a!b"), "a");
     EXPECT_EQ(after.push("more"), "");
     EXPECT_EQ(after.flush(), "");
+}
+
+// A byte-level vocabulary (ids 0..255) plus the given added special tokens (ids 256...).
+Tokenizer tokenizer_with(const std::vector<std::string>& specials) {
+    TokenizerSpec spec;
+    for (int i = 0; i < 256; ++i) {
+        std::string s;
+        append_utf8(s, byte_to_unicode(static_cast<uint8_t>(i)));
+        spec.vocab.emplace_back(s, i);
+    }
+    int32_t id = 256;
+    for (const auto& t : specials) {
+        AddedToken a;
+        a.id = id++;
+        a.content = t;
+        a.special = true;
+        spec.added_tokens.push_back(a);
+        spec.vocab.emplace_back(t, a.id);
+    }
+    PreTokenizerStep bl;
+    bl.kind = PreTokenizerStep::Kind::kByteLevel;
+    spec.pre_tokenizer.push_back(bl);
+    return Tokenizer(spec);
+}
+
+TEST(ChatTemplate, RendersChatMLAndStopsAtImEnd) {
+    const Tokenizer tok = tokenizer_with({"<|im_start|>", "<|im_end|>"});
+    const auto t = ChatTemplate::from_template_text("{% for m in messages %}<|im_start|>{{ m.role }}...", tok);
+    ASSERT_TRUE(t);
+    EXPECT_EQ(t->format(), ChatFormat::kChatML);
+    const std::string text = t->render({{"system", "Be brief."}, {"user", "Hi"}});
+    EXPECT_EQ(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    const auto ids = tok.encode(text);
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), 256), 3) << "the markers encode as their special tokens";
+    EXPECT_EQ(t->end_token_ids(), std::vector<int32_t>{257});
+}
+
+TEST(ChatTemplate, RendersLlama3AndStopsAtEotId) {
+    const Tokenizer tok = tokenizer_with({"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"});
+    const auto t = ChatTemplate::from_template_text("{{ bos_token }}<|start_header_id|>...", tok);
+    ASSERT_TRUE(t);
+    EXPECT_EQ(t->format(), ChatFormat::kLlama3);
+    EXPECT_EQ(t->render({{"user", "  Hi there \n"}}),
+              "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    EXPECT_EQ(t->end_token_ids(), std::vector<int32_t>{259});
+    // No template text: the special tokens alone decide.
+    EXPECT_TRUE(ChatTemplate::from_template_text("", tok));
+}
+
+TEST(ChatTemplate, UnknownFormatsAndMissingTokensAreRefused) {
+    const Tokenizer plain = tokenizer_with({});
+    EXPECT_FALSE(ChatTemplate::from_template_text("", plain));
+    EXPECT_FALSE(ChatTemplate::from_template_text("<|im_start|>", plain)) << "the template names tokens the tokenizer lacks";
+    const Tokenizer chatml = tokenizer_with({"<|im_start|>", "<|im_end|>"});
+    EXPECT_FALSE(ChatTemplate::from_template_text("[INST] {{ content }} [/INST]", chatml)) << "a template of another format";
+}
+
+TEST(ChatRequest, ParsesMessagesAndRejectsBadOnes) {
+    const CompletionRequest r = parse_chat_request(
+        R"({"messages":[{"role":"system","content":"s"},{"role":"user","content":"u"}],"max_completion_tokens":7,"stream":true})");
+    ASSERT_EQ(r.messages.size(), 2u);
+    EXPECT_EQ(r.messages[1].role, "user");
+    EXPECT_EQ(r.max_tokens, 7);
+    EXPECT_TRUE(r.stream);
+    auto chat_error = [](const std::string& body) {
+        try {
+            parse_chat_request(body);
+        } catch (const BadRequest& e) {
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    EXPECT_NE(chat_error(R"({"messages":[]})").find("'messages' must be a non-empty array"), std::string::npos);
+    EXPECT_NE(chat_error(R"({"messages":[{"role":"tool","content":"x"}]})").find("role 'tool'"), std::string::npos);
+    EXPECT_NE(chat_error(R"({"messages":[{"role":"user","content":[{"type":"text"}]}]})").find("'content' must be a string"),
+              std::string::npos);
+    EXPECT_NE(chat_error(R"({"prompt":"x"})").find("'messages'"), std::string::npos);
 }
 
 }  // namespace
