@@ -4,6 +4,7 @@
 #include "app/commands.h"
 #include "app/kv_flags.h"
 #include "core/error.h"
+#include "model/synthetic_model.h"
 #include "serve/completion_server.h"
 
 namespace freekv::app {
@@ -13,7 +14,9 @@ namespace {
 struct ServeFlags {
     std::string model, host = "127.0.0.1", name;
     int port = 8080;
+    std::string shape;
     int64_t n_ctx = 0, max_batch = 8, max_queue = 64, step_tokens = 2048;
+    double gpu_memory_gib = 0, cpu_kv_gib = 0;
     KvFlags kv;
     RunFlags run;
 };
@@ -22,7 +25,10 @@ struct ServeFlags {
 
 Command register_serve(CLI::App& cmd) {
     auto f = std::make_shared<ServeFlags>();
-    add_model_flag(cmd, f->model);
+    cmd.add_option("-m,--model", f->model, "model folder or .gguf file")->envname("FREEKV_ARG_MODEL");
+    cmd.add_option("--shape", f->shape,
+                   std::string("serve synthetic random weights of a named shape instead of -m (") + kNamedShapes +
+                       "): no tokenizer, so prompts must be token-id arrays; for load tests");
     cmd.add_option("--host", f->host, "address to listen on (127.0.0.1; 0.0.0.0 for every interface)")->envname("FREEKV_ARG_HOST");
     cmd.add_option("--port", f->port, "port to listen on (8080; 0 picks a free one)")
         ->envname("FREEKV_ARG_PORT")->check(CLI::Range(0, 65535));
@@ -37,11 +43,20 @@ Command register_serve(CLI::App& cmd) {
     cmd.add_option("--step-tokens", f->step_tokens,
                    "tokens per CPU engine step, decode tokens plus prompt chunks of 512 (2048)")
         ->envname("FREEKV_ARG_STEP_TOKENS")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    cmd.add_option("--gpu-memory-gib", f->gpu_memory_gib,
+                   "GPU memory the server may use, weights included (default: what is free); --max-batch is lowered "
+                   "to the sequences that fit")
+        ->envname("FREEKV_ARG_GPU_MEMORY_GIB")->check(CLI::PositiveNumber);
+    cmd.add_option("--cpu-kv-gib", f->cpu_kv_gib,
+                   "pinned system RAM for the CPU KV store of the offloading modes on the GPU (default: up to half "
+                   "of the RAM); --max-batch is lowered to the sequences that fit")
+        ->envname("FREEKV_ARG_CPU_KV_GIB")->check(CLI::PositiveNumber);
     f->kv.add_to(cmd);
     f->run.add_to(cmd);
     return [f]() -> int {
         f->run.apply();
-        LoadedModel m = load_model(f->model);
+        if (f->model.empty() == f->shape.empty()) FREEKV_FAIL("serve needs one of -m/--model or --shape");
+        LoadedModel m = f->model.empty() ? make_synthetic_model(f->shape) : load_model(f->model);
         fmt::print(stderr, "{}\n", m.summary());
         serve::ServerOptions options;
         options.engine.gpu = f->run.gpu_weights(m);
@@ -50,8 +65,11 @@ Command register_serve(CLI::App& cmd) {
         options.engine.max_batch = f->max_batch;
         options.engine.max_waiting = f->max_queue;
         options.engine.step_tokens = f->step_tokens;
+        options.engine.gpu_memory_gib = f->gpu_memory_gib;
+        options.engine.cpu_kv_gib = f->cpu_kv_gib;
         fmt::print(stderr, "{}\n", options.engine.kv_mode.describe());
         options.model_name = f->name;
+        if (options.model_name.empty() && !f->shape.empty()) options.model_name = f->shape;
         if (options.model_name.empty()) {
             const std::filesystem::path p(f->model);
             options.model_name = (p.has_filename() ? p.filename() : p.parent_path().filename()).string();
@@ -59,6 +77,7 @@ Command register_serve(CLI::App& cmd) {
         serve::CompletionServer server(m, options);
         const int port = server.bind(f->host, f->port);
         const EngineConfig& e = server.engine().config();
+        if (!server.engine().memory_plan().empty()) fmt::print(stderr, "serve: {}\n", server.engine().memory_plan());
         fmt::print(stderr, "serve: {} on http://{}:{} | {} | {} slots of {} tokens, queue {} | chat format {}\n",
                    options.model_name, f->host, port, server.engine().on_gpu() ? "cuda" : "cpu", e.max_batch, e.n_ctx,
                    e.max_waiting, server.chat_format());

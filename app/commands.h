@@ -24,6 +24,7 @@ Command register_perplexity(CLI::App& app);
 Command register_needle(CLI::App& app);
 Command register_bench(CLI::App& app);
 Command register_serve(CLI::App& app);
+Command register_bench_serve(CLI::App& app);
 
 /// Adds -m/--model (required) with its environment variable.
 CLI::Option* add_model_flag(CLI::App& cmd, std::string& model_path);

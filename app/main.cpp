@@ -137,7 +137,9 @@ int main(int argc, char** argv) {
         register_perplexity);
     add("needle", "passkey / key-value retrieval accuracy by depth and length", register_needle);
     add("bench", "every KV mode side by side: decode speed, floor ratio, breakdown, recall volume", register_bench);
-    add("serve", "an HTTP server with the OpenAI completions API (POST /v1/completions, streaming too)", register_serve);
+    add("serve", "an HTTP server with the OpenAI completions and chat APIs, batching concurrent requests", register_serve);
+    add("bench-serve", "load generator for a running server: concurrent streams, TTFT / TPOT / ITL, tokens/s",
+        register_bench_serve);
     CLI11_PARSE(app, argc, argv);
     try {
         for (auto& [sub, run] : commands)

@@ -12,6 +12,8 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/system_memory.h"
+#include "gpu/gpu_memory_plan.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
 
@@ -53,6 +55,7 @@ struct Engine::Impl {
     int64_t n_queued = 0;   // submitted, not yet admitted into a slot (nor ended)
     int64_t n_running = 0;  // holding a slot
     EngineMetrics counters;
+    std::string memory_plan;  // set once at start-up
 
     // ---- the engine thread's ----
     struct Live {
@@ -248,12 +251,69 @@ void Engine::Impl::loop() {
     }
 }
 
+namespace {
+
+constexpr int64_t kGiB = int64_t{1} << 30;
+constexpr int64_t kDeviceReserve = kGiB;  // left free for cuBLAS workspaces and the CUDA context's growth
+
+double gib(int64_t b) { return static_cast<double>(b) / static_cast<double>(kGiB); }
+
+// Lowers c.max_batch to the sequences of c.n_ctx tokens the GPU memory plan fits under the caps;
+// returns the plan in words. Error naming the flags when not one sequence fits.
+std::string size_gpu_batch(const ModelConfig& model, EngineConfig& c) {
+    const int elem_bytes = c.gpu->dtype() == gpu::GpuDtype::kF32 ? 4 : 2;
+    const gpu::GpuMemoryPlan plan = gpu::plan_gpu_memory(model, c.kv_mode, elem_bytes, c.gpu->bytes(), c.n_ctx);
+    const gpu::DeviceMemory dev = gpu::device_memory();
+    // The weights are on the device already: what it could still give is free + weights.
+    const int64_t device_room = c.gpu->bytes() + dev.free - kDeviceReserve;
+    int64_t device_cap = device_room;
+    std::string device_why = fmt::format("{:.1f} GiB free on the GPU", gib(dev.free));
+    if (c.gpu_memory_gib > 0) {
+        device_cap = std::min(device_room, static_cast<int64_t>(c.gpu_memory_gib * static_cast<double>(kGiB)));
+        device_why = device_cap < device_room ? fmt::format("--gpu-memory-gib {}", c.gpu_memory_gib)
+                                              : fmt::format("{} (--gpu-memory-gib {} is more than the GPU has)", device_why,
+                                                            c.gpu_memory_gib);
+    }
+    const SystemMemory sys = system_memory();
+    const int64_t host_cap = c.cpu_kv_gib > 0 ? static_cast<int64_t>(c.cpu_kv_gib * static_cast<double>(kGiB)) : sys.total / 2;
+    const std::string host_why = c.cpu_kv_gib > 0 ? fmt::format("--cpu-kv-gib {}", c.cpu_kv_gib)
+                                                  : fmt::format("half of the {:.0f} GiB of system RAM", gib(sys.total));
+    const int64_t by_device = plan.max_sequences(device_cap, 0);
+    const int64_t by_host = plan.host_per_sequence > 0 ? host_cap / plan.host_per_sequence : by_device;
+    const int64_t fits = std::min(by_device, by_host);
+    if (fits < 1) {
+        if (by_device < 1)
+            FREEKV_FAIL("{}; not one sequence of {} tokens fits in {:.1f} GiB ({}); lower -c/--ctx-size, raise "
+                        "--gpu-memory-gib, or use a mode that keeps the KV in CPU memory (--kv-mode freekv)",
+                        plan.describe(), c.n_ctx, gib(device_cap), device_why);
+        FREEKV_FAIL("{}; not one sequence of {} tokens fits in a pinned CPU store (system RAM) of {:.1f} GiB ({}); lower "
+                    "-c/--ctx-size or raise --cpu-kv-gib",
+                    plan.describe(), c.n_ctx, gib(host_cap), host_why);
+    }
+    std::string words = plan.describe();
+    if (fits < c.max_batch) {
+        words += fmt::format("; only {} of --max-batch {} sequences fit ({}): the others wait in the queue", fits,
+                             c.max_batch, by_device <= by_host ? device_why : host_why);
+        c.max_batch = fits;
+    } else {
+        words += fmt::format("; {} sequences use {:.2f} GiB of the GPU's {:.1f} ({})", c.max_batch,
+                             gib(plan.weight_bytes + plan.device_bytes(c.max_batch)), gib(device_cap), device_why);
+        if (plan.host_per_sequence > 0)
+            words += fmt::format(" and {:.2f} GiB pinned of {:.1f} ({})", gib(plan.host_bytes(c.max_batch)), gib(host_cap),
+                                 host_why);
+    }
+    return words;
+}
+
+}  // namespace
+
 Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_unique<Impl>(model, std::move(config))) {
     Impl& m = *impl_;
     EngineConfig& c = m.config;
     if (c.n_ctx <= 0) c.n_ctx = model.config.n_ctx_train;
     FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
     FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
+    if (c.gpu) m.memory_plan = size_gpu_batch(model.config, c);
     m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu);
     if (m.runner->whole_prompt_prefill())
         m.scheduler = Scheduler(SchedulerConfig{c.step_tokens, c.prefill_chunk, true});
@@ -321,5 +381,6 @@ KvStats Engine::kv_stats() {
 
 const EngineConfig& Engine::config() const { return impl_->config; }
 bool Engine::on_gpu() const { return impl_->runner->on_gpu(); }
+const std::string& Engine::memory_plan() const { return impl_->memory_plan; }
 
 }  // namespace freekv

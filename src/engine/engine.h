@@ -35,6 +35,9 @@ struct EngineConfig {
     int64_t step_tokens = 2048;  // tokens per CPU step, decode tokens and prefill chunks together
     int64_t prefill_chunk = 512; // CPU prefill chunk boundaries (multiples of it)
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU when set
+    // GPU memory plan (gpu/gpu_memory_plan.h): max_batch is lowered to the sequences that fit.
+    double gpu_memory_gib = 0;  // cap on the GPU memory the engine uses, weights included; 0: what is free
+    double cpu_kv_gib = 0;      // cap on the pinned CPU store; 0: half of the system's RAM
 };
 
 /// submit() when max_waiting requests wait already: try again later (the server answers 429).
@@ -82,7 +85,9 @@ struct EngineMetrics {
 
 class Engine {
 public:
-    /// Builds the runner (memory for max_batch sequences of n_ctx tokens) and starts the engine thread.
+    /// Builds the runner (memory for max_batch sequences of n_ctx tokens; on the GPU as many as the
+    /// memory plan fits, at most max_batch, and an Error naming the flags when not one fits) and
+    /// starts the engine thread.
     Engine(const LoadedModel& model, EngineConfig config);
     ~Engine();
     Engine(const Engine&) = delete;
@@ -99,6 +104,9 @@ public:
     KvStats kv_stats();
     const EngineConfig& config() const;
     bool on_gpu() const;
+    /// The start-up memory plan in words: what one sequence takes, how many fit, what capped them
+    /// (empty on the CPU backend).
+    const std::string& memory_plan() const;
 
 private:
     struct Impl;

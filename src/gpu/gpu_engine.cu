@@ -194,6 +194,15 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtyp
 
 GpuWeights::~GpuWeights() = default;
 
+DeviceMemory device_memory() {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return {};
+    }
+    return {static_cast<int64_t>(free), static_cast<int64_t>(total)};
+}
+
 bool gpu_available(std::string* why) {
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);

@@ -67,6 +67,12 @@ constexpr int32_t kMaxDeviceTopK = 256;
 /// Whether this build has the GPU engine and a device answers; `why` says why not.
 bool gpu_available(std::string* why = nullptr);
 
+/// Free and total memory of the current device in bytes ({0, 0} without one).
+struct DeviceMemory {
+    int64_t free = 0, total = 0;
+};
+DeviceMemory device_memory();
+
 class GpuEngine {
 public:
     /// Reserves device and pinned host memory for max_batch sequences of max_tokens each; throws

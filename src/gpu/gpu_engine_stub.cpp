@@ -17,6 +17,8 @@ bool gpu_available(std::string* why) {
     return false;
 }
 
+DeviceMemory device_memory() { return {}; }
+
 GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&, GpuDtype) : config_(config) {
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);
 }

@@ -56,6 +56,10 @@ void parse_common(const json& j, CompletionRequest& r) {
         if (!it->is_boolean()) bad("'stream' must be true or false");
         r.stream = it->get<bool>();
     }
+    if (auto it = j.find("ignore_eos"); it != j.end() && !it->is_null()) {
+        if (!it->is_boolean()) bad("'ignore_eos' must be true or false");
+        r.ignore_eos = it->get<bool>();
+    }
     if (auto it = j.find("n"); it != j.end() && !it->is_null() && integer(*it, "n", 1, 1 << 20) != 1)
         bad("'n' must be 1: one completion per request");
     if (auto it = j.find("stop"); it != j.end() && !it->is_null()) {

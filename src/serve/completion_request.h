@@ -34,6 +34,7 @@ struct CompletionRequest {
     std::optional<int> top_k;
     std::optional<uint64_t> seed;             // unset: a random seed
     bool stream = false;
+    bool ignore_eos = false;  // vLLM's extension: generate max_tokens whatever the model's end tokens (load tests)
     std::vector<std::string> stop;
 };
 

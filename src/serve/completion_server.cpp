@@ -106,7 +106,7 @@ struct CompletionServer::Impl {
         r.prompt = job.prompt;
         r.max_tokens = job.req.max_tokens;
         r.sampling = job.sampling;
-        r.stop_ids = job.stop_ids;
+        if (!job.req.ignore_eos) r.stop_ids = job.stop_ids;
         r.on_token = [channel](int32_t t) { return channel->push(t); };
         r.on_done = [channel](const RequestOutcome& o) { channel->finish(o); };
         return {engine.submit(std::move(r)), channel};

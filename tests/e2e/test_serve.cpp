@@ -5,7 +5,8 @@
 // ids outside the vocabulary, a prompt longer than the context, n > 1); unknown routes a JSON 404;
 // a port in use is an error, not a second server sharing it. Concurrency: 16 requests at once get
 // their solo tokens; 200 streams at once, a fifth of them dropped by their clients mid-stream,
-// leave the rest untouched and every slot free (/metrics); a full queue answers 429.
+// leave the rest untouched and every slot free (/metrics); a full queue answers 429. The load
+// generator (bench-serve) counts every streamed token and times it, and reports failures by reason.
 // Uses the synthetic `tiny` shape (token-id prompts); with the reference model (text prompts) also
 // checks stop strings against the same completion without them.
 #include <gtest/gtest.h>
@@ -20,6 +21,7 @@
 #include "engine/generator.h"
 #include "model/synthetic_model.h"
 #include "serve/completion_server.h"
+#include "serve/load_generator.h"
 #include "test_util.h"
 
 namespace freekv::serve {
@@ -392,6 +394,77 @@ TEST(Serve, TokenizeDetokenizeAndChatOnTheReferenceModel) {
         EXPECT_EQ(chat->status, 400);
         EXPECT_NE(chat->body.find("neither Llama 3 nor ChatML"), std::string::npos) << chat->body;
     }
+}
+
+}  // namespace
+}  // namespace freekv::serve
+
+namespace freekv::serve {
+namespace {
+
+TEST(LoadGenerator, CountsEveryTokenAndTimesIt) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    ServerOptions o = base_params(128);
+    o.engine.max_batch = 4;
+    RunningServer server(m, o);
+    ASSERT_TRUE(wait_until_ready("127.0.0.1", server.port(), 30));
+    LoadConfig c;
+    c.port = server.port();
+    c.concurrency = 4;
+    c.n_requests = 10;
+    c.prompt_tokens = 21;
+    c.max_tokens = 9;
+    c.vocab = static_cast<int32_t>(m.config.n_vocab);
+    const LoadReport r = run_load(c);
+    EXPECT_EQ(r.ok, 10) << r.describe();
+    EXPECT_EQ(r.failed, 0);
+    EXPECT_EQ(r.output_tokens, 90) << "ignore_eos: every request generates max_tokens";
+    EXPECT_EQ(r.prompt_tokens, 210);
+    EXPECT_EQ(r.ttft.n, 10);
+    EXPECT_EQ(r.tpot.n, 10);
+    EXPECT_EQ(r.itl.n, 80) << "one event per token: 8 gaps per request";
+    for (const LatencySummary* s : {&r.ttft, &r.tpot, &r.itl, &r.e2e}) {
+        EXPECT_GT(s->p50, 0.0);
+        EXPECT_LE(s->p50, s->p99);
+        EXPECT_LE(s->p99, s->max);
+    }
+    EXPECT_LE(r.ttft.max, r.e2e.max);
+    EXPECT_NEAR(r.output_tok_per_s, 90.0 / r.duration_s, 1e-6);
+    const json row = json::parse(r.to_json());
+    EXPECT_EQ(row["ok"], 10);
+    EXPECT_EQ(row["itl_ms"]["n"], 80);
+    // The server saw them all (its own count).
+    auto metrics = server.client().Get("/metrics");
+    ASSERT_TRUE(metrics);
+    EXPECT_NE(metrics->body.find("freekv_generation_tokens_total 90"), std::string::npos) << metrics->body;
+}
+
+TEST(LoadGenerator, ReportsFailuresByReason) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    RunningServer server(m, base_params(64));
+    LoadConfig c;
+    c.port = server.port();
+    c.concurrency = 3;
+    c.n_requests = 5;
+    c.prompt_tokens = 80;  // longer than the context of 64
+    c.max_tokens = 4;
+    c.vocab = static_cast<int32_t>(m.config.n_vocab);
+    const LoadReport r = run_load(c);
+    EXPECT_EQ(r.ok, 0);
+    EXPECT_EQ(r.failed, 5);
+    ASSERT_EQ(r.errors.size(), 1u) << r.describe();
+    EXPECT_NE(r.errors[0].find("5 x HTTP 400"), std::string::npos) << r.errors[0];
+    EXPECT_EQ(r.ttft.n, 0) << "failed requests stay out of the latencies";
+    // No server at all: connection errors, not a hang.
+    const int port = server.port();
+    LoadConfig gone = c;
+    gone.port = port == 65535 ? 1 : port + 1;  // nothing listens there (very likely)
+    gone.n_requests = 2;
+    gone.timeout_s = 5;
+    const LoadReport g = run_load(gone);
+    EXPECT_EQ(g.failed, 2);
+    ASSERT_FALSE(g.errors.empty());
+    EXPECT_NE(g.errors[0].find("connection"), std::string::npos) << g.errors[0];
 }
 
 }  // namespace

@@ -27,7 +27,7 @@ std::string error_of(const std::string& body) {
 
 TEST(CompletionRequest, ParsesEveryField) {
     const auto r = parse_completion_request(
-        R"({"model":"x","prompt":"Hello","max_tokens":7,"temperature":0.5,"top_p":0.9,"top_k":12,"seed":3,"stream":true,"stop":["a","bc"],"n":1,"user":"u"})");
+        R"({"model":"x","prompt":"Hello","max_tokens":7,"temperature":0.5,"top_p":0.9,"top_k":12,"seed":3,"stream":true,"ignore_eos":true,"stop":["a","bc"],"n":1,"user":"u"})");
     ASSERT_TRUE(r.prompt_text.has_value());
     EXPECT_EQ(*r.prompt_text, "Hello");
     EXPECT_EQ(r.max_tokens, 7);
@@ -36,11 +36,13 @@ TEST(CompletionRequest, ParsesEveryField) {
     EXPECT_EQ(*r.top_k, 12);
     EXPECT_EQ(*r.seed, 3u);
     EXPECT_TRUE(r.stream);
+    EXPECT_TRUE(r.ignore_eos);
     EXPECT_EQ(r.stop, (std::vector<std::string>{"a", "bc"}));
     const auto ids = parse_completion_request(R"({"prompt":[5,0,17],"stop":"x"})");
     EXPECT_FALSE(ids.prompt_text.has_value());
     EXPECT_EQ(ids.prompt_ids, (std::vector<int32_t>{5, 0, 17}));
     EXPECT_EQ(ids.max_tokens, 16);  // the OpenAI default
+    EXPECT_FALSE(ids.ignore_eos);
     EXPECT_FALSE(ids.temperature.has_value());
     EXPECT_EQ(ids.stop, std::vector<std::string>{"x"});
 }
@@ -64,6 +66,7 @@ TEST(CompletionRequest, RejectsMalformedBodiesNamingTheField) {
         {R"({"prompt":"a","top_k":-3})", "'top_k' must be in"},
         {R"({"prompt":"a","seed":-1})", "'seed' must be in"},
         {R"({"prompt":"a","stream":"yes"})", "'stream' must be true or false"},
+        {R"({"prompt":"a","ignore_eos":1})", "'ignore_eos' must be true or false"},
         {R"({"prompt":"a","n":2})", "'n' must be 1"},
         {R"({"prompt":"a","stop":5})", "'stop' must be"},
         {R"({"prompt":"a","stop":["a",3]})", "'stop' must be"},

@@ -4,30 +4,17 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <fstream>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/pinned_store.cuh"
+#include "core/system_memory.h"
 
 namespace freekv::cuda {
 
 namespace {
 
 double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
-
-// MemTotal and MemAvailable from /proc/meminfo, in bytes (0 when unknown).
-std::pair<int64_t, int64_t> system_memory() {
-    std::ifstream in("/proc/meminfo");
-    std::string key;
-    int64_t value = 0, total = 0, available = 0;
-    std::string unit;
-    while (in >> key >> value >> unit) {
-        if (key == "MemTotal:") total = value * 1024;
-        if (key == "MemAvailable:") available = value * 1024;
-    }
-    return {total, available};
-}
 
 }  // namespace
 
@@ -51,13 +38,13 @@ PinnedStore::PinnedStore(int64_t bytes, int64_t unit_bytes, int64_t chunk_bytes)
             if (host != nullptr) cudaFreeHost(host);
             for (void* h : host_) cudaFreeHost(h);
             host_.clear();
-            const auto [total, available] = system_memory();
+            const SystemMemory mem = system_memory();
             FREEKV_FAIL("could not pin {:.2f} GiB of system RAM for the CPU KV store: chunk {} of {} ({:.2f} GiB each) "
                         "failed with {}; the machine has {:.1f} GiB of RAM, {:.1f} GiB available, and pinned memory is "
                         "often limited to about half of it (or by the container's locked-memory limit). Lower "
                         "--cpu-kv-gib, or the batch size or context that it is derived from.",
-                        gib(n * chunk_bytes_), i + 1, n, gib(chunk_bytes_), cudaGetErrorString(e), gib(total),
-                        gib(available));
+                        gib(n * chunk_bytes_), i + 1, n, gib(chunk_bytes_), cudaGetErrorString(e), gib(mem.total),
+                        gib(mem.available));
         }
         host_.push_back(host);
         device_.push_back(device);

@@ -1,0 +1,43 @@
+// gpu_memory_plan.h: what a GpuEngine of a given mode will allocate, computed on the host before
+// anything is allocated, so that the engine can size its batch to a memory cap (--gpu-memory-gib,
+// --cpu-kv-gib) and say what fits instead of failing half-way. Pure arithmetic: compiled in every
+// build, CPU-only ones included (the server prints the plan either way).
+// Invariants:
+//   - device_bytes(b) >= GpuEngine::device_bytes() of an engine with b sequences after any forward
+//     whose tokens fit in max_tokens (the GPU test checks it), and it is at most the transient
+//     prefill bytes above it;
+//   - host_bytes(b) is what the pinned CPU store of b sequences takes (0 for full and quest).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/kv_mode.h"
+#include "model/model_config.h"
+
+namespace freekv::gpu {
+
+struct GpuMemoryPlan {
+    int64_t weight_bytes = 0;         // on the device, shared by every sequence
+    int64_t device_per_sequence = 0;  // budget cache (or full KV), summaries, maps, scores, query ring
+    int64_t device_fixed = 0;         // counters and decode buffers of max_batch rows (upper bound)
+    int64_t prefill_bytes = 0;        // activations and attention scratch of one max_tokens prefill
+    int64_t host_per_sequence = 0;    // pinned CPU store of one sequence
+    int64_t max_tokens = 0;
+
+    /// Device bytes of the KV, scratch and activations of `batch` sequences (weights excluded).
+    int64_t device_bytes(int64_t batch) const { return device_fixed + prefill_bytes + batch * device_per_sequence; }
+    int64_t host_bytes(int64_t batch) const { return batch * host_per_sequence; }
+    /// The most sequences that fit in device_cap bytes of GPU memory (weights included) and
+    /// host_cap bytes of pinned memory (<= 0: no host cap); 0 when not even one does.
+    int64_t max_sequences(int64_t device_cap, int64_t host_cap) const;
+    /// One line: weights, per-sequence device and host bytes, the prefill peak.
+    std::string describe() const;
+};
+
+/// The plan of a GpuEngine for `mode` with sequences of up to max_tokens tokens, KV and weights
+/// of elem_bytes (2: bf16, 4: f32) and weights of weight_bytes on the device.
+GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, int elem_bytes, int64_t weight_bytes,
+                              int64_t max_tokens);
+
+}  // namespace freekv::gpu
