@@ -11,7 +11,7 @@
 #            tests.log (every test and sanitizer output, one after the other), bench_recall.md,
 #            perplexity.md + perplexity.log, bench.json + bench.log, profile.md; a summary is
 #            printed last;
-#   PART:    any of tests, perplexity, bench, profile (default: tests). FREEKV_BENCH_ARGS overrides
+#   PART:    any of tests, perplexity, bench, profile, serve (default: tests). FREEKV_BENCH_ARGS overrides
 #            the bench arguments, FREEKV_PROFILE_ARGS the profiled bench's (without -n),
 #            FREEKV_PPL_CHUNKS the perplexity windows (2).
 # tests: the CUDA op tests, compute-sanitizer memcheck and racecheck on them, the GPU engine tests
@@ -19,6 +19,9 @@
 # profile: Nsight Compute's device time per kernel (kernels serialized) over ~700 launches, about
 # one decode step of the profiled bench (default freekv:corr-off at 32K, batch 1), as a markdown
 # table (python3 of the GPU machine parses the CSV).
+# serve: `freekv serve --shape llama-3.1-8b` for each mode of FREEKV_SERVE_MODES (freekv) with
+# FREEKV_SERVE_ARGS, loaded by `freekv bench-serve` with FREEKV_LOAD_ARGS (32K-token prompts at
+# concurrency 1, 4, 8, 16); rows in serve.json, the servers' logs in serve.log.
 # Exits non-zero when any part fails.
 set -uo pipefail
 bin="$1"
@@ -63,6 +66,9 @@ if [[ " $parts " == *" tests "* ]]; then
     else
         echo "compute-sanitizer not found" >> "$log"
         status=1
+    fi
+    if [ -x "$bin/test_cuda_engine" ]; then
+        section test_cuda_engine "$bin/test_cuda_engine"
     fi
     if [ -x "$bin/test_cuda_model" ]; then
         FREEKV_REF_MODEL="$ref" section test_cuda_model "$bin/test_cuda_model"
@@ -125,5 +131,23 @@ for name, v in sorted(time.items(), key=lambda kv: -sum(kv[1])):
 PY
         echo "== profile"; cat "$out/profile.md"
     fi
+fi
+if [[ " $parts " == *" serve "* ]]; then
+    serve_args=${FREEKV_SERVE_ARGS:---shape llama-3.1-8b -c 32768 --max-batch 16 --cpu-kv-gib 66 --kv-budget 2048 --kv-sink 512 --kv-recent 512}
+    load_args=${FREEKV_LOAD_ARGS:---concurrency 1,4,8,16 --prompt-tokens 32704 --max-tokens 64 --vocab 128000}
+    port=18080
+    for mode in ${FREEKV_SERVE_MODES:-freekv}; do
+        echo "==== serve --kv-mode $mode" >> "$out/serve.log"
+        # shellcheck disable=SC2086
+        "$bin/freekv" serve $serve_args --kv-mode "$mode" --port "$port" --device cuda --no-progress >> "$out/serve.log" 2>&1 &
+        server=$!
+        # shellcheck disable=SC2086
+        "$bin/freekv" bench-serve --port "$port" --wait-ready 300 $load_args --label "$mode" --json "$out/serve.json" \
+            || status=1
+        kill "$server"
+        wait "$server" 2>/dev/null
+        grep -E "memory plan|slots of|error" "$out/serve.log" | tail -3
+        port=$((port + 1))
+    done
 fi
 exit "$status"

@@ -1,0 +1,244 @@
+// test_cuda_engine.cpp: the continuous-batching Engine on the GPU runner (GpuEngine), with small
+// random-weight models that the GPU engine can run (head_dim 128: tests/fixtures llama31-hd128-f16;
+// head_dim 32: the synthetic `tiny` shape):
+//   - in f32 (--gpu-dtype f32) 16 requests of different lengths, submitted together to an engine
+//     of 4 slots (so slots are freed and reused mid-run, and the row set changes every few steps),
+//     get the tokens each gets alone, greedy and seeded, for full and freekv in the sparse regime;
+//   - the memory plan bounds what the engine allocates, and a --gpu-memory-gib cap lowers the
+//     batch to what fits and says so, or refuses with the flag names when not one sequence fits.
+// Skips without a CUDA device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "core/error.h"
+#include "engine/engine.h"
+#include "gpu/gpu_engine.h"
+#include "gpu/gpu_memory_plan.h"
+#include "model/model_loader.h"
+#include "model/synthetic_model.h"
+#include "test_util.h"
+
+namespace freekv {
+namespace {
+
+bool have_gpu() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int64_t n_vocab, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(n_vocab));
+    return t;
+}
+
+KvModeConfig mode_for(KvMode kind) {
+    KvModeConfig c = full_kv_mode();
+    c.page_size = 16;
+    if (kind == KvMode::kFull) return c;
+    c.mode = kind;
+    c.budget = 128;  // 8 slots: 2 sink, 4 selected, 2 recent: prompts over 128 tokens run sparse
+    c.sink = 32;
+    c.recent = 32;
+    return c;
+}
+
+class Waiter {
+public:
+    void done() {
+        std::lock_guard lock(mutex_);
+        ++n_;
+        cv_.notify_all();
+    }
+    bool wait_for(int n) {
+        std::unique_lock lock(mutex_);
+        return cv_.wait_for(lock, std::chrono::minutes(5), [&] { return n_ >= n; });
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    int n_ = 0;
+};
+
+struct Job {
+    std::vector<int32_t> prompt;
+    int64_t max_tokens;
+    SamplingParams sampling;
+};
+
+struct Result {
+    std::vector<int32_t> tokens;
+    std::optional<RequestOutcome> outcome;
+};
+
+EngineRequest request_for(const Job& j, Result& out, Waiter& w) {
+    EngineRequest r;
+    r.prompt = j.prompt;
+    r.max_tokens = j.max_tokens;
+    r.sampling = j.sampling;
+    r.on_token = [&out](int32_t id) {
+        out.tokens.push_back(id);
+        return true;
+    };
+    r.on_done = [&out, &w](const RequestOutcome& o) {
+        out.outcome = o;
+        w.done();
+    };
+    return r;
+}
+
+EngineConfig gpu_config(std::shared_ptr<const gpu::GpuWeights> w, KvMode kind, int64_t max_batch) {
+    EngineConfig e;
+    e.kv_mode = mode_for(kind);
+    e.n_ctx = 320;
+    e.max_batch = max_batch;
+    e.max_waiting = 64;
+    e.gpu = std::move(w);
+    return e;
+}
+
+std::vector<Result> run_together(const LoadedModel& m, const EngineConfig& config, const std::vector<Job>& jobs) {
+    Engine engine(m, config);
+    std::vector<Result> results(jobs.size());
+    Waiter waiter;
+    std::vector<std::thread> clients;
+    for (size_t i = 0; i < jobs.size(); ++i)
+        clients.emplace_back([&, i] { engine.submit(request_for(jobs[i], results[i], waiter)); });
+    for (auto& t : clients) t.join();
+    EXPECT_TRUE(waiter.wait_for(static_cast<int>(jobs.size()))) << "requests did not finish";
+    const EngineMetrics mt = engine.metrics();
+    if (config.max_batch > 1) EXPECT_GT(mt.decode_rows, mt.steps) << "no step decoded more than one sequence";
+    return results;
+}
+
+TEST(GpuServingEngine, ConcurrentRequestsInF32GetTheirSoloTokens) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    std::vector<std::pair<std::string, LoadedModel>> models;
+    models.emplace_back("llama31-hd128-f16",
+                        load_model((test::source_dir() / "tests/fixtures/models/llama31-hd128-f16").string()));
+    models.emplace_back("tiny (synthetic)", make_synthetic_model("tiny"));
+    for (const auto& [name, m] : models) {
+        auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kF32);
+        std::vector<Job> jobs;
+        for (int i = 0; i < 16; ++i) {
+            SamplingParams s{0.0f, 0, 1.0f, 0};
+            if (i % 3 == 1) s = {0.9f, 20, 0.9f, static_cast<uint64_t>(100 + i)};
+            const int64_t n_prompt = 7 + (i * 41) % 260;  // dense and sparse (over the budget of 128)
+            jobs.push_back({random_tokens(n_prompt, m.config.n_vocab, 2000 + static_cast<uint32_t>(i)), 10 + i % 9, s});
+        }
+        for (KvMode kind : {KvMode::kFull, KvMode::kFreekv}) {
+            const std::string what = name + " " + kv_mode_name(kind);
+            std::vector<Result> solo;
+            for (const Job& j : jobs) solo.push_back(run_together(m, gpu_config(weights, kind, 1), {j})[0]);
+            const std::vector<Result> together = run_together(m, gpu_config(weights, kind, 4), jobs);
+            int equal = 0;
+            for (size_t i = 0; i < jobs.size(); ++i) {
+                ASSERT_TRUE(together[i].outcome.has_value()) << what << " request " << i;
+                EXPECT_EQ(together[i].outcome->reason, FinishReason::kLength) << what << " " << together[i].outcome->error;
+                EXPECT_EQ(static_cast<int64_t>(solo[i].tokens.size()), jobs[i].max_tokens) << what << " request " << i;
+                EXPECT_EQ(together[i].tokens, solo[i].tokens) << what << " request " << i << " (prompt "
+                                                              << jobs[i].prompt.size() << ") differs from its solo run";
+                equal += together[i].tokens == solo[i].tokens;
+            }
+            std::printf("%s: %d of 16 batched requests equal their solo runs\n", what.c_str(), equal);
+        }
+    }
+}
+
+TEST(GpuServingEngine, TheMemoryPlanBoundsWhatTheEngineAllocates) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = make_synthetic_model("tiny");
+    for (gpu::GpuDtype dtype : {gpu::GpuDtype::kBF16, gpu::GpuDtype::kF32}) {
+        auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), dtype);
+        for (KvMode kind : {KvMode::kFull, KvMode::kFreekv, KvMode::kQuest, KvMode::kBudgetOnly}) {
+            const KvModeConfig mode = mode_for(kind);
+            const int64_t batch = 3, n_ctx = 1000;
+            const gpu::GpuMemoryPlan plan =
+                gpu::plan_gpu_memory(m.config, mode, dtype == gpu::GpuDtype::kF32 ? 4 : 2, weights->bytes(), n_ctx);
+            gpu::GpuEngine engine(weights, mode, batch, n_ctx);
+            // The longest prefill, then decode steps of the whole batch: the peak of every buffer.
+            std::vector<float> logits;
+            for (int32_t b = 0; b < batch; ++b) {
+                const int32_t seq = engine.add_sequence();
+                const auto prompt = random_tokens(n_ctx - 8, m.config.n_vocab, 7 + static_cast<uint32_t>(b));
+                const SequenceSpan span{seq, 0, static_cast<int64_t>(prompt.size()), 0};
+                const int64_t last[1] = {static_cast<int64_t>(prompt.size()) - 1};
+                engine.forward(prompt, std::span(&span, 1), last, logits);
+            }
+            for (int step = 0; step < 4; ++step) {
+                std::vector<int32_t> tokens(static_cast<size_t>(batch), 5);
+                std::vector<SequenceSpan> spans;
+                std::vector<int64_t> rows;
+                for (int32_t b = 0; b < batch; ++b) {
+                    spans.push_back({b, engine.n_tokens(b), 1, b});
+                    rows.push_back(b);
+                }
+                engine.forward(tokens, spans, rows, logits);
+            }
+            const std::string what = std::string(kv_mode_name(kind)) + " " + gpu::gpu_dtype_name(dtype);
+            std::printf("%s: engine %.2f MiB device, %.2f MiB pinned; plan %.2f MiB (%.2f of it prefill), %.2f MiB pinned\n",
+                        what.c_str(), engine.device_bytes() / 1048576.0, engine.host_bytes() / 1048576.0,
+                        plan.device_bytes(batch) / 1048576.0, plan.prefill_bytes / 1048576.0,
+                        plan.host_bytes(batch) / 1048576.0);
+            EXPECT_LE(engine.device_bytes(), plan.device_bytes(batch)) << what << ": the plan must be an upper bound";
+            EXPECT_GE(engine.device_bytes(), plan.device_bytes(batch) - plan.prefill_bytes - plan.device_fixed)
+                << what << ": the plan's per-sequence part is more than the engine holds";
+            EXPECT_GE(engine.host_bytes(), plan.host_bytes(batch)) << what;
+            EXPECT_LE(engine.host_bytes(), plan.host_bytes(batch) + plan.host_per_sequence) << what;
+        }
+    }
+}
+
+TEST(GpuServingEngine, AMemoryCapLowersTheBatchOrRefusesWithTheFlags) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = make_synthetic_model("tiny");
+    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kBF16);
+    EngineConfig c = gpu_config(weights, KvMode::kFull, 16);
+    c.n_ctx = 4096;
+    const gpu::GpuMemoryPlan plan = gpu::plan_gpu_memory(m.config, c.kv_mode, 2, weights->bytes(), c.n_ctx);
+    const double gib = static_cast<double>(int64_t{1} << 30);
+    // Room for 3.5 sequences: 3 fit.
+    c.gpu_memory_gib = static_cast<double>(plan.weight_bytes + plan.device_fixed + plan.prefill_bytes +
+                                           plan.device_per_sequence * 7 / 2) / gib;
+    {
+        Engine engine(m, c);
+        EXPECT_EQ(engine.config().max_batch, 3) << engine.memory_plan();
+        EXPECT_NE(engine.memory_plan().find("only 3 of --max-batch 16"), std::string::npos) << engine.memory_plan();
+        EXPECT_NE(engine.memory_plan().find("--gpu-memory-gib"), std::string::npos) << engine.memory_plan();
+    }
+    // freekv keeps only the budget on the GPU: all 16 fit in the same cap.
+    EngineConfig f = c;
+    f.kv_mode = mode_for(KvMode::kFreekv);
+    {
+        Engine engine(m, f);
+        EXPECT_EQ(engine.config().max_batch, 16) << engine.memory_plan();
+    }
+    // A pinned-store cap too small for one sequence of freekv.
+    f.cpu_kv_gib = 1e-6;
+    try {
+        Engine engine(m, f);
+        ADD_FAILURE() << "a cpu store cap below one sequence must be refused";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--cpu-kv-gib"), std::string::npos) << e.what();
+    }
+    // Not even one sequence of full KV in the cap.
+    c.gpu_memory_gib = static_cast<double>(plan.weight_bytes + plan.device_per_sequence / 2) / gib;
+    try {
+        Engine engine(m, c);
+        ADD_FAILURE() << "a cap below one sequence must be refused";
+    } catch (const Error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("--gpu-memory-gib"), std::string::npos) << what;
+        EXPECT_NE(what.find("-c/--ctx-size"), std::string::npos) << what;
+    }
+}
+
+}  // namespace
+}  // namespace freekv
