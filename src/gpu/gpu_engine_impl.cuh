@@ -1,0 +1,217 @@
+// gpu_engine_impl.cuh: the GpuEngine's state (GpuEngine::Impl) and the device weights
+// (GpuWeights::Impl), shared by the files that implement the engine, one part each:
+//   gpu_engine.cu   lifetime: reserving the KV storage, sequence slots, forward, counters;
+//   gpu_weights.cu  the weights on the device, device probes;
+//   gpu_layers.cu   the model's dense pieces: projections, MLP, norms, logits and top-k;
+//   gpu_recall.cu   selection and recall: gather, per-copy and dma paths, the worker, events;
+//   gpu_prefill.cu  prefill and installing a history into the budget cache and CPU store;
+//   gpu_decode.cu   the decode step (regimes, boundary jobs, speculative and corrective recall);
+//   gpu_tuning.cu   launch shapes and the measurement switches read from the environment.
+// Streams: one main stream runs the model and the critical path of each layer (correction test,
+// corrective selection + gather, attention); FreeKV's speculative work of layer l (selection of
+// the unflagged heads with this step's query, then their gather) runs on a side stream after event
+// attn_done[l] and signals bg_done[l], which layer l of the next step waits for. The host
+// synchronizes once per step, when the logits come back. With `--recall-impl dma` the background
+// blocks go through the copy engines instead of the gather kernel: the side stream brings the job
+// list to pinned host memory and records sel_done[l], a worker thread (recall_worker.h) waits for
+// it, issues the batched copies and the scatter on the copy stream and records bg_done[l] there;
+// the main thread waits for the worker's ticket before it waits on bg_done[l].
+// Internal to src/gpu: nothing outside includes it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_handles.cuh"
+#include "backend/cuda/device_array.cuh"
+#include "backend/cuda/gather_pages.cuh"
+#include "backend/cuda/kv_kernels.cuh"
+#include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/page_boundary.cuh"
+#include "backend/cuda/pinned_store.cuh"
+#include "backend/cuda/prefill_attention.cuh"
+#include "backend/cuda/select_pages.cuh"
+#include "backend/cuda/top_k.cuh"
+#include "core/dtype.h"
+#include "core/log.h"
+#include "gpu/gpu_engine.h"
+#include "gpu/recall_worker.h"
+
+namespace freekv::gpu {
+
+using cuda::DeviceArray;
+
+inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
+
+// x += y over n floats on stream s (gpu_layers.cu).
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
+// Launch shapes and measurement switches (gpu_tuning.cu).
+int32_t split_for(int64_t n_rows_heads, int64_t max_tokens);
+int32_t sync_gather_ctas();
+int32_t background_gather_ctas();
+int diag_background();
+int gemm_sms_beside_gather();
+
+// A weight on the device in the engine's dtype: bf16, or fp32 (--gpu-dtype f32).
+struct DeviceWeight {
+    DeviceArray<uint16_t> bf16;
+    DeviceArray<float> f32;
+    cuda::WeightRef ref() const {
+        return f32.size() > 0 ? cuda::WeightRef{f32.get(), true} : cuda::WeightRef{bf16.get(), false};
+    }
+};
+
+void upload_weight(const WeightView& w, bool as_f32, DeviceWeight& out, int64_t& bytes);
+
+struct GpuWeights::Impl {
+    struct Layer {
+        DeviceWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+    };
+    std::vector<std::unique_ptr<Layer>> layers;
+    DeviceWeight token_embd, output_norm, output;
+    DeviceArray<float> inv_freq;
+};
+
+struct GpuEngine::Impl {
+    std::shared_ptr<const GpuWeights> weights;
+    ModelConfig c;
+    KvModeConfig mode;
+    KvBudget budget;
+    bool dense_only = false;   // full: every page in its own slot, no store
+    bool selects = false, speculative = false, offloads = false;
+    int64_t max_batch = 0, max_tokens = 0, max_pages = 0, n_slots = 0;
+    cuda::KvGeometry g;
+
+    cuda::Stream main, side;
+    std::vector<cuda::Event> attn_done, bg_done;
+    std::vector<bool> bg_pending;
+    std::vector<int64_t> bg_step;  // decode step of the last background record per layer
+
+    // KV state
+    // KV storage in bytes: elements of g.elem_bytes (2 bf16, 4 fp32); offsets in elements times that.
+    DeviceArray<uint8_t> cache, summaries;
+    DeviceArray<int32_t> page_of_slot, slot_of_page, cpu_page_of;
+    DeviceArray<float> qring;  // [L][max_batch][2][n_head][head_dim]
+    std::unique_ptr<cuda::PinnedStore> pinned;
+    DeviceArray<uint8_t> device_store;  // quest: the full KV in device memory
+    DeviceArray<void*> chunk_table;
+    int32_t pages_per_chunk = 0;
+
+    // per step
+    DeviceArray<int32_t> ids, positions, att_lists, att_n_pages, att_last_len, place_items;
+    // Read by the side stream's selection: one buffer per step parity, and a step's uploads wait
+    // until the background work that read the same buffer two steps ago has finished.
+    DeviceArray<int32_t> rows_batch_buf[2], sel_n_pages_buf[2];
+    DeviceArray<int32_t>* rows_batch = &rows_batch_buf[0];
+    DeviceArray<int32_t>* sel_n_pages = &sel_n_pages_buf[0];
+    DeviceArray<int64_t> append_offset;
+    DeviceArray<uint8_t> seq_mode, forced, flags;  // flags, forced: [L][rows][n_kv]
+    DeviceArray<float*> q_prev, q_now;             // [L][rows]
+    DeviceArray<cuda::BoundaryJob> boundary_jobs;
+    DeviceArray<cuda::GatherJob> jobs;             // [2][L][capacity]: sync, background
+    DeviceArray<int32_t> n_jobs;                   // [2][L]
+    int64_t job_capacity = 0;
+    DeviceArray<float> scores_main, scores_side, q_side;  // q_side: [L][rows][n_head][head_dim]
+    DeviceArray<unsigned long long> counters;      // [L][4] flags, then [2][L][n_kv] recalled
+    DeviceArray<float> mass, mass_scratch;
+    DeviceArray<int32_t> mass_seq, mass_tokens;
+
+    // activations
+    DeviceArray<float> x, h, q, k, v, attn, proj, gate, up, logits, partial, last_q;
+    DeviceArray<uint16_t> scratch_bf16;  // GEMM inputs rounded to bf16 (bf16 weights only)
+    DeviceArray<uint8_t> hist_k, hist_v;  // a prefill's K/V as stored
+    DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores
+    DeviceArray<int32_t> slot_map;  // install: slot of each prefill page
+    // forward_top: while top_k > 0, output_logits returns the rows' k best (values in its `out`,
+    // ids in *top_ids) instead of the logits.
+    int32_t top_k = 0;
+    std::vector<int32_t>* top_ids = nullptr;
+    DeviceArray<float> top_scratch_values, top_values;
+    DeviceArray<int32_t> top_scratch_ids, top_ids_device;
+
+    struct Seq {
+        bool live = false;
+        int64_t n_tokens = 0, n_queries = 0;
+        bool forced = false;
+    };
+    std::vector<Seq> seqs;
+    std::vector<int32_t> last_decode_rows;  // the sequences of the last decode step, in row order
+    int64_t decode_steps = 0, sequence_steps = 0;
+    std::vector<int64_t> forced_pairs;
+    std::vector<float> mass_recall;
+    std::mt19937_64 force_rng{1234};
+
+    bool timing = false, timing_step = false;
+    std::vector<cuda::Event> marks;  // [L][4]
+    double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
+    // Gather (or per-copy + scatter) kernel times, [2 step parity][L][2 kind][start, end]; an entry
+    // is read once its end event has completed, at the latest before it is recorded again.
+    std::vector<cuda::Event> gather_marks;
+    std::vector<uint8_t> gather_marked;  // [2][L][2]
+    double gather_ms[2] = {0, 0};        // synchronous, background
+    void collect_gather_times(bool wait);
+
+    // Per-copy recall (ArkVale's way): the job list comes to the host, one cudaMemcpyAsync per
+    // block into `staging`, then the gather kernel in scatter mode. dma on the synchronous paths:
+    // the same with one cudaMemcpyBatchAsync per MiB of blocks.
+    bool per_copy = false, dma = false;
+    DeviceArray<uint8_t> staging;
+    cuda::PinnedArray<int32_t> host_count;
+    cuda::PinnedArray<cuda::GatherJob> host_jobs;  // job_capacity entries
+    std::vector<const uint8_t*> host_chunks;
+    std::vector<void*> batch_dst[2];       // cudaMemcpyBatchAsync arguments: [0] main thread, [1] worker
+    std::vector<const void*> batch_src[2];
+    std::vector<size_t> batch_size[2];
+    void batch_copy(const cuda::GatherJob* job_list, int32_t count, int64_t il, uint8_t* to, int who, cudaStream_t s);
+
+    // dma background recall (FreeKV): the worker and what it alone touches while tasks run.
+    cuda::Stream copy;
+    std::vector<cuda::Event> sel_done;         // [L] side stream: the background plan is on the host
+    DeviceArray<uint8_t> bg_staging;
+    cuda::PinnedArray<int32_t> host_bg_count;  // [L]
+    cuda::PinnedArray<cuda::GatherJob> host_bg_jobs;  // [L][job_capacity]
+    std::vector<cuda::Event> dma_marks;        // [2 step parity][L][start, end]
+    std::vector<uint8_t> dma_marked;           // [2][L]
+    double dma_ms = 0;                         // copies + scatter device time (read after drain)
+    std::unique_ptr<RecallWorker> worker;      // declared last of these: destroyed (joined) first
+    void dma_background(int64_t il, int64_t step, bool timed, cuda::GatherArgs ga);
+    void wait_background(int64_t il);          // main stream waits for bg_done[il] of bg_step[il]
+
+    // --corr-sync host: the layer's flags (1: re-select now) come to the host first.
+    cuda::PinnedArray<uint8_t> host_flags;  // [max_batch][n_kv]
+    std::vector<cuda::Event> flags_ready;   // one event when used
+
+    const GpuWeights::Impl& w() const { return weights->impl(); }
+    int64_t row() const { return g.row(); }
+    int64_t kv_bytes(int64_t elems) const { return elems * g.elem_bytes; }
+    uint8_t* layer_cache(int64_t il) const { return cache.get() + kv_bytes(il * g.layer_cache_elems()); }
+    uint8_t* layer_summaries(int64_t il) const { return summaries.get() + kv_bytes(il * g.layer_summary_elems()); }
+    int32_t* layer_page_of_slot(int64_t il) const { return page_of_slot.get() + il * max_batch * c.n_head_kv * n_slots; }
+    int32_t* layer_slot_of_page(int64_t il) const { return slot_of_page.get() + il * max_batch * c.n_head_kv * max_pages; }
+    float* ring(int64_t il, int64_t seq, int64_t parity) const {
+        return qring.get() + ((il * max_batch + seq) * 2 + parity) * c.n_head * c.head_dim;
+    }
+    bool sparse(int64_t n_pages) const { return !dense_only && budget.is_sparse(n_pages); }
+
+    void mlp_and_attention_out(int64_t il, int64_t n);
+    void qkv(int64_t il, int64_t n);
+    void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last);
+    void prefill(std::span<const int32_t> tokens, const SequenceSpan& span, std::span<const int64_t> out_rows,
+                 std::vector<float>& logits);
+    void decode(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
+                std::vector<float>& logits);
+    void output_logits(std::span<const int64_t> out_rows, std::vector<float>& logits);
+    void select_and_gather(int64_t il, int32_t n_rows, const float* q_rows, const int32_t* n_pages_rows, const uint8_t* flag_rows,
+                           uint8_t want, int kind, cudaStream_t s);
+    const uint8_t* host_block(const cuda::GatherJob& job, int64_t il) const;  // a block in the pinned store
+    void ensure_activations(int64_t n);
+    std::vector<int32_t> prefill_slots(int64_t n_tokens) const;
+};
+
+}  // namespace freekv::gpu

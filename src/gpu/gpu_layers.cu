@@ -1,0 +1,91 @@
+// gpu_layers.cu: the model's dense pieces on the GPU engine's main stream: activations, the
+// q/k/v projections with RoPE, attention output and MLP, and the logits (or their device top-k).
+#include "gpu/gpu_engine_impl.cuh"
+
+namespace freekv::gpu {
+
+namespace {
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+}  // namespace
+
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
+    add_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(x, y, n);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------- model pieces
+
+void GpuEngine::Impl::ensure_activations(int64_t n) {
+    const int64_t q_dim = c.n_head * c.head_dim;
+    for (auto* a : {&x, &h, &proj}) a->resize(n * c.n_embd);
+    for (auto* a : {&q, &attn}) a->resize(n * q_dim);
+    for (auto* a : {&k, &v}) a->resize(n * row());
+    for (auto* a : {&gate, &up}) a->resize(n * c.n_ff);
+    scratch_bf16.resize(n * std::max({c.n_embd, q_dim, c.n_ff}));
+}
+
+void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
+    const auto& lw = *w().layers[sz(il)];
+    const int64_t q_dim = c.n_head * c.head_dim;
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
+    cuda::matmul(h.get(), n, lw.wq.ref(), q_dim, c.n_embd, q.get(), lw.bq.ref(), scratch_bf16.get(), main);
+    cuda::matmul(h.get(), n, lw.wk.ref(), row(), c.n_embd, k.get(), lw.bk.ref(), scratch_bf16.get(), main);
+    cuda::matmul(h.get(), n, lw.wv.ref(), row(), c.n_embd, v.get(), lw.bv.ref(), scratch_bf16.get(), main);
+    const bool neox = c.rope_style == RopeStyle::kNeox;
+    cuda::rope(q.get(), n, c.n_head, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
+    cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
+}
+
+void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n) {
+    const auto& lw = *w().layers[sz(il)];
+    const int64_t q_dim = c.n_head * c.head_dim;
+    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, proj.get(), {}, scratch_bf16.get(), main);
+    add_inplace(x.get(), proj.get(), n * c.n_embd, main);
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);
+    cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
+    cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main);
+    cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main);
+    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, proj.get(), {}, scratch_bf16.get(), main);
+    add_inplace(x.get(), proj.get(), n * c.n_embd, main);
+}
+
+void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vector<float>& out) {
+    const auto n_out = static_cast<int64_t>(out_rows.size());
+    out.resize(sz(n_out * c.n_vocab));
+    if (n_out == 0) {
+        FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
+        return;
+    }
+    // Gather the wanted rows of x into proj, then norm and output head over them only.
+    for (int64_t i = 0; i < n_out; ++i)
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(proj.get() + i * c.n_embd, x.get() + out_rows[sz(i)] * c.n_embd,
+                                          sz(c.n_embd) * 4, cudaMemcpyDeviceToDevice, main));
+    h.resize(n_out * c.n_embd);
+    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.ref(), c.rms_norm_eps, h.get(), main);
+    logits.resize(n_out * c.n_vocab);
+    scratch_bf16.resize(n_out * c.n_embd);
+    cuda::matmul(h.get(), n_out, w().output.ref(), c.n_vocab, c.n_embd, logits.get(), {}, scratch_bf16.get(), main);
+    if (top_k > 0) {
+        const int64_t scratch = cuda::top_k_scratch_elems(static_cast<int32_t>(n_out), c.n_vocab, top_k);
+        top_scratch_values.resize(scratch);
+        top_scratch_ids.resize(scratch);
+        top_values.resize(n_out * top_k);
+        top_ids_device.resize(n_out * top_k);
+        cuda::top_k(logits.get(), static_cast<int32_t>(n_out), c.n_vocab, top_k, top_scratch_values.get(), top_scratch_ids.get(),
+                    top_ids_device.get(), top_values.get(), main);
+        out.resize(sz(n_out * top_k));
+        top_ids->resize(sz(n_out * top_k));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), top_values.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(top_ids->data(), top_ids_device.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+    } else {
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+    }
+    FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
+}
+
+}  // namespace freekv::gpu
