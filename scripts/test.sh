@@ -23,7 +23,8 @@ cmake --preset cpu-tsan >/dev/null
 cmake --build --preset cpu-tsan
 ctest --preset cpu-tsan || status=$?
 # The CUDA backend is compiled wherever nvcc is (CI machines have CUDA 13 in /usr/local/cuda), the
-# binary, the GPU tests and the CLI tests only (the CPU suites ran above, with sanitizers): its
+# binary, the GPU tests, the CLI tests and test_serve unsanitized (its resident-set check needs a
+# build without sanitizers; the CPU suites ran above, with them): its
 # GPU tests skip without a device, and the CLI tests then check that the CUDA build falls back to
 # the CPU with a message (--device auto) or stops with one (--device cuda).
 if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then

@@ -184,9 +184,9 @@ TEST(GpuServingEngine, TheMemoryPlanBoundsWhatTheEngineAllocates) {
             }
             const std::string what = std::string(kv_mode_name(kind)) + " " + gpu::gpu_dtype_name(dtype);
             std::printf("%s: engine %.2f MiB device, %.2f MiB pinned; plan %.2f MiB (%.2f of it prefill), %.2f MiB pinned\n",
-                        what.c_str(), engine.device_bytes() / 1048576.0, engine.host_bytes() / 1048576.0,
-                        plan.device_bytes(batch) / 1048576.0, plan.prefill_bytes / 1048576.0,
-                        plan.host_bytes(batch) / 1048576.0);
+                        what.c_str(), static_cast<double>(engine.device_bytes()) / 1048576.0, static_cast<double>(engine.host_bytes()) / 1048576.0,
+                        static_cast<double>(plan.device_bytes(batch)) / 1048576.0, static_cast<double>(plan.prefill_bytes) / 1048576.0,
+                        static_cast<double>(plan.host_bytes(batch)) / 1048576.0);
             EXPECT_LE(engine.device_bytes(), plan.device_bytes(batch)) << what << ": the plan must be an upper bound";
             EXPECT_GE(engine.device_bytes(), plan.device_bytes(batch) - plan.prefill_bytes - plan.device_fixed)
                 << what << ": the plan's per-sequence part is more than the engine holds";
