@@ -18,6 +18,8 @@ Command register_bench(CLI::App& cmd) {
         RunFlags run;
         float force_corr_rate = -1;
         KvFlags kv;
+        gpu::GpuTuning tuning;
+        std::string diag = "off";
     };
     auto f = std::make_shared<Flags>();
     f->kv.mode = "full,budget-only,streaming,quest,arkvale,freekv,freekv:corr-off,freekv:no-spec";
@@ -46,8 +48,10 @@ Command register_bench(CLI::App& cmd) {
         ->check(CLI::IsMember({"auto", "prefill", "synthetic"}));
     f->run.add_to(cmd);
     f->kv.add_to(cmd);
+    add_gpu_tuning_flags(cmd, f->tuning, f->diag);
     return [f]() -> int {
         f->run.apply();
+        finish_gpu_tuning(f->tuning, f->diag);
         const bool synthetic = f->model.empty();
         LoadedModel m = synthetic ? make_synthetic_model(f->shape) : load_model(f->model);
         fmt::print(stderr, "{}\n", m.summary());
@@ -59,6 +63,8 @@ Command register_bench(CLI::App& cmd) {
         p.n_breakdown = f->breakdown_steps;
         p.reps = f->reps;
         p.gpu = f->run.gpu_weights(m);
+        p.gpu_tuning = f->tuning;
+        if (p.gpu) fmt::print(stderr, "bench: {}\n", f->tuning.describe());
         p.synthetic_kv = p.gpu && (f->kv_fill == "synthetic" || (f->kv_fill == "auto" && synthetic));
         if (p.synthetic_kv) fmt::print(stderr, "bench: context filled with pseudo-random K/V (--kv-fill synthetic), no prefill\n");
         const float rate = f->force_corr_rate >= 0 ? f->force_corr_rate : (synthetic ? 0.5f : -1.0f);
@@ -78,12 +84,16 @@ Command register_bench(CLI::App& cmd) {
                            "\"select_ms\":{:.4f},\"recall_wait_ms\":{:.4f},\"attention_ms\":{:.4f},\"rest_ms\":{:.4f},"
                            "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f},\"backend\":\"{}\","
                            "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"recall_gbps\":{:.2f},\"recall_sync_ms\":{:.4f},"
-                           "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{}}}\n",
+                           "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{},"
+                           "\"attn_min_split_tokens\":{},\"sync_gather_ctas\":{},\"bg_gather_ctas\":{},\"gemm_sm_reserve\":{},"
+                           "\"diag_background\":\"{}\"}}\n",
                            name, r.label, r.depth, r.depth_min, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
                            r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
                            r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s, f->run.backend, r.device_mib,
                            r.host_mib, r.recall_gbps, r.recall_sync_ms, r.recall_background_ms, r.prefill_tflops,
-                           recall_impl_name(r.recall_impl), r.force_corr_rate >= 0 ? fmt::format("{:.3f}", r.force_corr_rate) : "null");
+                           recall_impl_name(r.recall_impl), r.force_corr_rate >= 0 ? fmt::format("{:.3f}", r.force_corr_rate) : "null",
+                           p.gpu_tuning.attn_min_split_tokens, p.gpu_tuning.sync_gather_ctas, p.gpu_tuning.bg_gather_ctas,
+                           p.gpu_tuning.gemm_sm_reserve ? "true" : "false", gpu::diag_background_name(p.gpu_tuning.diag_background));
             return 0;
         }
         const bool csv = f->output == "csv";

@@ -17,8 +17,11 @@ struct ServeFlags {
     std::string shape;
     int64_t n_ctx = 0, max_batch = 8, max_queue = 64, step_tokens = 2048;
     double gpu_memory_gib = 0, cpu_kv_gib = 0;
+    bool no_chat = false;
     KvFlags kv;
     RunFlags run;
+    gpu::GpuTuning tuning;
+    std::string diag = "off";
 };
 
 }  // namespace
@@ -43,6 +46,8 @@ Command register_serve(CLI::App& cmd) {
     cmd.add_option("--step-tokens", f->step_tokens,
                    "tokens per CPU engine step, decode tokens plus prompt chunks of 512 (2048)")
         ->envname("FREEKV_ARG_STEP_TOKENS")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    cmd.add_flag("--no-chat", f->no_chat,
+                 "serve completions only (needed when tokenizer_config.json has a chat template freekv does not render)");
     cmd.add_option("--gpu-memory-gib", f->gpu_memory_gib,
                    "GPU memory the server may use, weights included (default: what is free); --max-batch is lowered "
                    "to the sequences that fit")
@@ -53,8 +58,10 @@ Command register_serve(CLI::App& cmd) {
         ->envname("FREEKV_ARG_CPU_KV_GIB")->check(CLI::PositiveNumber);
     f->kv.add_to(cmd);
     f->run.add_to(cmd);
+    add_gpu_tuning_flags(cmd, f->tuning, f->diag);
     return [f]() -> int {
         f->run.apply();
+        finish_gpu_tuning(f->tuning, f->diag);
         if (f->model.empty() == f->shape.empty()) FREEKV_FAIL("serve needs one of -m/--model or --shape");
         LoadedModel m = f->model.empty() ? make_synthetic_model(f->shape) : load_model(f->model);
         fmt::print(stderr, "{}\n", m.summary());
@@ -67,8 +74,11 @@ Command register_serve(CLI::App& cmd) {
         options.engine.step_tokens = f->step_tokens;
         options.engine.gpu_memory_gib = f->gpu_memory_gib;
         options.engine.cpu_kv_gib = f->cpu_kv_gib;
+        options.engine.gpu_tuning = f->tuning;
+        if (options.engine.gpu) fmt::print(stderr, "serve: {}\n", f->tuning.describe());
         fmt::print(stderr, "{}\n", options.engine.kv_mode.describe());
         options.model_name = f->name;
+        options.no_chat = f->no_chat;
         if (options.model_name.empty() && !f->shape.empty()) options.model_name = f->shape;
         if (options.model_name.empty()) {
             const std::filesystem::path p(f->model);

@@ -56,6 +56,12 @@ struct RunFlags {
     std::shared_ptr<const gpu::GpuWeights> gpu_weights(const LoadedModel& m) const;
 };
 
+/// Adds the GPU engine's tuning options (--attn-min-split-tokens, --sync-gather-ctas,
+/// --bg-gather-ctas, --no-gemm-sm-reserve, --diag-background) bound to `t` and `diag`; call
+/// finish_gpu_tuning() when the command runs.
+void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag);
+void finish_gpu_tuning(gpu::GpuTuning& t, const std::string& diag);
+
 /// Parses a comma-separated list of integers in [min, max]; Error names the flag.
 std::vector<int64_t> parse_int_list(const std::string& s, const char* flag, int64_t min, int64_t max);
 

@@ -74,6 +74,28 @@ std::string resolve_device(const std::string& device) {
     return "cuda";
 }
 
+void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
+    const char* group = "GPU tuning (measured defaults)";
+    cmd.add_option("--attn-min-split-tokens", t.attn_min_split_tokens, "GPU decode attention: least tokens per split-K block (32)")
+        ->group(group)->check(CLI::Range(16, 4096));
+    cmd.add_option("--sync-gather-ctas", t.sync_gather_ctas, "GPU: thread blocks of the critical-path recall gather (32)")
+        ->group(group)->check(CLI::Range(1, 528));
+    cmd.add_option("--bg-gather-ctas", t.bg_gather_ctas, "GPU: thread blocks of FreeKV's background recall gather (12)")
+        ->group(group)->check(CLI::Range(1, 132));
+    cmd.add_flag_callback("--no-gemm-sm-reserve", [&t] { t.gemm_sm_reserve = false; },
+                          "GPU: let cuBLAS use every SM while the background gather runs (default: it leaves the gather its SMs)")
+        ->group(group);
+    cmd.add_option("--diag-background", diag,
+                   "measurement only: FreeKV's background recall does everything (off), its selection but no gather "
+                   "(select), or nothing (none); outputs are wrong unless off")
+        ->group(group)->check(CLI::IsMember({"off", "select", "none"}));
+}
+
+void finish_gpu_tuning(gpu::GpuTuning& t, const std::string& diag) {
+    t.diag_background = gpu::parse_diag_background(diag);
+    t.validate();
+}
+
 void RunFlags::add_to(CLI::App& cmd) {
     add_threads_flag(cmd, threads);
     add_device_flag(cmd, device);

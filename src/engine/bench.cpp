@@ -81,7 +81,7 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     const ModelConfig& c = m.config;
     const auto batch = static_cast<int64_t>(lengths.size());
     const int64_t max_tokens = *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + p.n_breakdown + 1;
-    gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens);
+    gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens, p.gpu_tuning);
     std::vector<int32_t> seqs;
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(engine.add_sequence());
     CellResult out;

@@ -30,6 +30,7 @@ struct BenchParams {
     int reps = 2;
     uint64_t seed = 7;
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
+    gpu::GpuTuning gpu_tuning;
     // GPU only: give each sequence `depth` tokens of pseudo-random K/V instead of a prefill (random
     // weights make prefilled K/V no more meaningful, and it skips minutes of prefill at 128K).
     bool synthetic_kv = false;

@@ -314,7 +314,7 @@ Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_
     FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
     FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
     if (c.gpu) m.memory_plan = size_gpu_batch(model.config, c);
-    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu);
+    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning);
     if (m.runner->whole_prompt_prefill())
         m.scheduler = Scheduler(SchedulerConfig{c.step_tokens, c.prefill_chunk, true});
     m.counters.max_batch = c.max_batch;

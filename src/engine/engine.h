@@ -35,6 +35,7 @@ struct EngineConfig {
     int64_t step_tokens = 2048;  // tokens per CPU step, decode tokens and prefill chunks together
     int64_t prefill_chunk = 512; // CPU prefill chunk boundaries (multiples of it)
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU when set
+    gpu::GpuTuning gpu_tuning;                   // the GPU engine's launch shapes (gpu/gpu_tuning.h)
     // GPU memory plan (gpu/gpu_memory_plan.h): max_batch is lowered to the sequences that fit.
     double gpu_memory_gib = 0;  // cap on the GPU memory the engine uses, weights included; 0: what is free
     double cpu_kv_gib = 0;      // cap on the pinned CPU store; 0: half of the system's RAM

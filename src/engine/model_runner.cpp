@@ -94,8 +94,8 @@ private:
 class GpuModelRunner final : public ModelRunner {
 public:
     GpuModelRunner(const ModelConfig& c, std::shared_ptr<const gpu::GpuWeights> weights, const KvModeConfig& mode,
-                   int64_t max_batch, int64_t max_tokens)
-        : engine_(std::move(weights), mode, max_batch, max_tokens), n_vocab_(c.n_vocab), max_batch_(max_batch),
+                   int64_t max_batch, int64_t max_tokens, const gpu::GpuTuning& tuning)
+        : engine_(std::move(weights), mode, max_batch, max_tokens, tuning), n_vocab_(c.n_vocab), max_batch_(max_batch),
           max_tokens_(max_tokens), full_mode_(mode.mode == KvMode::kFull), live_(static_cast<size_t>(max_batch), false) {}
     int64_t max_batch() const override { return max_batch_; }
     int64_t max_tokens() const override { return max_tokens_; }
@@ -137,8 +137,9 @@ private:
 }  // namespace
 
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
-                                               int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu) {
-    if (gpu) return std::make_unique<GpuModelRunner>(model.config, std::move(gpu), mode, max_batch, max_tokens);
+                                               int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu,
+                                               const gpu::GpuTuning& tuning) {
+    if (gpu) return std::make_unique<GpuModelRunner>(model.config, std::move(gpu), mode, max_batch, max_tokens, tuning);
     return std::make_unique<CpuModelRunner>(model, mode, max_batch, max_tokens);
 }
 

@@ -54,6 +54,7 @@ public:
 /// are given, else on the CPU with the model's own weights. Throws Error naming the flag to change
 /// when the memory does not fit.
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
-                                               int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu = nullptr);
+                                               int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu = nullptr,
+                                               const gpu::GpuTuning& tuning = {});
 
 }  // namespace freekv

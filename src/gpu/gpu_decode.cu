@@ -162,7 +162,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         mass.resize(L * n * c.n_head);
         mass_scratch.resize(n * c.n_head * max_pages * p);
     }
-    const int32_t n_split = split_for(n * n_kv, max_att_tokens);
+    const int32_t n_split = split_for(n * n_kv, max_att_tokens, tuning.attn_min_split_tokens);
     cuda::PagesAttentionArgs att;
     att.n_split = n_split;
     if (n_split > 1) {
@@ -173,7 +173,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
 
     // Only while a background gather runs (sparse FreeKV rows): in the dense regime every mode
     // runs full's kernels, bit for bit.
-    cuda::set_gemm_sm_target(any_test && speculative && !dma ? gemm_sms_beside_gather() : 0);
+    cuda::set_gemm_sm_target(any_test && speculative && !dma ? gemm_sms_beside_gather(tuning) : 0);
     cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < L; ++il) {
         const cuda::Event* mk = marks.data() + il * 4;
@@ -250,7 +250,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             cuda::mass_recall(ma, g, main);
         }
         cuda::store_queries(q.get(), q_now.get() + il * n, static_cast<int32_t>(n), g, main);
-        if (any_test && speculative && diag_background() != 2) {
+        if (any_test && speculative && tuning.diag_background != DiagBackground::kNone) {
             // Sel_t of the unflagged heads, on the side stream, once this attention has read the slots.
             float* qs = q_side.get() + il * max_batch * q_dim;
             FREEKV_CUDA_CHECK(cudaMemcpyAsync(qs, q.get(), sz(n * q_dim) * 4, cudaMemcpyDeviceToDevice, main));

@@ -5,9 +5,15 @@
 
 namespace freekv::gpu {
 
-GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens)
+GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens,
+                     const GpuTuning& tuning)
     : impl_(std::make_unique<Impl>()) {
     Impl& m = *impl_;
+    tuning.validate();
+    m.tuning = tuning;
+    if (tuning.diag_background != DiagBackground::kOff && mode.mode == KvMode::kFreekv)
+        FREEKV_LOG_WARN("--diag-background {}: FreeKV's background recall is cut short; outputs are wrong, timings are "
+                        "diagnostic", diag_background_name(tuning.diag_background));
     m.weights = std::move(weights);
     m.c = m.weights->config();
     m.mode = mode;

@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
+#include "gpu/gpu_tuning.h"
 #include "model/attention_kv.h"
 #include "model/llama_weights.h"
 #include "model/model_config.h"
@@ -77,7 +78,8 @@ class GpuEngine {
 public:
     /// Reserves device and pinned host memory for max_batch sequences of max_tokens each; throws
     /// Error naming the flag to change when either does not fit.
-    GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens);
+    GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens,
+              const GpuTuning& tuning = {});
     ~GpuEngine();
     GpuEngine(const GpuEngine&) = delete;
     GpuEngine& operator=(const GpuEngine&) = delete;

@@ -6,7 +6,7 @@
 //   gpu_recall.cu   selection and recall: gather, per-copy and dma paths, the worker, events;
 //   gpu_prefill.cu  prefill and installing a history into the budget cache and CPU store;
 //   gpu_decode.cu   the decode step (regimes, boundary jobs, speculative and corrective recall);
-//   gpu_tuning.cu   launch shapes and the measurement switches read from the environment.
+//   gpu_tuning.cu   launch shapes from the tuning options (gpu_tuning.h).
 // Streams: one main stream runs the model and the critical path of each layer (correction test,
 // corrective selection + gather, attention); FreeKV's speculative work of layer l (selection of
 // the unflagged heads with this step's query, then their gather) runs on a side stream after event
@@ -51,12 +51,9 @@ inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
 // x += y over n floats on stream s (gpu_layers.cu).
 void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
-// Launch shapes and measurement switches (gpu_tuning.cu).
-int32_t split_for(int64_t n_rows_heads, int64_t max_tokens);
-int32_t sync_gather_ctas();
-int32_t background_gather_ctas();
-int diag_background();
-int gemm_sms_beside_gather();
+// Launch shapes from the tuning options (gpu_tuning.cu).
+int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens);
+int gemm_sms_beside_gather(const GpuTuning& t);
 
 // A weight on the device in the engine's dtype: bf16, or fp32 (--gpu-dtype f32).
 struct DeviceWeight {
@@ -82,6 +79,7 @@ struct GpuEngine::Impl {
     std::shared_ptr<const GpuWeights> weights;
     ModelConfig c;
     KvModeConfig mode;
+    GpuTuning tuning;
     KvBudget budget;
     bool dense_only = false;   // full: every page in its own slot, no store
     bool selects = false, speculative = false, offloads = false;

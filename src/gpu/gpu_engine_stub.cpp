@@ -24,7 +24,7 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&, GpuDtype)
 }
 GpuWeights::~GpuWeights() = default;
 
-GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights>, const KvModeConfig&, int64_t, int64_t) {
+GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights>, const KvModeConfig&, int64_t, int64_t, const GpuTuning&) {
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);
 }
 GpuEngine::~GpuEngine() = default;

@@ -35,7 +35,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     a.agg = static_cast<int32_t>(mode.aggregation());
     a.elem_bytes = g.elem_bytes;
     cuda::select_pages(a, s);
-    if (kind == 1 && diag_background() == 1) return;
+    if (kind == 1 && tuning.diag_background == DiagBackground::kSelectOnly) return;
     cuda::GatherArgs ga;
     ga.cpu_chunks = chunk_table.get();
     ga.pages_per_chunk = pages_per_chunk;
@@ -55,7 +55,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     // 12 blocks already reach the PCIe rate when alone (bench_recall_overlap); the background
     // gather keeps to that, since every byte it moves beside the model slows the model's GEMMs; the
     // synchronous one (on the critical path) takes 32 (64 and 128 measured no faster).
-    ga.ctas = kind == 0 ? sync_gather_ctas() : background_gather_ctas();
+    ga.ctas = kind == 0 ? tuning.sync_gather_ctas : tuning.bg_gather_ctas;
     ga.per_head = counters.get() + c.n_layer * 4 + (kind * c.n_layer + il) * c.n_head_kv;
     if (kind == 1 && dma) {
         // The plan goes to pinned host memory; the worker copies once it is there (sel_done).

@@ -58,6 +58,8 @@ std::optional<ChatTemplate> ChatTemplate::from_template_text(const std::string& 
     return std::nullopt;
 }
 
+std::string ChatTemplate::template_text(const std::string& model_path) { return read_template(model_path); }
+
 std::optional<ChatTemplate> ChatTemplate::detect(const std::string& model_path, const Tokenizer& tokenizer) {
     return from_template_text(read_template(model_path), tokenizer);
 }

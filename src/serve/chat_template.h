@@ -24,6 +24,9 @@ public:
     /// The format of a model folder (its tokenizer_config.json, else the tokenizer's special
     /// tokens); nullopt when neither format fits (the server then answers chat requests with 400).
     static std::optional<ChatTemplate> detect(const std::string& model_path, const Tokenizer& tokenizer);
+    /// The chat_template of the folder's tokenizer_config.json (the "default" one of a list);
+    /// empty when there is none.
+    static std::string template_text(const std::string& model_path);
     /// The same from the template text itself (tests, GGUF metadata).
     static std::optional<ChatTemplate> from_template_text(const std::string& text, const Tokenizer& tokenizer);
 

@@ -42,14 +42,24 @@ int http_threads(const EngineConfig& e) { return static_cast<int>(std::min<int64
 struct CompletionServer::Impl {
     const LoadedModel& model;
     ServerOptions options;
+    std::optional<ChatTemplate> chat;  // before the engine: a bad template fails before any allocation
     Engine engine;
-    std::optional<ChatTemplate> chat;
     httplib::Server http;
     std::atomic<int> listen_socket{-1};  // recorded by the socket-options hook
     std::atomic<int64_t> next_id{0};
 
-    Impl(const LoadedModel& m, ServerOptions o) : model(m), options(std::move(o)), engine(m, options.engine) {
-        if (model.tokenizer) chat = ChatTemplate::detect(model.path, *model.tokenizer);
+    Impl(const LoadedModel& m, ServerOptions o)
+        : model(m), options(std::move(o)), chat(detect_chat(m, options)), engine(m, options.engine) {}
+
+    static std::optional<ChatTemplate> detect_chat(const LoadedModel& m, const ServerOptions& o) {
+        if (o.no_chat || !m.tokenizer) return std::nullopt;
+        auto found = ChatTemplate::detect(m.path, *m.tokenizer);
+        if (!found && !ChatTemplate::template_text(m.path).empty())
+            FREEKV_FAIL("the chat_template of {}'s tokenizer_config.json is neither Llama 3 nor ChatML (the formats "
+                        "freekv renders), or the tokenizer lacks their special tokens; pass --no-chat to serve "
+                        "completions only",
+                        m.path);
+        return found;
     }
 
     // A checked request: the prompt and the engine's part.
@@ -66,6 +76,7 @@ struct CompletionServer::Impl {
         const ModelConfig& c = model.config;
         if (is_chat) {
             if (!model.tokenizer) throw BadRequest("this model has no tokenizer.json, so it cannot take chat messages");
+            if (options.no_chat) throw BadRequest("chat is off on this server (--no-chat): use /v1/completions");
             if (!chat)
                 throw BadRequest("this model's chat template is neither Llama 3 nor ChatML (the formats freekv renders); "
                                  "use /v1/completions with the prompt formatted by the client");

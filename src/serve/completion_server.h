@@ -19,6 +19,9 @@ namespace freekv::serve {
 struct ServerOptions {
     std::string model_name = "model";
     EngineConfig engine;  // KV mode, context, batch slots, queue, GPU weights
+    // Serve completions only: /v1/chat/completions answers 400. Without it a chat_template in
+    // tokenizer_config.json that is neither Llama 3 nor ChatML stops the start-up (no silent fallback).
+    bool no_chat = false;
 };
 
 class CompletionServer {

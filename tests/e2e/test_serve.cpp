@@ -427,6 +427,38 @@ TEST(Serve, TokenizeDetokenizeAndChatOnTheReferenceModel) {
     }
 }
 
+// A chat_template freekv does not render stops the start-up with the flag to pass; with --no-chat
+// the server runs, completions work and chat requests get a 400 that names the flag.
+TEST(Serve, AnUnknownChatTemplateIsAStartUpErrorUnlessNoChat) {
+    const auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "reference model not found (../shared/models/freekv-ref-28m)";
+    LoadedModel m = load_model(dir->string());
+    test::TempDir tmp("freekv-chat-template");
+    for (const char* tpl : {R"({% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %})",
+                            // ChatML text, but the tokenizer has no <|im_start|>: not renderable either
+                            R"({% for m in messages %}<|im_start|>{{ m['role'] }}{% endfor %})"}) {
+        std::ofstream(tmp.path / "tokenizer_config.json") << json{{"chat_template", tpl}}.dump();
+        m.path = tmp.path.string();
+        try {
+            CompletionServer server(m, base_params(256));
+            ADD_FAILURE() << "an unknown chat template must stop the start-up: " << tpl;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("--no-chat"), std::string::npos) << e.what();
+            EXPECT_NE(std::string(e.what()).find("neither Llama 3 nor ChatML"), std::string::npos) << e.what();
+        }
+    }
+    ServerOptions o = base_params(256);
+    o.no_chat = true;
+    RunningServer server(m, o);
+    auto c = server.client();
+    auto chat = c.Post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"hi"}]})", "application/json");
+    ASSERT_TRUE(chat);
+    EXPECT_EQ(chat->status, 400);
+    EXPECT_NE(chat->body.find("--no-chat"), std::string::npos) << chat->body;
+    const json r = post(c, {{"prompt", "The Emperor"}, {"max_tokens", 3}}, 200);
+    EXPECT_EQ(r["object"], "text_completion") << "completions still work with --no-chat";
+}
+
 }  // namespace
 }  // namespace freekv::serve
 

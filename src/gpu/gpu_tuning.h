@@ -1,0 +1,52 @@
+// gpu_tuning.h: the GPU engine's launch shapes and measurement switches as named options (bench
+// and serve flags), printed in the start-up plan and recorded in bench rows. The defaults are the
+// measured best on the H100/H200 (bench/results); the diagnostic switch is for measurements only.
+// Invariant: validate() accepts exactly the ranges the kernels support and names the flag otherwise.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/error.h"
+
+namespace freekv::gpu {
+
+/// What FreeKV's background recall does: everything (off), the selection without the gather
+/// (select: the maps then name pages never copied), or nothing (none). Outputs are wrong unless off.
+enum class DiagBackground { kOff, kSelectOnly, kNone };
+
+inline DiagBackground parse_diag_background(const std::string& s) {
+    if (s == "off") return DiagBackground::kOff;
+    if (s == "select") return DiagBackground::kSelectOnly;
+    if (s == "none") return DiagBackground::kNone;
+    FREEKV_FAIL("--diag-background '{}' must be off, select or none", s);
+}
+inline const char* diag_background_name(DiagBackground d) {
+    return d == DiagBackground::kOff ? "off" : d == DiagBackground::kSelectOnly ? "select" : "none";
+}
+
+struct GpuTuning {
+    int32_t attn_min_split_tokens = 32;  // decode attention: least tokens per split-K block
+    int32_t sync_gather_ctas = 32;       // thread blocks of the critical-path gather
+    int32_t bg_gather_ctas = 12;         // thread blocks of FreeKV's background gather
+    bool gemm_sm_reserve = true;         // cuBLAS leaves the background gather its SMs
+    DiagBackground diag_background = DiagBackground::kOff;
+
+    void validate() const {
+        FREEKV_CHECK(attn_min_split_tokens >= 16 && attn_min_split_tokens <= 4096,
+                     "--attn-min-split-tokens {} must be in [16, 4096]", attn_min_split_tokens);
+        FREEKV_CHECK(sync_gather_ctas >= 1 && sync_gather_ctas <= 528, "--sync-gather-ctas {} must be in [1, 528]",
+                     sync_gather_ctas);
+        FREEKV_CHECK(bg_gather_ctas >= 1 && bg_gather_ctas <= 132, "--bg-gather-ctas {} must be in [1, 132]", bg_gather_ctas);
+    }
+    std::string describe() const {
+        return fmt::format("gpu tuning: attn-min-split-tokens {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
+                           "| diag-background {}",
+                           attn_min_split_tokens, sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
+                           diag_background_name(diag_background));
+    }
+};
+
+}  // namespace freekv::gpu
