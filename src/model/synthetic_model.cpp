@@ -56,10 +56,15 @@ ModelConfig named_shape(const std::string& name) {
 }
 
 LoadedModel make_synthetic_model(const std::string& name, uint64_t seed) {
+    return make_synthetic_model(named_shape(name), name, seed);
+}
+
+LoadedModel make_synthetic_model(const ModelConfig& config, const std::string& name, uint64_t seed) {
+    config.validate("synthetic model " + name);
     LoadedModel m;
     m.path = "synthetic:" + name;
     m.format = "synthetic";
-    m.config = named_shape(name);
+    m.config = config;
     const ModelConfig& c = m.config;
     m.tensors = std::make_unique<TensorSource>();
     uint64_t stream = seed * 1000003ull;

@@ -15,6 +15,8 @@ namespace freekv {
 ModelConfig named_shape(const std::string& name);
 /// A loaded model (no tokenizer) with random weights of that shape.
 LoadedModel make_synthetic_model(const std::string& name, uint64_t seed = 1);
+/// The same for any valid config (tests: a named shape with a real tokenizer's vocabulary).
+LoadedModel make_synthetic_model(const ModelConfig& config, const std::string& name, uint64_t seed = 1);
 
 inline constexpr const char* kNamedShapes = "tiny, llama-3.1-8b, qwen2.5-7b";
 

