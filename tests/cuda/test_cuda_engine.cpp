@@ -114,7 +114,9 @@ std::vector<Result> run_together(const LoadedModel& m, const EngineConfig& confi
     for (auto& t : clients) t.join();
     EXPECT_TRUE(waiter.wait_for(static_cast<int>(jobs.size()))) << "requests did not finish";
     const EngineMetrics mt = engine.metrics();
-    if (config.max_batch > 1) EXPECT_GT(mt.decode_rows, mt.steps) << "no step decoded more than one sequence";
+    if (config.max_batch > 1) {
+        EXPECT_GT(mt.decode_rows, mt.steps) << "no step decoded more than one sequence";
+    }
     return results;
 }
 

@@ -1,0 +1,339 @@
+// matmul_cuda.cu: y = x . w^T on the GPU (see ops_cuda.cuh): the decode GEMVs (SIMT and, opt-in,
+// tensor-core) for a few rows of bf16 weights, cuBLAS for the rest (bf16 inputs rounded on the
+// device, or fp32 throughout), and the SM target cuBLAS leaves to a concurrent gather.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string_view>
+
+#include "backend/cuda/bf16_device.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/ops_cuda.cuh"
+
+namespace freekv::cuda {
+
+namespace {
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+__device__ float bf16_bits_to_float(uint16_t b) { return bf16_to_float(b); }
+
+__global__ void to_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* out) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < n) out[i] = __float2bfloat16_rn(x[i]);
+}
+
+template <class W>
+__global__ void add_bias_kernel(float* y, int64_t m, int64_t n, const W* bias) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < m * n) y[i] += to_f32(bias[i % n]);
+}
+
+// Decode GEMV, y[m, n] = bf16(x[m, :]) . w[n, :] (+ bias) for m <= kGemvMaxRows: each warp owns
+// kGemvRowsPerWarp output rows and walks k in 16-byte chunks of w (8 bf16 per lane, every row's
+// loads issued before any math); x is read through L1 (all warps of a block share the k chunk) and
+// rounded to bf16 as cuBLAS's input would be; fp32 accumulation, one warp reduction per row.
+constexpr int kGemvMaxRows = 8;
+constexpr int kGemvDefaultRows = 1;  // measured on the H100: see bench/results (batch 4 was faster through cuBLAS)
+constexpr int kGemvRowsPerWarp = 4;
+constexpr int kGemvWarps = 4;
+
+// C: 16-byte chunks per lane and row in flight (FREEKV_GEMV_CHUNKS = 2, the measured default, 4 or 8:
+// more bytes in flight per warp for the matrices whose few rows make few warps).
+template <int M, int C>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
+                                                                    int64_t n, int64_t k, float* __restrict__ y,
+                                                                    const uint16_t* __restrict__ bias) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * kGemvRowsPerWarp;
+    if (row0 >= n) return;
+    float acc[kGemvRowsPerWarp][M];
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+    const int64_t chunks = k / 8;
+    for (int64_t c0 = lane; c0 < chunks; c0 += 32 * C) {
+        uint4 wv[C][kGemvRowsPerWarp];
+#pragma unroll
+        for (int h = 0; h < C; ++h)
+#pragma unroll
+            for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+                const int64_t c = c0 + 32 * h;
+                wv[h][r] = row0 + r < n && c < chunks ? __ldg(reinterpret_cast<const uint4*>(w + (row0 + r) * k) + c)
+                                                      : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int h = 0; h < C; ++h) {
+            const int64_t c = c0 + 32 * h;
+            if (c >= chunks) break;
+#pragma unroll
+            for (int i = 0; i < M; ++i) {
+                if (i >= m) break;
+                const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
+                const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
+                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                float xr[8];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
+#pragma unroll
+                for (int r = 0; r < kGemvRowsPerWarp; ++r) {
+                    const uint32_t parts[4] = {wv[h][r].x, wv[h][r].y, wv[h][r].z, wv[h][r].w};
+                    float sum = acc[r][i];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
+                        sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
+                    }
+                    acc[r][i] = sum;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < kGemvRowsPerWarp; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            if (i >= m) break;
+            float s = acc[r][i];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0 && row0 + r < n) y[i * n + row0 + r] = s + (bias != nullptr ? bf16_bits_to_float(bias[row0 + r]) : 0.0f);
+        }
+}
+
+// Decode GEMV on the tensor cores, y[m, n] = bf16(x[m, :]) . w[n, :] (+ bias) for m <= 8 and
+// k % 32 == 0: one mma.m16n8k16 (bf16 in, fp32 accumulate) takes 16 weight rows as A and the m
+// activation rows, padded to 8 columns, as B. Since a dot product may visit k in any order, each
+// lane loads 16 contiguous bytes of its two weight rows and of its activation row per 32-k chunk
+// and feeds them to two mma's as if they were the fragment's k positions: the same permutation for
+// A and B, so no shuffles and no shared memory for the operands. Each block's 4 warps split k;
+// their fp32 partial tiles meet in shared memory. x is rounded to bf16 in registers, as the SIMT
+// GEMV and cuBLAS's input are. Opt-in (FREEKV_GEMV=mma): correct, but on the H100 the 8B shape's
+// floor step took 11.46 ms against 8.17 with the SIMT GEMV (batch 1) and 13.38 against cuBLAS's
+// 10.04 (batch 4), while suffering half as much from the background gather beside it
+// (bench/results/2026-11-24-h100-bench-llama8b-s6.md): a starting point, not yet a fast kernel.
+constexpr int kMmaWarps = 4;
+constexpr int kMmaChunksInFlight = 4;
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                               uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
+                                                                  int64_t n, int64_t k, float* __restrict__ y,
+                                                                  const uint16_t* __restrict__ bias) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int64_t row0 = static_cast<int64_t>(blockIdx.x) * 16;
+    const int64_t ra = row0 + g, rb = row0 + g + 8;  // this lane's two weight rows (A rows g, g + 8)
+    const bool va = ra < n, vb = rb < n, vx = g < m;  // B column g is activation row g
+    const uint4* wa = reinterpret_cast<const uint4*>(w + (va ? ra : 0) * k) + c;
+    const uint4* wb = reinterpret_cast<const uint4*>(w + (vb ? rb : 0) * k) + c;
+    const float4* xr = reinterpret_cast<const float4*>(x + (vx ? g : 0) * k) + 2 * c;
+    const int64_t chunks = k / 32;  // 32 k per chunk: 4 lanes x 8 elements
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t c0 = warp; c0 < chunks; c0 += kMmaWarps * kMmaChunksInFlight) {
+        uint4 av[kMmaChunksInFlight], bv[kMmaChunksInFlight];
+        float4 x0[kMmaChunksInFlight], x1[kMmaChunksInFlight];
+#pragma unroll
+        for (int u = 0; u < kMmaChunksInFlight; ++u) {
+            const int64_t ch = c0 + static_cast<int64_t>(u) * kMmaWarps;
+            const bool in = ch < chunks;
+            av[u] = in && va ? __ldg(wa + ch * 4) : make_uint4(0, 0, 0, 0);
+            bv[u] = in && vb ? __ldg(wb + ch * 4) : make_uint4(0, 0, 0, 0);
+            x0[u] = in && vx ? __ldg(xr + ch * 8) : make_float4(0, 0, 0, 0);
+            x1[u] = in && vx ? __ldg(xr + ch * 8 + 1) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kMmaChunksInFlight; ++u) {
+            // Lane (g, c) holds elements 8c..8c+7 of the chunk: the first mma reads 8c..8c+3 as its
+            // k positions (2c, 2c+1, 2c+8, 2c+9), the second 8c+4..8c+7.
+            const uint32_t b0 = pack_bf16x2(x0[u].x, x0[u].y), b1 = pack_bf16x2(x0[u].z, x0[u].w);
+            const uint32_t b2 = pack_bf16x2(x1[u].x, x1[u].y), b3 = pack_bf16x2(x1[u].z, x1[u].w);
+            mma_bf16_16816(acc, av[u].x, bv[u].x, av[u].y, bv[u].y, b0, b1);
+            mma_bf16_16816(acc, av[u].z, bv[u].z, av[u].w, bv[u].w, b2, b3);
+        }
+    }
+    // acc: (row g, columns 2c, 2c + 1), (row g + 8, columns 2c, 2c + 1). Sum over the warps.
+    __shared__ float part[kMmaWarps][4][32];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][i][lane] = acc[i];
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float s = 0.0f;
+#pragma unroll
+        for (int wi = 0; wi < kMmaWarps; ++wi) s += part[wi][i][lane];
+        const int col = 2 * c + (i & 1);
+        const int64_t row = i < 2 ? ra : rb;
+        if (col < m && row < n) y[col * n + row] = s + (bias != nullptr ? bf16_bits_to_float(bias[row]) : 0.0f);
+    }
+}
+
+// Which decode GEMV serves m <= 8: the tensor-core one (mma) or the SIMT one. FREEKV_GEMV=simd|mma
+// overrides the default, for measuring one against the other on the GPU machine.
+bool gemv_uses_mma() {
+    static const bool mma = [] {
+        const char* env = std::getenv("FREEKV_GEMV");
+        return env != nullptr && std::string_view(env) == "mma";
+    }();
+    return mma;
+}
+
+}  // namespace
+
+void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream) {
+    FREEKV_CHECK(m >= 1 && m <= 8 && k % 32 == 0, "gemv_mma: m = {} must be in [1, 8] and k = {} a multiple of 32", m, k);
+    const auto blocks = static_cast<unsigned>((n + 15) / 16);
+    gemv_mma_kernel<<<blocks, kMmaWarps * 32, 0, as_stream(stream)>>>(x, static_cast<int>(m), w, n, k, y, bias);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+namespace {
+
+// Batch rows up to which the GEMV kernel replaces cuBLAS: FREEKV_GEMV_MAX_ROWS (0..8) overrides the
+// default, for measuring one against the other on the GPU machine.
+int64_t gemv_max_rows() {
+    static const int64_t rows = [] {
+        const char* env = std::getenv("FREEKV_GEMV_MAX_ROWS");
+        return env != nullptr ? std::clamp<int64_t>(std::atoll(env), 0, kGemvMaxRows) : int64_t{kGemvDefaultRows};
+    }();
+    return rows;
+}
+
+bool gemv_fits(const float* x, int64_t m, const uint16_t* w, int64_t k) {
+    return m >= 1 && m <= gemv_max_rows() && k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+           reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+int gemv_chunks() {
+    static const int chunks = [] {
+        const char* env = std::getenv("FREEKV_GEMV_CHUNKS");
+        const int c = env != nullptr ? std::atoi(env) : 2;
+        return c == 4 || c == 8 ? c : 2;
+    }();
+    return chunks;
+}
+
+template <int C>
+void launch_gemv_simt(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+                      cudaStream_t s) {
+    const auto blocks = static_cast<unsigned>((n + kGemvWarps * kGemvRowsPerWarp - 1) / (kGemvWarps * kGemvRowsPerWarp));
+    if (m == 1)
+        gemv_bf16_kernel<1, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    else if (m == 2)
+        gemv_bf16_kernel<2, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    else if (m <= 4)
+        gemv_bf16_kernel<4, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    else
+        gemv_bf16_kernel<8, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void gemv_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+               cudaStream_t s) {
+    if (gemv_uses_mma() && k % 32 == 0) {
+        gemv_mma(x, m, w, n, k, y, bias, s);
+        return;
+    }
+    gemv_simt(x, m, w, n, k, y, bias, gemv_chunks(), s);
+}
+
+}  // namespace
+
+void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
+               void* stream) {
+    FREEKV_CHECK(m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && (chunks == 2 || chunks == 4 || chunks == 8),
+                 "gemv_simt: m = {} must be in [1, {}], k = {} a multiple of 8 and chunks = {} one of 2, 4, 8", m, kGemvMaxRows, k, chunks);
+    const int mi = static_cast<int>(m);
+    cudaStream_t s = as_stream(stream);
+    if (chunks == 2) launch_gemv_simt<2>(x, mi, w, n, k, y, bias, s);
+    else if (chunks == 4) launch_gemv_simt<4>(x, mi, w, n, k, y, bias, s);
+    else launch_gemv_simt<8>(x, mi, w, n, k, y, bias, s);
+}
+
+namespace {
+
+// One cuBLAS handle per host thread, created on first use (creation costs milliseconds).
+cublasHandle_t cublas_handle() {
+    thread_local cublasHandle_t handle = [] {
+        cublasHandle_t h = nullptr;
+        const cublasStatus_t status = cublasCreate(&h);
+        FREEKV_CHECK(status == CUBLAS_STATUS_SUCCESS, "cublasCreate failed with status {}", static_cast<int>(status));
+        return h;
+    }();
+    return handle;
+}
+
+}  // namespace
+
+void set_gemm_sm_target(int sms) {
+    thread_local int current = 0;
+    if (sms == current) return;
+    FREEKV_CHECK(cublasSetSmCountTarget(cublas_handle(), sms) == CUBLAS_STATUS_SUCCESS, "cublasSetSmCountTarget({}) failed", sms);
+    current = sms;
+}
+
+void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+                 uint16_t* x_bf16, void* stream) {
+    if (gemv_fits(x, m, w, k)) {  // decode: one pass over w, no conversion kernel, no cuBLAS
+        gemv_bf16(x, m, w, n, k, y, bias, as_stream(stream));
+        return;
+    }
+    const int64_t elems = m * k;
+    to_bf16_kernel<<<static_cast<unsigned>((elems + 255) / 256), 256, 0, as_stream(stream)>>>(
+        x, elems, reinterpret_cast<__nv_bfloat16*>(x_bf16));
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+    cublasHandle_t handle = cublas_handle();
+    FREEKV_CHECK(cublasSetStream(handle, as_stream(stream)) == CUBLAS_STATUS_SUCCESS, "cublasSetStream failed");
+    // Row-major y[m, n] is column-major y^T[n, m] = w (column-major [k, n], transposed) . x^T ([k, m]).
+    const float alpha = 1.0f, beta = 0.0f;
+    const cublasStatus_t status =
+        cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                     w, CUDA_R_16BF, static_cast<int>(k), x_bf16, CUDA_R_16BF, static_cast<int>(k), &beta, y, CUDA_R_32F,
+                     static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    FREEKV_CHECK(status == CUBLAS_STATUS_SUCCESS, "cublasGemmEx ({} x {} x {}) failed with status {}", m, n, k,
+                 static_cast<int>(status));
+    if (bias != nullptr) {
+        add_bias_kernel<<<static_cast<unsigned>((m * n + 255) / 256), 256, 0, as_stream(stream)>>>(y, m, n, bias);
+        FREEKV_CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
+            void* stream) {
+    if (!w.f32) {
+        FREEKV_CHECK(bias.p == nullptr || !bias.f32, "matmul: a bf16 weight takes a bf16 bias");
+        matmul_bf16(x, m, static_cast<const uint16_t*>(w.p), n, k, y, static_cast<const uint16_t*>(bias.p), x_bf16, stream);
+        return;
+    }
+    FREEKV_CHECK(bias.p == nullptr || bias.f32, "matmul: an fp32 weight takes an fp32 bias");
+    cublasHandle_t handle = cublas_handle();
+    FREEKV_CHECK(cublasSetStream(handle, as_stream(stream)) == CUBLAS_STATUS_SUCCESS, "cublasSetStream failed");
+    // fp32 inputs with CUBLAS_COMPUTE_32F: full fp32 products (the handle's default math mode
+    // allows no TF32), the accuracy reference of --gpu-dtype f32.
+    const float alpha = 1.0f, beta = 0.0f;
+    const cublasStatus_t status =
+        cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                     w.p, CUDA_R_32F, static_cast<int>(k), x, CUDA_R_32F, static_cast<int>(k), &beta, y, CUDA_R_32F,
+                     static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    FREEKV_CHECK(status == CUBLAS_STATUS_SUCCESS, "cublasGemmEx fp32 ({} x {} x {}) failed with status {}", m, n, k,
+                 static_cast<int>(status));
+    if (bias.p != nullptr) {
+        add_bias_kernel<<<static_cast<unsigned>((m * n + 255) / 256), 256, 0, as_stream(stream)>>>(
+            y, m, n, static_cast<const float*>(bias.p));
+        FREEKV_CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+}  // namespace freekv::cuda
