@@ -19,8 +19,9 @@
 # profile: Nsight Compute's device time per kernel (kernels serialized) over ~700 launches, about
 # one decode step of the profiled bench (default freekv:corr-off at 32K, batch 1), as a markdown
 # table (python3 of the GPU machine parses the CSV).
-# serve: `freekv serve --shape llama-3.1-8b` for each mode of FREEKV_SERVE_MODES (freekv) with --device cuda and
-# FREEKV_SERVE_ARGS, loaded by `freekv bench-serve` with FREEKV_LOAD_ARGS (32K-token prompts at
+# serve: `freekv serve --device cuda` for each mode of FREEKV_SERVE_MODES (freekv) with
+# FREEKV_SERVE_ARGS (default --shape llama-3.1-8b at 32K, 16 slots; must not repeat --device or
+# --kv-mode), loaded by `freekv bench-serve` with FREEKV_LOAD_ARGS (32K-token prompts at
 # concurrency 1, 4, 8, 16); rows in serve.json, the servers' logs in serve.log.
 # Exits non-zero when any part fails.
 set -uo pipefail
