@@ -285,6 +285,11 @@ int64_t resident_bytes() {
     return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
 }
 
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kThreadSanitized = true;
+#else
+constexpr bool kThreadSanitized = false;
+#endif
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool kSanitized = true;  // quarantine and shadow memory make RSS meaningless; leaks are ASan's to find
 #else
@@ -435,6 +440,9 @@ TEST(Serve, TokenizeDetokenizeAndChatOnTheReferenceModel) {
 // template renders (same tokens, same prompt count), and the streamed form carries the role first,
 // the same content, then [DONE].
 TEST(Serve, ChatRendersTheModelsTemplateOnLlama3AndChatMLTokenizers) {
+    // Its 128K-152K-token output heads run single-threaded and instrumented under TSan (~100 s) and
+    // start no thread the other tests do not; the ASan and release passes run it.
+    if (kThreadSanitized) GTEST_SKIP() << "left to the ASan and release passes (slow under ThreadSanitizer)";
     struct Case {
         const char* package;
         const char* format;
