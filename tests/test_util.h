@@ -5,9 +5,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <cstdint>
 #include <optional>
+#include <random>
 #include <span>
 #include <string>
+#include <vector>
 #include <unistd.h>
 
 namespace freekv::test {
@@ -32,6 +35,14 @@ inline std::optional<std::filesystem::path> ref_model_dir() {
 }
 
 inline std::filesystem::path source_dir() { return FREEKV_SOURCE_DIR; }
+
+/// n token ids drawn uniformly from [0, n_vocab), a pure function of the seed.
+inline std::vector<int32_t> random_tokens(int64_t n, int64_t n_vocab, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(n_vocab));
+    return t;
+}
 
 /// A fresh, empty directory under the system temp dir, removed by the caller's TempDir.
 struct TempDir {

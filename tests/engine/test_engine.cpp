@@ -28,12 +28,7 @@ const LoadedModel& fixture(const std::string& name) {
     return it->second;
 }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t n_vocab, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::vector<int32_t> t(static_cast<size_t>(n));
-    for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint32_t>(n_vocab));
-    return t;
-}
+using test::random_tokens;
 
 KvModeConfig mode_for(KvMode kind) {
     KvModeConfig c = full_kv_mode();
