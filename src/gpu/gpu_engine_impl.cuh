@@ -33,6 +33,7 @@
 #include "backend/cuda/gather_pages.cuh"
 #include "backend/cuda/kv_kernels.cuh"
 #include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/flash_prefill.cuh"
 #include "backend/cuda/page_boundary.cuh"
 #include "backend/cuda/pinned_store.cuh"
 #include "backend/cuda/prefill_attention.cuh"
@@ -41,6 +42,7 @@
 #include "core/dtype.h"
 #include "core/log.h"
 #include "gpu/gpu_engine.h"
+#include "gpu/gpu_memory_plan.h"
 #include "gpu/recall_worker.h"
 
 namespace freekv::gpu {

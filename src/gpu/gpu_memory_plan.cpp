@@ -52,13 +52,16 @@ GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, in
     }
     plan.device_per_sequence = seq;
     plan.device_fixed = kSplitRowsHeads * (c.n_head / std::max<int64_t>(kv, 1)) * (d + 2) * 4 + (int64_t{16} << 20);
-    // One prefill of max_tokens: activations, bf16 GEMM inputs, the stored history and the
-    // attention's fp32 K/V and score chunk.
+    // One prefill of max_tokens: activations, bf16 GEMM inputs, the stored history and, on the
+    // cuBLAS path, the attention's fp32 K/V and score chunk.
     const int64_t n = max_tokens;
     int64_t pre = n * (3 * c.n_embd + 2 * q_dim + 2 * row + 2 * c.n_ff) * 4;
     pre += n * std::max({c.n_embd, q_dim, c.n_ff}) * 2;
-    pre += 2 * n * row * eb + 2 * n * row * 4;
-    pre += std::min(kPrefillScoresBytes + kv * n * 4 * 16, kv * n * n * 4);
+    pre += 2 * n * row * eb;
+    if (!prefill_uses_flash(elem_bytes, d)) {
+        pre += 2 * n * row * 4;
+        pre += std::min(kPrefillScoresBytes + kv * n * 4 * 16, kv * n * n * 4);
+    }
     plan.prefill_bytes = pre;
     return plan;
 }

@@ -35,6 +35,10 @@ struct GpuMemoryPlan {
     std::string describe() const;
 };
 
+/// Whether a GpuEngine prefills with the flash kernel (bf16 KV, head_dim 64 or 128: no fp32 copy
+/// of the prompt's K/V and no score matrix) or with the fp32 cuBLAS path (f32 engines, other dims).
+inline bool prefill_uses_flash(int elem_bytes, int64_t head_dim) { return elem_bytes == 2 && (head_dim == 64 || head_dim == 128); }
+
 /// The plan of a GpuEngine for `mode` with sequences of up to max_tokens tokens, KV and weights
 /// of elem_bytes (2: bf16, 4: f32) and weights of weight_bytes on the device.
 GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, int elem_bytes, int64_t weight_bytes,

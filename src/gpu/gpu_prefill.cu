@@ -1,5 +1,5 @@
-// gpu_prefill.cu: the GPU engine's prefill: a prompt through the model with chunked prefill
-// attention, then its history installed per layer (summaries, offload to the CPU store, budget
+// gpu_prefill.cu: the GPU engine's prefill: a prompt through the model with the flash prefill
+// attention (bf16) or the chunked fp32 cuBLAS one (f32), then its history installed per layer (summaries, offload to the CPU store, budget
 // slots), and the synthetic fill the benchmarks use instead.
 #include "gpu/gpu_engine_impl.cuh"
 
@@ -85,27 +85,45 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
     slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), main);
     hist_k.resize(kv_bytes(n * row()));
     hist_v.resize(kv_bytes(n * row()));
-    // Prefill attention: chunked GEMMs over the prompt's K/V as the cache stores them.
+    // Prefill attention over the prompt's K/V as the cache stores them: the flash kernel reads the
+    // bf16 history itself; the f32 engine keeps the fp32 cuBLAS path (its products are not rounded).
+    const bool flash = prefill_uses_flash(g.elem_bytes, c.head_dim);
+    cuda::FlashPrefillArgs fa;
+    fa.n_q = static_cast<int32_t>(n);
+    fa.n_keys = static_cast<int32_t>(n);
+    fa.n_head = static_cast<int32_t>(c.n_head);
+    fa.n_head_kv = static_cast<int32_t>(c.n_head_kv);
+    fa.head_dim = static_cast<int32_t>(c.head_dim);
     cuda::PrefillAttentionArgs pa;
     pa.n = static_cast<int32_t>(n);
     pa.n_head = static_cast<int32_t>(c.n_head);
     pa.n_head_kv = static_cast<int32_t>(c.n_head_kv);
     pa.head_dim = static_cast<int32_t>(c.head_dim);
     pa.chunk = cuda::prefill_chunk(n, c.n_head_kv, int64_t{512} << 20);
-    prefill_k.resize(n * row());
-    prefill_v.resize(n * row());
-    prefill_scores.resize(cuda::prefill_scores_floats(n, c.n_head_kv, pa.chunk));
+    if (!flash) {
+        prefill_k.resize(n * row());
+        prefill_v.resize(n * row());
+        prefill_scores.resize(cuda::prefill_scores_floats(n, c.n_head_kv, pa.chunk));
+    }
     cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < c.n_layer; ++il) {
         qkv(il, n);
-        cuda::store_kv(k.get(), n * row(), hist_k.get(), g.elem_bytes, main, prefill_k.get());
-        cuda::store_kv(v.get(), n * row(), hist_v.get(), g.elem_bytes, main, prefill_v.get());
-        pa.q = q.get();
-        pa.k = prefill_k.get();
-        pa.v = prefill_v.get();
-        pa.out = attn.get();
-        pa.scores = prefill_scores.get();
-        cuda::prefill_attention(pa, main);
+        cuda::store_kv(k.get(), n * row(), hist_k.get(), g.elem_bytes, main, flash ? nullptr : prefill_k.get());
+        cuda::store_kv(v.get(), n * row(), hist_v.get(), g.elem_bytes, main, flash ? nullptr : prefill_v.get());
+        if (flash) {
+            fa.q = q.get();
+            fa.k = reinterpret_cast<const uint16_t*>(hist_k.get());
+            fa.v = reinterpret_cast<const uint16_t*>(hist_v.get());
+            fa.out = attn.get();
+            cuda::flash_prefill(fa, main);
+        } else {
+            pa.q = q.get();
+            pa.k = prefill_k.get();
+            pa.v = prefill_v.get();
+            pa.out = attn.get();
+            pa.scores = prefill_scores.get();
+            cuda::prefill_attention(pa, main);
+        }
         install_layer(il, seq, n, q.get() + (n - 1) * c.n_head * c.head_dim);
         mlp_and_attention_out(il, n);
     }

@@ -1,0 +1,299 @@
+// flash_prefill.cu: see flash_prefill.cuh. One block of 4 warps per (tile of kRows query rows, KV
+// head); each warp owns 16 * MT rows. Per key tile of 64 keys: S = Q K^T with mma.sync (Q and K
+// fragments by ldmatrix from padded shared memory), mask, online softmax in registers, O += P V
+// (V fragments by ldmatrix.trans). The next K/V tile is fetched by cp.async while the current one
+// is computed (two buffers). Blocks are launched heaviest first (last query rows see most keys).
+// Shared-memory rows are padded by 8 bf16 so that the 8 rows one ldmatrix reads hit distinct banks.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/flash_prefill.cuh"
+#include "core/error.h"
+
+namespace freekv::cuda {
+
+namespace {
+
+constexpr int kWarps = 4, kThreads = kWarps * 32, kKeys = 64;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// d += a (16x16 bf16, row) * b (16x8 bf16, col), fp32 accumulators.
+__device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global -> shared, zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// 2^x on the special-function unit (one instruction; exp2f adds range fix-ups around it). -inf -> 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&p);
+}
+
+template <int D, int MT>
+struct Tile {
+    static constexpr int kLd = D + 8;                // padded row, bf16 elements
+    static constexpr int kRows = kWarps * 16 * MT;   // query rows per block
+    static constexpr int kSmemElems = kRows * kLd + 4 * kKeys * kLd;  // Q, K[2], V[2]
+    static constexpr size_t kSmemBytes = static_cast<size_t>(kSmemElems) * 2;
+};
+
+// Loads key tile `tile` (K and V rows [tile * 64, +64) of head h) into buffer `buf` asynchronously.
+template <int D, int MT>
+__device__ __forceinline__ void load_kv_tile(const FlashPrefillArgs& a, int64_t stride, int h, int tile, uint16_t* ks,
+                                             uint16_t* vs) {
+    constexpr int kChunks = D / 8;  // 16-byte chunks per row
+    for (int i = threadIdx.x; i < kKeys * kChunks; i += kThreads) {
+        const int r = i / kChunks, c = i % kChunks, key = tile * kKeys + r;
+        const bool valid = key < a.n_keys;
+        const int64_t off = (valid ? key * stride : 0) + h * D + c * 8;
+        cp_async_16(ks + r * Tile<D, MT>::kLd + c * 8, a.k + off, valid);
+        cp_async_16(vs + r * Tile<D, MT>::kLd + c * 8, a.v + off, valid);
+    }
+}
+
+template <int D, int MT>
+__global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashPrefillArgs a) {
+    using T = Tile<D, MT>;
+    constexpr int kLd = T::kLd;
+    extern __shared__ __align__(16) uint16_t smem[];
+    uint16_t* qs = smem;
+    uint16_t* ks = qs + T::kRows * kLd;  // two buffers of kKeys rows
+    uint16_t* vs = ks + 2 * kKeys * kLd;
+
+    const int h = blockIdx.y, group = a.n_head / a.n_head_kv;
+    const int n_rows = a.n_q * group;
+    const int row0 = (gridDim.x - 1 - blockIdx.x) * T::kRows;
+    const int64_t stride = a.kv_stride > 0 ? a.kv_stride : static_cast<int64_t>(a.n_head_kv) * D;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+
+    // Key range of the block: its last row's position bounds it; keys up to its first row's
+    // position are visible to every row (no mask needed there).
+    const int last_row = min(row0 + T::kRows, n_rows) - 1;
+    const int last_key = min(a.q_pos0 + last_row / group, a.n_keys - 1);
+    const int n_tiles = last_key / kKeys + 1;
+    const int first_pos = a.q_pos0 + row0 / group;
+
+    load_kv_tile<D, MT>(a, stride, h, 0, ks, vs);
+    cp_async_commit();
+
+    // Q tile -> bf16 in shared memory (rows past n_rows are zero).
+    for (int i = threadIdx.x; i < T::kRows * (D / 4); i += kThreads) {
+        const int r = i / (D / 4), c4 = i % (D / 4), gr = row0 + r;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (gr < n_rows) {
+            const int tok = gr / group, g = gr % group;
+            x = *reinterpret_cast<const float4*>(a.q + (static_cast<int64_t>(tok) * a.n_head + h * group + g) * D + c4 * 4);
+        }
+        uint2 packed;
+        packed.x = pack_bf16x2(x.x, x.y);
+        packed.y = pack_bf16x2(x.z, x.w);
+        *reinterpret_cast<uint2*>(qs + r * kLd + c4 * 4) = packed;
+    }
+
+    // Positions of this thread's rows (gid and gid + 8 of each 16-row m-tile).
+    int pos[MT][2];
+    for (int mt = 0; mt < MT; ++mt)
+        for (int half = 0; half < 2; ++half) {
+            const int gr = row0 + warp * 16 * MT + mt * 16 + gid + half * 8;
+            pos[mt][half] = a.q_pos0 + gr / group;
+        }
+
+    float o[MT][D / 8][4];
+    float row_max[MT][2], row_sum[MT][2];
+    for (int mt = 0; mt < MT; ++mt) {
+        for (int j = 0; j < D / 8; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+        row_max[mt][0] = row_max[mt][1] = -INFINITY;
+        row_sum[mt][0] = row_sum[mt][1] = 0.f;
+    }
+    const float scale_log2 = 1.4426950408889634f * rsqrtf(static_cast<float>(D));
+    const int lrow = lane % 8, lmat = lane / 8;  // ldmatrix: this lane's row address in matrix lmat
+
+    for (int tile = 0; tile < n_tiles; ++tile) {
+        const int buf = tile & 1;
+        if (tile + 1 < n_tiles) {
+            load_kv_tile<D, MT>(a, stride, h, tile + 1, ks + (buf ^ 1) * kKeys * kLd, vs + (buf ^ 1) * kKeys * kLd);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const uint16_t* kt = ks + buf * kKeys * kLd;
+        const uint16_t* vt = vs + buf * kKeys * kLd;
+
+        // S = Q K^T: [MT][8 key n-tiles][4].
+        float s[MT][kKeys / 8][4];
+        for (int mt = 0; mt < MT; ++mt)
+            for (int j = 0; j < kKeys / 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t qa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                ldmatrix_x4(qa[mt], qs + (warp * 16 * MT + mt * 16 + (lmat & 1) * 8 + lrow) * kLd + kk * 16 + (lmat >> 1) * 8);
+#pragma unroll
+            for (int np = 0; np < kKeys / 16; ++np) {
+                uint32_t kb[4];
+                ldmatrix_x4(kb, kt + (np * 16 + (lmat >> 1) * 8 + lrow) * kLd + kk * 16 + (lmat & 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_bf16(s[mt][2 * np], qa[mt], kb[0], kb[1]);
+                    mma_bf16(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
+                }
+            }
+        }
+
+        // Mask, then the online softmax per row (a row's 64 scores live in the 4 lanes of its quad).
+        const bool masked = (tile + 1) * kKeys - 1 > first_pos || (tile + 1) * kKeys > a.n_keys;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        float& x = s[mt][j][half * 2 + e];
+                        if (masked) {
+                            const int key = tile * kKeys + j * 8 + tig * 2 + e;
+                            if (key > pos[mt][half] || key >= a.n_keys) x = -INFINITY;
+                        }
+                        mx = fmaxf(mx, x);
+                    }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // Scores stay unscaled; the maximum is kept in log2 units: p = 2^(s * scale_log2 - max).
+                const float new_max = fmaxf(row_max[mt][half], mx * scale_log2);  // finite: key 0 is in tile 0 for every row
+                const float alpha = fast_exp2(row_max[mt][half] - new_max);
+                row_max[mt][half] = new_max;
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        float& x = s[mt][j][half * 2 + e];
+                        x = fast_exp2(fmaf(x, scale_log2, -new_max));
+                        sum += x;
+                    }
+                row_sum[mt][half] = row_sum[mt][half] * alpha + sum;
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    o[mt][j][half * 2] *= alpha;
+                    o[mt][j][half * 2 + 1] *= alpha;
+                }
+            }
+
+        // O += P V: P's accumulator layout is the A-fragment layout of the next product.
+#pragma unroll
+        for (int kk = 0; kk < kKeys / 16; ++kk) {
+            uint32_t pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                pa[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, vt + (kk * 16 + (lmat & 1) * 8 + lrow) * kLd + dp * 16 + (lmat >> 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_bf16(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+                    mma_bf16(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with buffer `buf` before the next load overwrites it
+    }
+
+    // Normalize and write the rows this block owns.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float sum = row_sum[mt][half];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const float inv = 1.0f / sum;
+            const int gr = row0 + warp * 16 * MT + mt * 16 + gid + half * 8;
+            if (gr >= n_rows) continue;
+            const int tok = gr / group, g = gr % group;
+            float* dst = a.out + (static_cast<int64_t>(tok) * a.n_head + h * group + g) * D + tig * 2;
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j)
+                *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[mt][j][half * 2] * inv, o[mt][j][half * 2 + 1] * inv);
+        }
+}
+
+template <int D, int MT>
+void launch(const FlashPrefillArgs& a, cudaStream_t s) {
+    using T = Tile<D, MT>;
+    static const bool configured = [] {
+        FREEKV_CUDA_CHECK(cudaFuncSetAttribute(flash_prefill_kernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(T::kSmemBytes)));
+        return true;
+    }();
+    (void)configured;
+    const int64_t n_rows = static_cast<int64_t>(a.n_q) * (a.n_head / a.n_head_kv);
+    const dim3 grid(static_cast<unsigned>((n_rows + T::kRows - 1) / T::kRows), static_cast<unsigned>(a.n_head_kv));
+    flash_prefill_kernel<D, MT><<<grid, kThreads, T::kSmemBytes, s>>>(a);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+bool flash_prefill_supports(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
+void flash_prefill(const FlashPrefillArgs& a, void* stream) {
+    FREEKV_CHECK(flash_prefill_supports(a.head_dim), "flash prefill: head_dim {} is not supported (64 or 128)", a.head_dim);
+    FREEKV_CHECK(a.n_q >= 1 && a.n_head_kv >= 1 && a.n_head % a.n_head_kv == 0 && a.q_pos0 >= 0 && a.n_keys >= a.q_pos0 + a.n_q,
+                 "flash prefill: bad shape (n_q {}, q_pos0 {}, n_keys {}, heads {}/{})", a.n_q, a.q_pos0, a.n_keys, a.n_head,
+                 a.n_head_kv);
+    FREEKV_CHECK(a.rows_per_warp == 0 || a.rows_per_warp == 16 || a.rows_per_warp == 32,
+                 "flash prefill: rows_per_warp {} must be 16 or 32", a.rows_per_warp);
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    const bool wide = a.rows_per_warp == 32 || (a.rows_per_warp == 0 && a.head_dim == 64);
+    if (a.head_dim == 64) {
+        wide ? launch<64, 2>(a, s) : launch<64, 1>(a, s);
+    } else {
+        wide ? launch<128, 2>(a, s) : launch<128, 1>(a, s);
+    }
+}
+
+}  // namespace freekv::cuda

@@ -1,0 +1,34 @@
+// flash_prefill.cuh: causal prefill attention on the tensor cores, flash-attention style: per tile of
+// query rows, key/value tiles stream through shared memory, scores stay in registers (online
+// softmax), bf16 products with fp32 accumulation (mma.sync m16n8k16). GQA-aware: the rows of one
+// block are (query token, group member) pairs of a single KV head, so each K/V tile is loaded once
+// for the whole group.
+// Invariants:
+//   - q, out: [n_q][n_head][head_dim] fp32 (q rounded to bf16 on load); k, v: bf16 (uint16_t),
+//     key j of KV head h at k + j * kv_stride + h * head_dim, keys [0, n_keys);
+//   - query i sits at position q_pos0 + i and attends to keys 0 .. q_pos0 + i (all earlier chunks and
+//     itself): a prompt can be prefilled in chunks, each against every key before it;
+//   - n_keys >= q_pos0 + n_q; head_dim 64 or 128; any group size n_head / n_head_kv >= 1;
+//   - probabilities are rounded to bf16 before the P.V product; row sums and the output stay fp32.
+#pragma once
+
+#include <cstdint>
+
+namespace freekv::cuda {
+
+struct FlashPrefillArgs {
+    const float* q = nullptr;
+    const uint16_t* k = nullptr;
+    const uint16_t* v = nullptr;
+    float* out = nullptr;
+    int32_t n_q = 0, q_pos0 = 0, n_keys = 0;
+    int32_t n_head = 0, n_head_kv = 0, head_dim = 0;
+    int64_t kv_stride = 0;  // elements between consecutive keys (0: n_head_kv * head_dim)
+    int32_t rows_per_warp = 0;  // 16 or 32 query rows per warp (0: the measured default)
+};
+
+/// Whether flash_prefill supports this head_dim.
+bool flash_prefill_supports(int64_t head_dim);
+void flash_prefill(const FlashPrefillArgs& a, void* stream);
+
+}  // namespace freekv::cuda
