@@ -15,7 +15,7 @@ struct ServeFlags {
     std::string model, host = "127.0.0.1", name;
     int port = 8080;
     std::string shape;
-    int64_t n_ctx = 0, max_batch = 8, max_queue = 64, step_tokens = 2048;
+    int64_t n_ctx = 0, max_batch = 8, max_queue = 64, step_tokens = 2048, prefill_chunk = 0;
     double gpu_memory_gib = 0, cpu_kv_gib = 0;
     bool no_chat = false;
     KvFlags kv;
@@ -44,8 +44,13 @@ Command register_serve(CLI::App& cmd) {
     cmd.add_option("--max-queue", f->max_queue, "requests that may wait for a slot (64); more get HTTP 429")
         ->envname("FREEKV_ARG_MAX_QUEUE")->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
     cmd.add_option("--step-tokens", f->step_tokens,
-                   "tokens per CPU engine step, decode tokens plus prompt chunks of 512 (2048)")
+                   "tokens per engine step, decode tokens plus prompt chunks (2048); a step's first chunk runs "
+                   "even when it goes over")
         ->envname("FREEKV_ARG_STEP_TOKENS")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    cmd.add_option("--prefill-chunk", f->prefill_chunk,
+                   "prompt tokens per chunk, prefilled between decode steps (default 512 on the CPU, 2048 on the GPU); "
+                   "smaller chunks stall running requests less and reach the first token later")
+        ->envname("FREEKV_ARG_PREFILL_CHUNK")->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
     cmd.add_flag("--no-chat", f->no_chat,
                  "serve completions only (needed when tokenizer_config.json has a chat template freekv does not render)");
     cmd.add_option("--gpu-memory-gib", f->gpu_memory_gib,
@@ -72,6 +77,7 @@ Command register_serve(CLI::App& cmd) {
         options.engine.max_batch = f->max_batch;
         options.engine.max_waiting = f->max_queue;
         options.engine.step_tokens = f->step_tokens;
+        options.engine.prefill_chunk = f->prefill_chunk;
         options.engine.gpu_memory_gib = f->gpu_memory_gib;
         options.engine.cpu_kv_gib = f->cpu_kv_gib;
         options.engine.gpu_tuning = f->tuning;

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/flash_prefill.cuh"
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
             }
         };
         for (const int rpw : {16, 32}) {
+            const int warps = 4;
             freekv::cuda::FlashPrefillArgs fa;
             fa.q = dq, fa.k = dk16, fa.v = dv16, fa.out = dout;
             fa.n_q = n, fa.q_pos0 = 0, fa.n_keys = n, fa.n_head = n_head, fa.n_head_kv = n_head_kv, fa.head_dim = d;
@@ -130,7 +132,7 @@ int main(int argc, char** argv) {
             CHECK(cudaMemset(dout, 0xff, q.size() * 4));
             const double ms = time_ms([&] { freekv::cuda::flash_prefill(fa, nullptr); }, reps);
             check("flash whole");
-            std::printf("| %d | flash, %d rows/warp, whole prompt | %.2f | %.1f |\n", n, rpw, ms, flops / ms * 1e-9);
+            std::printf("| %d | flash, %d warps x %d rows, whole prompt | %.2f | %.1f |\n", n, warps, rpw, ms, flops / ms * 1e-9);
             const int chunk = 4096;
             if (n > chunk) {
                 CHECK(cudaMemset(dout, 0xff, q.size() * 4));
@@ -148,7 +150,8 @@ int main(int argc, char** argv) {
                     },
                     reps);
                 check("flash chunked");
-                std::printf("| %d | flash, %d rows/warp, chunks of %d | %.2f | %.1f |\n", n, rpw, chunk, ms_c, flops / ms_c * 1e-9);
+                std::printf("| %d | flash, %d warps x %d rows, chunks of %d | %.2f | %.1f |\n", n, warps, rpw, chunk, ms_c,
+                            flops / ms_c * 1e-9);
             }
         }
         for (void* p : {static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv), static_cast<void*>(dk16),

@@ -200,7 +200,7 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                                 const std::function<void(const std::string&)>& progress) {
     std::vector<BenchRow> rows;
     std::mt19937 rng(static_cast<uint32_t>(p.seed));
-    for (int64_t depth : p.depths) {
+    for (int64_t depth : p.depths) {  // every depth is checked before the first one runs
         const int64_t breakdown = p.gpu ? p.n_breakdown : 0;
         const int64_t extra = p.n_warmup + p.n_gen + breakdown;
         if (depth + extra + 1 > m.config.n_ctx_train)
@@ -209,6 +209,8 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                         depth, extra, p.n_warmup, p.n_gen, breakdown, m.config.n_ctx_train);
         if (p.ragged_min > 0 && p.ragged_min >= depth)
             FREEKV_FAIL("--ragged {} must be below every depth (-d {}): it is the shortest sequence of a batch", p.ragged_min, depth);
+    }
+    for (int64_t depth : p.depths) {
         std::vector<int32_t> prompt(static_cast<size_t>(depth));
         for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(m.config.n_vocab));
         for (int64_t batch : p.batches) {

@@ -73,7 +73,7 @@ struct Engine::Impl {
 
     Impl(const LoadedModel& m, EngineConfig c)
         : model(m), config(std::move(c)),
-          scheduler(SchedulerConfig{config.step_tokens, config.prefill_chunk, false}) {}
+          scheduler(SchedulerConfig{}) {}  // the Engine's constructor sets the real one
 
     void finish(int64_t id, FinishReason reason, std::string error = {});
     void step();
@@ -113,6 +113,7 @@ void Engine::Impl::step() {
     for (int64_t id : scheduler.admit(runner->n_free())) {
         Live& s = live.at(id);
         s.slot = runner->add_sequence();
+        runner->begin_prompt(s.slot, static_cast<int64_t>(s.request.prompt.size()));
         s.admitted = Clock::now();
         std::lock_guard lock(mutex);
         --n_queued;
@@ -254,6 +255,9 @@ void Engine::Impl::loop() {
 namespace {
 
 constexpr int64_t kGiB = int64_t{1} << 30;
+// Default prompt chunks: the GPU's are larger because its per-forward cost is mostly fixed below
+// ~2K rows (GEMM efficiency, launches); each still bounds how long one step stalls the decoders.
+constexpr int64_t kCpuPrefillChunk = 512, kGpuPrefillChunk = 2048;
 constexpr int64_t kDeviceReserve = kGiB;  // left free for cuBLAS workspaces and the CUDA context's growth
 
 double gib(int64_t b) { return static_cast<double>(b) / static_cast<double>(kGiB); }
@@ -262,7 +266,8 @@ double gib(int64_t b) { return static_cast<double>(b) / static_cast<double>(kGiB
 // returns the plan in words. Error naming the flags when not one sequence fits.
 std::string size_gpu_batch(const ModelConfig& model, EngineConfig& c) {
     const int elem_bytes = c.gpu->dtype() == gpu::GpuDtype::kF32 ? 4 : 2;
-    const gpu::GpuMemoryPlan plan = gpu::plan_gpu_memory(model, c.kv_mode, elem_bytes, c.gpu->bytes(), c.n_ctx);
+    const int64_t chunk = gpu::prefill_can_chunk(elem_bytes, model.head_dim) ? c.prefill_chunk : 0;
+    const gpu::GpuMemoryPlan plan = gpu::plan_gpu_memory(model, c.kv_mode, elem_bytes, c.gpu->bytes(), c.n_ctx, chunk);
     const gpu::DeviceMemory dev = gpu::device_memory();
     // The weights are on the device already: what it could still give is free + weights.
     const int64_t device_room = c.gpu->bytes() + dev.free - kDeviceReserve;
@@ -311,12 +316,14 @@ Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_
     Impl& m = *impl_;
     EngineConfig& c = m.config;
     if (c.n_ctx <= 0) c.n_ctx = model.config.n_ctx_train;
+    if (c.prefill_chunk <= 0) c.prefill_chunk = c.gpu ? kGpuPrefillChunk : kCpuPrefillChunk;
     FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
     FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
     if (c.gpu) m.memory_plan = size_gpu_batch(model.config, c);
     m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning);
-    if (m.runner->whole_prompt_prefill())
-        m.scheduler = Scheduler(SchedulerConfig{c.step_tokens, c.prefill_chunk, true});
+    SchedulerConfig sc{c.step_tokens, c.prefill_chunk, m.runner->whole_prompt_prefill()};
+    if (m.runner->on_gpu()) sc.max_prefilling = 1;  // the GPU engine stages one prompt's K/V at a time
+    m.scheduler = Scheduler(sc);
     m.counters.max_batch = c.max_batch;
     m.counters.n_ctx = c.n_ctx;
     m.thread = std::thread([&m] { m.loop(); });

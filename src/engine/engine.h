@@ -1,7 +1,8 @@
 // engine.h: the long-lived inference engine: it owns a ModelRunner (the sequence slots of one
 // backend) and a Scheduler, takes requests from any thread and steps every running sequence
 // together on its own thread (continuous batching): sequences join as slots free up, prefill in
-// chunks beside the decoders (whole, in a step of its own, on the GPU), and leave when done.
+// chunks beside the decoders (on the GPU one prompt at a time; whole, in a step of its own, where
+// the GPU engine cannot chunk: bf16 with a head_dim other than 64 or 128), and leave when done.
 // Invariants:
 //   - submit() checks a request before it is queued (Error: bad prompt; EngineBusy: queue full)
 //     and returns its id; every accepted request gets exactly one on_done, after its last on_token;
@@ -32,8 +33,8 @@ struct EngineConfig {
     int64_t n_ctx = 0;           // tokens per sequence, prompt + generated; 0 = the model's trained context
     int64_t max_batch = 8;       // sequences stepped together (runner slots)
     int64_t max_waiting = 256;   // requests queued beyond the running ones; more are refused
-    int64_t step_tokens = 2048;  // tokens per CPU step, decode tokens and prefill chunks together
-    int64_t prefill_chunk = 512; // CPU prefill chunk boundaries (multiples of it)
+    int64_t step_tokens = 2048;  // tokens per step, decode tokens and prefill chunks together
+    int64_t prefill_chunk = 0;   // prompt chunk boundaries (multiples of it); 0: 512 on the CPU, 2048 on the GPU
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU when set
     gpu::GpuTuning gpu_tuning;                   // the GPU engine's launch shapes (gpu/gpu_tuning.h)
     // GPU memory plan (gpu/gpu_memory_plan.h): max_batch is lowered to the sequences that fit.

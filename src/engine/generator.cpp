@@ -34,8 +34,8 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     config.n_ctx = n_prompt + std::max<int64_t>(n_predict, 1);
     config.max_batch = 1;
     config.max_waiting = 0;
-    config.prefill_chunk = params.prefill_chunk;
-    config.step_tokens = params.prefill_chunk;
+    config.prefill_chunk = params.prefill_chunk;  // 0: the backend's default
+    if (params.prefill_chunk > 0) config.step_tokens = params.prefill_chunk;
     config.gpu = params.gpu;
     Engine engine(m, config);
     GenerateStats stats;
@@ -43,7 +43,7 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     std::mutex mutex;
     std::condition_variable done_cv;
     std::optional<RequestOutcome> outcome;
-    ProgressLine progress("prefill", n_prompt, "tokens", params.progress && !engine.on_gpu() && n_prompt > params.prefill_chunk);
+    ProgressLine progress("prefill", n_prompt, "tokens", params.progress && n_prompt > engine.config().prefill_chunk);
     const auto t0 = clock::now();
     auto t_last = t0;
     EngineRequest request;

@@ -18,7 +18,7 @@ namespace freekv {
 struct GenerateParams {
     int64_t n_ctx = 0;           // 0 = the model's trained context
     int64_t n_predict = 128;     // -1 = until a stop token or the context is full
-    int64_t prefill_chunk = 512;
+    int64_t prefill_chunk = 0;   // prompt chunk boundaries; 0: the engine's default for the backend
     KvModeConfig kv_mode = full_kv_mode();  // the CLI defaults to freekv
     SamplingParams sampling;
     bool progress = true;

@@ -47,6 +47,7 @@ public:
     int64_t max_batch() const override { return max_batch_; }
     int64_t max_tokens() const override { return max_tokens_; }
     bool whole_prompt_prefill() const override { return false; }
+    void begin_prompt(int32_t, int64_t) override {}  // the KV manager grows with each chunk
     bool on_gpu() const override { return false; }
     int64_t n_free() const override { return static_cast<int64_t>(std::count(live_.begin(), live_.end(), false)); }
 
@@ -96,42 +97,118 @@ public:
     GpuModelRunner(const ModelConfig& c, std::shared_ptr<const gpu::GpuWeights> weights, const KvModeConfig& mode,
                    int64_t max_batch, int64_t max_tokens, const gpu::GpuTuning& tuning)
         : engine_(std::move(weights), mode, max_batch, max_tokens, tuning), n_vocab_(c.n_vocab), max_batch_(max_batch),
-          max_tokens_(max_tokens), full_mode_(mode.mode == KvMode::kFull), live_(static_cast<size_t>(max_batch), false) {}
+          max_tokens_(max_tokens), full_mode_(mode.mode == KvMode::kFull), live_(static_cast<size_t>(max_batch), false),
+          prompt_(static_cast<size_t>(max_batch), 0) {}
     int64_t max_batch() const override { return max_batch_; }
     int64_t max_tokens() const override { return max_tokens_; }
-    bool whole_prompt_prefill() const override { return true; }
+    bool whole_prompt_prefill() const override { return !engine_.chunked_prefill(); }
     bool on_gpu() const override { return true; }
     int64_t n_free() const override { return static_cast<int64_t>(std::count(live_.begin(), live_.end(), false)); }
     int32_t add_sequence() override {
         const int32_t seq = engine_.add_sequence();
         live_[static_cast<size_t>(seq)] = true;
+        prompt_[static_cast<size_t>(seq)] = 0;
         return seq;
     }
     void remove_sequence(int32_t seq) override {
         engine_.remove_sequence(seq);
         live_[static_cast<size_t>(seq)] = false;
+        prompt_[static_cast<size_t>(seq)] = 0;
     }
+    void begin_prompt(int32_t seq, int64_t n_prompt) override { prompt_.at(static_cast<size_t>(seq)) = n_prompt; }
     void forward(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
                  std::vector<float>& logits) override {
-        engine_.forward(tokens, spans, out_rows, logits);
+        logits.resize(out_rows.size() * static_cast<size_t>(n_vocab_));
+        run_parts(tokens, spans, out_rows, [&](auto t, auto s, auto r, const std::vector<size_t>* into) {
+            if (into == nullptr) return engine_.forward(t, s, r, logits);
+            engine_.forward(t, s, r, logits_);
+            scatter_rows(logits_, static_cast<size_t>(n_vocab_), *into, logits);
+        });
     }
     void forward_top(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
                      int32_t k, std::vector<int32_t>& ids, std::vector<float>& values) override {
-        if (k <= gpu::kMaxDeviceTopK) {
-            engine_.forward_top(tokens, spans, out_rows, k, ids, values);
+        if (k > gpu::kMaxDeviceTopK) {
+            forward(tokens, spans, out_rows, logits_all_);
+            top_of_rows(logits_all_, static_cast<int64_t>(out_rows.size()), n_vocab_, k, ids, values);
             return;
         }
-        engine_.forward(tokens, spans, out_rows, logits_);
-        top_of_rows(logits_, static_cast<int64_t>(out_rows.size()), n_vocab_, k, ids, values);
+        ids.resize(out_rows.size() * static_cast<size_t>(k));
+        values.resize(ids.size());
+        run_parts(tokens, spans, out_rows, [&](auto t, auto s, auto r, const std::vector<size_t>* into) {
+            if (into == nullptr) return engine_.forward_top(t, s, r, k, ids, values);
+            engine_.forward_top(t, s, r, k, part_ids_, part_values_);
+            scatter_rows(part_ids_, static_cast<size_t>(k), *into, ids);
+            scatter_rows(part_values_, static_cast<size_t>(k), *into, values);
+        });
     }
     KvStats stats() override { return full_mode_ ? KvStats{} : engine_.stats(); }
 
 private:
+    template <class T>
+    static void scatter_rows(const std::vector<T>& part, size_t width, const std::vector<size_t>& into, std::vector<T>& out) {
+        for (size_t j = 0; j < into.size(); ++j)
+            std::copy_n(part.begin() + static_cast<std::ptrdiff_t>(j * width), width, out.begin() + static_cast<std::ptrdiff_t>(into[j] * width));
+    }
+
+    // The GpuEngine runs a forward of decode tokens or of one prefill span: a step that mixes them
+    // becomes one forward of its decode spans and one per prompt chunk (sequences are independent,
+    // so the order does not matter), each output row copied to its place. A first chunk that is not
+    // the whole prompt stages the prompt (GpuEngine::begin_prompt). run(tokens, spans, rows, into):
+    // into == nullptr for a forward of the whole step, else the out_rows index of each row.
+    template <class Run>
+    void run_parts(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
+                   Run&& run) {
+        struct Part {
+            std::vector<int32_t> tokens;
+            std::vector<SequenceSpan> spans;
+            std::vector<int64_t> rows;
+            std::vector<size_t> into;
+        };
+        std::vector<size_t> part_of(spans.size());
+        size_t n_parts = 1;  // part 0: the decode spans
+        bool any_decode = false;
+        for (size_t i = 0; i < spans.size(); ++i) {
+            const SequenceSpan& sp = spans[i];
+            const int64_t n_prompt = prompt_.at(static_cast<size_t>(sp.seq));
+            const bool prefill = sp.pos0 == 0 || sp.pos0 < n_prompt;
+            if (prefill && sp.pos0 == 0 && sp.n_tok < n_prompt) engine_.begin_prompt(sp.seq, n_prompt);
+            part_of[i] = prefill ? n_parts++ : 0;
+            any_decode = any_decode || !prefill;
+        }
+        if (n_parts - 1 + (any_decode ? 1 : 0) <= 1) {
+            run(tokens, spans, out_rows, nullptr);
+            return;
+        }
+        std::vector<Part> parts(n_parts);
+        std::vector<int64_t> local(spans.size());
+        for (size_t i = 0; i < spans.size(); ++i) {
+            Part& p = parts[part_of[i]];
+            SequenceSpan sp = spans[i];
+            local[i] = static_cast<int64_t>(p.tokens.size());
+            p.tokens.insert(p.tokens.end(), tokens.begin() + sp.offset, tokens.begin() + sp.offset + sp.n_tok);
+            sp.offset = local[i];
+            p.spans.push_back(sp);
+        }
+        for (size_t j = 0; j < out_rows.size(); ++j) {
+            const int64_t r = out_rows[j];
+            size_t i = 0;
+            while (!(r >= spans[i].offset && r < spans[i].offset + spans[i].n_tok)) ++i;  // forward() checked r
+            Part& p = parts[part_of[i]];
+            p.rows.push_back(local[i] + (r - spans[i].offset));
+            p.into.push_back(j);
+        }
+        for (const Part& p : parts)
+            if (!p.spans.empty()) run(std::span<const int32_t>(p.tokens), std::span<const SequenceSpan>(p.spans),
+                                      std::span<const int64_t>(p.rows), &p.into);
+    }
+
     gpu::GpuEngine engine_;
     int64_t n_vocab_, max_batch_, max_tokens_;
     bool full_mode_;
     std::vector<bool> live_;
-    std::vector<float> logits_;
+    std::vector<int64_t> prompt_;  // begin_prompt's length per slot (0: not announced)
+    std::vector<float> logits_, logits_all_, part_values_;
+    std::vector<int32_t> part_ids_;
 };
 
 }  // namespace

@@ -6,8 +6,10 @@
 //   - add_sequence() returns a free slot (the lowest) or throws when all max_batch are taken;
 //     remove_sequence() frees it for reuse, with nothing of the old sequence left visible;
 //   - a forward lists its spans' tokens in order (SequenceSpan::offset); each span continues its
-//     sequence at n_tokens(seq); with whole_prompt_prefill() a prompt is one span that runs alone
-//     and any other forward is one decode token per sequence (the GPU engine's contract);
+//     sequence at n_tokens(seq); with whole_prompt_prefill() a prompt is one span that runs alone;
+//     otherwise prompt chunks (in order, after begin_prompt) and decode tokens may share a forward
+//     (the GPU runner runs the decode spans together and each chunk on its own, one prompt
+//     part-way at a time);
 //   - on the CPU a sequence's logits do not depend on what it is batched with (grouped matmuls).
 #pragma once
 
@@ -37,6 +39,9 @@ public:
 
     virtual int32_t add_sequence() = 0;
     virtual void remove_sequence(int32_t seq) = 0;
+    /// The prompt length of a newly added sequence, before its first chunk (the GPU runner stages
+    /// the K/V of a prompt that comes in several chunks).
+    virtual void begin_prompt(int32_t seq, int64_t n_prompt) = 0;
 
     /// Runs the spans; logits: [out_rows.size()][n_vocab] of the listed token rows.
     virtual void forward(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,

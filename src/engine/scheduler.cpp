@@ -39,14 +39,17 @@ std::vector<StepWork> Scheduler::plan() {
         return decode;
     }
     int64_t budget = config_.step_tokens - static_cast<int64_t>(decode.size());
+    int64_t prefilling = 0;  // prompts part-way through (or starting) their prefill, oldest first
     for (const Entry& e : running_) {
-        if (budget <= 0) break;
         if (e.n_tokens >= e.n_prompt) continue;
+        if (config_.max_prefilling > 0 && prefilling++ >= config_.max_prefilling) break;
+        if (!prefill.empty() && budget <= 0) break;
         // A chunk ends at the next multiple of prefill_chunk (or the prompt's end); a chunk that does
-        // not fit the remaining budget waits for the next step rather than being split differently.
+        // not fit the remaining budget waits for the next step rather than being split differently,
+        // unless it is the step's first (then it runs beside the decoders, over the budget).
         const int64_t end = std::min(e.n_prompt, (e.n_tokens / config_.prefill_chunk + 1) * config_.prefill_chunk);
         const int64_t n = end - e.n_tokens;
-        if (n > budget && !(decode.empty() && prefill.empty())) break;  // an oversized chunk runs alone
+        if (n > budget && !prefill.empty()) break;
         prefill.push_back({e.id, e.n_tokens, n, false, end == e.n_prompt});
         budget -= n;
     }

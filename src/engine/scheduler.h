@@ -4,9 +4,12 @@
 //   - requests wait in arrival order and are admitted while a batch slot is free (the caller says
 //     how many are free: the KV manager's can_allocate);
 //   - every running sequence whose prompt is done decodes one token each step;
-//   - prompts are prefilled in chunks that start at multiples of prefill_chunk (so a sequence's
-//     chunks, and with them its numbers, are the same alone or batched), oldest first, within
-//     step_tokens tokens per step counting the decode tokens;
+//   - prompts are prefilled in chunks that end at multiples of prefill_chunk, one chunk per prompt
+//     and step (so a sequence's chunks, and with them its numbers, are the same alone or batched),
+//     oldest first, within step_tokens tokens per step counting the decode tokens; the first
+//     chunk of a step runs even when it overruns that budget (decoders never starve a prompt);
+//   - with max_prefilling > 0 at most that many prompts are part-way through their prefill (the
+//     GPU engine stages one prompt's K/V at a time); the others wait for their first chunk;
 //   - with whole_prompt_prefill (the GPU engine today) a prompt is one chunk and runs in a step of
 //     its own; such steps alternate with decode steps, so new arrivals cannot stall running
 //     sequences for more than one prefill at a time.
@@ -24,6 +27,7 @@ struct SchedulerConfig {
     int64_t step_tokens = 2048;    // tokens per step (decode + prefill), >= 1
     int64_t prefill_chunk = 512;   // chunk boundaries of a prompt
     bool whole_prompt_prefill = false;
+    int64_t max_prefilling = 0;    // prompts with chunks in flight at once; 0: no limit
 };
 
 /// One sequence's part of a step: tokens [pos0, pos0 + n_tok) of its prompt, or one decode token

@@ -141,6 +141,24 @@ void GpuEngine::remove_sequence(int32_t seq) {
     // Background work of the last step may still write this slot's maps on the side stream; the
     // next user of the slot starts with a prefill, which waits for all of it before installing.
     m.seqs[sz(seq)] = Impl::Seq{};
+    if (m.stage.seq == seq) m.drop_stage();  // a prompt cancelled part-way: its staged K/V go at once
+}
+
+bool GpuEngine::chunked_prefill() const { return impl_->can_chunk(); }
+
+void GpuEngine::begin_prompt(int32_t seq, int64_t n_prompt) {
+    Impl& m = *impl_;
+    FREEKV_CHECK(m.can_chunk(), "this GPU engine prefills a prompt in one forward (bf16 with head_dim {}: the flash kernel "
+                 "takes 64 or 128; --gpu-dtype f32 chunks any)", m.c.head_dim);
+    FREEKV_CHECK(seq >= 0 && seq < m.max_batch && m.seqs[sz(seq)].live && m.seqs[sz(seq)].n_tokens == 0,
+                 "begin_prompt: sequence {} is not an empty added sequence", seq);
+    FREEKV_CHECK(n_prompt >= 1 && n_prompt <= m.max_tokens, "begin_prompt: a prompt of {} tokens does not fit the context of {}",
+                 n_prompt, m.max_tokens);
+    FREEKV_CHECK(m.stage.seq < 0 || m.stage.seq == seq,
+                 "begin_prompt: sequence {} is still being prefilled; the GPU engine stages one prompt at a time", m.stage.seq);
+    m.drop_stage();
+    m.stage.seq = seq;
+    m.stage.n_prompt = n_prompt;
 }
 
 int64_t GpuEngine::n_tokens(int32_t seq) const { return impl_->seqs.at(sz(seq)).n_tokens; }
@@ -152,7 +170,8 @@ int64_t GpuEngine::device_bytes() const {
     int64_t total = m.cache.bytes() + m.summaries.bytes() + m.page_of_slot.bytes() + m.slot_of_page.bytes() + m.qring.bytes() +
                     m.device_store.bytes() + m.jobs.bytes() + m.scores_main.bytes() + m.scores_side.bytes() + m.q_side.bytes();
     for (auto* a : {&m.x, &m.h, &m.q, &m.k, &m.v, &m.attn, &m.proj, &m.gate, &m.up, &m.logits, &m.partial}) total += a->bytes();
-    return total + m.scratch_bf16.bytes() + m.hist_k.bytes() + m.hist_v.bytes() + m.staging.bytes() + m.bg_staging.bytes();
+    return total + m.scratch_bf16.bytes() + m.hist_k.bytes() + m.hist_v.bytes() + m.staging.bytes() + m.bg_staging.bytes() +
+           m.stage.k.bytes() + m.stage.v.bytes();
 }
 
 int64_t GpuEngine::host_bytes() const {
@@ -178,14 +197,15 @@ void GpuEngine::forward(std::span<const int32_t> tokens, std::span<const Sequenc
     FREEKV_CHECK(total == static_cast<int64_t>(tokens.size()), "spans cover {} tokens, {} given", total, tokens.size());
     for (int32_t id : tokens) FREEKV_CHECK(id >= 0 && id < m.c.n_vocab, "token {} is outside the vocabulary of {}", id, m.c.n_vocab);
     for (int64_t r : out_rows) FREEKV_CHECK(r >= 0 && r < total, "output row {} is outside the batch of {}", r, total);
-    if (spans.size() == 1 && spans[0].pos0 == 0) {
+    if (spans.size() == 1 && (spans[0].pos0 == 0 || m.stage.seq == spans[0].seq)) {
         m.prefill(tokens, spans[0], out_rows, logits);
         return;
     }
     for (const SequenceSpan& s : spans)
-        FREEKV_CHECK(s.n_tok == 1 && s.pos0 > 0,
-                     "the GPU engine runs a prefill of an empty sequence alone, or decode steps of one token per sequence "
-                     "(sequence {}: {} tokens at position {}); prefill the whole prompt in one call", s.seq, s.n_tok, s.pos0);
+        FREEKV_CHECK(s.n_tok == 1 && s.pos0 > 0 && m.stage.seq != s.seq,
+                     "the GPU engine runs a prefill (a whole prompt, or a chunk of the prompt begin_prompt staged) alone, "
+                     "or decode steps of one token per sequence whose prompt is done (sequence {}: {} tokens at position {})",
+                     s.seq, s.n_tok, s.pos0);
     m.decode(tokens, spans, out_rows, logits);
 }
 

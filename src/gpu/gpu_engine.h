@@ -6,8 +6,9 @@
 // Host API only: no CUDA types, so CPU-only builds compile against gpu_engine_stub.cpp, whose
 // constructors throw a clear Error.
 // Invariants:
-//   - a forward is either one prefill span of a sequence that holds no tokens yet, or decode
-//     spans (one token each) of distinct sequences that hold at least one token;
+//   - a forward is either one prefill span (the whole prompt of a sequence that holds no tokens
+//     yet, or the next chunk of the one prompt begin_prompt staged), or decode spans (one token
+//     each) of distinct sequences whose prompt is done;
 //   - the decode step follows RetrievalKv (engine/retrieval_kv.h) step for step: same attention
 //     sets, same correction test, same maps; K/V are bf16 here (fp32 there) unless kF32;
 //   - at step t, layer l, the background selection + recall of (t - 1, l) has finished on the
@@ -89,6 +90,15 @@ public:
     /// Frees a sequence's batch index for a later add_sequence (the engine's memory stays reserved).
     void remove_sequence(int32_t seq);
     int64_t n_tokens(int32_t seq) const;
+
+    /// Whether prompts can be prefilled in chunks (begin_prompt): bf16 with head_dim 64 or 128 (the
+    /// flash kernel), or any f32 engine.
+    bool chunked_prefill() const;
+    /// Announces that the empty sequence seq's prompt of n_prompt tokens comes in chunks, one
+    /// forward each, in order: every layer's K/V is staged on the device until the last chunk
+    /// installs the history as a whole-prompt prefill would; the sequence decodes after that. One
+    /// prompt at a time; remove_sequence drops a stage part-way. Error when !chunked_prefill().
+    void begin_prompt(int32_t seq, int64_t n_prompt);
 
     /// Runs the spans (tokens concatenated in span order); logits: [out_rows.size()][n_vocab] of
     /// the listed token rows.

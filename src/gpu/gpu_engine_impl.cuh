@@ -128,6 +128,13 @@ struct GpuEngine::Impl {
     DeviceArray<uint8_t> hist_k, hist_v;  // a prefill's K/V as stored
     DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores
     DeviceArray<int32_t> slot_map;  // install: slot of each prefill page
+    // The prompt being prefilled in chunks (begin_prompt): its K/V of every layer, [L][n_prompt][row]
+    // as stored, until its last chunk installs it; seq -1 when none.
+    struct PromptStage {
+        int32_t seq = -1;
+        int64_t n_prompt = 0;
+        DeviceArray<uint8_t> k, v;
+    } stage;
     // forward_top: while top_k > 0, output_logits returns the rows' k best (values in its `out`,
     // ids in *top_ids) instead of the logits.
     int32_t top_k = 0;
@@ -201,7 +208,10 @@ struct GpuEngine::Impl {
 
     void mlp_and_attention_out(int64_t il, int64_t n);
     void qkv(int64_t il, int64_t n);
-    void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last);
+    void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist, const void* v_hist);
+    bool can_chunk() const;
+    void drop_stage();
+    bool bf16_gemm_rows(int64_t n) const;
     void prefill(std::span<const int32_t> tokens, const SequenceSpan& span, std::span<const int64_t> out_rows,
                  std::vector<float>& logits);
     void decode(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,

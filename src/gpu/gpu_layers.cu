@@ -29,13 +29,28 @@ void GpuEngine::Impl::ensure_activations(int64_t n) {
     scratch_bf16.resize(n * std::max({c.n_embd, q_dim, c.n_ff}));
 }
 
+// Prefill-sized forwards with bf16 weights round each activation to bf16 once, in the kernel that
+// makes it, and add the o and down products into the residual inside the GEMM; the products are
+// the ones matmul_bf16 computes. Decode rows (the GEMV) and f32 engines take matmul.
+bool GpuEngine::Impl::bf16_gemm_rows(int64_t n) const { return !w().layers[0]->wq.ref().f32 && cuda::matmul_rows_use_gemm(n); }
+
+static const uint16_t* bf16_of(const cuda::WeightRef& r) { return static_cast<const uint16_t*>(r.p); }
+
 void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
-    cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
-    cuda::matmul(h.get(), n, lw.wq.ref(), q_dim, c.n_embd, q.get(), lw.bq.ref(), scratch_bf16.get(), main);
-    cuda::matmul(h.get(), n, lw.wk.ref(), row(), c.n_embd, k.get(), lw.bk.ref(), scratch_bf16.get(), main);
-    cuda::matmul(h.get(), n, lw.wv.ref(), row(), c.n_embd, v.get(), lw.bv.ref(), scratch_bf16.get(), main);
+    if (bf16_gemm_rows(n)) {
+        uint16_t* hb = scratch_bf16.get();
+        cuda::rms_norm_bf16(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, hb, main);
+        cuda::gemm_bf16(hb, n, bf16_of(lw.wq.ref()), q_dim, c.n_embd, q.get(), bf16_of(lw.bq.ref()), false, main);
+        cuda::gemm_bf16(hb, n, bf16_of(lw.wk.ref()), row(), c.n_embd, k.get(), bf16_of(lw.bk.ref()), false, main);
+        cuda::gemm_bf16(hb, n, bf16_of(lw.wv.ref()), row(), c.n_embd, v.get(), bf16_of(lw.bv.ref()), false, main);
+    } else {
+        cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
+        cuda::matmul(h.get(), n, lw.wq.ref(), q_dim, c.n_embd, q.get(), lw.bq.ref(), scratch_bf16.get(), main);
+        cuda::matmul(h.get(), n, lw.wk.ref(), row(), c.n_embd, k.get(), lw.bk.ref(), scratch_bf16.get(), main);
+        cuda::matmul(h.get(), n, lw.wv.ref(), row(), c.n_embd, v.get(), lw.bv.ref(), scratch_bf16.get(), main);
+    }
     const bool neox = c.rope_style == RopeStyle::kNeox;
     cuda::rope(q.get(), n, c.n_head, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
     cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
@@ -44,6 +59,17 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
 void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
+    if (bf16_gemm_rows(n)) {
+        uint16_t* b = scratch_bf16.get();
+        cuda::to_bf16(attn.get(), n * q_dim, b, main);
+        cuda::gemm_bf16(b, n, bf16_of(lw.wo.ref()), c.n_embd, q_dim, x.get(), nullptr, true, main);
+        cuda::rms_norm_bf16(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, b, main);
+        cuda::gemm_bf16(b, n, bf16_of(lw.w_gate.ref()), c.n_ff, c.n_embd, gate.get(), nullptr, false, main);
+        cuda::gemm_bf16(b, n, bf16_of(lw.w_up.ref()), c.n_ff, c.n_embd, up.get(), nullptr, false, main);
+        cuda::silu_mul_bf16(gate.get(), up.get(), n * c.n_ff, b, main);
+        cuda::gemm_bf16(b, n, bf16_of(lw.w_down.ref()), c.n_embd, c.n_ff, x.get(), nullptr, true, main);
+        return;
+    }
     cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, proj.get(), {}, scratch_bf16.get(), main);
     add_inplace(x.get(), proj.get(), n * c.n_embd, main);
     cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);

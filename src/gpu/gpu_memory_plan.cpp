@@ -19,7 +19,7 @@ double gib(int64_t b) { return static_cast<double>(b) / static_cast<double>(int6
 }  // namespace
 
 GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, int elem_bytes, int64_t weight_bytes,
-                              int64_t max_tokens) {
+                              int64_t max_tokens, int64_t prefill_chunk) {
     GpuMemoryPlan plan;
     plan.weight_bytes = weight_bytes;
     plan.max_tokens = max_tokens;
@@ -52,16 +52,19 @@ GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, in
     }
     plan.device_per_sequence = seq;
     plan.device_fixed = kSplitRowsHeads * (c.n_head / std::max<int64_t>(kv, 1)) * (d + 2) * 4 + (int64_t{16} << 20);
-    // One prefill of max_tokens: activations, bf16 GEMM inputs, the stored history and, on the
-    // cuBLAS path, the attention's fp32 K/V and score chunk.
-    const int64_t n = max_tokens;
+    // One prefill forward of n rows (the whole prompt, or one chunk): activations, bf16 GEMM
+    // inputs, the stored history of a prompt done in one forward and, on the cuBLAS path, the
+    // attention's fp32 K/V and score chunk (over up to max_tokens keys).
+    const bool chunked = prefill_chunk > 0;
+    const int64_t n = chunked ? std::min(prefill_chunk, max_tokens) : max_tokens;
     int64_t pre = n * (3 * c.n_embd + 2 * q_dim + 2 * row + 2 * c.n_ff) * 4;
     pre += n * std::max({c.n_embd, q_dim, c.n_ff}) * 2;
     pre += 2 * n * row * eb;
     if (!prefill_uses_flash(elem_bytes, d)) {
         pre += 2 * n * row * 4;
-        pre += std::min(kPrefillScoresBytes + kv * n * 4 * 16, kv * n * n * 4);
+        pre += std::min(kPrefillScoresBytes + kv * max_tokens * 4 * 16, kv * n * max_tokens * 4);
     }
+    if (chunked) pre += 2 * L * max_tokens * row * eb;  // the staged K/V of the prompt being prefilled
     plan.prefill_bytes = pre;
     return plan;
 }

@@ -39,9 +39,15 @@ struct GpuMemoryPlan {
 /// of the prompt's K/V and no score matrix) or with the fp32 cuBLAS path (f32 engines, other dims).
 inline bool prefill_uses_flash(int elem_bytes, int64_t head_dim) { return elem_bytes == 2 && (head_dim == 64 || head_dim == 128); }
 
+/// Whether a GpuEngine can prefill a prompt in chunks across forwards (GpuEngine::begin_prompt):
+/// the flash path, or the f32 engine (whose cuBLAS path reads its fp32 staged K/V directly).
+inline bool prefill_can_chunk(int elem_bytes, int64_t head_dim) { return elem_bytes == 4 || prefill_uses_flash(elem_bytes, head_dim); }
+
 /// The plan of a GpuEngine for `mode` with sequences of up to max_tokens tokens, KV and weights
-/// of elem_bytes (2: bf16, 4: f32) and weights of weight_bytes on the device.
+/// of elem_bytes (2: bf16, 4: f32) and weights of weight_bytes on the device. prefill_chunk 0: a
+/// prompt is prefilled whole (activations of max_tokens rows); > 0: in chunks of at most that many
+/// tokens (activations of that many rows, plus one prompt's K/V of every layer staged).
 GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, int elem_bytes, int64_t weight_bytes,
-                              int64_t max_tokens);
+                              int64_t max_tokens, int64_t prefill_chunk = 0);
 
 }  // namespace freekv::gpu

@@ -10,7 +10,8 @@ namespace freekv::gpu {
 // Installs the history in hist_k/hist_v (n_tokens rows) of layer il for batch entry seq: summaries
 // and offload of the complete pages, sink/window/current pages into their slots, and the middle
 // slots (budget-only: the last k candidates; selecting modes: top-k for q_last).
-void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last) {
+void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist,
+                                    const void* v_hist) {
     const int64_t p = g.page_size, current = (n_tokens - 1) / p, n_pages = current + 1;
     const bool is_sparse = sparse(n_pages);
     if (offloads) {  // maps of (il, seq): nothing resident yet
@@ -20,8 +21,8 @@ void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, c
                                           sz(c.n_head_kv * max_pages) * 4, main));
     }
     cuda::InstallArgs a;
-    a.hist_k = hist_k.get();
-    a.hist_v = hist_v.get();
+    a.hist_k = k_hist;
+    a.hist_v = v_hist;
     a.n_tokens = static_cast<int32_t>(n_tokens);
     a.n_complete = static_cast<int32_t>(current);
     a.seq = seq;
@@ -69,70 +70,107 @@ void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, c
                                       cudaMemcpyDeviceToDevice, main));
 }
 
+bool GpuEngine::Impl::can_chunk() const { return prefill_can_chunk(g.elem_bytes, c.head_dim); }
+
+void GpuEngine::Impl::drop_stage() {
+    stage.seq = -1;
+    stage.n_prompt = 0;
+    stage.k.release();
+    stage.v.release();
+}
+
+// One prefill forward: the whole prompt of an empty sequence, or the next chunk of the prompt
+// begin_prompt staged. Every layer's K/V of a chunked prompt accumulates in the stage and each
+// chunk attends to all of it; the last chunk installs the whole history layer by layer, exactly as
+// a whole-prompt prefill does (a prompt that arrives in one chunk takes that path).
 void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpan& span, std::span<const int64_t> out_rows,
                               std::vector<float>& out) {
-    const int64_t n = span.n_tok;
+    const int64_t n = span.n_tok, pos0 = span.pos0;
     const int32_t seq = span.seq;
+    const bool staged = stage.seq == seq;
+    const int64_t n_total = staged ? stage.n_prompt : n;  // tokens held when this prompt is done
+    FREEKV_CHECK(pos0 + n <= n_total, "sequence {}: a prompt chunk ends at {}, past its prompt of {} tokens (begin_prompt)",
+                 seq, pos0 + n, n_total);
+    const bool last = pos0 + n == n_total, use_stage = staged && !(pos0 == 0 && last);
     for (size_t il = 0; il < bg_pending.size(); ++il)  // no background work may still read shared buffers
         if (bg_pending[il]) wait_background(static_cast<int64_t>(il));
     cuda::set_gemm_sm_target(0);  // nothing runs beside the prefill
     ensure_activations(n);
     ids.upload(tokens.data(), n, main);
     std::vector<int32_t> pos(sz(n));
-    std::iota(pos.begin(), pos.end(), 0);
+    std::iota(pos.begin(), pos.end(), static_cast<int32_t>(pos0));
     positions.upload(pos.data(), n, main);
-    const std::vector<int32_t> slots = prefill_slots(n);
-    slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), main);
-    hist_k.resize(kv_bytes(n * row()));
-    hist_v.resize(kv_bytes(n * row()));
+    if (last) {
+        const std::vector<int32_t> slots = prefill_slots(n_total);
+        slot_map.upload(slots.data(), static_cast<int64_t>(slots.size()), main);
+    }
+    if (use_stage) {
+        stage.k.resize(kv_bytes(c.n_layer * n_total * row()));
+        stage.v.resize(kv_bytes(c.n_layer * n_total * row()));
+    } else {
+        hist_k.resize(kv_bytes(n * row()));
+        hist_v.resize(kv_bytes(n * row()));
+    }
+    const int64_t n_keys = pos0 + n;
     // Prefill attention over the prompt's K/V as the cache stores them: the flash kernel reads the
     // bf16 history itself; the f32 engine keeps the fp32 cuBLAS path (its products are not rounded).
     const bool flash = prefill_uses_flash(g.elem_bytes, c.head_dim);
     cuda::FlashPrefillArgs fa;
     fa.n_q = static_cast<int32_t>(n);
-    fa.n_keys = static_cast<int32_t>(n);
+    fa.q_pos0 = static_cast<int32_t>(pos0);
+    fa.n_keys = static_cast<int32_t>(n_keys);
     fa.n_head = static_cast<int32_t>(c.n_head);
     fa.n_head_kv = static_cast<int32_t>(c.n_head_kv);
     fa.head_dim = static_cast<int32_t>(c.head_dim);
     cuda::PrefillAttentionArgs pa;
     pa.n = static_cast<int32_t>(n);
+    pa.q_pos0 = static_cast<int32_t>(pos0);
     pa.n_head = static_cast<int32_t>(c.n_head);
     pa.n_head_kv = static_cast<int32_t>(c.n_head_kv);
     pa.head_dim = static_cast<int32_t>(c.head_dim);
-    pa.chunk = cuda::prefill_chunk(n, c.n_head_kv, int64_t{512} << 20);
-    if (!flash) {
+    pa.chunk = cuda::prefill_chunk(n_keys, c.n_head_kv, int64_t{512} << 20);
+    pa.chunk = std::min<int32_t>(pa.chunk, static_cast<int32_t>(n));
+    // A staged prompt on the cuBLAS path is an f32 engine's (can_chunk): its stage is fp32 already.
+    const bool copy_f32 = !flash && !use_stage;
+    if (!flash) prefill_scores.resize(cuda::prefill_scores_floats(n_keys, c.n_head_kv, pa.chunk));
+    if (copy_f32) {
         prefill_k.resize(n * row());
         prefill_v.resize(n * row());
-        prefill_scores.resize(cuda::prefill_scores_floats(n, c.n_head_kv, pa.chunk));
     }
     cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < c.n_layer; ++il) {
         qkv(il, n);
-        cuda::store_kv(k.get(), n * row(), hist_k.get(), g.elem_bytes, main, flash ? nullptr : prefill_k.get());
-        cuda::store_kv(v.get(), n * row(), hist_v.get(), g.elem_bytes, main, flash ? nullptr : prefill_v.get());
+        uint8_t* k_layer = use_stage ? stage.k.get() + kv_bytes(il * n_total * row()) : hist_k.get();
+        uint8_t* v_layer = use_stage ? stage.v.get() + kv_bytes(il * n_total * row()) : hist_v.get();
+        const int64_t at = use_stage ? kv_bytes(pos0 * row()) : 0;
+        cuda::store_kv(k.get(), n * row(), k_layer + at, g.elem_bytes, main, copy_f32 ? prefill_k.get() : nullptr);
+        cuda::store_kv(v.get(), n * row(), v_layer + at, g.elem_bytes, main, copy_f32 ? prefill_v.get() : nullptr);
         if (flash) {
             fa.q = q.get();
-            fa.k = reinterpret_cast<const uint16_t*>(hist_k.get());
-            fa.v = reinterpret_cast<const uint16_t*>(hist_v.get());
+            fa.k = reinterpret_cast<const uint16_t*>(k_layer);
+            fa.v = reinterpret_cast<const uint16_t*>(v_layer);
             fa.out = attn.get();
             cuda::flash_prefill(fa, main);
         } else {
             pa.q = q.get();
-            pa.k = prefill_k.get();
-            pa.v = prefill_v.get();
+            pa.k = copy_f32 ? prefill_k.get() : reinterpret_cast<const float*>(k_layer);
+            pa.v = copy_f32 ? prefill_v.get() : reinterpret_cast<const float*>(v_layer);
             pa.out = attn.get();
             pa.scores = prefill_scores.get();
             cuda::prefill_attention(pa, main);
         }
-        install_layer(il, seq, n, q.get() + (n - 1) * c.n_head * c.head_dim);
+        if (last) install_layer(il, seq, n_total, q.get() + (n - 1) * c.n_head * c.head_dim, k_layer, v_layer);
         mlp_and_attention_out(il, n);
     }
     output_logits(out_rows, out);
     for (auto* a : {&prefill_k, &prefill_v, &prefill_scores}) a->release();  // up to ~1.5 GiB at 128K
     Seq& s = seqs[sz(seq)];
-    s.n_tokens = n;
-    ++s.n_queries;
-    s.forced = sparse((n + g.page_size - 1) / g.page_size);
+    s.n_tokens = pos0 + n;
+    if (last) {
+        if (staged) drop_stage();
+        ++s.n_queries;
+        s.forced = sparse((n_total + g.page_size - 1) / g.page_size);
+    }
 }
 
 // Host-side slot of each page of an n_tokens history right after prefill (-1: not in the cache).
@@ -169,7 +207,7 @@ void GpuEngine::fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed) {
         cuda::fill_random_kv(m.hist_k.get(), n_tokens * m.row(), s, m.g.elem_bytes, m.main);
         cuda::fill_random_kv(m.hist_v.get(), n_tokens * m.row(), s + 1, m.g.elem_bytes, m.main);
         cuda::fill_random_f32(m.last_q.get(), m.c.n_head * m.c.head_dim, s + 2, m.main);
-        m.install_layer(il, seq, n_tokens, m.last_q.get());
+        m.install_layer(il, seq, n_tokens, m.last_q.get(), m.hist_k.get(), m.hist_v.get());
     }
     FREEKV_CUDA_CHECK(cudaStreamSynchronize(m.main));
     Impl::Seq& st = m.seqs[sz(seq)];

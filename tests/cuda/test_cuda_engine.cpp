@@ -4,12 +4,14 @@
 //   - in f32 (--gpu-dtype f32) 16 requests of different lengths, submitted together to an engine
 //     of 4 slots (so slots are freed and reused mid-run, and the row set changes every few steps),
 //     get the tokens each gets alone, greedy and seeded, for full and freekv in the sparse regime;
+//   - a prompt prefilled in chunks equals its whole-prompt prefill (f32 and bf16);
 //   - the memory plan bounds what the engine allocates, and a --gpu-memory-gib cap lowers the
 //     batch to what fits and says so, or refuses with the flag names when not one sequence fits.
 // Skips without a CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <random>
@@ -95,6 +97,7 @@ EngineConfig gpu_config(std::shared_ptr<const gpu::GpuWeights> w, KvMode kind, i
     e.n_ctx = 320;
     e.max_batch = max_batch;
     e.max_waiting = 64;
+    e.prefill_chunk = 64;  // prompts of up to 266 tokens come in up to 5 chunks, alone and batched
     e.gpu = std::move(w);
     return e;
 }
@@ -189,7 +192,94 @@ TEST(GpuServingEngine, TheMemoryPlanBoundsWhatTheEngineAllocates) {
                 << what << ": the plan's per-sequence part is more than the engine holds";
             EXPECT_GE(engine.host_bytes(), plan.host_bytes(batch)) << what;
             EXPECT_LE(engine.host_bytes(), plan.host_bytes(batch) + plan.host_per_sequence) << what;
+            if (!engine.chunked_prefill()) continue;
+            // Chunked prefill (what the serving Engine does): the plan of 128-token chunks bounds
+            // the engine at the moment the last chunk runs, its prompt's K/V all staged.
+            const int64_t chunk = 128;
+            const gpu::GpuMemoryPlan chunk_plan = gpu::plan_gpu_memory(m.config, mode, 4, weights->bytes(), n_ctx, chunk);
+            gpu::GpuEngine chunked(weights, mode, batch, n_ctx);
+            int64_t peak = 0;
+            for (int32_t b = 0; b < batch; ++b) {
+                const int32_t seq = chunked.add_sequence();
+                const auto prompt = random_tokens(n_ctx - 8, m.config.n_vocab, 7 + static_cast<uint32_t>(b));
+                const auto n = static_cast<int64_t>(prompt.size());
+                chunked.begin_prompt(seq, n);
+                for (int64_t pos0 = 0; pos0 < n; pos0 += chunk) {
+                    const int64_t len = std::min(chunk, n - pos0);
+                    const SequenceSpan span{seq, pos0, len, 0};
+                    const int64_t row[1] = {len - 1};
+                    chunked.forward(std::span(prompt).subspan(static_cast<size_t>(pos0), static_cast<size_t>(len)),
+                                    std::span(&span, 1), row, logits);
+                    peak = std::max(peak, chunked.device_bytes());
+                }
+            }
+            EXPECT_LE(peak, chunk_plan.device_bytes(batch)) << what << ": the chunked plan must be an upper bound";
+            EXPECT_LT(chunk_plan.prefill_bytes, plan.prefill_bytes) << what << ": chunks need less than a whole prompt";
         }
+    }
+}
+
+// A prompt prefilled in chunks (begin_prompt, then one forward per chunk against the staged K/V
+// of all earlier chunks) gives the logits of the whole-prompt prefill and the same decode steps
+// after it: f32 (the cuBLAS attention path) and bf16 (the flash kernel), full and freekv in the
+// sparse regime. A bf16 engine whose head_dim the flash kernel lacks refuses to chunk, by name.
+TEST(GpuServingEngine, ChunkedPrefillMatchesTheWholePrompt) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = load_model((test::source_dir() / "tests/fixtures/models/llama31-hd128-f16").string());
+    for (gpu::GpuDtype dtype : {gpu::GpuDtype::kF32, gpu::GpuDtype::kBF16}) {
+        auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), dtype);
+        for (KvMode kind : {KvMode::kFull, KvMode::kFreekv}) {
+            const std::string what = std::string(kv_mode_name(kind)) + " " + gpu::gpu_dtype_name(dtype);
+            const auto prompt = random_tokens(300, m.config.n_vocab, 77);
+            gpu::GpuEngine whole(weights, mode_for(kind), 1, 320), chunked(weights, mode_for(kind), 1, 320);
+            ASSERT_TRUE(chunked.chunked_prefill()) << what;
+            const int32_t a = whole.add_sequence(), b = chunked.add_sequence();
+            std::vector<float> want, got;
+            const SequenceSpan all{a, 0, 300, 0};
+            const int64_t last_row[1] = {299};
+            whole.forward(prompt, std::span(&all, 1), last_row, want);
+            chunked.begin_prompt(b, 300);
+            for (int64_t pos0 = 0; pos0 < 300; pos0 += 64) {
+                const int64_t n = std::min<int64_t>(64, 300 - pos0);
+                const SequenceSpan chunk{b, pos0, n, 0};
+                const int64_t row[1] = {n - 1};
+                chunked.forward(std::span(prompt).subspan(static_cast<size_t>(pos0), static_cast<size_t>(n)), std::span(&chunk, 1),
+                                pos0 + n == 300 ? std::span<const int64_t>(row) : std::span<const int64_t>(), got);
+                EXPECT_EQ(chunked.n_tokens(b), pos0 + n) << what;
+            }
+            // NOTE: the two differ only in GEMM row counts (cuBLAS summation order) and, in f32, the
+            // attention's query chunks; in bf16 each layer's input is rounded to bf16, which turns
+            // those last-bit differences into bf16-sized ones (NMSE ~1e-5); a wrong key, position or
+            // mask moves the logits by far more (NMSE ~1e-1).
+            const double tol = dtype == gpu::GpuDtype::kF32 ? 1e-9 : 1e-3;
+            EXPECT_LE(test::nmse(got, want), tol) << what << ": last prompt token";
+            for (int step = 0; step < 6; ++step) {
+                const auto argmax = [](const std::vector<float>& v) {
+                    return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+                };
+                const int32_t ta = argmax(want), tb = argmax(got);
+                if (dtype == gpu::GpuDtype::kF32) {
+                    EXPECT_EQ(ta, tb) << what << ": greedy token of decode step " << step;
+                }
+                const int32_t t[1] = {ta};
+                const int64_t row[1] = {0};
+                const SequenceSpan da{a, whole.n_tokens(a), 1, 0}, db{b, chunked.n_tokens(b), 1, 0};
+                whole.forward(t, std::span(&da, 1), row, want);
+                chunked.forward(t, std::span(&db, 1), row, got);
+                EXPECT_LE(test::nmse(got, want), tol) << what << ": decode step " << step;
+            }
+        }
+    }
+    const LoadedModel tiny = make_synthetic_model("tiny");  // head_dim 32
+    auto weights = std::make_shared<const gpu::GpuWeights>(tiny.config, tiny.model->weights(), gpu::GpuDtype::kBF16);
+    gpu::GpuEngine engine(weights, mode_for(KvMode::kFull), 1, 320);
+    EXPECT_FALSE(engine.chunked_prefill());
+    const int32_t seq = engine.add_sequence();
+    try {
+        engine.begin_prompt(seq, 100);
+        ADD_FAILURE() << "a bf16 engine with head_dim 32 cannot chunk";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--gpu-dtype f32"), std::string::npos) << e.what();
     }
 }
 

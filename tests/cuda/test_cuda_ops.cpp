@@ -215,35 +215,37 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
 
 // Prefill attention (chunked GEMMs + masked softmax) against the reference causal attention: odd
 // prompt lengths, chunks that do not divide them (and one chunk of everything), group sizes 1, 2,
-// 4, 7, 8, head_dim 64 and 128.
+// 4, 7, 8, head_dim 64 and 128, and later chunks of a prompt (q_pos0 > 0) against every earlier key.
 TEST_F(CudaOps, PrefillAttentionIsCausalAcrossChunks) {
     std::mt19937 rng(29);
     struct Shape {
-        int n, n_head, n_head_kv, head_dim, chunk;
+        int n, n_head, n_head_kv, head_dim, chunk, q_pos0 = 0;  // q_pos0 > 0: a later chunk of a prompt
     };
     for (const Shape sh : {Shape{77, 4, 4, 64, 16}, Shape{130, 8, 4, 128, 33}, Shape{301, 16, 4, 128, 64}, Shape{95, 14, 2, 64, 95},
-                           Shape{64, 8, 1, 128, 17}}) {
+                           Shape{64, 8, 1, 128, 17}, Shape{50, 8, 2, 64, 16, 77}, Shape{33, 14, 2, 128, 64, 130}}) {
         const int64_t q_row = int64_t{sh.n_head} * sh.head_dim, kv_row = int64_t{sh.n_head_kv} * sh.head_dim;
+        const int n_keys = sh.q_pos0 + sh.n;
         const auto q = randn(static_cast<size_t>(sh.n * q_row), rng);
-        const auto k = from_bf16(to_bf16(randn(static_cast<size_t>(sh.n * kv_row), rng)));  // as the cache holds them
-        const auto v = from_bf16(to_bf16(randn(static_cast<size_t>(sh.n * kv_row), rng)));
+        const auto k = from_bf16(to_bf16(randn(static_cast<size_t>(n_keys * kv_row), rng)));  // as the cache holds them
+        const auto v = from_bf16(to_bf16(randn(static_cast<size_t>(n_keys * kv_row), rng)));
         cuda::PrefillAttentionArgs a;
         a.q = to_device(q);
         a.k = to_device(k);
         a.v = to_device(v);
         a.out = poisoned(q.size());
         a.n = sh.n, a.n_head = sh.n_head, a.n_head_kv = sh.n_head_kv, a.head_dim = sh.head_dim, a.chunk = sh.chunk;
-        a.scores = poisoned(static_cast<size_t>(cuda::prefill_scores_floats(sh.n, sh.n_head_kv, sh.chunk)));
+        a.q_pos0 = sh.q_pos0;
+        a.scores = poisoned(static_cast<size_t>(cuda::prefill_scores_floats(n_keys, sh.n_head_kv, sh.chunk)));
         cuda::prefill_attention(a, nullptr);
         const auto got = to_host(a.out, q.size());
-        std::vector<int32_t> pages(static_cast<size_t>(sh.n)), pos(static_cast<size_t>(sh.n));
+        std::vector<int32_t> pages(static_cast<size_t>(n_keys)), pos(static_cast<size_t>(sh.n));
         std::iota(pages.begin(), pages.end(), 0);
-        std::iota(pos.begin(), pos.end(), 0);
-        const PagedKvView view{k.data(), v.data(), pages.data(), sh.n, 1, 1, kv_row, kv_row, 0};
+        std::iota(pos.begin(), pos.end(), sh.q_pos0);
+        const PagedKvView view{k.data(), v.data(), pages.data(), n_keys, 1, 1, kv_row, kv_row, 0};
         std::vector<float> want(q.size());
         ref::attention(q.data(), {sh.n, sh.n_head, sh.n_head_kv, sh.head_dim, pos.data()}, view, want.data());
         EXPECT_LE(test::nmse(got, want), kNmse) << "n " << sh.n << " heads " << sh.n_head << "/" << sh.n_head_kv << " d "
-                                                << sh.head_dim << " chunk " << sh.chunk;
+                                                << sh.head_dim << " chunk " << sh.chunk << " q_pos0 " << sh.q_pos0;
         // The last token of a chunk and the first of the next see different key counts: check both.
         const int t = std::min(sh.chunk, sh.n - 1);
         for (int tt : {t - 1, t})
@@ -265,7 +267,8 @@ TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
     };
     for (const Shape sh : {Shape{77, 0, 4, 4, 64, 0, 0}, Shape{130, 0, 8, 2, 128, 16, 0}, Shape{130, 0, 8, 2, 128, 32, 0},
                            Shape{301, 0, 28, 4, 128, 0, 0}, Shape{95, 200, 14, 2, 64, 16, 0}, Shape{64, 129, 8, 1, 128, 32, 0},
-                           Shape{1, 500, 32, 8, 128, 0, 0}, Shape{33, 63, 4, 4, 64, 32, 8}, Shape{257, 1000, 32, 8, 128, 0, 16}}) {
+                           Shape{1, 500, 32, 8, 128, 0, 0}, Shape{33, 63, 4, 4, 64, 32, 8}, Shape{257, 1000, 32, 8, 128, 0, 16},
+                           Shape{300, 77, 28, 4, 128, 32, 0}, Shape{99, 31, 14, 2, 64, 32, 8}}) {
         const int n_keys = sh.q_pos0 + sh.n_q;
         const int64_t q_row = int64_t{sh.n_head} * sh.head_dim, kv_row = int64_t{sh.n_head_kv} * sh.head_dim + sh.pad;
         const auto q = from_bf16(to_bf16(randn(static_cast<size_t>(sh.n_q * q_row), rng)));  // the kernel rounds q
@@ -341,6 +344,52 @@ TEST_F(CudaOps, MatmulBf16GemvAndCublas) {
         ref::matmul(x.data(), m, wv32, exact.data(), &bv32);
         EXPECT_LE(test::nmse(to_host(dy, exact.size()), exact), kNmse) << "fp32 " << m << "x" << n << "x" << k;
         cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy), cudaFree(scratch), cudaFree(dw32), cudaFree(db32);
+    }
+}
+
+// The prefill GEMM path: rms_norm_bf16 and silu_mul_bf16 write exactly the bf16 of what rms_norm
+// and silu_mul write (the rounding matmul_bf16 would apply), and gemm_bf16 with accumulate adds
+// bf16(x) . w^T (+ bias) to what y held (a residual), at odd sizes.
+TEST_F(CudaOps, PrefillGemmPathRoundsOnceAndAccumulates) {
+    std::mt19937 rng(41);
+    for (auto [m, n, k] : {std::tuple{9, 33, 64}, std::tuple{17, 1000, 516}, std::tuple{130, 257, 1024}}) {
+        const auto x = randn(static_cast<size_t>(m * k), rng);
+        const auto up = randn(static_cast<size_t>(m * k), rng);
+        const auto norm_w = to_bf16(randn(static_cast<size_t>(k), rng));
+        float* dx = to_device(x);
+        float* dup = to_device(up);
+        uint16_t* dnw = to_device(norm_w);
+        float* dy32 = poisoned(x.size());
+        uint16_t* db16 = to_device(std::vector<uint16_t>(x.size(), 0xffff));
+        cuda::rms_norm(dx, m, k, dnw, 1e-5f, dy32, nullptr);
+        cuda::rms_norm_bf16(dx, m, k, cuda::WeightRef{dnw, false}, 1e-5f, db16, nullptr);
+        EXPECT_EQ(to_host(db16, x.size()), to_bf16(to_host(dy32, x.size()))) << "rms_norm_bf16 " << m << "x" << k;
+        float* dg = to_device(x);
+        cuda::silu_mul(dg, dup, m * k, nullptr);
+        cuda::silu_mul_bf16(dx, dup, m * k, db16, nullptr);
+        EXPECT_EQ(to_host(db16, x.size()), to_bf16(to_host(dg, x.size()))) << "silu_mul_bf16 " << m << "x" << k;
+
+        const auto w = to_bf16(randn(static_cast<size_t>(n * k), rng));
+        const auto bias = to_bf16(randn(static_cast<size_t>(n), rng));
+        const auto y0 = randn(static_cast<size_t>(m * n), rng);
+        uint16_t* dw = to_device(w);
+        uint16_t* dbias = to_device(bias);
+        const auto xb = to_bf16(x);
+        uint16_t* dxb = to_device(xb);
+        float* dy = to_device(y0);
+        cuda::gemm_bf16(dxb, m, dw, n, k, dy, dbias, true, nullptr);
+        std::vector<float> want(y0.size());
+        const WeightView wv{"w", DType::kBF16, {n, k}, w.data()}, bv{"b", DType::kBF16, {n}, bias.data()};
+        ref::matmul(from_bf16(xb).data(), m, wv, want.data(), &bv);
+        for (size_t i = 0; i < want.size(); ++i) want[i] += y0[i];
+        EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse) << "accumulate " << m << "x" << n << "x" << k;
+        cuda::gemm_bf16(dxb, m, dw, n, k, dy, nullptr, false, nullptr);
+        ref::matmul(from_bf16(xb).data(), m, wv, want.data());
+        EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse) << "replace " << m << "x" << n << "x" << k;
+        for (void* p : {static_cast<void*>(dx), static_cast<void*>(dup), static_cast<void*>(dnw), static_cast<void*>(dy32),
+                        static_cast<void*>(db16), static_cast<void*>(dg), static_cast<void*>(dw), static_cast<void*>(dbias),
+                        static_cast<void*>(dxb), static_cast<void*>(dy)})
+            cudaFree(p);
     }
 }
 

@@ -91,6 +91,50 @@ TEST(Scheduler, AChunkThatDoesNotFitWaitsInsteadOfBeingSplitDifferently) {
             }
 }
 
+TEST(Scheduler, DecodersNeverStarveAPromptWhoseChunkExceedsTheBudgetLeft) {
+    // 8 decoders leave 504 of a 512-token budget: the 512-token chunk still runs every step.
+    Scheduler s({512, 512, false});
+    for (int64_t id = 1; id <= 8; ++id) s.enqueue(id, 4);
+    s.admit(8);
+    for (int i = 0; i < 2; ++i) {
+        auto plan = s.plan();
+        s.commit(plan);
+    }
+    s.enqueue(9, 1500);
+    s.admit(1);
+    int64_t prefilled = 0;
+    for (int i = 0; i < 3; ++i) {
+        const auto plan = s.plan();
+        ASSERT_EQ(plan.size(), 9u) << "step " << i << ": 8 decode tokens and one chunk";
+        EXPECT_FALSE(plan.back().decode);
+        prefilled += plan.back().n_tok;
+        s.commit(plan);
+    }
+    EXPECT_EQ(prefilled, 1500);
+}
+
+TEST(Scheduler, AtMostMaxPrefillingPromptsArePartWayThroughTheirPrefill) {
+    SchedulerConfig c{4096, 256, false};
+    c.max_prefilling = 1;
+    Scheduler s(c);
+    s.enqueue(1, 600);
+    s.enqueue(2, 300);
+    s.enqueue(3, 10);
+    const auto steps = drain(s, 3, {{1, 600}, {2, 300}, {3, 10}}, 256, 2);
+    // Request 1's three chunks come first, one per step; then 2's, then 3's.
+    std::vector<int64_t> order;
+    for (const auto& step : steps) {
+        int n_prefill = 0;
+        for (const StepWork& w : step)
+            if (!w.decode) {
+                ++n_prefill;
+                if (order.empty() || order.back() != w.id) order.push_back(w.id);
+            }
+        EXPECT_LE(n_prefill, 1);
+    }
+    EXPECT_EQ(order, (std::vector<int64_t>{1, 2, 3}));
+}
+
 TEST(Scheduler, AdmitsInArrivalOrderUpToTheFreeSlots) {
     Scheduler s({2048, 512, false});
     for (int64_t id = 10; id < 15; ++id) s.enqueue(id, 4);

@@ -1,5 +1,5 @@
-// flash_prefill.cu: see flash_prefill.cuh. One block of 4 warps per (tile of kRows query rows, KV
-// head); each warp owns 16 * MT rows. Per key tile of 64 keys: S = Q K^T with mma.sync (Q and K
+// flash_prefill.cu: see flash_prefill.cuh. One block of W = 4 warps per (tile of kRows query rows,
+// KV head); each warp owns 16 * MT rows. Per key tile of 64 keys: S = Q K^T with mma.sync (Q and K
 // fragments by ldmatrix from padded shared memory), mask, online softmax in registers, O += P V
 // (V fragments by ldmatrix.trans). The next K/V tile is fetched by cp.async while the current one
 // is computed (two buffers). Blocks are launched heaviest first (last query rows see most keys).
@@ -17,7 +17,7 @@ namespace freekv::cuda {
 
 namespace {
 
-constexpr int kWarps = 4, kThreads = kWarps * 32, kKeys = 64;
+constexpr int kKeys = 64;
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
@@ -62,31 +62,32 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return *reinterpret_cast<const uint32_t*>(&p);
 }
 
-template <int D, int MT>
+template <int D, int MT, int W>
 struct Tile {
+    static constexpr int kThreads = W * 32;
     static constexpr int kLd = D + 8;                // padded row, bf16 elements
-    static constexpr int kRows = kWarps * 16 * MT;   // query rows per block
+    static constexpr int kRows = W * 16 * MT;   // query rows per block
     static constexpr int kSmemElems = kRows * kLd + 4 * kKeys * kLd;  // Q, K[2], V[2]
     static constexpr size_t kSmemBytes = static_cast<size_t>(kSmemElems) * 2;
 };
 
 // Loads key tile `tile` (K and V rows [tile * 64, +64) of head h) into buffer `buf` asynchronously.
-template <int D, int MT>
+template <int D, int MT, int W>
 __device__ __forceinline__ void load_kv_tile(const FlashPrefillArgs& a, int64_t stride, int h, int tile, uint16_t* ks,
                                              uint16_t* vs) {
     constexpr int kChunks = D / 8;  // 16-byte chunks per row
-    for (int i = threadIdx.x; i < kKeys * kChunks; i += kThreads) {
+    for (int i = threadIdx.x; i < kKeys * kChunks; i += Tile<D, MT, W>::kThreads) {
         const int r = i / kChunks, c = i % kChunks, key = tile * kKeys + r;
         const bool valid = key < a.n_keys;
         const int64_t off = (valid ? key * stride : 0) + h * D + c * 8;
-        cp_async_16(ks + r * Tile<D, MT>::kLd + c * 8, a.k + off, valid);
-        cp_async_16(vs + r * Tile<D, MT>::kLd + c * 8, a.v + off, valid);
+        cp_async_16(ks + r * Tile<D, MT, W>::kLd + c * 8, a.k + off, valid);
+        cp_async_16(vs + r * Tile<D, MT, W>::kLd + c * 8, a.v + off, valid);
     }
 }
 
-template <int D, int MT>
-__global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashPrefillArgs a) {
-    using T = Tile<D, MT>;
+template <int D, int MT, int W>
+__global__ void __launch_bounds__(W * 32) flash_prefill_kernel(const FlashPrefillArgs a) {
+    using T = Tile<D, MT, W>;
     constexpr int kLd = T::kLd;
     extern __shared__ __align__(16) uint16_t smem[];
     uint16_t* qs = smem;
@@ -106,11 +107,11 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashPref
     const int n_tiles = last_key / kKeys + 1;
     const int first_pos = a.q_pos0 + row0 / group;
 
-    load_kv_tile<D, MT>(a, stride, h, 0, ks, vs);
+    load_kv_tile<D, MT, W>(a, stride, h, 0, ks, vs);
     cp_async_commit();
 
     // Q tile -> bf16 in shared memory (rows past n_rows are zero).
-    for (int i = threadIdx.x; i < T::kRows * (D / 4); i += kThreads) {
+    for (int i = threadIdx.x; i < T::kRows * (D / 4); i += T::kThreads) {
         const int r = i / (D / 4), c4 = i % (D / 4), gr = row0 + r;
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
         if (gr < n_rows) {
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashPref
     for (int tile = 0; tile < n_tiles; ++tile) {
         const int buf = tile & 1;
         if (tile + 1 < n_tiles) {
-            load_kv_tile<D, MT>(a, stride, h, tile + 1, ks + (buf ^ 1) * kKeys * kLd, vs + (buf ^ 1) * kKeys * kLd);
+            load_kv_tile<D, MT, W>(a, stride, h, tile + 1, ks + (buf ^ 1) * kKeys * kLd, vs + (buf ^ 1) * kKeys * kLd);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -261,18 +262,18 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(const FlashPref
         }
 }
 
-template <int D, int MT>
+template <int D, int MT, int W>
 void launch(const FlashPrefillArgs& a, cudaStream_t s) {
-    using T = Tile<D, MT>;
+    using T = Tile<D, MT, W>;
     static const bool configured = [] {
-        FREEKV_CUDA_CHECK(cudaFuncSetAttribute(flash_prefill_kernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        FREEKV_CUDA_CHECK(cudaFuncSetAttribute(flash_prefill_kernel<D, MT, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(T::kSmemBytes)));
         return true;
     }();
     (void)configured;
     const int64_t n_rows = static_cast<int64_t>(a.n_q) * (a.n_head / a.n_head_kv);
     const dim3 grid(static_cast<unsigned>((n_rows + T::kRows - 1) / T::kRows), static_cast<unsigned>(a.n_head_kv));
-    flash_prefill_kernel<D, MT><<<grid, kThreads, T::kSmemBytes, s>>>(a);
+    flash_prefill_kernel<D, MT, W><<<grid, T::kThreads, T::kSmemBytes, s>>>(a);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -288,11 +289,12 @@ void flash_prefill(const FlashPrefillArgs& a, void* stream) {
     FREEKV_CHECK(a.rows_per_warp == 0 || a.rows_per_warp == 16 || a.rows_per_warp == 32,
                  "flash prefill: rows_per_warp {} must be 16 or 32", a.rows_per_warp);
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
-    const bool wide = a.rows_per_warp == 32 || (a.rows_per_warp == 0 && a.head_dim == 64);
+    // 4 warps of 32 rows: the fastest measured at head_dim 128 (8 warps per block were no faster).
+    const bool wide = a.rows_per_warp != 16;
     if (a.head_dim == 64) {
-        wide ? launch<64, 2>(a, s) : launch<64, 1>(a, s);
+        wide ? launch<64, 2, 4>(a, s) : launch<64, 1, 4>(a, s);
     } else {
-        wide ? launch<128, 2>(a, s) : launch<128, 1>(a, s);
+        wide ? launch<128, 2, 4>(a, s) : launch<128, 1, 4>(a, s);
     }
 }
 

@@ -24,7 +24,7 @@ struct FlashPrefillArgs {
     int32_t n_q = 0, q_pos0 = 0, n_keys = 0;
     int32_t n_head = 0, n_head_kv = 0, head_dim = 0;
     int64_t kv_stride = 0;  // elements between consecutive keys (0: n_head_kv * head_dim)
-    int32_t rows_per_warp = 0;  // 16 or 32 query rows per warp (0: the measured default)
+    int32_t rows_per_warp = 0;  // 16 or 32 query rows per warp (0: the measured default, 32)
 };
 
 /// Whether flash_prefill supports this head_dim.

@@ -216,6 +216,12 @@ bool gemv_fits(const float* x, int64_t m, const uint16_t* w, int64_t k) {
            reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
+}  // namespace
+
+bool matmul_rows_use_gemm(int64_t m) { return m > gemv_max_rows(); }
+
+namespace {
+
 int gemv_chunks() {
     static const int chunks = [] {
         const char* env = std::getenv("FREEKV_GEMV_CHUNKS");
@@ -284,20 +290,27 @@ void set_gemm_sm_target(int sms) {
     current = sms;
 }
 
+void to_bf16(const float* x, int64_t n, uint16_t* out, void* stream) {
+    to_bf16_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(x, n, reinterpret_cast<__nv_bfloat16*>(out));
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                  uint16_t* x_bf16, void* stream) {
     if (gemv_fits(x, m, w, k)) {  // decode: one pass over w, no conversion kernel, no cuBLAS
         gemv_bf16(x, m, w, n, k, y, bias, as_stream(stream));
         return;
     }
-    const int64_t elems = m * k;
-    to_bf16_kernel<<<static_cast<unsigned>((elems + 255) / 256), 256, 0, as_stream(stream)>>>(
-        x, elems, reinterpret_cast<__nv_bfloat16*>(x_bf16));
-    FREEKV_CUDA_CHECK(cudaGetLastError());
+    to_bf16(x, m * k, x_bf16, stream);
+    gemm_bf16(x_bf16, m, w, n, k, y, bias, false, stream);
+}
+
+void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+               bool accumulate, void* stream) {
     cublasHandle_t handle = cublas_handle();
     FREEKV_CHECK(cublasSetStream(handle, as_stream(stream)) == CUBLAS_STATUS_SUCCESS, "cublasSetStream failed");
     // Row-major y[m, n] is column-major y^T[n, m] = w (column-major [k, n], transposed) . x^T ([k, m]).
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const cublasStatus_t status =
         cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                      w, CUDA_R_16BF, static_cast<int>(k), x_bf16, CUDA_R_16BF, static_cast<int>(k), &beta, y, CUDA_R_32F,

@@ -20,10 +20,24 @@ cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
 // One block of up to 1024 threads per row; rows whose length is a multiple of 4 move as float4 /
 // 4 x bf16 so that a 4096-wide row is one load per thread (the kernel is latency-bound).
-template <class W>
-__global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps, float* y) {
+__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_out(uint16_t* p, float v) {  // as matmul's to_bf16 rounds
+    const __nv_bfloat16 b = __float2bfloat16_rn(v);
+    *p = *reinterpret_cast<const uint16_t*>(&b);
+}
+__device__ __forceinline__ void store_out4(float* p, float4 r) { *reinterpret_cast<float4*>(p) = r; }
+__device__ __forceinline__ void store_out4(uint16_t* p, float4 r) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(r.x, r.y), hi = __floats2bfloat162_rn(r.z, r.w);
+    uint2 w;
+    w.x = *reinterpret_cast<const uint32_t*>(&lo);
+    w.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(p) = w;
+}
+
+template <class W, class O>
+__global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps, O* y) {
     const float* row = x + blockIdx.x * n;
-    float* out = y + blockIdx.x * n;
+    O* out = y + blockIdx.x * n;
     const bool vec = n % 4 == 0;
     float ss = 0.0f;
     if (vec) {
@@ -55,10 +69,10 @@ __global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps
             r.y = wv[1] * (v.y * inv);
             r.z = wv[2] * (v.z * inv);
             r.w = wv[3] * (v.w * inv);
-            reinterpret_cast<float4*>(out)[i] = r;
+            store_out4(out + 4 * i, r);
         }
     } else {
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = to_f32(w[i]) * (row[i] * inv);
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) store_out(out + i, to_f32(w[i]) * (row[i] * inv));
     }
 }
 
@@ -78,9 +92,16 @@ __global__ void rope_kernel(float* x, int64_t n_tok, int64_t n_heads, int64_t he
     v[b] = x1 * static_cast<float>(c) + x0 * static_cast<float>(s);
 }
 
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 __global__ void silu_mul_kernel(float* gate, const float* up, int64_t n) {
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (i < n) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    if (i < n) gate[i] = silu_times(gate[i], up[i]);
+}
+
+__global__ void silu_mul_bf16_kernel(const float* gate, const float* up, int64_t n, uint16_t* out) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i < n) store_out(out + i, silu_times(gate[i], up[i]));
 }
 
 template <class W>
@@ -91,14 +112,23 @@ __global__ void embedding_kernel(const W* table, const int32_t* ids, int64_t n_e
 
 }  // namespace
 
-void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream) {
+template <class O>
+void rms_norm_to(const float* x, int64_t m, int64_t n, WeightRef w, float eps, O* y, void* stream) {
     const int64_t per_thread = n % 4 == 0 ? n / 4 : n;
     const unsigned threads = static_cast<unsigned>(std::clamp<int64_t>((per_thread + 31) / 32 * 32, 32, 1024));
     by_elem(w.f32 ? 4 : 2, [&](auto tag) {
         using W = decltype(tag);
-        rms_norm_kernel<W><<<static_cast<unsigned>(m), threads, 0, as_stream(stream)>>>(x, n, static_cast<const W*>(w.p), eps, y);
+        rms_norm_kernel<W, O><<<static_cast<unsigned>(m), threads, 0, as_stream(stream)>>>(x, n, static_cast<const W*>(w.p), eps, y);
     });
     FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream) {
+    rms_norm_to(x, m, n, w, eps, y, stream);
+}
+
+void rms_norm_bf16(const float* x, int64_t m, int64_t n, WeightRef w, float eps, uint16_t* y, void* stream) {
+    rms_norm_to(x, m, n, w, eps, y, stream);
 }
 
 void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream) {
@@ -115,6 +145,11 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int3
 
 void silu_mul(float* gate, const float* up, int64_t n, void* stream) {
     silu_mul_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void silu_mul_bf16(const float* gate, const float* up, int64_t n, uint16_t* out, void* stream) {
+    silu_mul_bf16_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n, out);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

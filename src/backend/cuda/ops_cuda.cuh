@@ -33,6 +33,20 @@ void embedding(WeightRef table, const int32_t* ids, int64_t n_tok, int64_t n_emb
 /// does not wait for the blocks that share an SM with the gather.
 void set_gemm_sm_target(int sms);
 
+/// The prefill GEMM path (m > 8 rows, bf16 weights), where one bf16 copy of an activation feeds
+/// several products: rms_norm / silu_mul writing bf16 directly (rounded to nearest even, as
+/// matmul_bf16 rounds its input), to_bf16 for any other activation, and gemm_bf16 on a bf16 input:
+/// y[m, n] (+)= x_bf16[m, k] . w[n, k]^T (+ bias[n]), fp32 accumulation, y fp32; with accumulate the
+/// product is added to y (a residual connection) instead of replacing it.
+/// Whether matmul_bf16 takes cuBLAS (not the decode GEMV) for m rows: then the gemm_bf16 path below
+/// computes the same products.
+bool matmul_rows_use_gemm(int64_t m);
+void rms_norm_bf16(const float* x, int64_t m, int64_t n, WeightRef w, float eps, uint16_t* y, void* stream);
+void silu_mul_bf16(const float* gate, const float* up, int64_t n, uint16_t* out, void* stream);
+void to_bf16(const float* x, int64_t n, uint16_t* out, void* stream);
+void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+               bool accumulate, void* stream);
+
 /// y[m, n] = x[m, k] . w[n, k]^T (+ bias[n]) with w bf16 through cuBLAS: x is rounded to bf16 into
 /// `x_bf16` (device scratch of m * k elements), products accumulate in fp32, y is fp32.
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,

@@ -79,8 +79,9 @@ void prefill_attention(const PrefillAttentionArgs& a, void* stream) {
     const int group = a.n_head / a.n_head_kv, d = a.head_dim;
     const long long q_row = static_cast<long long>(a.n_head) * d, kv_row = static_cast<long long>(a.n_head_kv) * d;
     const float scale = 1.0f / sqrtf(static_cast<float>(d)), one = 1.0f, zero = 0.0f;
+    FREEKV_CHECK(a.q_pos0 >= 0, "prefill attention: q_pos0 {} < 0", a.q_pos0);
     for (int c0 = 0; c0 < a.n; c0 += a.chunk) {
-        const int rows = std::min(a.chunk, a.n - c0), keys = c0 + rows;
+        const int rows = std::min(a.chunk, a.n - c0), keys = a.q_pos0 + c0 + rows;
         const long long per_head = static_cast<long long>(rows) * keys;
         for (int g = 0; g < group; ++g) {
             // S^T (keys x rows, column-major) = K_h (keys x d) . Q_(h,g)^T (d x rows), for every h.
@@ -88,7 +89,8 @@ void prefill_attention(const PrefillAttentionArgs& a, void* stream) {
                                             a.q + c0 * q_row + g * d, static_cast<int>(q_row), static_cast<long long>(group) * d, &zero,
                                             a.scores, keys, per_head, a.n_head_kv),
                   "Q.K^T");
-            masked_softmax_kernel<<<static_cast<unsigned>(a.n_head_kv * rows), kSoftmaxThreads, 0, s>>>(a.scores, keys, c0, rows);
+            masked_softmax_kernel<<<static_cast<unsigned>(a.n_head_kv * rows), kSoftmaxThreads, 0, s>>>(a.scores, keys,
+                                                                                                 a.q_pos0 + c0, rows);
             FREEKV_CUDA_CHECK(cudaGetLastError());
             // O_(h,g)^T (d x rows) = V_h^T (d x keys) . P_h^T (keys x rows), into the output rows.
             check(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, d, rows, keys, &one, a.v, static_cast<int>(kv_row), d,

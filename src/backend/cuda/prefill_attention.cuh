@@ -2,11 +2,13 @@
 // run as two fp32 GEMMs per chunk (cuBLAS, strided-batched over the KV heads) around a masked
 // softmax kernel: S = scale * Q_chunk K^T, P = softmax(S) with keys after each query masked, O = P V.
 // Invariants:
-//   - q, out: [n][n_head][head_dim]; k, v: [n][n_head_kv][head_dim], fp32 holding the values the
-//     KV cache stores (rounded to bf16 by the caller), so that prefill attends to the same keys
-//     and values as the decode steps after it;
-//   - query token t attends to keys 0..t; fp32 scores, softmax and accumulation;
-//   - scratch holds prefill_scores_floats(n, n_head_kv, chunk) floats; chunk from prefill_chunk().
+//   - q, out: [n][n_head][head_dim]; k, v: [q_pos0 + n][n_head_kv][head_dim], fp32 holding the
+//     values the KV cache stores (rounded to bf16 by the caller), so that prefill attends to the
+//     same keys and values as the decode steps after it;
+//   - query token t sits at position q_pos0 + t and attends to keys 0..q_pos0 + t (a later chunk
+//     of a prompt sees every earlier one); fp32 scores, softmax and accumulation;
+//   - scratch holds prefill_scores_floats(q_pos0 + n, n_head_kv, chunk) floats; chunk from
+//     prefill_chunk(q_pos0 + n, ...).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,7 @@ struct PrefillAttentionArgs {
     float* out = nullptr;
     float* scores = nullptr;  // scratch
     int32_t n = 0, n_head = 0, n_head_kv = 0, head_dim = 0, chunk = 0;
+    int32_t q_pos0 = 0;
 };
 
 /// Queries per chunk: the largest that keeps one chunk's scores of all KV heads within
