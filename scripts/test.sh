@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test.sh: the README's second command and what CI runs. Installs the Debian dependencies, builds
 # the cpu-debug preset (AddressSanitizer + UndefinedBehaviorSanitizer, debug checks, -Werror) and
-# runs the whole test suite with ctest, then again under ThreadSanitizer (cpu-tsan), then compiles
-# the CUDA backend where nvcc exists and runs its tests (they skip without a GPU) and the CLI tests.
+# runs the whole test suite with ctest, then the threaded tests under ThreadSanitizer (cpu-tsan),
+# then every fuzz target for 30 s (scripts/fuzz.sh), then compiles the CUDA backend where nvcc
+# exists and runs its tests (they skip without a GPU) and the CLI tests.
 # Exits non-zero when any test fails.
 # Tests that need ../shared (the reference model) or the npm tokenizer files skip with a message
 # when those are missing; `ctest -L unit` runs only the self-contained ones.
@@ -13,15 +14,18 @@ cmake --preset cpu-debug >/dev/null
 cmake --build --preset cpu-debug
 status=0
 ctest --preset cpu-debug "$@" || status=$?
-# The suite again under ThreadSanitizer, for the transfer engine's, the engine's and the server's
-# threads (OpenMP runs one thread there: libgomp is not instrumented and its barriers would read as
-# races). test_cli and test_ref_model are left out there: they run the 28M reference model through
-# whole perplexity and generation runs, whose single-threaded instrumented matmuls took over 10
-# minutes (CI timeout), and the threads they start are the ones test_engine, test_serve and
-# test_retrieval_kv exercise on small models.
+# The tests that start threads again under ThreadSanitizer: the engine's (test_engine), the
+# server's and its clients' (test_serve), the CPU transfer engine's (test_retrieval_kv) and the
+# recall worker's (test_recall_worker); OpenMP runs one thread there (libgomp is not instrumented
+# and its barriers would read as races). The other suites are single-threaded, so TSan would only
+# make them slower (the preset builds and runs these four; test_cli and test_ref_model start the
+# same threads on the 28M model and took over 10 minutes instrumented).
 cmake --preset cpu-tsan >/dev/null
 cmake --build --preset cpu-tsan
 ctest --preset cpu-tsan || status=$?
+# Every libFuzzer target for 30 s from its seed corpus (clang 14, ASan + UBSan): a parser change
+# that crashes on a malformed model file, request body, template or id list fails here.
+scripts/fuzz.sh 30 || status=$?
 # The CUDA backend is compiled wherever nvcc is (CI machines have CUDA 13 in /usr/local/cuda), the
 # binary, the GPU tests, the CLI tests and test_serve unsanitized (its resident-set check needs a
 # build without sanitizers; the CPU suites ran above, with them): its

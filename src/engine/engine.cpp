@@ -30,6 +30,7 @@ const char* finish_reason_name(FinishReason reason) {
         case FinishReason::kLength: return "length";
         case FinishReason::kCancelled: return "cancelled";
         case FinishReason::kError: return "error";
+        case FinishReason::kTimeout: return "timeout";
     }
     return "?";
 }
@@ -76,6 +77,7 @@ struct Engine::Impl {
           scheduler(SchedulerConfig{}) {}  // the Engine's constructor sets the real one
 
     void finish(int64_t id, FinishReason reason, std::string error = {});
+    void finish_expired();
     void step();
     void loop();
 };
@@ -107,6 +109,20 @@ void Engine::Impl::finish(int64_t id, FinishReason reason, std::string error) {
     auto on_done = std::move(s.request.on_done);
     live.erase(it);
     if (on_done) on_done(out);
+}
+
+// Ends every request whose timeout_s has passed since it was submitted (waiting or running): its
+// slot and KV go at once, like a cancel.
+void Engine::Impl::finish_expired() {
+    const auto now = Clock::now();
+    std::vector<int64_t> expired;
+    for (const auto& [id, s] : live)
+        if (s.request.timeout_s > 0 && ms_between(s.submitted, now) > s.request.timeout_s * 1000) expired.push_back(id);
+    std::sort(expired.begin(), expired.end());
+    for (int64_t id : expired) {
+        const double limit = live.at(id).request.timeout_s;
+        finish(id, FinishReason::kTimeout, fmt::format("the request ran longer than its time limit of {} s", limit));
+    }
 }
 
 void Engine::Impl::step() {
@@ -230,6 +246,7 @@ void Engine::Impl::loop() {
             if (n_predict == 0) finish(in.id, FinishReason::kLength);
         }
         for (int64_t id : cancelled) finish(id, FinishReason::kCancelled);
+        finish_expired();
         step();
     }
     std::vector<int64_t> ids;

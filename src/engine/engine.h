@@ -48,7 +48,8 @@ public:
     explicit EngineBusy(const std::string& message) : std::runtime_error(message) {}
 };
 
-enum class FinishReason { kStop, kLength, kCancelled, kError };
+enum class FinishReason { kStop, kLength, kCancelled, kError, kTimeout };
+constexpr int kFinishReasons = 5;
 const char* finish_reason_name(FinishReason reason);
 
 struct RequestOutcome {
@@ -65,6 +66,7 @@ struct EngineRequest {
     int64_t max_tokens = 16;        // -1: until a stop token or the context is full
     SamplingParams sampling;
     std::vector<int32_t> stop_ids;  // tokens that end the generation (not passed to on_token)
+    double timeout_s = 0;           // > 0: ends with kTimeout this long after submit(), waiting or running
     /// Each generated token, in order; returning false stops the request (kCancelled).
     std::function<bool(int32_t)> on_token;
     /// Once, when the request ends for any reason.
@@ -78,7 +80,7 @@ struct EngineMetrics {
     int64_t max_batch = 0, n_ctx = 0;
     int64_t waiting = 0, running = 0;
     int64_t submitted = 0, rejected = 0;
-    int64_t finished[4] = {0, 0, 0, 0};  // by FinishReason
+    int64_t finished[kFinishReasons] = {};  // by FinishReason
     int64_t prompt_tokens = 0, generated_tokens = 0;
     int64_t steps = 0, decode_rows = 0;  // engine steps; decode tokens over all steps
     double step_seconds = 0;             // time spent in steps

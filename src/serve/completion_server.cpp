@@ -118,14 +118,15 @@ struct CompletionServer::Impl {
         r.max_tokens = job.req.max_tokens;
         r.sampling = job.sampling;
         if (!job.req.ignore_eos) r.stop_ids = job.stop_ids;
+        r.timeout_s = options.request_timeout_s;
         r.on_token = [channel](int32_t t) { return channel->push(t); };
         r.on_done = [channel](const RequestOutcome& o) { channel->finish(o); };
         return {engine.submit(std::move(r)), channel};
     }
 
     struct Finished {
-        std::string reason;          // stop, length, cancelled, error
-        std::string error;           // for error
+        std::string reason;          // stop, length, cancelled, error, timeout
+        std::string error;           // for error and timeout
         std::vector<int32_t> tokens;
         RequestOutcome outcome;
     };
@@ -160,12 +161,14 @@ struct CompletionServer::Impl {
         } else if (client_gone) {
             f.reason = "cancelled";
         } else {
-            f.reason = f.outcome.reason == FinishReason::kStop     ? "stop"
-                       : f.outcome.reason == FinishReason::kLength ? "length"
-                       : f.outcome.reason == FinishReason::kError  ? "error"
-                                                                   : "cancelled";
+            f.reason = f.outcome.reason == FinishReason::kStop      ? "stop"
+                       : f.outcome.reason == FinishReason::kLength  ? "length"
+                       : f.outcome.reason == FinishReason::kError   ? "error"
+                       : f.outcome.reason == FinishReason::kTimeout ? "timeout"
+                                                                    : "cancelled";
             f.error = f.outcome.error;
-            if (f.outcome.reason != FinishReason::kError)
+            if (f.outcome.reason == FinishReason::kTimeout) f.error += " (--request-timeout)";
+            if (f.outcome.reason != FinishReason::kError && f.outcome.reason != FinishReason::kTimeout)
                 emit(stops.push(decoder ? decoder->flush() : std::string{}) + stops.flush(), -1);
         }
         fmt::print(stderr, "serve: {} prompt + {} generated tokens in {:.0f} ms (queue {:.0f} ms, first token {:.0f} ms), "
@@ -205,6 +208,7 @@ struct CompletionServer::Impl {
                 return true;
             });
             if (f.reason == "error") return send_error(res, 500, f.error, "server_error");
+            if (f.reason == "timeout") return send_error(res, 504, f.error, "timeout");
             if (f.reason == "cancelled") return send_error(res, 503, "the server is stopping", "server_error");
             json out = head(false);
             if (is_chat)
@@ -234,8 +238,9 @@ struct CompletionServer::Impl {
                     return event(j);
                 });
                 if (f.reason == "cancelled" && f.outcome.reason != FinishReason::kCancelled) return false;  // client gone
-                if (f.reason == "error" || f.reason == "cancelled") {  // the status line is gone: report in the stream
-                    event(json{{"error", {{"message", f.reason == "error" ? f.error : "the server is stopping"}, {"type", "server_error"}}}});
+                if (f.reason == "error" || f.reason == "timeout" || f.reason == "cancelled") {  // the status line is gone: report in the stream
+                    event(json{{"error", {{"message", f.reason == "cancelled" ? "the server is stopping" : f.error},
+                                          {"type", f.reason == "timeout" ? "timeout" : "server_error"}}}});
                 } else {
                     json last = head(true);
                     last["choices"] = json::array({choice(*job, "", json::array(), f.reason, first)});

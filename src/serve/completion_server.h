@@ -22,6 +22,9 @@ struct ServerOptions {
     // Serve completions only: /v1/chat/completions answers 400. Without it a chat_template in
     // tokenizer_config.json that is neither Llama 3 nor ChatML stops the start-up (no silent fallback).
     bool no_chat = false;
+    // > 0: a request still waiting or generating this long after it arrived ends (HTTP 504, or an
+    // error event in a stream) and frees its slot; 0: no limit.
+    double request_timeout_s = 0;
 };
 
 class CompletionServer {

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <iterator>
+
 namespace freekv::serve {
 
 namespace {
@@ -23,7 +25,9 @@ std::string prometheus_text(const EngineMetrics& m) {
     metric(out, "freekv_requests_rejected_total", "counter", "Requests refused because the queue was full (HTTP 429).",
            static_cast<double>(m.rejected));
     out += "# HELP freekv_requests_finished_total Requests ended, by reason.\n# TYPE freekv_requests_finished_total counter\n";
-    const FinishReason reasons[] = {FinishReason::kStop, FinishReason::kLength, FinishReason::kCancelled, FinishReason::kError};
+    const FinishReason reasons[] = {FinishReason::kStop, FinishReason::kLength, FinishReason::kCancelled, FinishReason::kError,
+                                    FinishReason::kTimeout};
+    static_assert(std::size(reasons) == kFinishReasons);
     for (FinishReason r : reasons)
         out += fmt::format("freekv_requests_finished_total{{reason=\"{}\"}} {}\n", finish_reason_name(r), m.finished[static_cast<int>(r)]);
     metric(out, "freekv_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", static_cast<double>(m.prompt_tokens));

@@ -406,6 +406,42 @@ TEST(Serve, AFullQueueAnswers429) {
     }
 }
 
+// --request-timeout: a request that runs past it ends with 504 (or an error event when streamed)
+// and frees its slot; the request waiting behind it is served; /health stays 200 and /metrics
+// counts the timeouts.
+TEST(Serve, ARequestPastItsTimeoutGets504AndTheOthersAreServed) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    ServerOptions o = base_params(32768);  // 32K tokens take far longer than the limit
+    o.engine.max_batch = 1;
+    o.request_timeout_s = 0.3;
+    RunningServer server(m, o);
+    std::string streamed;
+    std::thread streamer([&] {
+        auto c = server.client();
+        auto r = c.Post("/v1/completions", json{{"prompt", {7, 8}}, {"max_tokens", 32000}, {"stream", true}}.dump(),
+                        "application/json");
+        if (r) streamed = r->body;
+    });
+    auto c = server.client();
+    auto res = c.Post("/v1/completions", json{{"prompt", {1, 2, 3}}, {"max_tokens", 32000}, {"temperature", 0}}.dump(),
+                      "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 504) << res->body;
+    EXPECT_NE(json::parse(res->body)["error"]["message"].get<std::string>().find("--request-timeout"), std::string::npos)
+        << res->body;
+    streamer.join();
+    EXPECT_NE(streamed.find("\"type\":\"timeout\""), std::string::npos) << "the stream ends with a timeout error event";
+    // A short request afterwards completes normally.
+    const json ok = post(c, json{{"prompt", {4, 5}}, {"max_tokens", 3}, {"temperature", 0}}, 200);
+    EXPECT_EQ(ok["choices"][0]["finish_reason"], "length");
+    auto health = c.Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 200);
+    auto metrics = c.Get("/metrics");
+    ASSERT_TRUE(metrics);
+    EXPECT_NE(metrics->body.find("freekv_requests_finished_total{reason=\"timeout\"} 2"), std::string::npos) << metrics->body;
+}
+
 TEST(Serve, TokenizeDetokenizeAndChatOnTheReferenceModel) {
     const auto dir = test::ref_model_dir();
     if (!dir) GTEST_SKIP() << "reference model not found (../shared/models/freekv-ref-28m)";

@@ -239,6 +239,37 @@ TEST(Engine, AFullQueueRefusesWithEngineBusy) {
     EXPECT_EQ(refused.done_calls, 0) << "a refused request gets no callback";
 }
 
+TEST(Engine, RequestsPastTheirTimeoutEndWaitingOrRunningAndFreeTheSlot) {
+    const LoadedModel& m = fixture("mistral-g2-f32");
+    EngineConfig cfg = engine_config(KvMode::kFull, 1);
+    cfg.n_ctx = 16384;
+    Engine engine(m, cfg);
+    Waiter waiter;
+    const std::vector<int32_t> prompt = random_tokens(8, m.config.n_vocab, 3);
+    Result running, waiting, after;
+    EngineRequest a = make_request(prompt, 16000, {0.0f, 0, 1.0f, 0}, running, waiter);
+    a.timeout_s = 0.3;  // holds the only slot until then: 16000 tokens take far longer
+    EngineRequest b = make_request(prompt, 4, {0.0f, 0, 1.0f, 0}, waiting, waiter);
+    b.timeout_s = 0.05;  // expires in the queue behind a
+    engine.submit(std::move(a));
+    engine.submit(std::move(b));
+    waiter.wait_for(2);
+    ASSERT_TRUE(running.outcome && waiting.outcome);
+    EXPECT_EQ(running.outcome->reason, FinishReason::kTimeout);
+    EXPECT_LT(static_cast<int64_t>(running.tokens.size()), 16000);
+    EXPECT_NE(running.outcome->error.find("time limit of 0.3 s"), std::string::npos) << running.outcome->error;
+    EXPECT_GE(running.outcome->total_ms, 300);
+    EXPECT_EQ(waiting.outcome->reason, FinishReason::kTimeout);
+    EXPECT_TRUE(waiting.tokens.empty()) << "it never got the slot";
+    // The slot is free again: a request without a limit runs to its length.
+    engine.submit(make_request(prompt, 5, {0.0f, 0, 1.0f, 0}, after, waiter));
+    waiter.wait_for(3);
+    ASSERT_TRUE(after.outcome);
+    EXPECT_EQ(after.outcome->reason, FinishReason::kLength);
+    EXPECT_EQ(after.tokens.size(), 5u);
+    EXPECT_EQ(engine.metrics().finished[static_cast<int>(FinishReason::kTimeout)], 2);
+}
+
 TEST(Engine, BadPromptsAreErrorsBeforeAnyWork) {
     const LoadedModel& m = fixture("mistral-g2-f32");
     Engine engine(m, engine_config(KvMode::kFull, 2));
