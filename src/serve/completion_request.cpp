@@ -37,7 +37,7 @@ json parse_object(std::string_view body, const char* what) {
     json j;
     try {
         j = json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers past a double
         bad(fmt::format("the body is not valid JSON ({})", e.what()));
     }
     if (!j.is_object()) bad(fmt::format("the body must be a JSON object with at least {}", what));

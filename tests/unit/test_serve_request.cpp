@@ -50,6 +50,7 @@ TEST(CompletionRequest, ParsesEveryField) {
 TEST(CompletionRequest, RejectsMalformedBodiesNamingTheField) {
     const std::pair<const char*, const char*> cases[] = {
         {"{not json", "not valid JSON"},
+        {R"({"prompt":"a","max_tokens":9E999})", "not valid JSON"},  // a number past a double (found by fuzzing)
         {"[1,2]", "JSON object"},
         {"{}", "'prompt' is missing"},
         {R"({"prompt":null})", "'prompt' is missing"},
