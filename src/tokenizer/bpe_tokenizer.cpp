@@ -104,7 +104,10 @@ Tokenizer::Tokenizer(const TokenizerSpec& spec)
       eos_id_(spec.eos_id) {
     int32_t max_id = -1;
     for (const auto& [text, id] : spec.vocab) max_id = std::max(max_id, id);
-    for (const auto& t : spec.added_tokens) max_id = std::max(max_id, t.id);
+    for (const auto& t : spec.added_tokens) {
+        FREEKV_CHECK(t.id >= 0, "added token '{}' has negative id {}", t.content, t.id);
+        max_id = std::max(max_id, t.id);
+    }
     FREEKV_CHECK(max_id >= 0, "tokenizer has an empty vocabulary");
     id_to_bytes_.resize(static_cast<size_t>(max_id) + 1);
     id_is_special_.assign(id_to_bytes_.size(), 0);

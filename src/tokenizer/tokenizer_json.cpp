@@ -12,6 +12,15 @@ namespace {
 
 using nlohmann::json;
 
+// A token id: a JSON integer in [0, 2^31 - 1) (a float or a huge number would convert with
+// undefined behaviour; a negative id would index outside the vocabulary).
+int32_t token_id(const json& v, const std::string& path, const char* what) {
+    if (!v.is_number_integer() || (v.is_number_unsigned() ? v.get<uint64_t>() >= (1ULL << 31) - 1
+                                                          : (v.get<int64_t>() < 0 || v.get<int64_t>() >= (int64_t{1} << 31) - 1)))
+        FREEKV_FAIL("{}: {} id {} is not an integer in [0, 2^31 - 1)", path, what, v.dump());
+    return static_cast<int32_t>(v.get<int64_t>());
+}
+
 SplitBehavior parse_behavior(const std::string& s, const std::string& path) {
     if (s == "Isolated") return SplitBehavior::kIsolated;
     if (s == "Removed") return SplitBehavior::kRemoved;
@@ -84,12 +93,14 @@ void parse_post_processor(const json& p, TokenizerSpec& spec, const std::string&
             }
             const std::string name = item.at("SpecialToken").at("id").get<std::string>();
             const json& special = p.at("special_tokens").at(name);
-            for (const auto& id : special.at("ids")) (after_sequence ? spec.suffix_ids : spec.prefix_ids).push_back(id.get<int32_t>());
+            for (const auto& id : special.at("ids"))
+                (after_sequence ? spec.suffix_ids : spec.prefix_ids).push_back(token_id(id, path, "post-processor special token"));
         }
     } else {
         FREEKV_FAIL("{}: post-processor '{}' is not supported (supported: ByteLevel, TemplateProcessing)", path, type);
     }
 }
+
 
 }  // namespace
 
@@ -107,7 +118,7 @@ TokenizerSpec parse_tokenizer_json(const std::string& json_text, const std::stri
         if (type != "BPE") FREEKV_FAIL("{}: tokenizer model '{}' is not supported (only byte-level BPE)", path, type);
         if (model.value("byte_fallback", false))
             FREEKV_FAIL("{}: byte_fallback BPE (SentencePiece style) is not supported", path);
-        for (const auto& [text, id] : model.at("vocab").items()) spec.vocab.emplace_back(text, id.get<int32_t>());
+        for (const auto& [text, id] : model.at("vocab").items()) spec.vocab.emplace_back(text, token_id(id, path, "vocabulary"));
         for (const auto& m : model.at("merges")) {
             if (m.is_string()) {
                 const std::string s = m.get<std::string>();
@@ -121,12 +132,12 @@ TokenizerSpec parse_tokenizer_json(const std::string& json_text, const std::stri
         spec.ignore_merges = model.value("ignore_merges", false);
         if (model.contains("unk_token") && model["unk_token"].is_string()) {
             auto it = model["vocab"].find(model["unk_token"].get<std::string>());
-            if (it != model["vocab"].end()) spec.unk_id = it->get<int32_t>();
+            if (it != model["vocab"].end()) spec.unk_id = token_id(*it, path, "unk_token");
         }
         if (j.contains("added_tokens")) {
             for (const auto& t : j["added_tokens"]) {
                 AddedToken a;
-                a.id = t.at("id").get<int32_t>();
+                a.id = token_id(t.at("id"), path, "added token");
                 a.content = t.at("content").get<std::string>();
                 a.special = t.value("special", false);
                 a.lstrip = t.value("lstrip", false);

@@ -164,3 +164,28 @@ TEST(StreamingDecoder, HoldsBackPartialCharacters) {
 
 }  // namespace
 }  // namespace freekv
+
+namespace freekv {
+namespace {
+
+// Token ids from tokenizer.json must be integers in range: a float, a number past int32 or a
+// negative added-token id is an Error naming the field (found by fuzz_parsers: they converted with
+// undefined behaviour and indexed outside the vocabulary).
+TEST(TokenizerJson, TokenIdsOutOfRangeAreErrors) {
+    const std::string head = R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}, "added_tokens": [)";
+    for (const char* added : {R"({"id": 3.5, "content": "<x>"})", R"({"id": 4999999999999999999999999, "content": "<x>"})",
+                              R"({"id": -4, "content": "<x>"})", R"({"id": 2147483648, "content": "<x>"})"}) {
+        try {
+            const TokenizerSpec spec = parse_tokenizer_json(head + added + "]}", "tokenizer.json");
+            Tokenizer tok(spec);
+            ADD_FAILURE() << added << " was accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("id"), std::string::npos) << e.what();
+        }
+    }
+    const TokenizerSpec ok = parse_tokenizer_json(head + R"({"id": 3, "content": "<x>"}]})", "tokenizer.json");
+    EXPECT_EQ(Tokenizer(ok).n_vocab(), 4);
+}
+
+}  // namespace
+}  // namespace freekv
