@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-    cmake ninja-build g++ pkg-config git
+    cmake ninja-build g++ pkg-config git curl
     libcli11-dev nlohmann-json3-dev libfmt-dev
     libpcre2-dev libutf8proc-dev
     libcpp-httplib-dev

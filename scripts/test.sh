@@ -3,7 +3,8 @@
 # the cpu-debug preset (AddressSanitizer + UndefinedBehaviorSanitizer, debug checks, -Werror) and
 # runs the whole test suite with ctest, then the threaded tests under ThreadSanitizer (cpu-tsan),
 # then every fuzz target for 30 s (scripts/fuzz.sh), then compiles the CUDA backend where nvcc
-# exists and runs its tests (they skip without a GPU) and the CLI tests.
+# exists and runs its tests (they skip without a GPU) and the CLI tests, then soaks the server
+# for 60 s (scripts/soak.sh).
 # Exits non-zero when any test fails.
 # Tests that need ../shared (the reference model) or the npm tokenizer files skip with a message
 # when those are missing; `ctest -L unit` runs only the self-contained ones.
@@ -38,6 +39,10 @@ if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then
 else
     echo "test.sh: nvcc not found: the CUDA backend was not compiled (install CUDA 13 to check it)"
 fi
+# A 60-second soak of the server (scripts/soak.sh; the record in tests/results runs 10 minutes):
+# load, malformed requests and dropped streams together; fails on an unexpected answer or on
+# resources (RSS, descriptors, threads) that do not come back once the server is idle.
+scripts/soak.sh 60 || status=$?
 # ctest counts a test executable as passed when some of its cases skipped; list those cases.
 log=build/cpu-debug/Testing/Temporary/LastTest.log
 if [ -f "$log" ]; then

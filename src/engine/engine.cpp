@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "core/system_memory.h"
 #include "gpu/gpu_memory_plan.h"
 #include "engine/model_runner.h"
@@ -126,14 +127,26 @@ void Engine::Impl::finish_expired() {
 }
 
 void Engine::Impl::step() {
+    // A sequence whose memory cannot be had ends with kError; the others are admitted as usual.
     for (int64_t id : scheduler.admit(runner->n_free())) {
         Live& s = live.at(id);
-        s.slot = runner->add_sequence();
-        runner->begin_prompt(s.slot, static_cast<int64_t>(s.request.prompt.size()));
+        try {
+            s.slot = runner->add_sequence();
+        } catch (const std::exception& e) {
+            finish(id, FinishReason::kError, e.what());  // still counted as waiting: it never held a slot
+            continue;
+        }
         s.admitted = Clock::now();
-        std::lock_guard lock(mutex);
-        --n_queued;
-        ++n_running;
+        {
+            std::lock_guard lock(mutex);
+            --n_queued;
+            ++n_running;
+        }
+        try {
+            runner->begin_prompt(s.slot, static_cast<int64_t>(s.request.prompt.size()));
+        } catch (const std::exception& e) {
+            finish(id, FinishReason::kError, e.what());
+        }
     }
     const std::vector<StepWork> work = scheduler.plan();
     if (work.empty()) return;
@@ -163,14 +176,25 @@ void Engine::Impl::step() {
     k = static_cast<int32_t>(std::min<int64_t>(k, model.config.n_vocab));
     std::vector<int32_t> ids;
     std::vector<float> values;
+    std::vector<FailedSpan> failed;
     try {
-        runner->forward_top(tokens, spans, out_rows, k, ids, values);
+        failed = runner->forward_top(tokens, spans, out_rows, k, ids, values);
     } catch (const std::exception& e) {
         // The step's sequences cannot go on (their KV is incomplete); the others are untouched.
         for (const StepWork& w : work) finish(w.id, FinishReason::kError, e.what());
         return;
     }
-    scheduler.commit(work);
+    // Spans that failed alone end their requests; the rest of the step stands.
+    std::vector<StepWork> done;
+    std::vector<std::pair<int64_t, std::string>> failed_ids;
+    for (const StepWork& w : work) {
+        const int32_t slot = live.at(w.id).slot;
+        const auto f = std::find_if(failed.begin(), failed.end(), [&](const FailedSpan& x) { return x.seq == slot; });
+        if (f == failed.end()) done.push_back(w);
+        else failed_ids.emplace_back(w.id, f->error);
+    }
+    scheduler.commit(done);
+    for (auto& [id, error] : failed_ids) finish(id, FinishReason::kError, std::move(error));
     const auto t1 = Clock::now();
     {
         std::lock_guard lock(mutex);
@@ -178,7 +202,7 @@ void Engine::Impl::step() {
         counters.decode_rows += n_decode;
         counters.step_seconds += std::chrono::duration<double>(t1 - t0).count();
     }
-    for (const StepWork& w : work) {
+    for (const StepWork& w : done) {
         if (w.decode) continue;
         Live& s = live.at(w.id);
         if (!s.request.on_prefill) continue;
@@ -191,7 +215,7 @@ void Engine::Impl::step() {
     for (size_t r = 0; r < emitting.size(); ++r) {
         const int64_t id = emitting[r];
         auto it = live.find(id);
-        if (it == live.end()) continue;  // ended by its prefill callback
+        if (it == live.end()) continue;  // failed, or ended by its prefill callback
         Live& s = it->second;
         const auto row = static_cast<size_t>(k) * r;
         const int32_t token = s.sampler.pick(std::span(ids).subspan(row, static_cast<size_t>(k)),
@@ -247,7 +271,18 @@ void Engine::Impl::loop() {
         }
         for (int64_t id : cancelled) finish(id, FinishReason::kCancelled);
         finish_expired();
-        step();
+        try {
+            step();
+        } catch (const std::exception& e) {
+            // Not a failure of one forward (step() handles those): the engine's own bookkeeping
+            // failed. End what was admitted rather than the process; waiting requests go on.
+            FREEKV_LOG_WARN("engine step failed: {}", e.what());
+            std::vector<int64_t> running;
+            for (const auto& [id, s] : live)
+                if (s.slot >= 0) running.push_back(id);
+            std::sort(running.begin(), running.end());
+            for (int64_t id : running) finish(id, FinishReason::kError, fmt::format("internal error: {}", e.what()));
+        }
     }
     std::vector<int64_t> ids;
     for (const auto& [id, s] : live) ids.push_back(id);
@@ -337,7 +372,7 @@ Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_
     FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
     FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
     if (c.gpu) m.memory_plan = size_gpu_batch(model.config, c);
-    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning);
+    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning, c.faults);
     SchedulerConfig sc{c.step_tokens, c.prefill_chunk, m.runner->whole_prompt_prefill()};
     if (m.runner->on_gpu()) sc.max_prefilling = 1;  // the GPU engine stages one prompt's K/V at a time
     m.scheduler = Scheduler(sc);

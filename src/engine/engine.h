@@ -10,7 +10,9 @@
 //     (they may call cancel());
 //   - a sequence's tokens do not depend on what it was batched with on the CPU backend; on the GPU
 //     in f32 they match its solo run up to cuBLAS batch-size rounding;
-//   - stopping the engine (destructor) ends every request with FinishReason::kCancelled.
+//   - stopping the engine (destructor) ends every request with FinishReason::kCancelled;
+//   - a failure that belongs to one sequence (its memory at admission, its own prompt chunk) ends
+//     that request with kError and no other; a failed batched forward ends the requests of its step.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/fault_injection.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
 #include "engine/sampler.h"
@@ -40,6 +43,7 @@ struct EngineConfig {
     // GPU memory plan (gpu/gpu_memory_plan.h): max_batch is lowered to the sequences that fit.
     double gpu_memory_gib = 0;  // cap on the GPU memory the engine uses, weights included; 0: what is free
     double cpu_kv_gib = 0;      // cap on the pinned CPU store; 0: half of the system's RAM
+    FaultInjection faults;      // planted failures, for tests (engine/fault_injection.h)
 };
 
 /// submit() when max_waiting requests wait already: try again later (the server answers 429).

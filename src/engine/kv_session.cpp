@@ -32,7 +32,8 @@ void KvSession::forward_top(std::span<const int32_t> tokens, int32_t k, std::vec
     const auto n = static_cast<int64_t>(tokens.size());
     const SequenceSpan span = next_span(n);
     const int64_t last = n - 1;
-    runner_->forward_top(tokens, std::span(&span, 1), std::span(&last, 1), k, ids, values);
+    const std::vector<FailedSpan> failed = runner_->forward_top(tokens, std::span(&span, 1), std::span(&last, 1), k, ids, values);
+    if (!failed.empty()) FREEKV_FAIL("{}", failed.front().error);
     n_tokens_ += n;
 }
 

@@ -10,7 +10,10 @@
 //     otherwise prompt chunks (in order, after begin_prompt) and decode tokens may share a forward
 //     (the GPU runner runs the decode spans together and each chunk on its own, one prompt
 //     part-way at a time);
-//   - on the CPU a sequence's logits do not depend on what it is batched with (grouped matmuls).
+//   - on the CPU a sequence's logits do not depend on what it is batched with (grouped matmuls);
+//   - forward_top() either throws (no output is valid; the KV of every listed sequence is
+//     incomplete) or returns the spans that failed on their own (their sequences must be removed;
+//     every other row's output is valid and its sequence went on as if they were not there).
 #pragma once
 
 #include <cstdint>
@@ -19,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/fault_injection.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
 #include "gpu/gpu_engine.h"
@@ -26,6 +30,12 @@
 #include "model/model_loader.h"
 
 namespace freekv {
+
+/// A span that could not run while the rest of its forward did (forward_top()).
+struct FailedSpan {
+    int32_t seq = -1;
+    std::string error;
+};
 
 class ModelRunner {
 public:
@@ -47,8 +57,9 @@ public:
     virtual void forward(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,
                          std::span<const int64_t> out_rows, std::vector<float>& logits) = 0;
     /// Runs the spans; ids, values: [out_rows.size()][k], each row's k largest logits in
-    /// Sampler::top_candidates' order (on the GPU chosen on the device when k allows).
-    virtual void forward_top(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,
+    /// Sampler::top_candidates' order (on the GPU chosen on the device when k allows). Returns the
+    /// spans that failed alone (a prompt chunk whose allocation failed); their rows are undefined.
+    [[nodiscard]] virtual std::vector<FailedSpan> forward_top(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,
                              std::span<const int64_t> out_rows, int32_t k, std::vector<int32_t>& ids,
                              std::vector<float>& values) = 0;
     /// Counters of the retrieval modes (empty for full); waits for background work.
@@ -57,9 +68,9 @@ public:
 
 /// A runner for `mode` with max_batch slots of max_tokens tokens: on the GPU when `gpu` weights
 /// are given, else on the CPU with the model's own weights. Throws Error naming the flag to change
-/// when the memory does not fit.
+/// when the memory does not fit. `faults`: planted failures (tests only).
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu = nullptr,
-                                               const gpu::GpuTuning& tuning = {});
+                                               const gpu::GpuTuning& tuning = {}, const FaultInjection& faults = {});
 
 }  // namespace freekv

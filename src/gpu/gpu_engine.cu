@@ -161,6 +161,7 @@ void GpuEngine::begin_prompt(int32_t seq, int64_t n_prompt) {
     m.stage.n_prompt = n_prompt;
 }
 
+void GpuEngine::fail_next_prefill_allocation() { impl_->fail_next_prefill_allocation = true; }
 int64_t GpuEngine::n_tokens(int32_t seq) const { return impl_->seqs.at(sz(seq)).n_tokens; }
 
 void GpuEngine::set_timing(bool on) { impl_->timing = on; }

@@ -99,6 +99,9 @@ public:
     /// installs the history as a whole-prompt prefill would; the sequence decodes after that. One
     /// prompt at a time; remove_sequence drops a stage part-way. Error when !chunked_prefill().
     void begin_prompt(int32_t seq, int64_t n_prompt);
+    /// Tests: the next prefill forward fails where it allocates the prompt's K/V, as when the
+    /// device is out of memory (Error, nothing of it run).
+    void fail_next_prefill_allocation();
 
     /// Runs the spans (tokens concatenated in span order); logits: [out_rows.size()][n_vocab] of
     /// the listed token rows.

@@ -135,6 +135,7 @@ struct GpuEngine::Impl {
         int64_t n_prompt = 0;
         DeviceArray<uint8_t> k, v;
     } stage;
+    bool fail_next_prefill_allocation = false;  // a planted fault (fail_next_prefill_allocation())
     // forward_top: while top_k > 0, output_logits returns the rows' k best (values in its `out`,
     // ids in *top_ids) instead of the logits.
     int32_t top_k = 0;

@@ -33,6 +33,7 @@ void GpuEngine::remove_sequence(int32_t) { FREEKV_FAIL("{}", kNoCuda); }
 int64_t GpuEngine::n_tokens(int32_t) const { FREEKV_FAIL("{}", kNoCuda); }
 bool GpuEngine::chunked_prefill() const { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::begin_prompt(int32_t, int64_t) { FREEKV_FAIL("{}", kNoCuda); }
+void GpuEngine::fail_next_prefill_allocation() { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::forward(std::span<const int32_t>, std::span<const SequenceSpan>, std::span<const int64_t>, std::vector<float>&) {
     FREEKV_FAIL("{}", kNoCuda);
 }

@@ -92,6 +92,11 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
     FREEKV_CHECK(pos0 + n <= n_total, "sequence {}: a prompt chunk ends at {}, past its prompt of {} tokens (begin_prompt)",
                  seq, pos0 + n, n_total);
     const bool last = pos0 + n == n_total, use_stage = staged && !(pos0 == 0 && last);
+    if (fail_next_prefill_allocation) {
+        fail_next_prefill_allocation = false;
+        FREEKV_FAIL("the device allocation of {:.1f} MiB for the K/V of sequence {}'s prompt failed: out of memory "
+                    "(an injected fault)", static_cast<double>(2 * kv_bytes(c.n_layer * n_total * row())) / (1 << 20), seq);
+    }
     for (size_t il = 0; il < bg_pending.size(); ++il)  // no background work may still read shared buffers
         if (bg_pending[il]) wait_background(static_cast<int64_t>(il));
     cuda::set_gemm_sm_target(0);  // nothing runs beside the prefill

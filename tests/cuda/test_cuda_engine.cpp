@@ -5,6 +5,7 @@
 //     of 4 slots (so slots are freed and reused mid-run, and the row set changes every few steps),
 //     get the tokens each gets alone, greedy and seeded, for full and freekv in the sparse regime;
 //   - a prompt prefilled in chunks equals its whole-prompt prefill (f32 and bf16);
+//   - a planted allocation failure (admission, first prompt chunk) ends its own request only;
 //   - the memory plan bounds what the engine allocates, and a --gpu-memory-gib cap lowers the
 //     batch to what fits and says so, or refuses with the flag names when not one sequence fits.
 // Skips without a CUDA device.
@@ -149,6 +150,51 @@ TEST(GpuServingEngine, ConcurrentRequestsInF32GetTheirSoloTokens) {
             }
             std::printf("%s: %d of 16 batched requests equal their solo runs\n", what.c_str(), equal);
         }
+    }
+}
+
+// Planted faults: an admission whose KV slot cannot be had, and first prompt chunks whose device
+// allocation fails (one staged prompt of two chunks, one prompt of a single chunk) while other
+// sequences decode: each ends its own request with kError; the others get their solo tokens, and a
+// later staged prompt still runs (the failed stage was dropped).
+TEST(GpuServingEngine, AFailedAllocationEndsItsRequestOnly) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = load_model((test::source_dir() / "tests/fixtures/models/llama31-hd128-f16").string());
+    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kF32);
+    std::vector<Job> jobs;
+    for (int i = 0; i < 10; ++i) {
+        const int64_t n_prompt = 7 + (i * 41) % 260;  // job 2: 89 tokens (two chunks), job 7: 34 (one)
+        jobs.push_back({random_tokens(n_prompt, m.config.n_vocab, 3000 + static_cast<uint32_t>(i)), 12, {0.0f, 0, 1.0f, 0}});
+    }
+    for (KvMode kind : {KvMode::kFull, KvMode::kFreekv}) {
+        std::vector<Result> solo;
+        for (const Job& j : jobs) solo.push_back(run_together(m, gpu_config(weights, kind, 1), {j})[0]);
+        EngineConfig cfg = gpu_config(weights, kind, 4);
+        cfg.faults.fail_admissions = {1};
+        cfg.faults.fail_first_chunks = {2, 7};
+        Engine engine(m, cfg);
+        std::vector<Result> got(jobs.size());
+        Waiter waiter;
+        for (size_t i = 0; i < jobs.size(); ++i) engine.submit(request_for(jobs[i], got[i], waiter));  // admission i
+        ASSERT_TRUE(waiter.wait_for(static_cast<int>(jobs.size())));
+        for (size_t i = 0; i < jobs.size(); ++i) {
+            const std::string what = std::string(kv_mode_name(kind)) + " request " + std::to_string(i);
+            ASSERT_TRUE(got[i].outcome.has_value()) << what;
+            if (i == 1 || i == 2 || i == 7) {
+                EXPECT_EQ(got[i].outcome->reason, FinishReason::kError) << what;
+                EXPECT_NE(got[i].outcome->error.find("injected"), std::string::npos) << what << ": " << got[i].outcome->error;
+                EXPECT_TRUE(got[i].tokens.empty()) << what;
+                continue;
+            }
+            EXPECT_EQ(got[i].outcome->reason, FinishReason::kLength) << what << " " << got[i].outcome->error;
+            EXPECT_EQ(got[i].tokens, solo[i].tokens) << what << " changed by a neighbour's failure";
+        }
+        EXPECT_EQ(engine.metrics().finished[static_cast<int>(FinishReason::kError)], 3);
+        Result again;
+        Waiter w2;
+        engine.submit(request_for(jobs[2], again, w2));  // the staged prompt that failed, now without a fault
+        ASSERT_TRUE(w2.wait_for(1));
+        EXPECT_EQ(again.tokens, solo[2].tokens) << kv_mode_name(kind);
     }
 }
 

@@ -5,7 +5,8 @@
 // ids outside the vocabulary, a prompt longer than the context, n > 1); unknown routes a JSON 404;
 // a port in use is an error, not a second server sharing it. Concurrency: 16 requests at once get
 // their solo tokens; 200 streams at once, a fifth of them dropped by their clients mid-stream,
-// leave the rest untouched and every slot free (/metrics); a full queue answers 429. Chat renders
+// leave the rest untouched and every slot free (/metrics); a full queue answers 429; a planted
+// allocation failure costs its own request only. Chat renders
 // the Llama 3 and ChatML templates of real tokenizers; an unknown template stops the start-up. The load
 // generator (bench-serve) counts every streamed token and times it, and reports failures by reason.
 // Uses the synthetic `tiny` shape (token-id prompts); with the reference model (text prompts) also
@@ -275,6 +276,67 @@ TEST(Serve, ConcurrentRequestsGetTheirSoloTokens) {
     EXPECT_EQ(metric_value(metrics, "freekv_requests_submitted_total"), kRequests);
     EXPECT_GT(metric_value(metrics, "freekv_engine_decode_rows_total"), metric_value(metrics, "freekv_engine_steps_total"))
         << "no step decoded more than one request:\n" << metrics;
+}
+
+// Planted faults (engine/fault_injection.h) cost their own request only: a request whose KV
+// reservation fails at admission and one whose first prompt chunk fails get a 500 (a streamed one an
+// error event) naming what failed; concurrent requests get their solo tokens; /health stays 200 and
+// /metrics counts both failures.
+TEST(Serve, AFailedAllocationCostsItsRequestOnly) {
+    const LoadedModel m = make_synthetic_model("tiny");
+    ServerOptions o = base_params(256);
+    o.engine.max_batch = 4;
+    o.engine.faults.fail_admissions = {2};    // answered with a status
+    o.engine.faults.fail_first_chunks = {5};  // streamed
+    RunningServer server(m, o);
+    constexpr int kRequests = 8;
+    std::vector<std::vector<int32_t>> want(kRequests), got(kRequests);
+    std::vector<int> status(kRequests, 0);
+    std::vector<std::string> body(kRequests);
+    for (int i = 0; i < kRequests; ++i) want[i] = engine_tokens(m, prompt_of(i, m.config.n_vocab), 40, 256);
+    // One at a time into the engine (admission i is request i), each left running while the next comes.
+    std::vector<std::thread> clients;
+    for (int i = 0; i < kRequests; ++i) {
+        const int64_t before = metric_value(server.client().Get("/metrics")->body, "freekv_requests_submitted_total");
+        clients.emplace_back([&, i] {
+            auto c = server.client();
+            const json req{{"prompt", prompt_of(i, m.config.n_vocab)}, {"max_tokens", 40}, {"temperature", 0}, {"stream", i % 2 == 1}};
+            auto res = c.Post("/v1/completions", req.dump(), "application/json");
+            if (!res) return;
+            status[i] = res->status;
+            body[i] = res->body;
+            if (res->status != 200 || i == 2 || i == 5) return;
+            if (i % 2 == 1) got[i] = parse_events(res->body).tokens;
+            else got[i] = json::parse(res->body)["choices"][0]["token_ids"].get<std::vector<int32_t>>();
+        });
+        for (int t = 0; t < 2000; ++t) {  // wait until the engine has it
+            if (metric_value(server.client().Get("/metrics")->body, "freekv_requests_submitted_total") > before) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    }
+    for (auto& t : clients) t.join();
+    for (int i = 0; i < kRequests; ++i) {
+        if (i == 2 || i == 5) {
+            if (i % 2 == 1) {  // streamed: the status line went out before the failure
+                EXPECT_NE(body[i].find("\"type\":\"server_error\""), std::string::npos) << body[i];
+            } else {
+                EXPECT_EQ(status[i], 500) << body[i];
+            }
+            EXPECT_NE(body[i].find("injected"), std::string::npos) << "request " << i << ": " << body[i];
+            continue;
+        }
+        EXPECT_EQ(status[i], 200) << "request " << i << ": " << body[i];
+        EXPECT_EQ(got[i], want[i]) << "request " << i << " changed by a neighbour's failure";
+    }
+    auto c = server.client();
+    auto health = c.Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 200);
+    const std::string metrics = c.Get("/metrics")->body;
+    EXPECT_NE(metrics.find("freekv_requests_finished_total{reason=\"error\"} 2"), std::string::npos) << metrics;
+    // Afterwards a request is served as usual.
+    const json ok = post(c, json{{"prompt", prompt_of(0, m.config.n_vocab)}, {"max_tokens", 40}, {"temperature", 0}}, 200);
+    EXPECT_EQ(ok["choices"][0]["token_ids"].get<std::vector<int32_t>>(), want[0]);
 }
 
 // Resident set size of this process, from /proc/self/statm.

@@ -2,7 +2,8 @@
 // random-weight models (tests/fixtures): 16 requests submitted together from 16 threads get the
 // tokens each gets alone (greedy and seeded sampling; full and freekv; f32 and bf16 weights, with
 // prompts crossing prefill chunks), requests cancelled at random points end once and leave the
-// others untouched, a full queue refuses with EngineBusy, bad prompts are errors, and stopping
+// others untouched, a planted failure at admission or in a prompt chunk ends only its request, a
+// full queue refuses with EngineBusy, bad prompts are errors, and stopping
 // the engine ends what is still queued.
 #include <gtest/gtest.h>
 
@@ -216,6 +217,55 @@ TEST(Engine, CancelledRequestsEndOnceAndLeaveTheOthersUntouched) {
         engine.submit(make_request(jobs[0].prompt, jobs[0].max_tokens, jobs[0].sampling, again, w2));
         w2.wait_for(1);
         EXPECT_EQ(again.tokens, solo[0]);
+    }
+}
+
+// Planted faults (engine/fault_injection.h): a sequence whose KV reservation fails at admission, and
+// one whose first prompt chunk fails while other sequences decode in the same step, end with kError
+// and a message saying what failed; every other request gets its solo tokens; the slots come back.
+TEST(Engine, AFailedAdmissionOrPromptChunkEndsThatRequestOnly) {
+    const LoadedModel& m = fixture("mistral-g2-f32");
+    for (KvMode kind : {KvMode::kFull, KvMode::kFreekv}) {
+        const std::vector<Job> jobs = jobs_for(m.config, 12);
+        const auto solo = solo_runs(m, kind, jobs);
+        EngineConfig cfg = engine_config(kind, 4);
+        // Submitted in order from one thread, request i is admission i (a failed admission is one too).
+        cfg.faults.fail_admissions = {1, 7};
+        cfg.faults.fail_first_chunks = {2, 9};  // 9 joins a full batch of decoders
+        Engine engine(m, cfg);
+        std::vector<Result> results(jobs.size());
+        Waiter waiter;
+        for (size_t i = 0; i < jobs.size(); ++i)
+            engine.submit(make_request(jobs[i].prompt, jobs[i].max_tokens, jobs[i].sampling, results[i], waiter));
+        waiter.wait_for(static_cast<int>(jobs.size()));
+        for (size_t i = 0; i < jobs.size(); ++i) {
+            const std::string what = std::string(kv_mode_name(kind)) + " request " + std::to_string(i);
+            ASSERT_EQ(results[i].done_calls, 1) << what;
+            const RequestOutcome& o = *results[i].outcome;
+            if (i == 1 || i == 7) {
+                EXPECT_EQ(o.reason, FinishReason::kError) << what;
+                EXPECT_NE(o.error.find("could not reserve"), std::string::npos) << what << ": " << o.error;
+                EXPECT_TRUE(results[i].tokens.empty()) << what;
+            } else if (i == 2 || i == 9) {
+                EXPECT_EQ(o.reason, FinishReason::kError) << what;
+                EXPECT_NE(o.error.find("first prompt chunk"), std::string::npos) << what << ": " << o.error;
+                EXPECT_TRUE(results[i].tokens.empty()) << what;
+            } else {
+                EXPECT_EQ(o.reason, FinishReason::kLength) << what;
+                EXPECT_EQ(results[i].tokens, solo[i]) << what << " changed by a neighbour's failure";
+            }
+        }
+        const EngineMetrics mt = engine.metrics();
+        EXPECT_EQ(mt.finished[static_cast<int>(FinishReason::kError)], 4);
+        EXPECT_EQ(mt.finished[static_cast<int>(FinishReason::kLength)], 8);
+        EXPECT_EQ(mt.running + mt.waiting, 0);
+        // Every slot came back: four more requests run at once and get their solo tokens.
+        std::vector<Result> again(4);
+        Waiter w2;
+        for (size_t i = 0; i < again.size(); ++i)
+            engine.submit(make_request(jobs[i + 3].prompt, jobs[i + 3].max_tokens, jobs[i + 3].sampling, again[i], w2));
+        w2.wait_for(4);
+        for (size_t i = 0; i < again.size(); ++i) EXPECT_EQ(again[i].tokens, solo[i + 3]) << kv_mode_name(kind);
     }
 }
 
