@@ -176,6 +176,9 @@ public:
         return failed;
     }
     KvStats stats() override { return retrieval_ ? retrieval_->stats() : KvStats{}; }
+    std::vector<RowPlan> last_decode_plan() const override {
+        return retrieval_ ? retrieval_->last_decode_plan() : std::vector<RowPlan>{};
+    }
 
 private:
     const LlamaModel& model_;
@@ -249,6 +252,7 @@ public:
         });
     }
     KvStats stats() override { return full_mode_ ? KvStats{} : engine_.stats(); }
+    std::vector<RowPlan> last_decode_plan() const override { return engine_.last_decode_plan(); }
 
 private:
 

@@ -25,6 +25,7 @@
 #include "engine/fault_injection.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
+#include "engine/step_plan.h"
 #include "gpu/gpu_engine.h"
 #include "model/attention_kv.h"
 #include "model/model_loader.h"
@@ -64,6 +65,8 @@ public:
                              std::vector<float>& values) = 0;
     /// Counters of the retrieval modes (empty for full); waits for background work.
     virtual KvStats stats() = 0;
+    /// The host plan of the last decode step's rows (engine/step_plan.h); empty for full on the CPU.
+    virtual std::vector<RowPlan> last_decode_plan() const = 0;
 };
 
 /// A runner for `mode` with max_batch slots of max_tokens tokens: on the GPU when `gpu` weights

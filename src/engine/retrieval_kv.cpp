@@ -62,7 +62,7 @@ std::unique_ptr<RetrievalKv> make_retrieval_kv(const ModelConfig& model, const K
 
 int32_t RetrievalKv::add_sequence(int64_t max_tokens) {
     const int32_t seq = kv_->admit(max_tokens);
-    seqs_[sz(seq)] = SeqState{true, 0, 0, false, false};
+    seqs_[sz(seq)] = SeqState{true, 0, 0, false, false, {}};
     return seq;
 }
 
@@ -70,10 +70,6 @@ void RetrievalKv::remove_sequence(int32_t seq) {
     transfer_->wait_all();  // no background task may still touch its slots
     kv_->release(seq);
     seqs_[sz(seq)] = SeqState{};
-}
-
-bool RetrievalKv::selects() const {
-    return mode_.mode == KvMode::kFreekv || mode_.mode == KvMode::kArkvale || mode_.mode == KvMode::kQuest;
 }
 
 KvStats RetrievalKv::stats() {
@@ -103,10 +99,15 @@ void RetrievalKv::begin_forward(std::span<const SequenceSpan> spans) {
     if (any_decode) {
         ++step_;
         ++stats_.decode_steps;
+        last_plan_.clear();
     }
     for (const auto& span : spans) {
-        if (seqs_[sz(span.seq)].decoding) {
-            page_boundary(span.seq, span.pos0);
+        SeqState& s = seqs_[sz(span.seq)];
+        if (s.decoding) {
+            s.plan = plan_decode_row(budget_, mode_, false, span.seq, span.pos0, s.forced);
+            s.forced = s.plan.forced;
+            if (s.plan.has_boundary) page_boundary(span.seq, s.plan.boundary);
+            last_plan_.push_back(s.plan);
             ++stats_.sequence_steps;
         }
         kv_->set_n_tokens(span.seq, span.pos0 + span.n_tok);
@@ -152,27 +153,21 @@ void RetrievalKv::attend(int64_t il, std::span<const SequenceSpan> spans, const 
 
 // ---- page life cycle ----
 
-void RetrievalKv::page_boundary(int32_t seq, int64_t n_tokens_before) {
-    const int64_t p = budget_.page_size;
-    if (n_tokens_before == 0 || n_tokens_before % p != 0) return;
-    const int64_t done = n_tokens_before / p - 1;  // the page that has just completed
-    const int64_t last_slot = budget_.current_slot();
-    const int64_t src_slot = std::min(done, last_slot);
-    const int64_t row_stride = model_.n_head_kv * model_.head_dim;
+// A completed page (the plan's boundary): summarized, moved to its ring slot once sparse, offloaded.
+void RetrievalKv::page_boundary(int32_t seq, const PlannedBoundary& b) {
+    const int64_t p = budget_.page_size, row_stride = model_.n_head_kv * model_.head_dim;
     for (int64_t il = 0; il < model_.n_layer; ++il) {
         for (int64_t ikv = 0; ikv < model_.n_head_kv; ++ikv)
-            summarize_page(summary_kind_, kv_->slot_k(il, seq, src_slot) + ikv * model_.head_dim, p, row_stride,
-                           model_.head_dim, kv_->summary(il, seq, ikv, done));
-        if (done >= last_slot) {
-            const int64_t ring = budget_.ring_slot(done);
-            kv_->copy_slot(il, seq, src_slot, ring);
-            kv_->offload(il, seq, ring, done);
+            summarize_page(summary_kind_, kv_->slot_k(il, seq, b.src_slot) + ikv * model_.head_dim, p, row_stride,
+                           model_.head_dim, kv_->summary(il, seq, ikv, b.done));
+        if (b.ring_slot >= 0) {
+            kv_->copy_slot(il, seq, b.src_slot, b.ring_slot);
+            kv_->offload(il, seq, b.ring_slot, b.done);
         } else {
-            kv_->offload(il, seq, done, done);
-            if (done >= budget_.n_sink_page && done < budget_.first_ring_slot()) kv_->place(il, seq, -1, done, done);
+            kv_->offload(il, seq, b.done, b.done);
+            if (b.place) kv_->place(il, seq, -1, b.done, b.done);
         }
     }
-    if (done == last_slot) seqs_[sz(seq)].forced = true;  // entering the sparse regime
 }
 
 void RetrievalKv::prefill_layer(int64_t il, const SequenceSpan& span, const float* q, const float* k, const float* v,
@@ -289,10 +284,9 @@ void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float
     const int64_t p = budget_.page_size, hd = model_.head_dim, n_kv = model_.n_head_kv, row = n_kv * hd;
     const int32_t seq = span.seq;
     SeqState& s = seqs_[sz(seq)];
-    const int64_t n_tokens = span.pos0 + 1, current = (n_tokens - 1) / p, n_pages = current + 1;
-    const int64_t fill = n_tokens - current * p;
-    const bool sparse = budget_.is_sparse(n_pages);
-    const int64_t slot = sparse ? budget_.current_slot() : current;
+    const RowPlan& step = s.plan;
+    const int64_t n_tokens = span.pos0 + 1, n_pages = step.n_pages, fill = step.fill, slot = step.append_slot;
+    const bool sparse = step.sparse;
     std::memcpy(kv_->slot_k(il, seq, slot) + (fill - 1) * row, k, sz(row) * 4);
     std::memcpy(kv_->slot_v(il, seq, slot) + (fill - 1) * row, v, sz(row) * 4);
     float* ring_now = kv_->query(il, seq, s.n_queries % 2);
@@ -316,19 +310,18 @@ void RetrievalKv::decode_layer(int64_t il, const SequenceSpan& span, const float
     const auto t_select = clock::now();
     // ---- correction test (design doc 3.7) ----
     std::vector<int32_t> flagged, unflagged;
-    if (selects()) {
-        const bool all = s.forced || mode_.mode != KvMode::kFreekv || !mode_.spec_retrieval;
+    if (step.select != SelectKind::kNone) {
         const int64_t group = model_.group_size();
         for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
-            bool flag = all;
-            if (!all && mode_.force_corr_rate) {
+            bool flag = step.select == SelectKind::kSync;
+            if (step.select == SelectKind::kForcedRate) {
                 flag = std::uniform_real_distribution<float>(0.0f, 1.0f)(force_rng_) < *mode_.force_corr_rate;
-            } else if (!all && mode_.correction_on()) {
+            } else if (step.select == SelectKind::kSpeculative) {
                 flag = group_cosine(q + ikv * group * hd, ring_prev + ikv * group * hd, group, hd) < mode_.correction_threshold;
             }
             (flag ? flagged : unflagged).push_back(static_cast<int32_t>(ikv));
         }
-        if (s.forced) {
+        if (step.forced) {
             ++stats_.forced_pairs[sz(il)];
         } else if (speculative()) {
             ++stats_.sparse_pairs[sz(il)];

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "engine/kv_mode.h"
+#include "engine/step_plan.h"
 #include "engine/kv_stats.h"
 #include "kv/kv_manager.h"
 #include "model/attention_kv.h"
@@ -60,6 +61,8 @@ public:
     void set_observer(AttendObserver observer) { observer_ = std::move(observer); }
     const KvManager& kv() const { return *kv_; }
     const KvModeConfig& mode() const { return mode_; }
+    /// The plan of the last forward's decode spans, in span order (engine/step_plan.h).
+    const std::vector<RowPlan>& last_decode_plan() const { return last_plan_; }
 
 private:
     struct SeqState {
@@ -68,6 +71,7 @@ private:
         int64_t n_queries = 0;     // forwards that stored a query (parity of the query ring)
         bool forced = false;       // the next decode step is forced-synchronous
         bool decoding = false;     // this forward is a decode step for it
+        RowPlan plan;              // this decode step's plan (when decoding)
     };
     struct Background {            // unflagged heads of one sparse (seq, layer) to select after attention
         int32_t seq;
@@ -76,7 +80,7 @@ private:
         std::vector<int32_t> heads;
     };
 
-    void page_boundary(int32_t seq, int64_t n_tokens_before);
+    void page_boundary(int32_t seq, const PlannedBoundary& b);
     void prefill_layer(int64_t il, const SequenceSpan& span, const float* q, const float* k, const float* v, float* out);
     void decode_layer(int64_t il, const SequenceSpan& span, const float* q, const float* k, const float* v, float* out,
                       std::vector<Background>& background);
@@ -84,7 +88,6 @@ private:
     /// planned against its resident middle set.
     void select_head(int64_t il, int32_t seq, int64_t ikv, const float* q, int64_t n_pages, std::vector<RecallJob>& jobs) const;
     void record_mass_recall(int64_t il, int32_t seq, const float* q, int64_t n_tokens);
-    bool selects() const;
     bool speculative() const { return mode_.mode == KvMode::kFreekv && mode_.spec_retrieval; }
 
     ModelConfig model_;
@@ -95,6 +98,7 @@ private:
     std::unique_ptr<KvManager> kv_;
     std::unique_ptr<TransferEngine> transfer_;
     std::vector<SeqState> seqs_;
+    std::vector<RowPlan> last_plan_;
     std::vector<int32_t> identity_slots_;       // 0 .. n_slots - 1
     std::vector<float> history_k_, history_v_;  // prefill scratch [T][n_head_kv][head_dim]
     // [n_layer][n_head_kv] recall counts; the background ones are written by the transfer worker.

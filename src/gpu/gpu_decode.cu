@@ -34,41 +34,37 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     std::vector<int32_t> places;
     int64_t max_list = 0, max_att_tokens = 0;
     bool any_select = false, any_test = false, any_mass = false;
+    std::vector<RowPlan> plan(sz(n));
     for (int64_t r = 0; r < n; ++r) {
         const SequenceSpan& span = spans[sz(r)];
         Seq& s = seqs[sz(span.seq)];
-        const int64_t before = span.pos0, n_tok = before + 1, current = (n_tok - 1) / p, n_pages = current + 1;
-        pos[sz(r)] = static_cast<int32_t>(before);
+        const RowPlan& rp = plan[sz(r)] = plan_decode_row(budget, mode, dense_only, span.seq, span.pos0, s.forced);
+        s.forced = rp.forced;
+        pos[sz(r)] = static_cast<int32_t>(rp.pos);
         batch[sz(r)] = span.seq;
-        if (!dense_only && before % p == 0) {  // page `done` has just completed (design doc 3.10)
-            const int64_t done = before / p - 1, last = budget.current_slot(), src = std::min(done, last);
-            boundary.push_back({span.seq, static_cast<int32_t>(done), static_cast<int32_t>(src),
-                                done >= last ? static_cast<int32_t>(budget.ring_slot(done)) : -1,
-                                static_cast<int32_t>(span.seq * max_pages + done)});
-            if (done < last && done >= budget.n_sink_page && done < budget.first_ring_slot())
-                places.insert(places.end(), {span.seq, static_cast<int32_t>(done), static_cast<int32_t>(done)});
-            if (done == last) s.forced = true;  // entering the sparse regime
+        if (rp.has_boundary) {
+            const PlannedBoundary& bd = rp.boundary;
+            const auto done = static_cast<int32_t>(bd.done);
+            boundary.push_back({span.seq, done, static_cast<int32_t>(bd.src_slot), static_cast<int32_t>(bd.ring_slot),
+                                static_cast<int32_t>(span.seq * max_pages + bd.done)});
+            if (bd.place) places.insert(places.end(), {span.seq, done, done});
         }
-        const bool is_sparse = sparse(n_pages);
-        const int64_t slot = is_sparse ? budget.current_slot() : current, fill = n_tok - current * p;
-        append[sz(r)] = (span.seq * n_slots + slot) * g.slot_elems() + (fill - 1) * row();
-        att_n[sz(r)] = static_cast<int32_t>(is_sparse ? n_slots : n_pages);
-        att_last[sz(r)] = static_cast<int32_t>(fill);
-        sel_n[sz(r)] = static_cast<int32_t>(n_pages);
+        append[sz(r)] = (span.seq * n_slots + rp.append_slot) * g.slot_elems() + (rp.fill - 1) * row();
+        att_n[sz(r)] = static_cast<int32_t>(rp.n_attend);
+        att_last[sz(r)] = static_cast<int32_t>(rp.fill);
+        sel_n[sz(r)] = static_cast<int32_t>(rp.n_select_pages);
         max_list = std::max<int64_t>(max_list, att_n[sz(r)]);
-        max_att_tokens = std::max(max_att_tokens, (att_n[sz(r)] - 1) * p + fill);
-        if (is_sparse && selects) {
+        max_att_tokens = std::max(max_att_tokens, (att_n[sz(r)] - 1) * p + rp.fill);
+        modes[sz(r)] = static_cast<uint8_t>(rp.select);
+        if (rp.select != SelectKind::kNone) {
             any_select = true;
-            if (s.forced || !speculative) {
-                modes[sz(r)] = 1;
+            any_test = any_test || rp.select != SelectKind::kSync;
+            if (rp.forced)
                 for (int64_t il = 0; il < L; ++il) ++forced_pairs[sz(il)];
-            } else {
-                modes[sz(r)] = mode.force_corr_rate ? 3 : (mode.correction_on() ? 2 : 4);
-                any_test = true;
-            }
         }
-        any_mass = any_mass || (is_sparse && mode.attention_mass_recall);
+        any_mass = any_mass || (rp.sparse && mode.attention_mass_recall);
     }
+    last_plan = std::move(plan);
     // mode 4 (speculative, correction off): never flag, every head goes to the background.
     // The flags kernel treats it like 3 with an all-zero forced list.
     std::vector<uint8_t> forced_host;

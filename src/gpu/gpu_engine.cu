@@ -162,6 +162,7 @@ void GpuEngine::begin_prompt(int32_t seq, int64_t n_prompt) {
 }
 
 void GpuEngine::fail_next_prefill_allocation() { impl_->fail_next_prefill_allocation = true; }
+std::vector<RowPlan> GpuEngine::last_decode_plan() const { return impl_->last_plan; }
 int64_t GpuEngine::n_tokens(int32_t seq) const { return impl_->seqs.at(sz(seq)).n_tokens; }
 
 void GpuEngine::set_timing(bool on) { impl_->timing = on; }

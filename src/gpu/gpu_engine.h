@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
+#include "engine/step_plan.h"
 #include "gpu/gpu_tuning.h"
 #include "model/attention_kv.h"
 #include "model/llama_weights.h"
@@ -102,6 +103,8 @@ public:
     /// Tests: the next prefill forward fails where it allocates the prompt's K/V, as when the
     /// device is out of memory (Error, nothing of it run).
     void fail_next_prefill_allocation();
+    /// The host plan of the last decode step, one row per sequence in span order (engine/step_plan.h).
+    std::vector<RowPlan> last_decode_plan() const;
 
     /// Runs the spans (tokens concatenated in span order); logits: [out_rows.size()][n_vocab] of
     /// the listed token rows.

@@ -41,6 +41,7 @@
 #include "backend/cuda/top_k.cuh"
 #include "core/dtype.h"
 #include "core/log.h"
+#include "engine/step_plan.h"
 #include "gpu/gpu_engine.h"
 #include "gpu/gpu_memory_plan.h"
 #include "gpu/recall_worker.h"
@@ -150,6 +151,7 @@ struct GpuEngine::Impl {
     };
     std::vector<Seq> seqs;
     std::vector<int32_t> last_decode_rows;  // the sequences of the last decode step, in row order
+    std::vector<RowPlan> last_plan;         // the last decode step's host plan, in row order
     int64_t decode_steps = 0, sequence_steps = 0;
     std::vector<int64_t> forced_pairs;
     std::vector<float> mass_recall;

@@ -34,6 +34,7 @@ int64_t GpuEngine::n_tokens(int32_t) const { FREEKV_FAIL("{}", kNoCuda); }
 bool GpuEngine::chunked_prefill() const { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::begin_prompt(int32_t, int64_t) { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::fail_next_prefill_allocation() { FREEKV_FAIL("{}", kNoCuda); }
+std::vector<RowPlan> GpuEngine::last_decode_plan() const { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::forward(std::span<const int32_t>, std::span<const SequenceSpan>, std::span<const int64_t>, std::vector<float>&) {
     FREEKV_FAIL("{}", kNoCuda);
 }

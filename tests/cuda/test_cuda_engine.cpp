@@ -6,6 +6,7 @@
 //     get the tokens each gets alone, greedy and seeded, for full and freekv in the sparse regime;
 //   - a prompt prefilled in chunks equals its whole-prompt prefill (f32 and bf16);
 //   - a planted allocation failure (admission, first prompt chunk) ends its own request only;
+//   - the CPU and GPU runners plan every decode step identically (engine/step_plan.h);
 //   - the memory plan bounds what the engine allocates, and a --gpu-memory-gib cap lowers the
 //     batch to what fits and says so, or refuses with the flag names when not one sequence fits.
 // Skips without a CUDA device.
@@ -20,6 +21,8 @@
 
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/model_runner.h"
+#include "engine/step_plan.h"
 #include "gpu/gpu_engine.h"
 #include "gpu/gpu_memory_plan.h"
 #include "model/model_loader.h"
@@ -195,6 +198,73 @@ TEST(GpuServingEngine, AFailedAllocationEndsItsRequestOnly) {
         engine.submit(request_for(jobs[2], again, w2));  // the staged prompt that failed, now without a fault
         ASSERT_TRUE(w2.wait_for(1));
         EXPECT_EQ(again.tokens, solo[2].tokens) << kv_mode_name(kind);
+    }
+}
+
+// The CPU runner (RetrievalKv) and the GPU runner, given the same three sequences (one dense prompt
+// that turns sparse while decoding, one just past the budget, one well past it) and the same
+// tokens, plan every decode step identically: regime, appended slot, attended slots, boundaries and
+// the slots each completed page leaves and enters, forced steps and the selection kind.
+TEST(GpuServingEngine, PlansOfBothBackendsAreEqualStepByStep) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = load_model((test::source_dir() / "tests/fixtures/models/llama31-hd128-f16").string());
+    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kF32);
+    const std::vector<int64_t> prompt_lengths = {90, 130, 200};
+    for (KvMode kind : {KvMode::kFreekv, KvMode::kArkvale, KvMode::kQuest, KvMode::kBudgetOnly}) {
+        const std::string what = kv_mode_name(kind);
+        const KvModeConfig mode = mode_for(kind);
+        auto cpu = make_model_runner(m, mode, 3, 320);
+        auto gpu = make_model_runner(m, mode, 3, 320, weights);
+        std::vector<int32_t> seqs, last(prompt_lengths.size());
+        std::vector<int64_t> held;
+        std::vector<int32_t> ids;
+        std::vector<float> values;
+        for (size_t i = 0; i < prompt_lengths.size(); ++i) {
+            const int32_t a = cpu->add_sequence(), b = gpu->add_sequence();
+            ASSERT_EQ(a, b);
+            seqs.push_back(a);
+            const auto prompt = random_tokens(prompt_lengths[i], m.config.n_vocab, 4000 + static_cast<uint32_t>(i));
+            const SequenceSpan span{a, 0, prompt_lengths[i], 0};
+            const int64_t row = prompt_lengths[i] - 1;
+            ASSERT_TRUE(cpu->forward_top(prompt, std::span(&span, 1), std::span(&row, 1), 1, ids, values).empty());
+            last[i] = ids[0];
+            ASSERT_TRUE(gpu->forward_top(prompt, std::span(&span, 1), std::span(&row, 1), 1, ids, values).empty());
+            held.push_back(prompt_lengths[i]);
+        }
+        int64_t boundaries = 0, forced = 0, sparse_rows = 0;
+        for (int step = 0; step < 60; ++step) {
+            std::vector<SequenceSpan> spans;
+            std::vector<int64_t> rows;
+            for (size_t i = 0; i < seqs.size(); ++i) {
+                spans.push_back({seqs[i], held[i], 1, static_cast<int64_t>(i)});
+                rows.push_back(static_cast<int64_t>(i));
+            }
+            ASSERT_TRUE(cpu->forward_top(last, spans, rows, 1, ids, values).empty());
+            const std::vector<int32_t> next = ids;  // both runners get the CPU's tokens
+            std::vector<int32_t> gpu_ids;
+            ASSERT_TRUE(gpu->forward_top(last, spans, rows, 1, gpu_ids, values).empty());
+            const std::vector<RowPlan> a = cpu->last_decode_plan(), b = gpu->last_decode_plan();
+            ASSERT_EQ(a.size(), seqs.size()) << what << " step " << step;
+            ASSERT_EQ(b.size(), seqs.size()) << what << " step " << step;
+            for (size_t r = 0; r < a.size(); ++r) {
+                EXPECT_TRUE(a[r] == b[r]) << what << " step " << step << " row " << r << ": pos " << a[r].pos << " vs "
+                                          << b[r].pos << ", slot " << a[r].append_slot << " vs " << b[r].append_slot
+                                          << ", attend " << a[r].n_attend << " vs " << b[r].n_attend << ", select "
+                                          << int(a[r].select) << " vs " << int(b[r].select) << ", forced " << a[r].forced
+                                          << " vs " << b[r].forced << ", boundary " << a[r].has_boundary << " vs "
+                                          << b[r].has_boundary;
+                boundaries += a[r].has_boundary;
+                forced += a[r].forced;
+                sparse_rows += a[r].sparse;
+            }
+            last = next;
+            for (auto& h : held) ++h;
+        }
+        // The run covered what the plans decide: boundaries, a sequence entering the sparse regime
+        // (forced at position 128) and the two that started sparse (forced on their first step).
+        EXPECT_GE(boundaries, 9) << what;
+        EXPECT_EQ(forced, 3) << what;
+        EXPECT_GT(sparse_rows, 120) << what;
     }
 }
 
