@@ -5,7 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <limits>
 #include <numbers>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -15,24 +17,40 @@ namespace {
 
 using nlohmann::json;
 
+// An integer of T's range. A float (1e40) or an integer past T is an error, never a cast: nlohmann
+// converts a float to an integer with a plain cast, undefined behaviour when it does not fit.
+template <typename T>
+T integer_value(const json& v, const char* key, const std::string& path) {
+    constexpr auto lo = static_cast<int64_t>(std::numeric_limits<T>::min()), hi = static_cast<int64_t>(std::numeric_limits<T>::max());
+    const bool fits = v.is_number_integer() && (v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(hi)
+                                                                        : v.get<int64_t>() >= lo && v.get<int64_t>() <= hi);
+    if (!fits) FREEKV_FAIL("{}: field '{}' must be an integer in [{}, {}], got {}", path, key, lo, hi, v.dump());
+    return static_cast<T>(v.get<int64_t>());
+}
+
+template <typename T>
+T get_value(const json& v, const char* key, const std::string& path) {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+        return integer_value<T>(v, key, path);
+    } else {
+        try {
+            return v.get<T>();
+        } catch (const json::exception&) {
+            FREEKV_FAIL("{}: field '{}' has the wrong type ({})", path, key, v.dump());
+        }
+    }
+}
+
 template <typename T>
 T get_required(const json& j, const char* key, const std::string& path) {
     if (!j.contains(key) || j[key].is_null()) FREEKV_FAIL("{}: required field '{}' is missing", path, key);
-    try {
-        return j[key].get<T>();
-    } catch (const json::exception&) {
-        FREEKV_FAIL("{}: field '{}' has the wrong type ({})", path, key, j[key].dump());
-    }
+    return get_value<T>(j[key], key, path);
 }
 
 template <typename T>
 T get_or(const json& j, const char* key, T fallback, const std::string& path) {
     if (!j.contains(key) || j[key].is_null()) return fallback;
-    try {
-        return j[key].get<T>();
-    } catch (const json::exception&) {
-        FREEKV_FAIL("{}: field '{}' has the wrong type ({})", path, key, j[key].dump());
-    }
+    return get_value<T>(j[key], key, path);
 }
 
 void parse_rope(const json& j, ModelConfig& c, const std::string& path) {
@@ -100,9 +118,9 @@ ModelConfig parse_hf_config(const std::string& json_text, const std::string& pat
     c.bos_token_id = get_or<int32_t>(j, "bos_token_id", -1, path);
     if (j.contains("eos_token_id")) {
         if (j["eos_token_id"].is_array()) {
-            for (const auto& e : j["eos_token_id"]) c.eos_token_ids.push_back(e.get<int32_t>());
+            for (const auto& e : j["eos_token_id"]) c.eos_token_ids.push_back(integer_value<int32_t>(e, "eos_token_id", path));
         } else if (j["eos_token_id"].is_number_integer()) {
-            c.eos_token_ids.push_back(j["eos_token_id"].get<int32_t>());
+            c.eos_token_ids.push_back(integer_value<int32_t>(j["eos_token_id"], "eos_token_id", path));
         }
     }
     c.validate(path);

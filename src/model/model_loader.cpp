@@ -26,12 +26,22 @@ GenerationDefaults read_generation_config(const std::filesystem::path& file, Mod
     }
     if (j.contains("temperature") && j["temperature"].is_number()) g.temperature = j["temperature"].get<float>();
     if (j.contains("top_p") && j["top_p"].is_number()) g.top_p = j["top_p"].get<float>();
-    if (j.contains("top_k") && j["top_k"].is_number_integer()) g.top_k = j["top_k"].get<int>();
+    // Integers are read as int64 and range-checked: a float or a huge number is never cast.
+    const auto small_int = [](const nlohmann::json& v) {
+        return v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{1} << 31) &&
+               v.get<int64_t>() >= 0 && v.get<int64_t>() < int64_t{1} << 31;
+    };
+    if (j.contains("top_k") && small_int(j["top_k"])) g.top_k = static_cast<int>(j["top_k"].get<int64_t>());
     if (j.contains("eos_token_id")) {
         const auto& e = j["eos_token_id"];
-        if (e.is_number_integer()) config.eos_token_ids.push_back(e.get<int32_t>());
+        const auto add = [&](const nlohmann::json& x) {
+            if (!small_int(x))
+                FREEKV_FAIL("{}: eos_token_id must hold token ids (integers in [0, 2^31)), got {}", file.string(), x.dump());
+            config.eos_token_ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
+        };
+        if (e.is_number_integer()) add(e);
         if (e.is_array())
-            for (const auto& x : e) config.eos_token_ids.push_back(x.get<int32_t>());
+            for (const auto& x : e) add(x);
     }
     return g;
 }

@@ -1,5 +1,6 @@
 // test_model_config.cpp: config.json parsing for every supported family and form of the rope
-// settings, the Llama 3.1 frequency scaling, and rejection of absurd or unsupported configs.
+// settings, the Llama 3.1 frequency scaling, and rejection of absurd or unsupported configs
+// (integer fields given floats or numbers past their type included).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -79,7 +80,15 @@ TEST(ModelConfig, RejectsBadConfigs) {
     expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":0})", "num_attention_heads");
     expect_error(R"({"model_type":"llama","hidden_size":64,"intermediate_size":64,"num_hidden_layers":-3,"vocab_size":10,
       "num_attention_heads":4})", "n_layer");
-    expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":"four"})", "wrong type");
+    expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":"four"})", "must be an integer");
+    // Floats and integers past the field's type are errors, not casts (fuzz_parsers found the
+    // undefined float-to-int conversion these took through nlohmann's get<int>()).
+    expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":1.27778e+32})", "must be an integer");
+    expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":4.5})", "must be an integer");
+    expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":4,"bos_token_id":99999999999})",
+                 "bos_token_id");
+    expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":4,"eos_token_id":[8.88889e+65]})",
+                 "eos_token_id");
     expect_error(R"({"model_type":"llama","hidden_size":64})", "missing");
     expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":4,"rope_theta":-1})", "rope_theta");
     expect_error(R"({"model_type":"llama",)" + base + R"(,"num_attention_heads":4,"rope_scaling":{"type":"yarn","factor":4}})", "yarn");
