@@ -42,6 +42,14 @@ struct AttentionArgs {
     const int32_t* positions = nullptr;  // attention(): [n_tok]; token t sees view tokens [0, positions[t]]
 };
 
+/// Codes of an 8-bit CPU KV store: int8 (symmetric, scale = absmax / 127) or fp8 E4M3FN
+/// (scale = absmax / 448, so the largest value of a group is the largest finite fp8).
+enum class KvCode : uint8_t { kInt8, kFp8E4m3 };
+/// One (page, KV head) block of the CPU store, [2][page_size][head_dim] (K rows, then V rows), in
+/// 8 bits: codes in the same order, then fp32 scales: head_dim for K (one per channel: key outliers
+/// live in channels) and page_size for V (one per token). An all-zero group has scale 0.
+inline int64_t kv_block_scales(int64_t page_size, int64_t head_dim) { return head_dim + page_size; }
+
 // The reference twin: plain loops, fp32 accumulation, never optimized.
 namespace ref {
 /// y[m, n] = x[m, k] . w[n, k]^T (+ bias[n] when bias is given).
@@ -62,6 +70,11 @@ void attention(const float* q, const AttentionArgs& args, const PagedKvView& kv,
 /// One query token per call attending to every token of its KV head's listed pages (decode over a
 /// page set, e.g. budget slots): out[n_head, head_dim] from q[n_head, head_dim]; args.n_tok == 1.
 void attention_pages(const float* q, const AttentionArgs& args, const PagedKvView& kv, float* out);
+/// block [2][page_size][head_dim] -> codes (same shape) and scales [kv_block_scales()].
+void quantize_kv_block(const float* block, int64_t page_size, int64_t head_dim, KvCode code, uint8_t* codes, float* scales);
+/// The inverse: value = code * scale (int8) or fp8(code) * scale.
+void dequantize_kv_block(const uint8_t* codes, const float* scales, int64_t page_size, int64_t head_dim, KvCode code,
+                         float* block);
 }  // namespace ref
 
 // The optimized CPU backend: OpenBLAS GEMM on converted weight tiles, OpenMP.
@@ -78,6 +91,9 @@ void silu_mul(float* gate, const float* up, int64_t n);
 void embedding(const WeightView& table, const int32_t* ids, int64_t n_tok, float* out);
 void attention(const float* q, const AttentionArgs& args, const PagedKvView& kv, float* out);
 void attention_pages(const float* q, const AttentionArgs& args, const PagedKvView& kv, float* out);
+void quantize_kv_block(const float* block, int64_t page_size, int64_t head_dim, KvCode code, uint8_t* codes, float* scales);
+void dequantize_kv_block(const uint8_t* codes, const float* scales, int64_t page_size, int64_t head_dim, KvCode code,
+                         float* block);
 }  // namespace cpu
 
 }  // namespace freekv

@@ -1,8 +1,10 @@
 // dtype.cpp: scalar conversions between storage types and fp32.
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 
@@ -31,6 +33,34 @@ float f16_to_f32(uint16_t h) {
     }
     if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
     return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+float fp8_e4m3_to_f32(uint8_t c) {
+    const float sign = (c & 0x80) != 0 ? -1.0f : 1.0f;
+    const int e = (c >> 3) & 0xf, m = c & 7;
+    if (e == 15 && m == 7) return std::numeric_limits<float>::quiet_NaN();
+    if (e == 0) return sign * std::ldexp(static_cast<float>(m), -9);  // subnormal: m * 2^-9
+    return sign * std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+}
+
+uint8_t f32_to_fp8_e4m3(float f) {
+    if (std::isnan(f)) return 0x7f;
+    const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+    const float a = std::min(std::fabs(f), kFp8E4m3Max);
+    if (a < std::ldexp(1.0f, -6)) {  // subnormal range: steps of 2^-9 (8 rounds up to the smallest normal)
+        return static_cast<uint8_t>(sign | static_cast<uint8_t>(std::nearbyint(std::ldexp(a, 9))));
+    }
+    int e = 0;
+    const float frac = std::frexp(a, &e);  // a = frac * 2^e, frac in [0.5, 1)
+    // a = (1 + m/8) * 2^(e - 1): the mantissa's 3 bits, to nearest even (the default rounding mode).
+    int m = static_cast<int>(std::nearbyint((frac * 2.0f - 1.0f) * 8.0f));
+    int biased = e - 1 + 7;
+    if (m == 8) {
+        m = 0;
+        ++biased;
+    }
+    if (biased > 15 || (biased == 15 && m > 6)) return static_cast<uint8_t>(sign | 0x7e);  // 448
+    return static_cast<uint8_t>(sign | (biased << 3) | m);
 }
 
 uint16_t f32_to_f16(float f) {

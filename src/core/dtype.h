@@ -1,6 +1,7 @@
 // dtype.h: element types of tensors and their conversions to and from fp32.
 // Invariants: bf16 <-> f32 conversion rounds to nearest even (as PyTorch does); f16 follows IEEE
-// 754 binary16 with subnormals; conversions are exact when widening.
+// 754 binary16 with subnormals; fp8 is OCP E4M3FN (bias 7, subnormals, no infinity, saturating at
+// +-448 when narrowed, NaN 0x7f / 0xff); conversions are exact when widening.
 #pragma once
 
 #include <bit>
@@ -48,6 +49,10 @@ inline uint16_t f32_to_bf16(float f) {
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
+/// fp8 E4M3FN: to nearest even, finite values past 448 saturate to +-448, NaN to 0x7f.
+uint8_t f32_to_fp8_e4m3(float f);
+float fp8_e4m3_to_f32(uint8_t c);
+constexpr float kFp8E4m3Max = 448.0f;
 
 /// Converts n elements of type `from` (F32, F16, BF16 or Q8_0) at src to fp32.
 void convert_to_f32(DType from, const void* src, float* dst, int64_t n);

@@ -1,6 +1,8 @@
 // test_ops.cpp: the op harness: every op of backend/ops.h on the optimized CPU backend against the
 // reference twin, on fresh random inputs, odd sizes, every weight dtype, GQA group sizes 1, 2, 4,
-// 7, 8, head_dim 64 and 128, partial pages, and query chunks that start mid-sequence.
+// 7, 8, head_dim 64 and 128, partial pages, and query chunks that start mid-sequence; the 8-bit
+// KV block codes (int8, fp8) on blocks with outlier channels, against the twin and against the
+// error each format allows.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -212,6 +214,71 @@ TEST(Ops, AttentionPagesOverAllPagesEqualsCausalAtTheLastPosition) {
     cpu::attention(q.data(), {1, n_head, n_head_kv, head_dim, last}, kv.view(0, seq), causal.data());
     cpu::attention_pages(q.data(), {1, n_head, n_head_kv, head_dim, nullptr}, kv.view(0, seq), paged.data());
     EXPECT_LE(test::nmse(paged, causal), 1e-12);
+}
+
+// A (page, KV head) block of normal keys with a few outlier channels (x40, as real models' keys
+// have) and values with a few loud tokens.
+std::vector<float> kv_block_with_outliers(int64_t p, int64_t hd, std::mt19937& rng) {
+    std::vector<float> b = random_vector(2 * p * hd, rng);
+    for (int64_t r = 0; r < p; ++r)
+        for (int64_t i : {int64_t{3}, hd / 2, hd - 1}) b[static_cast<size_t>(r * hd + i)] *= 40.0f;
+    for (int64_t r = 0; r < p; r += 5)
+        for (int64_t i = 0; i < hd; ++i) b[static_cast<size_t>((p + r) * hd + i)] *= 10.0f;
+    for (int64_t r = 0; r < p; ++r) b[static_cast<size_t>((p + r) * hd + 1)] = 0.0f;  // a zero column of V
+    return b;
+}
+
+TEST(Ops, KvBlockCodesRoundTripWithinTheFormatsErrorAndMatchTheTwin) {
+    std::mt19937 rng(31);
+    for (KvCode code : {KvCode::kInt8, KvCode::kFp8E4m3}) {
+        for (auto [p, hd] : {std::pair<int64_t, int64_t>{16, 64}, {32, 128}, {7, 33}}) {
+            const std::vector<float> block = kv_block_with_outliers(p, hd, rng);
+            const int64_t n_scales = kv_block_scales(p, hd);
+            std::vector<uint8_t> codes_ref(static_cast<size_t>(2 * p * hd)), codes_cpu(codes_ref.size());
+            std::vector<float> scales_ref(static_cast<size_t>(n_scales)), scales_cpu(scales_ref.size());
+            ref::quantize_kv_block(block.data(), p, hd, code, codes_ref.data(), scales_ref.data());
+            cpu::quantize_kv_block(block.data(), p, hd, code, codes_cpu.data(), scales_cpu.data());
+            EXPECT_EQ(scales_ref, scales_cpu);
+            // The cpu twin multiplies by 1 / scale where ref divides: a value on a rounding boundary
+            // may land one code apart, never more.
+            int64_t apart = 0;
+            for (size_t j = 0; j < codes_ref.size(); ++j) {
+                const int d = code == KvCode::kInt8 ? static_cast<int8_t>(codes_ref[j]) - static_cast<int8_t>(codes_cpu[j])
+                                                    : static_cast<int>(codes_ref[j]) - static_cast<int>(codes_cpu[j]);
+                ASSERT_LE(std::abs(d), 1) << "element " << j;
+                apart += d != 0;
+            }
+            EXPECT_LE(apart, static_cast<int64_t>(codes_ref.size()) / 100);
+            std::vector<float> back_ref(block.size()), back_cpu(block.size());
+            ref::dequantize_kv_block(codes_ref.data(), scales_ref.data(), p, hd, code, back_ref.data());
+            cpu::dequantize_kv_block(codes_ref.data(), scales_ref.data(), p, hd, code, back_cpu.data());
+            EXPECT_EQ(back_ref, back_cpu) << "dequantization of the same codes";
+            // The error each element may have: half a step of its group (int8), or half an ulp of
+            // a 3-bit mantissa (fp8: 1/16 relative) above the subnormals (2^-10 of the scale).
+            for (int64_t half = 0; half < 2; ++half)
+                for (int64_t r = 0; r < p; ++r)
+                    for (int64_t i = 0; i < hd; ++i) {
+                        const size_t j = static_cast<size_t>((half * p + r) * hd + i);
+                        const float s = half == 0 ? scales_ref[static_cast<size_t>(i)] : scales_ref[static_cast<size_t>(hd + r)];
+                        const float x = block[j], err = std::fabs(back_ref[j] - x);
+                        const float allowed = code == KvCode::kInt8 ? 0.5f * s * 1.0001f
+                                                                    : std::max(std::fabs(x) / 16.0f, s * 0.0009765625f) * 1.0001f;
+                        ASSERT_LE(err, allowed) << "element " << j << " = " << x << " came back " << back_ref[j];
+                    }
+            // Per-channel key scales keep the normal channels precise beside the outliers: their
+            // error is far below what one scale for the whole row (set by an outlier) would give.
+            double err_normal = 0, amax_row = 0;
+            for (int64_t r = 0; r < p; ++r) {
+                const size_t j = static_cast<size_t>(r * hd);  // channel 0: not an outlier
+                err_normal = std::max<double>(err_normal, std::fabs(back_ref[j] - block[j]));
+                for (int64_t i = 0; i < hd; ++i) amax_row = std::max<double>(amax_row, std::fabs(block[static_cast<size_t>(r * hd + i)]));
+            }
+            const double per_row_step = amax_row / (code == KvCode::kInt8 ? 127.0 : 448.0);
+            EXPECT_LT(err_normal, 0.5 * per_row_step) << "per-channel scales did not help the normal channels";
+            // A zero group has scale 0 and comes back exactly 0.
+            for (int64_t r = 0; r < p; ++r) EXPECT_EQ(back_ref[static_cast<size_t>((p + r) * hd + 1)], 0.0f);
+        }
+    }
 }
 
 }  // namespace

@@ -30,6 +30,37 @@ TEST(DType, F16MatchesIeee) {
     EXPECT_EQ(f32_to_f16(1e6f), 0x7c00);
 }
 
+// fp8 E4M3FN against values worked out from the format (bias 7, 3 mantissa bits, subnormal step
+// 2^-9, largest finite 448): every finite code survives decode then encode; ties go to the even
+// mantissa; past 448 saturates; NaN stays NaN.
+TEST(DType, Fp8E4m3MatchesTheFormat) {
+    EXPECT_EQ(fp8_e4m3_to_f32(0x00), 0.0f);
+    EXPECT_EQ(fp8_e4m3_to_f32(0x38), 1.0f);             // exponent 7 = 2^0
+    EXPECT_EQ(fp8_e4m3_to_f32(0x7e), 448.0f);           // 1.75 * 2^8
+    EXPECT_EQ(fp8_e4m3_to_f32(0x01), 0.001953125f);     // 2^-9
+    EXPECT_EQ(fp8_e4m3_to_f32(0x08), 0.015625f);        // 2^-6, the smallest normal
+    EXPECT_EQ(fp8_e4m3_to_f32(0xb8), -1.0f);
+    EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0x7f)));
+    for (int c = 0; c < 256; ++c) {
+        if ((c & 0x7f) == 0x7f) continue;  // NaN
+        const float x = fp8_e4m3_to_f32(static_cast<uint8_t>(c));
+        const uint8_t back = f32_to_fp8_e4m3(x);
+        if (x == 0.0f) {
+            EXPECT_EQ(back & 0x7f, 0) << c;
+        } else {
+            EXPECT_EQ(back, c) << "code " << c << " = " << x;
+        }
+    }
+    EXPECT_EQ(f32_to_fp8_e4m3(1.0625f), 0x38);  // halfway between 1.0 (m 0) and 1.125 (m 1): even
+    EXPECT_EQ(f32_to_fp8_e4m3(1.1875f), 0x3a);  // halfway between m 1 and m 2: even (2)
+    EXPECT_EQ(f32_to_fp8_e4m3(1.1f), 0x39);
+    EXPECT_EQ(f32_to_fp8_e4m3(15.5f), 0x58);    // halfway 15 (0x57) / 16 (0x58): even mantissa 0, carries the exponent
+    EXPECT_EQ(f32_to_fp8_e4m3(1000.0f), 0x7e);
+    EXPECT_EQ(f32_to_fp8_e4m3(-1e30f), 0xfe);
+    EXPECT_EQ(f32_to_fp8_e4m3(0.0029296875f), 0x02);  // 1.5 * 2^-9: a subnormal tie, to even (2)
+    EXPECT_EQ(f32_to_fp8_e4m3(std::nanf("")), 0x7f);
+}
+
 TEST(DType, Q8BlockDequantizes) {
     uint8_t block[34];
     const uint16_t scale = f32_to_f16(0.5f);

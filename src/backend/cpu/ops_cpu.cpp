@@ -9,12 +9,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <vector>
 
 #include "backend/ops.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace freekv::cpu {
@@ -247,6 +249,68 @@ void attention_pages(const float* q, const AttentionArgs& a, const PagedKvView& 
         gather_head(kv, kv.pages_of(ikv), ikv, hd, n, keys, values);
         attend_rows(q + ikv * group * hd, group, keys, values, n, hd, scores, out + ikv * group * hd,
                     [n](int64_t) { return n; });
+    }
+}
+
+// ---- 8-bit KV blocks (the ref twin's arithmetic with reciprocal scales and an fp8 table) ----
+
+namespace {
+
+const std::array<float, 256>& fp8_table() {
+    static const std::array<float, 256> table = [] {
+        std::array<float, 256> t{};
+        for (int c = 0; c < 256; ++c) t[static_cast<size_t>(c)] = fp8_e4m3_to_f32(static_cast<uint8_t>(c));
+        return t;
+    }();
+    return table;
+}
+
+// Codes of n values x[j * stride] with one scale; returns the scale.
+float quantize_group(const float* x, int64_t n, int64_t stride, KvCode code, uint8_t* out, int64_t out_stride) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j * stride]));
+    const float scale = amax / (code == KvCode::kInt8 ? 127.0f : kFp8E4m3Max);
+    if (scale == 0.0f) {
+        for (int64_t j = 0; j < n; ++j) out[j * out_stride] = 0;
+        return 0.0f;
+    }
+    const float inv = 1.0f / scale;
+    if (code == KvCode::kInt8) {
+        for (int64_t j = 0; j < n; ++j) {
+            const float q = std::clamp(std::nearbyint(x[j * stride] * inv), -127.0f, 127.0f);
+            out[j * out_stride] = static_cast<uint8_t>(static_cast<int8_t>(q));
+        }
+    } else {
+        for (int64_t j = 0; j < n; ++j) out[j * out_stride] = f32_to_fp8_e4m3(x[j * stride] * inv);
+    }
+    return scale;
+}
+
+}  // namespace
+
+void quantize_kv_block(const float* block, int64_t page_size, int64_t head_dim, KvCode code, uint8_t* codes, float* scales) {
+    for (int64_t i = 0; i < head_dim; ++i)  // keys: a channel is a column of the page
+        scales[i] = quantize_group(block + i, page_size, head_dim, code, codes + i, head_dim);
+    const float* v = block + page_size * head_dim;
+    uint8_t* vc = codes + page_size * head_dim;
+    for (int64_t r = 0; r < page_size; ++r)
+        scales[head_dim + r] = quantize_group(v + r * head_dim, head_dim, 1, code, vc + r * head_dim, 1);
+}
+
+void dequantize_kv_block(const uint8_t* codes, const float* scales, int64_t page_size, int64_t head_dim, KvCode code,
+                         float* block) {
+    const float* table = fp8_table().data();
+    const auto value = [&](uint8_t c) {
+        return code == KvCode::kInt8 ? static_cast<float>(static_cast<int8_t>(c)) : table[c];
+    };
+    for (int64_t r = 0; r < page_size; ++r) {
+        const uint8_t* kc = codes + r * head_dim;
+        float* k = block + r * head_dim;
+        for (int64_t i = 0; i < head_dim; ++i) k[i] = value(kc[i]) * scales[i];
+        const uint8_t* vc = codes + (page_size + r) * head_dim;
+        float* v = block + (page_size + r) * head_dim;
+        const float s = scales[head_dim + r];
+        for (int64_t i = 0; i < head_dim; ++i) v[i] = value(vc[i]) * s;
     }
 }
 

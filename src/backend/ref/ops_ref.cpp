@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/ops.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace freekv::ref {
@@ -126,6 +127,55 @@ void attention_pages(const float* q, const AttentionArgs& a, const PagedKvView& 
         attend_one(q + h * a.head_dim, a.head_dim, n, [&](int64_t j) { return at(kv.k, j); },
                    [&](int64_t j) { return at(kv.v, j); }, out + h * a.head_dim);
     }
+}
+
+// ---- 8-bit KV blocks: each group (a key channel, a value token) divided by its own scale ----
+
+namespace {
+
+uint8_t encode(float x, float scale, KvCode code) {
+    if (scale == 0.0f) return 0;
+    if (code == KvCode::kInt8) {
+        const float q = std::clamp(std::nearbyint(x / scale), -127.0f, 127.0f);
+        return static_cast<uint8_t>(static_cast<int8_t>(q));
+    }
+    return f32_to_fp8_e4m3(x / scale);
+}
+
+float decode(uint8_t c, float scale, KvCode code) {
+    if (code == KvCode::kInt8) return static_cast<float>(static_cast<int8_t>(c)) * scale;
+    return fp8_e4m3_to_f32(c) * scale;
+}
+
+float code_max(KvCode code) { return code == KvCode::kInt8 ? 127.0f : kFp8E4m3Max; }
+
+}  // namespace
+
+void quantize_kv_block(const float* block, int64_t page_size, int64_t head_dim, KvCode code, uint8_t* codes, float* scales) {
+    const float* k = block;
+    const float* v = block + page_size * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) {  // keys: one scale per channel
+        float amax = 0.0f;
+        for (int64_t r = 0; r < page_size; ++r) amax = std::max(amax, std::fabs(k[r * head_dim + i]));
+        scales[i] = amax / code_max(code);
+        for (int64_t r = 0; r < page_size; ++r) codes[r * head_dim + i] = encode(k[r * head_dim + i], scales[i], code);
+    }
+    for (int64_t r = 0; r < page_size; ++r) {  // values: one scale per token
+        float amax = 0.0f;
+        for (int64_t i = 0; i < head_dim; ++i) amax = std::max(amax, std::fabs(v[r * head_dim + i]));
+        const float s = amax / code_max(code);
+        scales[head_dim + r] = s;
+        for (int64_t i = 0; i < head_dim; ++i) codes[(page_size + r) * head_dim + i] = encode(v[r * head_dim + i], s, code);
+    }
+}
+
+void dequantize_kv_block(const uint8_t* codes, const float* scales, int64_t page_size, int64_t head_dim, KvCode code,
+                         float* block) {
+    for (int64_t r = 0; r < page_size; ++r)
+        for (int64_t i = 0; i < head_dim; ++i) {
+            block[r * head_dim + i] = decode(codes[r * head_dim + i], scales[i], code);
+            block[(page_size + r) * head_dim + i] = decode(codes[(page_size + r) * head_dim + i], scales[head_dim + r], code);
+        }
 }
 
 }  // namespace freekv::ref
