@@ -32,6 +32,10 @@ void KvFlags::add_to(CLI::App& cmd) {
                    "host reads each layer's flags and launches them only when a head is flagged) (device)")
         ->envname("FREEKV_ARG_CORR_SYNC");
     cmd.add_flag("--kv-check-invariants", check_invariants, "check slot maps and slot data after every sparse step (slow)");
+    cmd.add_option("--kv-store-dtype", store_dtype,
+                   "CPU KV store: native (the engine's K/V dtype), int8 or fp8 (8 bits per element with a scale "
+                   "per key channel and per value token; CPU backend) (native)")
+        ->envname("FREEKV_ARG_KV_STORE_DTYPE");
 }
 
 std::vector<std::pair<std::string, KvModeConfig>> KvFlags::resolve_all() const {
@@ -47,11 +51,15 @@ std::vector<std::pair<std::string, KvModeConfig>> KvFlags::resolve_all() const {
             variant = name.substr(colon + 1);
         }
         one.mode = base;
-        if (!variant.empty() && base != "freekv")
-            FREEKV_FAIL("--kv-mode {}: only freekv takes a variant (freekv:corr-off, freekv:no-spec)", name);
+        const bool store_variant = variant == "int8" || variant == "fp8";
+        if (store_variant && base == "full") FREEKV_FAIL("--kv-mode {}: full keeps no CPU store to quantize", name);
+        if (!variant.empty() && !store_variant && base != "freekv")
+            FREEKV_FAIL("--kv-mode {}: only freekv takes an ablation variant (freekv:corr-off, freekv:no-spec)", name);
         if (variant == "corr-off") one.corr_threshold = "off";
         else if (variant == "no-spec") one.no_spec = true;
-        else if (!variant.empty()) FREEKV_FAIL("--kv-mode {}: unknown variant '{}' (corr-off, no-spec)", name, variant);
+        else if (store_variant) one.store_dtype = variant;
+        else if (!variant.empty())
+            FREEKV_FAIL("--kv-mode {}: unknown variant '{}' (corr-off, no-spec, int8, fp8)", name, variant);
         out.emplace_back(name, one.resolve());
     }
     if (out.empty()) FREEKV_FAIL("--kv-mode is empty");
@@ -78,6 +86,8 @@ KvModeConfig KvFlags::resolve() const {
     if (!recall_impl.empty()) c.recall_impl = parse_recall_impl(recall_impl);
     if (corr_sync != "device" && corr_sync != "host") FREEKV_FAIL("--corr-sync '{}' must be device or host", corr_sync);
     c.corr_sync_host = corr_sync == "host";
+    c.store_code = parse_store_dtype(store_dtype);
+    if (c.store_code && c.mode == KvMode::kFull) FREEKV_FAIL("--kv-store-dtype {}: --kv-mode full keeps no CPU store", store_dtype);
     if (c.mode != KvMode::kFull) (void)c.make_budget();  // validates and names the flag
     return c;
 }

@@ -14,7 +14,8 @@
 namespace freekv::app {
 
 struct KvFlags {
-    std::string mode = "freekv", corr_threshold = "0.9", summary, group_agg, recall_impl, corr_sync = "device";
+    std::string mode = "freekv", corr_threshold = "0.9", summary, group_agg, recall_impl, corr_sync = "device",
+                store_dtype = "native";
     int64_t budget = 2048, sink = 512, recent = 512, page_size = 32;
     bool no_spec = false, check_invariants = false;
 
@@ -22,7 +23,8 @@ struct KvFlags {
     /// The single mode of --kv-mode (an Error if it lists several).
     KvModeConfig resolve() const;
     /// Every mode of a comma-separated --kv-mode, each with the shared knobs. Names may carry a
-    /// FreeKV ablation suffix: freekv:corr-off, freekv:no-spec.
+    /// FreeKV ablation suffix (freekv:corr-off, freekv:no-spec) or, for a mode with a CPU store,
+    /// its store dtype (freekv:int8, budget-only:fp8).
     std::vector<std::pair<std::string, KvModeConfig>> resolve_all() const;
 };
 

@@ -38,6 +38,18 @@ RecallImpl parse_recall_impl(const std::string& s) {
     FREEKV_FAIL("--recall-impl '{}' must be gather, dma or per-copy", s);
 }
 
+std::optional<KvCode> parse_store_dtype(const std::string& s) {
+    if (s == "native") return std::nullopt;
+    if (s == "int8") return KvCode::kInt8;
+    if (s == "fp8") return KvCode::kFp8E4m3;
+    FREEKV_FAIL("--kv-store-dtype '{}' must be native, int8 or fp8", s);
+}
+
+const char* store_dtype_name(const std::optional<KvCode>& code) {
+    if (!code) return "native";
+    return *code == KvCode::kInt8 ? "int8" : "fp8";
+}
+
 const char* recall_impl_name(RecallImpl r) {
     switch (r) {
     case RecallImpl::kGather: return "gather";
@@ -76,6 +88,7 @@ std::string KvModeConfig::describe() const {
                                            : std::string("off"));
     if (mode == KvMode::kArkvale || mode == KvMode::kFreekv) s += fmt::format(" | recall {} (GPU)", recall_impl_name(recall()));
     if (mode == KvMode::kFreekv && spec_retrieval && corr_sync_host) s += " | corr-sync host (GPU)";
+    if (store_code) s += fmt::format(" | store {}", store_dtype_name(store_code));
     return s;
 }
 

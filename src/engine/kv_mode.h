@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "backend/ops.h"
 #include "kv/kv_budget.h"
 #include "retrieval/selection.h"
 
@@ -24,6 +25,9 @@ enum class KvMode { kFull, kBudgetOnly, kStreaming, kQuest, kArkvale, kFreekv };
 /// engine copies the same way for all three.
 enum class RecallImpl { kGather, kDma, kPerCopy };
 RecallImpl parse_recall_impl(const std::string& s);  // Error names --recall-impl
+/// --kv-store-dtype: native (unset), int8 or fp8; Error names the flag.
+std::optional<KvCode> parse_store_dtype(const std::string& s);
+const char* store_dtype_name(const std::optional<KvCode>& code);
 const char* recall_impl_name(RecallImpl r);
 
 KvMode parse_kv_mode(const std::string& s);  // Error lists the modes and names --kv-mode
@@ -44,6 +48,9 @@ struct KvModeConfig {
     // and do nothing for unflagged heads; true: the host reads each layer's flags (one small sync
     // per layer) and launches them only when a head is flagged.
     bool corr_sync_host = false;
+    // The CPU store's element type (--kv-store-dtype): unset keeps the engine's own (fp32 on the
+    // CPU backend); int8 or fp8 keep 8-bit codes with scales (backend/ops.h, CPU backend only so far).
+    std::optional<KvCode> store_code;
 
     KvBudget make_budget() const { return KvBudget::make(page_size, budget, sink, recent, mode == KvMode::kStreaming); }
     SummaryKind summary_kind() const {

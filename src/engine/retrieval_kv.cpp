@@ -37,6 +37,7 @@ RetrievalKv::RetrievalKv(const ModelConfig& model, const KvModeConfig& mode, int
     shape.head_dim = model.head_dim;
     shape.max_batch = max_batch;
     shape.max_tokens = max_tokens;
+    shape.store_code = mode.store_code;
     kv_ = std::make_unique<KvManager>(shape, budget_);
     transfer_ = make_cpu_transfer_engine(*kv_, model.n_layer);
     seqs_.resize(sz(max_batch));
@@ -181,9 +182,11 @@ void RetrievalKv::prefill_layer(int64_t il, const SequenceSpan& span, const floa
     // The last chunk's current page (its last one, full or not) was not offloaded: a page is
     // offloaded once a later token exists, like a decode step's page boundary.
     const int64_t old_complete = pos0 > 0 ? (pos0 - 1) / p : 0, old_rows = pos0 - old_complete * p;
+    std::vector<float> stored(sz(kv_->block_floats()));
     for (int64_t page = 0; page < old_complete; ++page)
         for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
-            const float* block = kv_->block(seq, page, il, ikv);
+            kv_->read_block(seq, page, il, ikv, stored.data());
+            const float* block = stored.data();
             for (int64_t r = 0; r < p; ++r) {
                 std::memcpy(&history_k_[sz((page * p + r) * row + ikv * hd)], block + r * hd, sz(hd) * 4);
                 std::memcpy(&history_v_[sz((page * p + r) * row + ikv * hd)], block + (p + r) * hd, sz(hd) * 4);
@@ -210,11 +213,12 @@ void RetrievalKv::prefill_layer(int64_t il, const SequenceSpan& span, const floa
         for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
             const float* keys = &history_k_[sz(page * p * row + ikv * hd)];
             summarize_page(summary_kind_, keys, p, row, hd, kv_->summary(il, seq, ikv, page));
-            float* block = kv_->block(seq, page, il, ikv);
+            float* block = stored.data();
             for (int64_t r = 0; r < p; ++r) {
                 std::memcpy(block + r * hd, &history_k_[sz((page * p + r) * row + ikv * hd)], sz(hd) * 4);
                 std::memcpy(block + (p + r) * hd, &history_v_[sz((page * p + r) * row + ikv * hd)], sz(hd) * 4);
             }
+            kv_->write_block(seq, page, il, ikv, block);
         }
 
     // ---- budget cache ----
@@ -365,13 +369,13 @@ void RetrievalKv::record_mass_recall(int64_t il, int32_t seq, const float* q, in
     const int64_t current = (n_tokens - 1) / p, n_pages = current + 1;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     // logits[g][j]: the group's query heads against every key of the sequence, one GEMM per page.
-    std::vector<float> logits(sz(group * n_tokens));
+    std::vector<float> logits(sz(group * n_tokens)), stored(sz(kv_->block_floats()));
     for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
         const float* q_group = q + ikv * group * hd;
         for (int64_t page = 0; page < n_pages; ++page) {
             const bool in_store = page < current;
-            const float* keys = in_store ? kv_->block(seq, page, il, ikv)
-                                         : kv_->slot_k(il, seq, budget_.current_slot()) + ikv * hd;
+            if (in_store) kv_->read_block(seq, page, il, ikv, stored.data());
+            const float* keys = in_store ? stored.data() : kv_->slot_k(il, seq, budget_.current_slot()) + ikv * hd;
             const int64_t rows = in_store ? p : n_tokens - current * p;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(group), static_cast<blasint>(rows),
                         static_cast<blasint>(hd), scale, q_group, static_cast<blasint>(hd), keys,

@@ -14,6 +14,8 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
     if (tuning.diag_background != DiagBackground::kOff && mode.mode == KvMode::kFreekv)
         FREEKV_LOG_WARN("--diag-background {}: FreeKV's background recall is cut short; outputs are wrong, timings are "
                         "diagnostic", diag_background_name(tuning.diag_background));
+    FREEKV_CHECK(!mode.store_code, "--kv-store-dtype {} runs on the CPU backend only so far (--device cpu); the GPU "
+                 "engine keeps its store in its own dtype (--kv-store-dtype native)", store_dtype_name(mode.store_code));
     m.weights = std::move(weights);
     m.c = m.weights->config();
     m.mode = mode;

@@ -2,6 +2,7 @@
 #include "kv/kv_manager.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -15,7 +16,13 @@ KvManager::KvManager(const KvManagerShape& shape, const KvBudget& budget)
     if (shape_.cpu_store_pages <= 0) shape_.cpu_store_pages = shape_.max_batch * max_pages_;
     const auto n = [](int64_t x) { return static_cast<size_t>(x); };
     budget_cache_.assign(n(shape_.n_layer * shape_.max_batch * budget_.n_budget_page * 2 * page_floats()), 0.0f);
-    cpu_store_.assign(n(shape_.cpu_store_pages * cpu_page_floats()), 0.0f);
+    if (shape_.store_code) {
+        store_codes_.assign(n(shape_.cpu_store_pages * cpu_page_floats()), 0);
+        store_scales_.assign(n(shape_.cpu_store_pages * shape_.n_layer * shape_.n_head_kv *
+                               kv_block_scales(budget_.page_size, shape_.head_dim)), 0.0f);
+    } else {
+        cpu_store_.assign(n(shape_.cpu_store_pages * cpu_page_floats()), 0.0f);
+    }
     for (int64_t p = shape_.cpu_store_pages - 1; p >= 0; --p) free_cpu_pages_.push_back(static_cast<int32_t>(p));
     summaries_.assign(n(shape_.n_layer * shape_.max_batch * shape_.n_head_kv * max_pages_ * 2 * shape_.head_dim), 0.0f);
     page_of_slot_.assign(n(shape_.n_layer * shape_.max_batch * shape_.n_head_kv * budget_.n_budget_page), -1);
@@ -80,16 +87,45 @@ void KvManager::copy_slot(int64_t il, int32_t seq, int64_t from, int64_t to) {
     std::memcpy(slot_k(il, seq, to), slot_k(il, seq, from), static_cast<size_t>(2 * page_floats()) * sizeof(float));
 }
 
-float* KvManager::block(int32_t seq, int64_t page, int64_t il, int64_t ikv) {
+int64_t KvManager::block_index(int32_t seq, int64_t page, int64_t il, int64_t ikv) const {
     const Sequence& s = seqs_[static_cast<size_t>(seq)];
     FREEKV_DCHECK(page < static_cast<int64_t>(s.cpu_pages.size()), "page {} beyond the {} reserved for sequence {}", page,
                   s.cpu_pages.size(), seq);
     const int64_t cpu_page = s.cpu_pages[static_cast<size_t>(page)];
-    return cpu_store_.data() + cpu_page * cpu_page_floats() + (il * shape_.n_head_kv + ikv) * 2 * budget_.page_size * shape_.head_dim;
+    return (cpu_page * shape_.n_layer + il) * shape_.n_head_kv + ikv;
 }
 
-const float* KvManager::block(int32_t seq, int64_t page, int64_t il, int64_t ikv) const {
-    return const_cast<KvManager*>(this)->block(seq, page, il, ikv);
+void KvManager::read_block(int32_t seq, int64_t page, int64_t il, int64_t ikv, float* dst) const {
+    const int64_t b = block_index(seq, page, il, ikv), nf = block_floats();
+    if (!shape_.store_code) {
+        std::memcpy(dst, cpu_store_.data() + b * nf, static_cast<size_t>(nf) * sizeof(float));
+        return;
+    }
+    const int64_t ns = kv_block_scales(budget_.page_size, shape_.head_dim);
+    cpu::dequantize_kv_block(store_codes_.data() + b * nf, store_scales_.data() + b * ns, budget_.page_size, shape_.head_dim,
+                             *shape_.store_code, dst);
+}
+
+void KvManager::write_block(int32_t seq, int64_t page, int64_t il, int64_t ikv, const float* src) {
+    const int64_t b = block_index(seq, page, il, ikv), nf = block_floats();
+    if (!shape_.store_code) {
+        std::memcpy(cpu_store_.data() + b * nf, src, static_cast<size_t>(nf) * sizeof(float));
+        return;
+    }
+    const int64_t ns = kv_block_scales(budget_.page_size, shape_.head_dim);
+    cpu::quantize_kv_block(src, budget_.page_size, shape_.head_dim, *shape_.store_code, store_codes_.data() + b * nf,
+                           store_scales_.data() + b * ns);
+}
+
+int64_t KvManager::stored_block_bytes() const {
+    if (!shape_.store_code) return block_bytes();
+    return block_floats() + kv_block_scales(budget_.page_size, shape_.head_dim) * static_cast<int64_t>(sizeof(float));
+}
+
+void KvManager::recall_now(int64_t il, const RecallJob& job) {
+    std::vector<float> tmp(static_cast<size_t>(block_floats()));
+    read_block(job.seq, job.page, il, job.ikv, tmp.data());
+    scatter_block(il, job, tmp.data());
 }
 
 void KvManager::offload(int64_t il, int32_t seq, int64_t slot, int64_t page) {
@@ -98,12 +134,13 @@ void KvManager::offload(int64_t il, int32_t seq, int64_t slot, int64_t page) {
                  "offload of page {} beyond the CPU pages reserved for sequence {}", page, seq);
     const float* k = slot_k(il, seq, slot);
     const float* v = slot_v(il, seq, slot);
+    std::vector<float> dst(static_cast<size_t>(block_floats()));
     for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
-        float* dst = block(seq, page, il, ikv);
         for (int64_t r = 0; r < p; ++r) {
-            std::memcpy(dst + r * hd, k + (r * n_kv + ikv) * hd, static_cast<size_t>(hd) * sizeof(float));
-            std::memcpy(dst + (p + r) * hd, v + (r * n_kv + ikv) * hd, static_cast<size_t>(hd) * sizeof(float));
+            std::memcpy(dst.data() + r * hd, k + (r * n_kv + ikv) * hd, static_cast<size_t>(hd) * sizeof(float));
+            std::memcpy(dst.data() + (p + r) * hd, v + (r * n_kv + ikv) * hd, static_cast<size_t>(hd) * sizeof(float));
         }
+        write_block(seq, page, il, ikv, dst.data());
     }
 }
 
@@ -143,15 +180,35 @@ void KvManager::check_invariants(int64_t il, int32_t seq) const {
             FREEKV_CHECK(seen.insert(page).second, "layer {} seq {} head {}: page {} in two middle slots", il, seq, ikv, page);
             FREEKV_CHECK(slot_of_page(il, seq, ikv, page) == slot, "layer {} seq {} head {}: maps disagree on page {}", il,
                          seq, ikv, page);
-            const float* src = block(seq, page, il, ikv);
+            std::vector<float> stored(static_cast<size_t>(block_floats()));
+            read_block(seq, page, il, ikv, stored.data());
+            const float* src = stored.data();
             const float* k = slot_k(il, seq, slot);
             const float* v = slot_v(il, seq, slot);
             const int64_t p = budget_.page_size, hd = shape_.head_dim, n_kv = shape_.n_head_kv;
-            for (int64_t r = 0; r < p; ++r)
-                FREEKV_CHECK(std::memcmp(k + (r * n_kv + ikv) * hd, src + r * hd, static_cast<size_t>(hd) * 4) == 0 &&
-                                 std::memcmp(v + (r * n_kv + ikv) * hd, src + (p + r) * hd, static_cast<size_t>(hd) * 4) == 0,
-                             "layer {} seq {} head {}: middle slot {} does not hold the data of page {} (stale recall)", il,
-                             seq, ikv, slot, page);
+            if (!shape_.store_code) {
+                for (int64_t r = 0; r < p; ++r)
+                    FREEKV_CHECK(std::memcmp(k + (r * n_kv + ikv) * hd, src + r * hd, static_cast<size_t>(hd) * 4) == 0 &&
+                                     std::memcmp(v + (r * n_kv + ikv) * hd, src + (p + r) * hd, static_cast<size_t>(hd) * 4) == 0,
+                                 "layer {} seq {} head {}: middle slot {} does not hold the data of page {} (stale recall)",
+                                 il, seq, ikv, slot, page);
+                continue;
+            }
+            // 8-bit store: a slot holds the decoded block (recalled) or the exact one (resident since
+            // it completed); either is within the code's error of the decoded block.
+            const float* scales = store_scales_.data() + block_index(seq, page, il, ikv) * kv_block_scales(p, hd);
+            for (int64_t half = 0; half < 2; ++half)
+                for (int64_t r = 0; r < p; ++r)
+                    for (int64_t i = 0; i < hd; ++i) {
+                        const float got = (half == 0 ? k : v)[(r * n_kv + ikv) * hd + i], want = src[(half * p + r) * hd + i];
+                        const float s = half == 0 ? scales[i] : scales[hd + r];
+                        const float allowed = *shape_.store_code == KvCode::kInt8
+                                                  ? 0.5f * s * 1.001f
+                                                  : std::max(std::fabs(want) / 15.0f, s / 1024.0f) * 1.001f;
+                        FREEKV_CHECK(std::fabs(got - want) <= allowed,
+                                     "layer {} seq {} head {}: middle slot {} does not hold the data of page {} (stale recall)",
+                                     il, seq, ikv, slot, page);
+                    }
         }
         for (int64_t page = 0; page < n_pages_now; ++page) {
             const int32_t slot = slot_of_page(il, seq, ikv, page);

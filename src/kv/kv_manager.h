@@ -2,6 +2,7 @@
 // will lay it out (design doc 4.1, 4.2), in host memory (fp32 on the CPU backend):
 //   budget cache  [L][batch][n_slots][2 (K, V)][page_size][n_head_kv][head_dim]   NHD slots
 //   CPU store     per CPU page [L][n_head_kv][2][page_size][head_dim]             HND blocks
+//                 (fp32, or with store_code 8-bit codes plus per-channel K / per-token V scales)
 //   summaries     [L][batch][n_head_kv][max_pages][2 (U, L)][head_dim]
 //   slot maps     page_of_slot [L][batch][n_head_kv][n_slots], slot_of_page [L][batch][n_head_kv][max_pages]
 //   query ring    [L][batch][2][n_head][head_dim]  post-RoPE queries of steps t and t-1
@@ -15,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "backend/ops.h"
@@ -28,6 +30,7 @@ struct KvManagerShape {
     int64_t max_batch = 1;
     int64_t max_tokens = 0;       // per sequence (context length)
     int64_t cpu_store_pages = 0;  // CPU pages in the store (0 = max_batch * max_pages)
+    std::optional<KvCode> store_code;  // 8-bit store (int8 or fp8 codes with scales); fp32 when unset
 };
 
 class KvManager {
@@ -61,17 +64,24 @@ public:
     void copy_slot(int64_t il, int32_t seq, int64_t from, int64_t to);
 
     // ---- CPU store (HND) ----
-    /// The block of (seq, logical page, layer, KV head): [2][page_size][head_dim], K rows then V rows.
-    float* block(int32_t seq, int64_t page, int64_t il, int64_t ikv);
-    const float* block(int32_t seq, int64_t page, int64_t il, int64_t ikv) const;
+    /// The block of (seq, logical page, layer, KV head) as fp32, [2][page_size][head_dim] (K rows,
+    /// then V rows), into dst: a copy, or decoded from the 8-bit store. Thread-safe against writes
+    /// of other blocks.
+    void read_block(int32_t seq, int64_t page, int64_t il, int64_t ikv, float* dst) const;
+    /// Stores an fp32 block (encoded when the store is 8-bit).
+    void write_block(int32_t seq, int64_t page, int64_t il, int64_t ikv, const float* src);
     /// NHD slot -> HND blocks of every KV head of `page` (offload of a complete page).
     void offload(int64_t il, int32_t seq, int64_t slot, int64_t page);
     /// HND block -> the KV head's slice of a slot (one recall job, synchronously).
-    void recall_now(int64_t il, const RecallJob& job) { scatter_block(il, job, block(job.seq, job.page, il, job.ikv)); }
+    void recall_now(int64_t il, const RecallJob& job);
     /// Writes an HND block ([2][page_size][head_dim] at src) into the job's slot, head ikv (NHD).
     void scatter_block(int64_t il, const RecallJob& job, const float* src);
-    /// Bytes of one block.
-    int64_t block_bytes() const { return 2 * budget_.page_size * shape_.head_dim * static_cast<int64_t>(sizeof(float)); }
+    /// Floats of one block as fp32 (what read_block writes).
+    int64_t block_floats() const { return 2 * budget_.page_size * shape_.head_dim; }
+    /// Bytes of one block as fp32 (the unit the transfer counters count).
+    int64_t block_bytes() const { return block_floats() * static_cast<int64_t>(sizeof(float)); }
+    /// Bytes one block takes in the store: fp32, or 8-bit codes plus their fp32 scales.
+    int64_t stored_block_bytes() const;
 
     // ---- summaries ----
     float* summary(int64_t il, int32_t seq, int64_t ikv, int64_t page) {
@@ -126,12 +136,16 @@ private:
         return (((il * shape_.max_batch + seq) * shape_.n_head_kv + ikv) * max_pages_ + page) * 2 * shape_.head_dim;
     }
     int64_t cpu_page_floats() const { return shape_.n_layer * 2 * page_floats(); }  // [L][n_kv][2][p][d]
+    // Index of a block among all blocks of the store: (cpu page, layer, KV head).
+    int64_t block_index(int32_t seq, int64_t page, int64_t il, int64_t ikv) const;
 
     KvManagerShape shape_;
     KvBudget budget_;
     int64_t max_pages_;
     std::vector<float> budget_cache_;
-    std::vector<float> cpu_store_;
+    std::vector<float> cpu_store_;        // fp32 store: [cpu page][L][n_kv][2][p][d]
+    std::vector<uint8_t> store_codes_;    // 8-bit store: the same order, one byte per element
+    std::vector<float> store_scales_;     // 8-bit store: [block][kv_block_scales] beside the codes
     std::vector<int32_t> free_cpu_pages_;
     std::vector<float> summaries_;
     std::vector<int32_t> page_of_slot_, slot_of_page_;

@@ -143,8 +143,7 @@ private:
             buffer.il = plan.il;
             for (int64_t i = 0; i < count; ++i) {
                 const RecallJob& job = buffer.jobs[static_cast<size_t>(i)];
-                std::memcpy(buffer.data.data() + i * block_floats_, kv_.block(job.seq, job.page, plan.il, job.ikv),
-                            static_cast<size_t>(kv_.block_bytes()));
+                kv_.read_block(job.seq, job.page, plan.il, job.ikv, buffer.data.data() + i * block_floats_);
             }
             jitter();
             {
