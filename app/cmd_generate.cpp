@@ -105,9 +105,12 @@ Command register_generate(CLI::App& cmd) {
         if (f->kv_stats || params.kv_mode.mode != KvMode::kFull) {
             const KvStats& k = stats.kv;
             fmt::print(stderr, "kv:   correction {:.1f}% of sparse layer-steps | {:.2f} pages/step recalled ({:.1f} MiB sync, "
-                       "{:.1f} MiB background)\n", 100.0 * k.correction_rate(), k.pages_per_step(),
+                       "{:.1f} MiB background read from the store)\n", 100.0 * k.correction_rate(), k.pages_per_step(),
                        static_cast<double>(k.transfer.sync_bytes) / 1048576.0,
                        static_cast<double>(k.transfer.background_bytes) / 1048576.0);
+            if (k.store_bytes_per_token > 0)
+                fmt::print(stderr, "kv:   CPU store {} ({:.0f} bytes per token of context)\n",
+                           store_dtype_name(params.kv_mode.store_code), k.store_bytes_per_token);
             if (f->kv_stats && !k.sparse_pairs.empty()) {
                 const auto n_kv = static_cast<size_t>(m.config.n_head_kv);
                 for (size_t il = 0; il < k.sparse_pairs.size(); ++il) {

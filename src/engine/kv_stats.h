@@ -28,6 +28,8 @@ struct KvStats {
     // GPU only: device time of the recall kernels (gather, or per-copy copies + scatter) on the
     // critical path and in the background, for recall bandwidth inside the decode loop.
     double gather_sync_ms = 0, gather_background_ms = 0;
+    // CPU store bytes per token of context (all layers and KV heads, scales included); 0 for full.
+    double store_bytes_per_token = 0;
 
     double correction_rate() const;         // over all layers
     double pages_per_step() const;          // recalled blocks per decoded (step, seq)

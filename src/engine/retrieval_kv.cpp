@@ -76,6 +76,8 @@ void RetrievalKv::remove_sequence(int32_t seq) {
 KvStats RetrievalKv::stats() {
     transfer_->wait_all();
     stats_.transfer = transfer_->counters();
+    stats_.store_bytes_per_token = static_cast<double>(kv_->stored_block_bytes() * model_.n_layer * model_.n_head_kv) /
+                                   static_cast<double>(budget_.page_size);
     stats_.recalled_sync = recalled_sync_;
     stats_.recalled_background.resize(recalled_sync_.size());
     for (size_t i = 0; i < recalled_sync_.size(); ++i) stats_.recalled_background[i] = recalled_background_[i].load();

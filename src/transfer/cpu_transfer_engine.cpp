@@ -71,7 +71,7 @@ public:
     void recall_sync(const RecallPlan& plan) override {
         for (const RecallJob& job : plan.jobs) kv_.recall_now(plan.il, job);
         sync_jobs_ += static_cast<int64_t>(plan.jobs.size());
-        sync_bytes_ += static_cast<int64_t>(plan.jobs.size()) * kv_.block_bytes();
+        sync_bytes_ += static_cast<int64_t>(plan.jobs.size()) * kv_.stored_block_bytes();  // read from the store
     }
 
     TransferCounters counters() const override {
@@ -112,7 +112,7 @@ private:
                 const RecallPlan plan = task.plan_fn();
                 move_blocks(plan);
                 background_jobs_ += static_cast<int64_t>(plan.jobs.size());
-                background_bytes_ += static_cast<int64_t>(plan.jobs.size()) * kv_.block_bytes();
+                background_bytes_ += static_cast<int64_t>(plan.jobs.size()) * kv_.stored_block_bytes();
             } catch (const std::exception& e) {
                 std::lock_guard<std::mutex> lock(mutex_);
                 error_ = true;
