@@ -514,7 +514,9 @@ TEST(Serve, ARequestPastItsTimeoutGets504AndTheOthersAreServed) {
     const LoadedModel m = make_synthetic_model("tiny");
     ServerOptions o = base_params(32768);  // 32K tokens take far longer than the limit
     o.engine.max_batch = 1;
-    o.request_timeout_s = 0.3;
+    // 2 s: far below what 32000 tokens take, far above the 3 tokens of the request that follows
+    // (0.36 s measured under TSan on a loaded 2-core machine, where 0.3 s made it time out too).
+    o.request_timeout_s = 2.0;
     RunningServer server(m, o);
     std::string streamed;
     std::thread streamer([&] {
@@ -534,6 +536,7 @@ TEST(Serve, ARequestPastItsTimeoutGets504AndTheOthersAreServed) {
     EXPECT_NE(streamed.find("\"type\":\"timeout\""), std::string::npos) << "the stream ends with a timeout error event";
     // A short request afterwards completes normally.
     const json ok = post(c, json{{"prompt", {4, 5}}, {"max_tokens", 3}, {"temperature", 0}}, 200);
+    ASSERT_TRUE(ok.contains("choices")) << ok.dump();
     EXPECT_EQ(ok["choices"][0]["finish_reason"], "length");
     auto health = c.Get("/health");
     ASSERT_TRUE(health);
