@@ -123,9 +123,14 @@ int64_t KvManager::stored_block_bytes() const {
 }
 
 void KvManager::recall_now(int64_t il, const RecallJob& job) {
-    std::vector<float> tmp(static_cast<size_t>(block_floats()));
-    read_block(job.seq, job.page, il, job.ikv, tmp.data());
-    scatter_block(il, job, tmp.data());
+    if (!shape_.store_code) {  // fp32: straight from the store, no copy
+        scatter_block(il, job, cpu_store_.data() + block_index(job.seq, job.page, il, job.ikv) * block_floats());
+        return;
+    }
+    thread_local std::vector<float> decoded;  // per thread: recalls run on the main and transfer threads
+    decoded.resize(static_cast<size_t>(block_floats()));
+    read_block(job.seq, job.page, il, job.ikv, decoded.data());
+    scatter_block(il, job, decoded.data());
 }
 
 void KvManager::offload(int64_t il, int32_t seq, int64_t slot, int64_t page) {
@@ -134,7 +139,8 @@ void KvManager::offload(int64_t il, int32_t seq, int64_t slot, int64_t page) {
                  "offload of page {} beyond the CPU pages reserved for sequence {}", page, seq);
     const float* k = slot_k(il, seq, slot);
     const float* v = slot_v(il, seq, slot);
-    std::vector<float> dst(static_cast<size_t>(block_floats()));
+    thread_local std::vector<float> dst;  // one block, reused: offload runs every page boundary
+    dst.resize(static_cast<size_t>(block_floats()));
     for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
         for (int64_t r = 0; r < p; ++r) {
             std::memcpy(dst.data() + r * hd, k + (r * n_kv + ikv) * hd, static_cast<size_t>(hd) * sizeof(float));
