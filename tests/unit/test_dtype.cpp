@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -70,6 +72,33 @@ TEST(DType, Q8BlockDequantizes) {
     convert_to_f32(DType::kQ8_0, block, out, 32);
     for (int i = 0; i < 32; ++i) EXPECT_EQ(out[i], 0.5f * static_cast<float>(i - 16));
 }
+
+TEST(DType, Bf16RunConvertsEveryElement) {
+    std::vector<uint16_t> src(1000);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint16_t>(i * 65 + 7);  // spread over the codes
+    std::vector<float> dst(src.size(), 12345.0f);
+    convert_to_f32(DType::kBF16, src.data(), dst.data(), static_cast<int64_t>(src.size()));
+    for (size_t i = 0; i < src.size(); ++i) {
+        const float want = bf16_to_f32(src[i]);
+        if (std::isnan(want)) ASSERT_TRUE(std::isnan(dst[i])) << i;
+        else ASSERT_EQ(dst[i], want) << i;
+    }
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+// The bf16 loop runs uninstrumented for speed; a read or write past either buffer must still stop
+// the sanitized build, as an instrumented loop would.
+TEST(DTypeDeathTest, Bf16RunPastItsBufferStopsTheAddressSanitizedBuild) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    auto src = std::make_unique<uint16_t[]>(16);
+    auto dst = std::make_unique<float[]>(16);
+    std::fill_n(src.get(), 16, uint16_t{0});
+    EXPECT_DEATH(convert_to_f32(DType::kBF16, src.get(), dst.get(), 17), "to the right of");
+    auto big = std::make_unique<float[]>(17);
+    EXPECT_DEATH(convert_to_f32(DType::kBF16, std::make_unique<uint16_t[]>(17).get(), dst.get(), 17), "to the right of");
+    convert_to_f32(DType::kBF16, src.get(), big.get(), 16);  // in bounds: fine
+}
+#endif
 
 }  // namespace
 }  // namespace freekv
