@@ -34,7 +34,7 @@ void KvFlags::add_to(CLI::App& cmd) {
     cmd.add_flag("--kv-check-invariants", check_invariants, "check slot maps and slot data after every sparse step (slow)");
     cmd.add_option("--kv-store-dtype", store_dtype,
                    "CPU KV store: native (the engine's K/V dtype), int8 or fp8 (8 bits per element with a scale "
-                   "per key channel and per value token; CPU backend) (native)")
+                   "per key channel and per value token; decoded as pages are recalled) (native)")
         ->envname("FREEKV_ARG_KV_STORE_DTYPE");
 }
 
@@ -51,15 +51,19 @@ std::vector<std::pair<std::string, KvModeConfig>> KvFlags::resolve_all() const {
             variant = name.substr(colon + 1);
         }
         one.mode = base;
-        const bool store_variant = variant == "int8" || variant == "fp8";
-        if (store_variant && base == "full") FREEKV_FAIL("--kv-mode {}: full keeps no CPU store to quantize", name);
-        if (!variant.empty() && !store_variant && base != "freekv")
-            FREEKV_FAIL("--kv-mode {}: only freekv takes an ablation variant (freekv:corr-off, freekv:no-spec)", name);
-        if (variant == "corr-off") one.corr_threshold = "off";
-        else if (variant == "no-spec") one.no_spec = true;
-        else if (store_variant) one.store_dtype = variant;
-        else if (!variant.empty())
-            FREEKV_FAIL("--kv-mode {}: unknown variant '{}' (corr-off, no-spec, int8, fp8)", name, variant);
+        // Variants stack: freekv:corr-off:int8 is corr-off with an int8 store.
+        std::istringstream variants(variant);
+        std::string v;
+        while (std::getline(variants, v, ':')) {
+            const bool store_variant = v == "int8" || v == "fp8";
+            if (store_variant && base == "full") FREEKV_FAIL("--kv-mode {}: full keeps no CPU store to quantize", name);
+            if (!store_variant && base != "freekv")
+                FREEKV_FAIL("--kv-mode {}: only freekv takes an ablation variant (freekv:corr-off, freekv:no-spec)", name);
+            if (v == "corr-off") one.corr_threshold = "off";
+            else if (v == "no-spec") one.no_spec = true;
+            else if (store_variant) one.store_dtype = v;
+            else FREEKV_FAIL("--kv-mode {}: unknown variant '{}' (corr-off, no-spec, int8, fp8)", name, v);
+        }
         out.emplace_back(name, one.resolve());
     }
     if (out.empty()) FREEKV_FAIL("--kv-mode is empty");

@@ -49,6 +49,11 @@ enum class KvCode : uint8_t { kInt8, kFp8E4m3 };
 /// 8 bits: codes in the same order, then fp32 scales: head_dim for K (one per channel: key outliers
 /// live in channels) and page_size for V (one per token). An all-zero group has scale 0.
 inline int64_t kv_block_scales(int64_t page_size, int64_t head_dim) { return head_dim + page_size; }
+/// Bytes of such a block in the GPU engine's pinned store: codes, then scales, padded to 16 bytes
+/// (the gather kernel's vector loads).
+inline int64_t kv_coded_block_bytes(int64_t page_size, int64_t head_dim) {
+    return (2 * page_size * head_dim + 4 * kv_block_scales(page_size, head_dim) + 15) / 16 * 16;
+}
 
 // The reference twin: plain loops, fp32 accumulation, never optimized.
 namespace ref {

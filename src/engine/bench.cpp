@@ -12,6 +12,9 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/log.h"
+#include "core/system_memory.h"
+#include "gpu/gpu_memory_plan.h"
 #include "engine/retrieval_kv.h"
 #include "kv/full_attention_kv.h"
 
@@ -81,6 +84,26 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     const ModelConfig& c = m.config;
     const auto batch = static_cast<int64_t>(lengths.size());
     const int64_t max_tokens = *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + p.n_breakdown + 1;
+    // The start-up plan first, and a store that the machine's RAM cannot hold is refused before it
+    // is pinned (pinning past the free RAM gets the process killed, not an error).
+    const int elem_bytes = p.gpu->dtype() == gpu::GpuDtype::kF32 ? 4 : 2;
+    const gpu::GpuMemoryPlan plan = gpu::plan_gpu_memory(c, mode, elem_bytes, p.gpu->bytes(), max_tokens);
+    const auto gib = [](int64_t b) { return static_cast<double>(b) / static_cast<double>(int64_t{1} << 30); };
+    FREEKV_LOG_INFO("bench: batch {}: {}; pinned store of the batch {:.2f} GiB", batch, plan.describe(), gib(plan.host_bytes(batch)));
+    const SystemMemory sys = system_memory();
+    if (plan.host_bytes(batch) > sys.available) {
+        std::string hint;
+        if (!mode.store_code) {
+            KvModeConfig coded = mode;
+            coded.store_code = KvCode::kInt8;
+            hint = fmt::format(", or keep it in 8 bits (--kv-store-dtype int8: {} bytes per token instead of {})",
+                               gpu::plan_gpu_memory(c, coded, elem_bytes, p.gpu->bytes(), max_tokens).store_bytes_per_token,
+                               plan.store_bytes_per_token);
+        }
+        FREEKV_FAIL("bench: the pinned CPU store of {} sequences of {} tokens needs {:.1f} GiB, more than the {:.1f} GiB of "
+                    "RAM available; lower -b/--batch or -d/--depth{}",
+                    batch, max_tokens, gib(plan.host_bytes(batch)), gib(sys.available), hint);
+    }
     gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens, p.gpu_tuning);
     std::vector<int32_t> seqs;
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(engine.add_sequence());

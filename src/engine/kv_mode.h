@@ -49,7 +49,7 @@ struct KvModeConfig {
     // per layer) and launches them only when a head is flagged.
     bool corr_sync_host = false;
     // The CPU store's element type (--kv-store-dtype): unset keeps the engine's own (fp32 on the
-    // CPU backend); int8 or fp8 keep 8-bit codes with scales (backend/ops.h, CPU backend only so far).
+    // CPU backend, bf16 or fp32 on the GPU); int8 or fp8 keep 8-bit codes with scales (backend/ops.h).
     std::optional<KvCode> store_code;
 
     KvBudget make_budget() const { return KvBudget::make(page_size, budget, sink, recent, mode == KvMode::kStreaming); }

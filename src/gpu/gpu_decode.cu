@@ -137,6 +137,8 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         b.head_dim = g.head_dim;
         b.elem_bytes = g.elem_bytes;
         b.cuboid = mode.summary_kind() == SummaryKind::kCuboid;
+        b.store_code = g.store_code;
+        b.store_block_bytes = g.store_block_bytes();
         cuda::page_boundary(b, main);
     }
     if (!places.empty()) {

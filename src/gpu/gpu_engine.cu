@@ -14,8 +14,6 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
     if (tuning.diag_background != DiagBackground::kOff && mode.mode == KvMode::kFreekv)
         FREEKV_LOG_WARN("--diag-background {}: FreeKV's background recall is cut short; outputs are wrong, timings are "
                         "diagnostic", diag_background_name(tuning.diag_background));
-    FREEKV_CHECK(!mode.store_code, "--kv-store-dtype {} runs on the CPU backend only so far (--device cpu); the GPU "
-                 "engine keeps its store in its own dtype (--kv-store-dtype native)", store_dtype_name(mode.store_code));
     m.weights = std::move(weights);
     m.c = m.weights->config();
     m.mode = mode;
@@ -36,6 +34,13 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
            static_cast<int32_t>(c.n_head_kv), static_cast<int32_t>(c.head_dim),
            m.weights->dtype() == GpuDtype::kF32 ? 4 : 2};
     FREEKV_CHECK(c.head_dim % 32 == 0 && c.head_dim <= 128, "GPU engine: head_dim {} must be 32, 64, 96 or 128", c.head_dim);
+    if (mode.store_code && !m.dense_only) {
+        FREEKV_CHECK(c.head_dim + p <= cuda::kMaxBlockScales && p % 4 == 0,
+                     "--kv-store-dtype {}: --kv-page-size {} must be a multiple of 4 and, plus head_dim {}, at most {}",
+                     store_dtype_name(mode.store_code), p, c.head_dim, cuda::kMaxBlockScales);
+        m.g.store_code = *mode.store_code == KvCode::kInt8 ? cuda::kStoreInt8 : cuda::kStoreFp8;
+        m.g.stored_block = static_cast<int32_t>(kv_coded_block_bytes(p, c.head_dim));
+    }
 
     // The side stream's speculative work yields to the critical path: the scheduler dispatches the
     // main stream's pending blocks first.
@@ -64,7 +69,7 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
         FREEKV_CUDA_CHECK(cudaMemsetAsync(m.page_of_slot.get(), 0xff, sz(map_slots) * 4, m.main));
         FREEKV_CUDA_CHECK(cudaMemsetAsync(m.slot_of_page.get(), 0xff, sz(map_pages) * 4, m.main));
         // CPU store: batch entry b owns CPU pages [b * max_pages, (b + 1) * max_pages).
-        const int64_t page_bytes = m.kv_bytes(m.g.cpu_page_elems()), n_cpu_pages = max_batch * m.max_pages;
+        const int64_t page_bytes = m.g.cpu_page_bytes(), n_cpu_pages = max_batch * m.max_pages;
         std::vector<void*> chunks;
         if (mode.mode == KvMode::kQuest) {
             m.device_store.resize(n_cpu_pages * page_bytes);
@@ -85,7 +90,7 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
         m.per_copy = mode.recall() == RecallImpl::kPerCopy && m.pinned != nullptr && m.selects;
         m.dma = mode.recall() == RecallImpl::kDma && m.pinned != nullptr && m.selects;
         if (m.per_copy || (m.dma && !m.speculative)) {
-            m.staging.resize(m.kv_bytes(m.job_capacity * m.g.block_elems()));
+            m.staging.resize(m.job_capacity * m.g.store_block_bytes());
             m.host_count = cuda::PinnedArray<int32_t>(1);
             m.host_jobs = cuda::PinnedArray<cuda::GatherJob>(m.job_capacity);
         }
@@ -94,7 +99,7 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
             m.flags_ready.emplace_back(false);
         }
         if (m.dma && m.speculative) {
-            m.bg_staging.resize(m.kv_bytes(m.job_capacity * m.g.block_elems()));
+            m.bg_staging.resize(m.job_capacity * m.g.store_block_bytes());
             m.host_bg_count = cuda::PinnedArray<int32_t>(c.n_layer);
             m.host_bg_jobs = cuda::PinnedArray<cuda::GatherJob>(c.n_layer * m.job_capacity);
             m.copy = cuda::Stream(least);
@@ -262,7 +267,7 @@ KvStats GpuEngine::stats() {
     }
     s.recalled_sync.assign(sz(L * n_kv), 0);
     s.recalled_background.assign(sz(L * n_kv), 0);
-    const int64_t block_bytes = m.kv_bytes(m.g.block_elems());
+    const int64_t block_bytes = m.g.store_block_bytes();  // bytes as stored (8-bit blocks with their scales)
     for (int64_t i = 0; i < L * n_kv; ++i) {
         s.recalled_sync[sz(i)] = static_cast<int64_t>(host[sz(L * 4 + i)]);
         s.recalled_background[sz(i)] = static_cast<int64_t>(host[sz(L * 4 + L * n_kv + i)]);
@@ -271,6 +276,8 @@ KvStats GpuEngine::stats() {
     }
     s.transfer.sync_bytes = s.transfer.sync_jobs * block_bytes;
     s.transfer.background_bytes = s.transfer.background_jobs * block_bytes;
+    if (m.offloads)
+        s.store_bytes_per_token = static_cast<double>(m.g.cpu_page_bytes()) / static_cast<double>(m.g.page_size);
     s.mass_recall = m.mass_recall;
     s.select_ms = m.select_ms;
     s.recall_wait_ms = m.recall_wait_ms;

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "backend/ops.h"
+
 namespace freekv::gpu {
 
 namespace {
@@ -41,13 +43,17 @@ GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, in
         seq += 2 * kv * std::max<int64_t>(budget.n_select, 1) * L * kGatherJobBytes;  // job lists
         seq += 2 * c.n_head * max_pages * 4;                 // selection scores, main and side
         seq += L * q_dim * 4 + 2 * L * kv;                   // side-stream queries, flags and forced
-        const int64_t store = max_pages * L * kv * 2 * p * d * eb;
+        // A block of the CPU store: native elements, or 8-bit codes with their scales.
+        const int64_t block = mode.store_code ? kv_coded_block_bytes(p, d) : 2 * p * d * eb;
+        const int64_t store = max_pages * L * kv * block;
+        plan.store_bytes_per_token = L * kv * block / p;
+        plan.store_dtype = store_dtype_name(mode.store_code);
         if (mode.mode == KvMode::kQuest)
             seq += store;  // quest keeps the full KV in device memory
         else
             plan.host_per_sequence = store;
         // Staging for the copy-engine recall paths: one block per selected (layer-free) job.
-        if (mode.recall() != RecallImpl::kGather) seq += 2 * kv * std::max<int64_t>(budget.n_select, 1) * 2 * p * d * eb;
+        if (mode.recall() != RecallImpl::kGather) seq += 2 * kv * std::max<int64_t>(budget.n_select, 1) * block;
         if (mode.attention_mass_recall) seq += c.n_head * max_pages * p * 4 + L * c.n_head * 4;
     }
     plan.device_per_sequence = seq;
@@ -81,7 +87,9 @@ std::string GpuMemoryPlan::describe() const {
     return fmt::format("memory plan: weights {:.2f} GiB, per sequence of {} tokens {:.3f} GiB on the GPU{}, prefill peak "
                        "{:.2f} GiB",
                        gib(weight_bytes), max_tokens, gib(device_per_sequence),
-                       host_per_sequence > 0 ? fmt::format(" + {:.3f} GiB pinned CPU store", gib(host_per_sequence)) : "",
+                       host_per_sequence > 0 ? fmt::format(" + {:.3f} GiB pinned CPU store ({} bytes/token, {})", gib(host_per_sequence),
+                                                           store_bytes_per_token, store_dtype)
+                                             : "",
                        gib(prefill_bytes + device_fixed));
 }
 

@@ -23,6 +23,8 @@ struct GpuMemoryPlan {
     int64_t device_fixed = 0;         // counters and decode buffers of max_batch rows (upper bound)
     int64_t prefill_bytes = 0;        // activations and attention scratch of one max_tokens prefill
     int64_t host_per_sequence = 0;    // pinned CPU store of one sequence
+    int64_t store_bytes_per_token = 0;  // of the CPU store (or quest's device store), every layer and KV head
+    const char* store_dtype = "native";  // --kv-store-dtype
     int64_t max_tokens = 0;
 
     /// Device bytes of the KV, scratch and activations of `batch` sequences (weights excluded).
@@ -31,7 +33,7 @@ struct GpuMemoryPlan {
     /// The most sequences that fit in device_cap bytes of GPU memory (weights included) and
     /// host_cap bytes of pinned memory (<= 0: no host cap); 0 when not even one does.
     int64_t max_sequences(int64_t device_cap, int64_t host_cap) const;
-    /// One line: weights, per-sequence device and host bytes, the prefill peak.
+    /// One line: weights, per-sequence device and host bytes (the store's bytes per token and dtype), the prefill peak.
     std::string describe() const;
 };
 

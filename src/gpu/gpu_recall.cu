@@ -52,6 +52,8 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
     ga.n_head_kv = g.n_head_kv;
     ga.head_dim = g.head_dim;
     ga.elem_bytes = g.elem_bytes;
+    ga.store_code = g.store_code;
+    ga.store_block_bytes = g.store_block_bytes();
     // 12 blocks already reach the PCIe rate when alone (bench_recall_overlap); the background
     // gather keeps to that, since every byte it moves beside the model slows the model's GEMMs; the
     // synchronous one (on the critical path) takes 32 (64 and 128 measured no faster).
@@ -89,7 +91,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
         if (dma) {
             batch_copy(host_jobs.get(), *host_count.get(), il, staging.get(), 0, s);
         } else {
-            const int64_t block = kv_bytes(g.block_elems());
+            const int64_t block = g.store_block_bytes();
             for (int32_t j = 0; j < *host_count.get(); ++j)
                 FREEKV_CUDA_CHECK(cudaMemcpyAsync(staging.get() + j * block, host_block(host_jobs.get()[j], il), sz(block),
                                                   cudaMemcpyHostToDevice, s));
@@ -107,7 +109,7 @@ void GpuEngine::Impl::select_and_gather(int64_t il, int32_t n_rows, const float*
 const uint8_t* GpuEngine::Impl::host_block(const cuda::GatherJob& job, int64_t il) const {
     const int64_t cpu_page = job.seq * max_pages + job.page;  // cpu_page_of is the identity
     return host_chunks[sz(cpu_page / pages_per_chunk)] +
-           kv_bytes((cpu_page % pages_per_chunk) * g.cpu_page_elems() + (il * c.n_head_kv + job.ikv) * g.block_elems());
+           (cpu_page % pages_per_chunk) * g.cpu_page_bytes() + (il * c.n_head_kv + job.ikv) * g.store_block_bytes();
 }
 
 // The blocks of a job list into consecutive staging blocks, by the copy engines: one
@@ -116,7 +118,7 @@ const uint8_t* GpuEngine::Impl::host_block(const cuda::GatherJob& job, int64_t i
 void GpuEngine::Impl::batch_copy(const cuda::GatherJob* job_list, int32_t count, int64_t il, uint8_t* to, int who,
                                  cudaStream_t s) {
     if (count <= 0) return;
-    const int64_t block = kv_bytes(g.block_elems());
+    const int64_t block = g.store_block_bytes();
     auto& dst = batch_dst[who];
     auto& src = batch_src[who];
     auto& size = batch_size[who];

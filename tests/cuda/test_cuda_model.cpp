@@ -256,6 +256,27 @@ TEST(GpuEngine, SparseModesInF32MatchTheCpuEngine) {
     track_cpu_engine(*loaded, cases, {0.001, 0.995, 0.005, 0.002, 0.02});
 }
 
+// The 8-bit store (--kv-store-dtype int8 | fp8) on the GPU codes blocks as the CPU backend's
+// KvManager does and decodes them on recall: in f32 the two engines see the same decoded keys and
+// values but where a K/V value that differs in its last bits (summation order) rounds to another
+// code, so they agree as tightly as with the native store. quest codes its device store the same way.
+TEST(GpuEngine, EightBitStoreInF32MatchesTheCpuEngine) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    std::string why;
+    auto loaded = model_and_text(&why, gpu::GpuDtype::kF32);
+    if (!loaded) GTEST_SKIP() << why;
+    std::vector<std::pair<const char*, KvModeConfig>> cases;
+    for (KvCode code : {KvCode::kInt8, KvCode::kFp8E4m3})
+        for (KvMode kind : {KvMode::kFreekv, KvMode::kQuest}) {
+            KvModeConfig mode = mode_of(kind, 512, 64, 64);
+            mode.store_code = code;
+            cases.emplace_back(code == KvCode::kInt8 ? (kind == KvMode::kFreekv ? "freekv:int8" : "quest:int8")
+                                                     : (kind == KvMode::kFreekv ? "freekv:fp8" : "quest:fp8"),
+                               mode);
+        }
+    track_cpu_engine(*loaded, cases, {0.001, 0.995, 0.005, 0.002, 0.02});
+}
+
 // Every recall path moves the same bytes into the same slots, so the logits are identical bit for
 // bit: gather, dma (FreeKV's background through the worker thread and the copy engines; the
 // synchronous paths through the host) and per-copy; the recall counters agree too.
@@ -322,9 +343,12 @@ TEST(GpuEngine, RecallImplsGiveIdenticalLogits) {
             EXPECT_EQ(got.pages_per_step, want.pages_per_step) << label << " with --corr-sync host";
         }
     }
-    // fp32 KV (--gpu-dtype f32): 4-byte elements through every copy path (sizes in bytes).
+    // fp32 KV (--gpu-dtype f32): 4-byte elements through every copy path (sizes in bytes); and an
+    // int8 store, whose coded blocks the copy paths stage and the scatter decodes.
     const auto f32 = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kF32);
-    for (const auto& [label, base] : {cases[1], cases[3]}) {
+    KvModeConfig int8_store = corr_off;
+    int8_store.store_code = KvCode::kInt8;
+    for (const auto& [label, base] : {cases[1], cases[3], std::pair<const char*, KvModeConfig>{"freekv:corr-off:int8", int8_store}}) {
         KvModeConfig mode = base;
         mode.recall_impl = RecallImpl::kGather;
         const Run want = run(mode, f32);

@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "backend/cuda/gather_pages.cuh"
 #include "backend/cuda/ops_cuda.cuh"
 #include "backend/cuda/page_boundary.cuh"
 #include "backend/cuda/pinned_store.cuh"
@@ -541,6 +542,114 @@ void check_page_boundary() {
 TEST_F(CudaOps, PageBoundarySummarizesRotatesAndOffloads) {
     check_page_boundary<uint16_t>();
     check_page_boundary<float>();  // --gpu-dtype f32
+}
+
+// The 8-bit store's device twins (--kv-store-dtype int8 | fp8): the page-boundary kernel codes
+// each offloaded block exactly as cpu::quantize_kv_block does on the same values (codes and
+// scales bit for bit, on data with outlier key channels and value tokens), and the gather kernel
+// decodes blocks into budget slots as cpu::dequantize_kv_block does (bf16 slots: that, rounded).
+template <class T>
+void check_coded_store(KvCode code) {
+    std::mt19937 rng(code == KvCode::kInt8 ? 31 : 37);
+    const int L = 2, batch = 2, n_slots = 6, p = 32, n_kv = 2, d = 128, max_pages = 8;
+    const int64_t token = n_kv * d, slot_elems = 2LL * p * token;
+    const int64_t block_bytes = kv_coded_block_bytes(p, d), page_bytes = L * n_kv * block_bytes;
+    const int32_t store_code = code == KvCode::kInt8 ? 1 : 2;
+    std::vector<float> values = randn(static_cast<size_t>(L * batch * n_slots * slot_elems), rng);
+    for (int64_t i = 0; i < static_cast<int64_t>(values.size()); ++i) {
+        const int64_t in_slot = i % slot_elems, row = in_slot / token, channel = in_slot % d;
+        if (row < p && channel % 37 == 5) values[static_cast<size_t>(i)] *= 40.0f;                 // key outlier channels
+        if (row >= p && (row - p) % 11 == 3) values[static_cast<size_t>(i)] *= 25.0f;              // value outlier tokens
+        if (row < p && channel == 17) values[static_cast<size_t>(i)] = 0.0f;                      // an all-zero channel
+    }
+    const auto cache = to_elems<T>(values);
+    constexpr int64_t eb = sizeof(T);
+    cuda::PinnedStore store(page_bytes * 8, page_bytes, page_bytes * 4);
+    const int ppc = static_cast<int>(store.chunk_bytes() / page_bytes);
+    void** chunks = nullptr;
+    ASSERT_EQ(cudaMalloc(&chunks, sizeof(void*) * static_cast<size_t>(store.n_chunks())), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(chunks, store.device_chunks().data(), sizeof(void*) * static_cast<size_t>(store.n_chunks()),
+                         cudaMemcpyHostToDevice), cudaSuccess);
+    const std::vector<cuda::BoundaryJob> jobs{{0, 2, 4, -1, 6}, {1, 3, 1, 5, 1}};  // seq 1 also rotates
+    auto* cache_d = to_device(cache);
+    auto* summaries_d = to_device(std::vector<T>(static_cast<size_t>(L * batch * n_kv * max_pages * 2 * d)));
+    cuda::BoundaryArgs a;
+    a.jobs = to_device(jobs);
+    a.n_jobs = 2;
+    a.budget_cache = cache_d;
+    a.summaries = summaries_d;
+    a.cpu_chunks = chunks;
+    a.pages_per_chunk = ppc;
+    a.n_layer = L, a.max_batch = batch, a.n_slots = n_slots, a.max_pages = max_pages, a.page_size = p;
+    a.n_head_kv = n_kv, a.head_dim = d, a.elem_bytes = static_cast<int32_t>(eb);
+    a.store_code = store_code;
+    a.store_block_bytes = block_bytes;
+    cuda::page_boundary(a, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    auto block_at = [&](int cpu_page, int il, int h) {
+        return static_cast<const uint8_t*>(store.host_chunk(cpu_page / ppc)) + (cpu_page % ppc) * page_bytes + (il * n_kv + h) * block_bytes;
+    };
+    std::vector<float> hnd(static_cast<size_t>(2 * p * d)), decoded(hnd.size()), scales(static_cast<size_t>(kv_block_scales(p, d)));
+    std::vector<uint8_t> codes(hnd.size());
+    for (const auto& job : jobs)
+        for (int il = 0; il < L; ++il)
+            for (int h = 0; h < n_kv; ++h) {
+                const T* src = cache.data() + ((static_cast<int64_t>(il) * batch + job.seq) * n_slots + job.src_slot) * slot_elems;
+                for (int r = 0; r < 2 * p; ++r)
+                    for (int i = 0; i < d; ++i) hnd[static_cast<size_t>(r * d + i)] = elem_f32(src[(r / p) * p * token + (r % p) * token + h * d + i]);
+                cpu::quantize_kv_block(hnd.data(), p, d, code, codes.data(), scales.data());
+                const uint8_t* got = block_at(job.cpu_page, il, h);
+                ASSERT_EQ(0, std::memcmp(got, codes.data(), codes.size())) << "codes of layer " << il << " head " << h;
+                ASSERT_EQ(0, std::memcmp(got + codes.size(), scales.data(), scales.size() * 4)) << "scales of layer " << il << " head " << h;
+            }
+    // Gather: every (layer, seq, head) brings page job.page (its CPU page job.cpu_page) into slot 0.
+    std::vector<int32_t> cpu_page_of(static_cast<size_t>(batch * max_pages), 0);
+    for (const auto& job : jobs) cpu_page_of[static_cast<size_t>(job.seq * max_pages + job.page)] = job.cpu_page;
+    std::vector<cuda::GatherJob> gjobs;
+    for (const auto& job : jobs)
+        for (int h = 0; h < n_kv; ++h) gjobs.push_back({job.seq, h, job.page, 0});
+    auto* gjobs_d = to_device(gjobs);
+    auto* n_jobs_d = to_device(std::vector<int32_t>{static_cast<int32_t>(gjobs.size())});
+    auto* cpu_page_of_d = to_device(cpu_page_of);
+    for (int il = 0; il < L; ++il) {
+        cuda::GatherArgs ga;
+        ga.cpu_chunks = chunks;
+        ga.pages_per_chunk = ppc;
+        ga.cpu_page_of = cpu_page_of_d;
+        ga.budget_cache = cache_d;
+        ga.jobs = gjobs_d;
+        ga.n_jobs = n_jobs_d;
+        ga.il = il, ga.n_layer = L, ga.max_batch = batch, ga.max_pages = max_pages, ga.n_slots = n_slots;
+        ga.page_size = p, ga.n_head_kv = n_kv, ga.head_dim = d, ga.elem_bytes = static_cast<int32_t>(eb);
+        ga.ctas = 3;  // fewer blocks than jobs: a block decodes several
+        ga.store_code = store_code;
+        ga.store_block_bytes = block_bytes;
+        ASSERT_EQ(cuda::gather_pages(ga, nullptr), "");
+    }
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto after = to_host(cache_d, cache.size());
+    for (const auto& job : jobs)
+        for (int il = 0; il < L; ++il)
+            for (int h = 0; h < n_kv; ++h) {
+                const uint8_t* block = block_at(job.cpu_page, il, h);
+                std::memcpy(scales.data(), block + codes.size(), scales.size() * 4);
+                cpu::dequantize_kv_block(block, scales.data(), p, d, code, decoded.data());
+                const T* slot = after.data() + ((static_cast<int64_t>(il) * batch + job.seq) * n_slots + 0) * slot_elems;
+                for (int r = 0; r < 2 * p; ++r)
+                    for (int i = 0; i < d; ++i) {
+                        const T got = slot[(r / p) * p * token + (r % p) * token + h * d + i];
+                        ASSERT_EQ(got, f32_elem<T>(decoded[static_cast<size_t>(r * d + i)])) << "layer " << il << " head " << h << " row " << r << " dim " << i;
+                    }
+            }
+    cudaFree(const_cast<cuda::BoundaryJob*>(a.jobs)), cudaFree(cache_d), cudaFree(summaries_d), cudaFree(chunks);
+    cudaFree(gjobs_d), cudaFree(n_jobs_d), cudaFree(cpu_page_of_d);
+}
+
+TEST_F(CudaOps, EightBitStoreCodesAndDecodesAsTheCpuTwins) {
+    for (KvCode code : {KvCode::kInt8, KvCode::kFp8E4m3}) {
+        check_coded_store<uint16_t>(code);
+        check_coded_store<float>(code);
+    }
 }
 
 // Top-k edge cases of the device selection: all-equal scores (a zero query) must pick the

@@ -155,6 +155,21 @@ TEST(Cli, BenchTinyPrintsEveryMode) {
     EXPECT_NE(full.output.find("exceeds the model's context 32768"), std::string::npos) << full.output;
 }
 
+// Mode variants stack (an ablation and a store dtype); a bad one is named with the accepted list.
+TEST(Cli, ModeVariantsStack) {
+    const Result r = run("bench --shape tiny -d 300 -b 1 -n 2 -r 1 --kv-budget 256 --kv-sink 32 --kv-recent 64 --device cpu "
+                         "--kv-mode freekv:corr-off:int8,quest:fp8");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("| freekv:corr-off:int8 | 300 | 1 |"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("| quest:fp8 | 300 | 1 |"), std::string::npos) << r.output;
+    const Result bad = run("bench --shape tiny -d 300 -b 1 -n 2 --device cpu --kv-mode freekv:corr-off:int4");
+    EXPECT_EQ(bad.code, 1);
+    EXPECT_NE(bad.output.find("unknown variant 'int4' (corr-off, no-spec, int8, fp8)"), std::string::npos) << bad.output;
+    const Result ablated_quest = run("bench --shape tiny -d 300 -b 1 -n 2 --device cpu --kv-mode quest:int8:no-spec");
+    EXPECT_EQ(ablated_quest.code, 1);
+    EXPECT_NE(ablated_quest.output.find("only freekv takes an ablation variant"), std::string::npos) << ablated_quest.output;
+}
+
 // Ragged batches (design doc 6.2): a batch's context lengths spread evenly from --ragged up to the
 // depth; the depth column shows "shortest-longest", JSON adds depth_min; --ragged must be below
 // every depth.

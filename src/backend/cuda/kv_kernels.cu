@@ -7,6 +7,7 @@
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gather_pages.cuh"
+#include "backend/cuda/kv_block_code.cuh"
 #include "backend/cuda/kv_kernels.cuh"
 
 namespace freekv::cuda {
@@ -50,12 +51,18 @@ __global__ void install_kernel(InstallArgs a, KvGeometry g) {
     }
     if (complete && a.cpu_chunks != nullptr) {
         const int cpu_page = a.cpu_page_of[static_cast<int64_t>(a.seq) * g.max_pages + page];
-        T* block = static_cast<T*>(a.cpu_chunks[cpu_page / a.pages_per_chunk]) +
-                          static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_elems() +
-                          (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.block_elems();
-        for (int e = threadIdx.x; e < 2 * g.page_size * g.head_dim; e += blockDim.x) {
-            const int r = e / g.head_dim, i = e % g.head_dim;  // r: K rows, then V rows
-            block[e] = r < g.page_size ? k[r * row + i] : v[(r - g.page_size) * row + i];
+        char* bytes = static_cast<char*>(a.cpu_chunks[cpu_page / a.pages_per_chunk]) +
+                      static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_bytes() +
+                      (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.store_block_bytes();
+        if (g.store_code != kStoreNative) {
+            __shared__ float scales[kMaxBlockScales];
+            quantize_block(k, v, row, g.page_size, g.head_dim, g.store_code, reinterpret_cast<uint8_t*>(bytes), scales);
+        } else {
+            T* block = reinterpret_cast<T*>(bytes);
+            for (int e = threadIdx.x; e < 2 * g.page_size * g.head_dim; e += blockDim.x) {
+                const int r = e / g.head_dim, i = e % g.head_dim;  // r: K rows, then V rows
+                block[e] = r < g.page_size ? k[r * row + i] : v[(r - g.page_size) * row + i];
+            }
         }
     }
     const int slot = a.slot_of_page[page];
@@ -138,18 +145,30 @@ __global__ void mass_kernel(MassArgs a, KvGeometry g) {
     const int64_t row = g.row();
     for (int j = threadIdx.x; j < n_tokens; j += blockDim.x) {
         const int page = j / g.page_size, r = j % g.page_size;
-        const T* key;
+        const T* key = nullptr;
+        const uint8_t* codes = nullptr;  // 8-bit store: the key's codes, its channels' scales after the block's codes
+        const float* scales = nullptr;
         if (page < current) {
             const int cpu_page = a.cpu_page_of[static_cast<int64_t>(seq) * g.max_pages + page];
-            key = static_cast<const T*>(a.cpu_chunks[cpu_page / a.pages_per_chunk]) +
-                  static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_elems() +
-                  (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.block_elems() + static_cast<int64_t>(r) * g.head_dim;
+            const char* block = static_cast<const char*>(a.cpu_chunks[cpu_page / a.pages_per_chunk]) +
+                                static_cast<int64_t>(cpu_page % a.pages_per_chunk) * g.cpu_page_bytes() +
+                                (static_cast<int64_t>(a.il) * g.n_head_kv + ikv) * g.store_block_bytes();
+            if (g.store_code != kStoreNative) {
+                codes = reinterpret_cast<const uint8_t*>(block) + static_cast<int64_t>(r) * g.head_dim;
+                scales = reinterpret_cast<const float*>(block + g.block_elems());
+            } else {
+                key = reinterpret_cast<const T*>(block) + static_cast<int64_t>(r) * g.head_dim;
+            }
         } else {
             key = static_cast<const T*>(a.layer_cache) + (static_cast<int64_t>(seq) * g.n_slots + a.current_slot) * g.slot_elems() + r * row +
                   ikv * g.head_dim;
         }
         float dot = 0.0f;
-        for (int i = 0; i < g.head_dim; ++i) dot += q[i] * to_f32(key[i]);
+        if (codes != nullptr) {
+            for (int i = 0; i < g.head_dim; ++i) dot += q[i] * (code_value(codes[i], g.store_code) * scales[i]);
+        } else {
+            for (int i = 0; i < g.head_dim; ++i) dot += q[i] * to_f32(key[i]);
+        }
         logits[j] = dot * scale;
     }
     __syncthreads();

@@ -5,6 +5,7 @@
 // Layouts are those of kv/kv_manager.h with elements of g.elem_bytes (2: bf16, 4: fp32):
 //   budget cache [L][max_batch][n_slots][2][page_size][n_head_kv][head_dim]   (NHD slots)
 //   CPU store    per CPU page [L][n_head_kv][2][page_size][head_dim]           (HND blocks)
+//                (with an 8-bit store each block is codes plus scales: kv_block_code.cuh)
 //   summaries    [L][max_batch][n_head_kv][max_pages][2][head_dim]
 // Invariants: summaries and offloaded blocks are bit-identical to page_boundary.cu's (fp32 math,
 // storage in the element type, bf16 rounded to nearest even); every launcher checks the launch and
@@ -26,6 +27,14 @@ struct KvGeometry {
     int32_t n_layer = 0, max_batch = 0, n_slots = 0, max_pages = 0, page_size = 0, n_head = 0, n_head_kv = 0,
             head_dim = 0;
     int32_t elem_bytes = 2;  // KV and summary elements: 2 (bf16) or 4 (fp32)
+    // The CPU store's blocks: kStoreNative (elements of elem_bytes), kStoreInt8 or kStoreFp8
+    // (kv_block_code.cuh) of stored_block bytes (backend/ops.h kv_coded_block_bytes); 0: native.
+    int32_t store_code = 0;
+    int32_t stored_block = 0;
+    FREEKV_HOST_DEVICE int64_t store_block_bytes() const {
+        return store_code == 0 ? block_elems() * elem_bytes : static_cast<int64_t>(stored_block);
+    }
+    FREEKV_HOST_DEVICE int64_t cpu_page_bytes() const { return static_cast<int64_t>(n_layer) * n_head_kv * store_block_bytes(); }
     FREEKV_HOST_DEVICE int64_t row() const { return static_cast<int64_t>(n_head_kv) * head_dim; }
     FREEKV_HOST_DEVICE int64_t slot_elems() const { return 2LL * page_size * row(); }
     FREEKV_HOST_DEVICE int64_t layer_cache_elems() const { return static_cast<int64_t>(max_batch) * n_slots * slot_elems(); }
