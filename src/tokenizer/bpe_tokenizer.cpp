@@ -109,6 +109,13 @@ Tokenizer::Tokenizer(const TokenizerSpec& spec)
         max_id = std::max(max_id, t.id);
     }
     FREEKV_CHECK(max_id >= 0, "tokenizer has an empty vocabulary");
+    // Ids index a table: a real vocabulary numbers its tokens densely (added tokens after it), so an
+    // id far past the count of defined tokens is a malformed file, not a reason to allocate gigabytes.
+    const int64_t defined = static_cast<int64_t>(spec.vocab.size() + spec.added_tokens.size());
+    FREEKV_CHECK(max_id < 2 * defined + 1024,
+                 "tokenizer token id {} is far beyond the {} tokens the file defines (ids must number the vocabulary "
+                 "densely); the tokenizer file is malformed",
+                 max_id, defined);
     id_to_bytes_.resize(static_cast<size_t>(max_id) + 1);
     id_is_special_.assign(id_to_bytes_.size(), 0);
     for (const auto& [text, id] : spec.vocab) {

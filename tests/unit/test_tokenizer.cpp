@@ -140,6 +140,21 @@ TEST(Bpe, InvalidUtf8IsAnError) {
     EXPECT_THROW(tok.encode("\xED\xA0\x80"), Error);  // encoded surrogate
 }
 
+// A token id far past the tokens a file defines would size the id table by it (the fuzzer's
+// input asked for 53 GB): an Error instead. Ids just past the vocabulary (added tokens) are fine.
+TEST(Bpe, AnIdFarBeyondTheVocabularyIsAnError) {
+    TokenizerSpec spec = byte_spec({});
+    spec.added_tokens.push_back({1000, "<|far|>", true, false, false, false, false});
+    EXPECT_NO_THROW(Tokenizer{spec});
+    spec.vocab.emplace_back("zz", 1666666661);
+    try {
+        Tokenizer tok(spec);
+        ADD_FAILURE() << "a sparse id was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("token id 1666666661 is far beyond the 258 tokens"), std::string::npos) << e.what();
+    }
+}
+
 TEST(Bpe, TemplatePostProcessorAddsPrefix) {
     TokenizerSpec spec = byte_spec({});
     spec.added_tokens.push_back({600, "<|begin|>", true, false, false, false, false});
