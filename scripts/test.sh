@@ -20,7 +20,7 @@ ctest --preset cpu-debug "$@" || status=$?
 # recall worker's (test_recall_worker); OpenMP runs one thread there (libgomp is not instrumented
 # and its barriers would read as races). The other suites are single-threaded, so TSan would only
 # make them slower (the preset builds and runs these four; test_cli and test_ref_model start the
-# same threads on the 28M model and took over 10 minutes instrumented).
+# same threads on the 28M model and are left to the ASan pass).
 cmake --preset cpu-tsan >/dev/null
 cmake --build --preset cpu-tsan
 ctest --preset cpu-tsan || status=$?
