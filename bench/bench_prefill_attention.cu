@@ -1,6 +1,7 @@
 // bench_prefill_attention.cu: one layer's causal prefill attention at the Llama-3.1-8B shape (32
 // query heads, 8 KV heads, head_dim 128; or as given) for several prompt lengths: the flash kernel
-// (src/backend/cuda/flash_prefill.cu) at 16 and 32 rows per warp, whole prompt and in chunks of
+// (src/backend/cuda/flash_prefill.cu: mma.sync at 16 and 32 rows per warp, and wgmma where the
+// device has it), whole prompt and in chunks of
 // 4096 queries against all earlier keys, beside the chunked fp32 cuBLAS path it replaces
 // (prefill_attention.cu), on the same inputs in the same run.
 // Validates before timing: the flash output and the cuBLAS output agree (NMSE <= 1e-4; the flash
@@ -123,16 +124,25 @@ int main(int argc, char** argv) {
                 status = 1;
             }
         };
-        for (const int rpw : {16, 32}) {
-            const int warps = 4;
+        struct Variant {
+            freekv::cuda::FlashKernel kernel;
+            int rows_per_warp;
+            const char* name;
+        };
+        std::vector<Variant> variants{{freekv::cuda::FlashKernel::mma_sync, 16, "flash mma.sync, 4 warps x 16 rows"},
+                                      {freekv::cuda::FlashKernel::mma_sync, 32, "flash mma.sync, 4 warps x 32 rows"}};
+        if (freekv::cuda::flash_prefill_has_wgmma(d))
+            variants.push_back({freekv::cuda::FlashKernel::wgmma, 0, "flash wgmma, 2 warpgroups x 64 rows"});
+        for (const Variant& var : variants) {
             freekv::cuda::FlashPrefillArgs fa;
             fa.q = dq, fa.k = dk16, fa.v = dv16, fa.out = dout;
             fa.n_q = n, fa.q_pos0 = 0, fa.n_keys = n, fa.n_head = n_head, fa.n_head_kv = n_head_kv, fa.head_dim = d;
-            fa.rows_per_warp = rpw;
+            fa.rows_per_warp = var.rows_per_warp;
+            fa.kernel = var.kernel;
             CHECK(cudaMemset(dout, 0xff, q.size() * 4));
             const double ms = time_ms([&] { freekv::cuda::flash_prefill(fa, nullptr); }, reps);
             check("flash whole");
-            std::printf("| %d | flash, %d warps x %d rows, whole prompt | %.2f | %.1f |\n", n, warps, rpw, ms, flops / ms * 1e-9);
+            std::printf("| %d | %s, whole prompt | %.2f | %.1f |\n", n, var.name, ms, flops / ms * 1e-9);
             const int chunk = 4096;
             if (n > chunk) {
                 CHECK(cudaMemset(dout, 0xff, q.size() * 4));
@@ -150,8 +160,7 @@ int main(int argc, char** argv) {
                     },
                     reps);
                 check("flash chunked");
-                std::printf("| %d | flash, %d warps x %d rows, chunks of %d | %.2f | %.1f |\n", n, warps, rpw, chunk, ms_c,
-                            flops / ms_c * 1e-9);
+                std::printf("| %d | %s, chunks of %d | %.2f | %.1f |\n", n, var.name, chunk, ms_c, flops / ms_c * 1e-9);
             }
         }
         for (void* p : {static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv), static_cast<void*>(dk16),

@@ -259,8 +259,9 @@ TEST_F(CudaOps, PrefillAttentionIsCausalAcrossChunks) {
 
 // Flash prefill (bf16 tensor cores) against the reference causal attention in fp32 on the same
 // bf16-rounded q, k and v: whole prompts and later chunks (q_pos0 > 0, every earlier key visible),
-// lengths that are not multiples of the 64-key tile or of the block's rows, group sizes 1, 4, 7, 8,
-// head_dim 64 and 128, both row widths, a key stride wider than one token's KV heads.
+// lengths that are not multiples of the key tiles (64 and 128) or of the block's rows, group sizes
+// 1, 4, 7, 8, 16, head_dim 64 and 128, both row widths, a key stride wider than one token's KV heads;
+// the mma.sync kernel everywhere and the wgmma kernel where the device has it.
 TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
     std::mt19937 rng(31);
     struct Shape {
@@ -269,7 +270,8 @@ TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
     for (const Shape sh : {Shape{77, 0, 4, 4, 64, 0, 0}, Shape{130, 0, 8, 2, 128, 16, 0}, Shape{130, 0, 8, 2, 128, 32, 0},
                            Shape{301, 0, 28, 4, 128, 0, 0}, Shape{95, 200, 14, 2, 64, 16, 0}, Shape{64, 129, 8, 1, 128, 32, 0},
                            Shape{1, 500, 32, 8, 128, 0, 0}, Shape{33, 63, 4, 4, 64, 32, 8}, Shape{257, 1000, 32, 8, 128, 0, 16},
-                           Shape{300, 77, 28, 4, 128, 32, 0}, Shape{99, 31, 14, 2, 64, 32, 8}}) {
+                           Shape{300, 77, 28, 4, 128, 32, 0}, Shape{99, 31, 14, 2, 64, 32, 8}, Shape{200, 50, 32, 2, 128, 0, 0},
+                           Shape{513, 0, 8, 8, 128, 0, 8}, Shape{129, 383, 16, 16, 128, 0, 0}}) {
         const int n_keys = sh.q_pos0 + sh.n_q;
         const int64_t q_row = int64_t{sh.n_head} * sh.head_dim, kv_row = int64_t{sh.n_head_kv} * sh.head_dim + sh.pad;
         const auto q = from_bf16(to_bf16(randn(static_cast<size_t>(sh.n_q * q_row), rng)));  // the kernel rounds q
@@ -282,8 +284,6 @@ TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
         a.out = poisoned(q.size());
         a.n_q = sh.n_q, a.q_pos0 = sh.q_pos0, a.n_keys = n_keys, a.n_head = sh.n_head, a.n_head_kv = sh.n_head_kv;
         a.head_dim = sh.head_dim, a.kv_stride = kv_row, a.rows_per_warp = sh.rows_per_warp;
-        cuda::flash_prefill(a, nullptr);
-        const auto got = to_host(a.out, q.size());
         const auto k = from_bf16(k16), v = from_bf16(v16);
         std::vector<int32_t> pages(static_cast<size_t>(n_keys)), pos(static_cast<size_t>(sh.n_q));
         std::iota(pages.begin(), pages.end(), 0);
@@ -291,16 +291,25 @@ TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
         const PagedKvView view{k.data(), v.data(), pages.data(), n_keys, 1, 1, kv_row, kv_row, 0};
         std::vector<float> want(q.size());
         ref::attention(q.data(), {sh.n_q, sh.n_head, sh.n_head_kv, sh.head_dim, pos.data()}, view, want.data());
-        // NOTE: the kernel rounds the probabilities to bf16 for the P.V product (relative error up to
-        // 2^-9 per term, NMSE ~1e-6 on random values); 2e-5 allows that and fails on any wrong key,
-        // mask or head (NMSE ~1e-1 or worse).
-        EXPECT_LE(test::nmse(got, want), 2e-5) << "n_q " << sh.n_q << " q_pos0 " << sh.q_pos0 << " heads " << sh.n_head << "/"
-                                               << sh.n_head_kv << " d " << sh.head_dim << " rows/warp " << sh.rows_per_warp;
-        for (size_t i = 0; i < got.size(); ++i)
-            if (!std::isfinite(got[i])) {
-                ADD_FAILURE() << "non-finite output at " << i;
-                break;
-            }
+        std::vector<cuda::FlashKernel> kernels{cuda::FlashKernel::mma_sync};
+        if (cuda::flash_prefill_has_wgmma(sh.head_dim)) kernels.push_back(cuda::FlashKernel::wgmma);
+        for (const cuda::FlashKernel kernel : kernels) {
+            a.kernel = kernel;
+            EXPECT_EQ(cudaMemset(a.out, 0xff, q.size() * sizeof(float)), cudaSuccess);  // NaN: every row must be written
+            cuda::flash_prefill(a, nullptr);
+            const auto got = to_host(a.out, q.size());
+            // NOTE: the kernels round the probabilities to bf16 for the P.V product (relative error up
+            // to 2^-9 per term, NMSE ~1e-6 on random values); 2e-5 allows that and fails on any wrong
+            // key, mask or head (NMSE ~1e-1 or worse).
+            EXPECT_LE(test::nmse(got, want), 2e-5)
+                << (kernel == cuda::FlashKernel::wgmma ? "wgmma" : "mma.sync") << " n_q " << sh.n_q << " q_pos0 " << sh.q_pos0
+                << " heads " << sh.n_head << "/" << sh.n_head_kv << " d " << sh.head_dim << " rows/warp " << sh.rows_per_warp;
+            for (size_t i = 0; i < got.size(); ++i)
+                if (!std::isfinite(got[i])) {
+                    ADD_FAILURE() << "non-finite output at " << i;
+                    break;
+                }
+        }
         for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),
                               static_cast<const void*>(a.out)})
             cudaFree(const_cast<void*>(p));

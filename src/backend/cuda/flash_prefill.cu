@@ -11,6 +11,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/flash_prefill.cuh"
+#include "backend/cuda/flash_prefill_wgmma.cuh"
 #include "core/error.h"
 
 namespace freekv::cuda {
@@ -281,6 +282,8 @@ void launch(const FlashPrefillArgs& a, cudaStream_t s) {
 
 bool flash_prefill_supports(int64_t head_dim) { return head_dim == 64 || head_dim == 128; }
 
+bool flash_prefill_has_wgmma(int64_t head_dim) { return flash_prefill_wgmma_available(head_dim); }
+
 void flash_prefill(const FlashPrefillArgs& a, void* stream) {
     FREEKV_CHECK(flash_prefill_supports(a.head_dim), "flash prefill: head_dim {} is not supported (64 or 128)", a.head_dim);
     FREEKV_CHECK(a.n_q >= 1 && a.n_head_kv >= 1 && a.n_head % a.n_head_kv == 0 && a.q_pos0 >= 0 && a.n_keys >= a.q_pos0 + a.n_q,
@@ -289,6 +292,14 @@ void flash_prefill(const FlashPrefillArgs& a, void* stream) {
     FREEKV_CHECK(a.rows_per_warp == 0 || a.rows_per_warp == 16 || a.rows_per_warp == 32,
                  "flash prefill: rows_per_warp {} must be 16 or 32", a.rows_per_warp);
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    const bool has_wgmma = flash_prefill_wgmma_available(a.head_dim);
+    FREEKV_CHECK(a.kernel != FlashKernel::wgmma || has_wgmma,
+                 "flash prefill: the wgmma kernel needs a compute-capability 9.0 device and head_dim 128 (head_dim {})",
+                 a.head_dim);
+    if (a.kernel == FlashKernel::wgmma || (a.kernel == FlashKernel::automatic && has_wgmma)) {
+        flash_prefill_wgmma(a, s);
+        return;
+    }
     // 4 warps of 32 rows: the fastest measured at head_dim 128 (8 warps per block were no faster).
     const bool wide = a.rows_per_warp != 16;
     if (a.head_dim == 64) {

@@ -1,6 +1,7 @@
 // flash_prefill.cuh: causal prefill attention on the tensor cores, flash-attention style: per tile of
 // query rows, key/value tiles stream through shared memory, scores stay in registers (online
-// softmax), bf16 products with fp32 accumulation (mma.sync m16n8k16). GQA-aware: the rows of one
+// softmax), bf16 products with fp32 accumulation: wgmma on a compute-capability 9.0 device at
+// head_dim 128 (flash_prefill_wgmma.cu), mma.sync m16n8k16 otherwise. GQA-aware: the rows of one
 // block are (query token, group member) pairs of a single KV head, so each K/V tile is loaded once
 // for the whole group.
 // Invariants:
@@ -16,6 +17,9 @@
 
 namespace freekv::cuda {
 
+/// Which kernel runs: the fastest the device has, or one named (tests and benchmarks compare them).
+enum class FlashKernel { automatic, mma_sync, wgmma };
+
 struct FlashPrefillArgs {
     const float* q = nullptr;
     const uint16_t* k = nullptr;
@@ -24,11 +28,14 @@ struct FlashPrefillArgs {
     int32_t n_q = 0, q_pos0 = 0, n_keys = 0;
     int32_t n_head = 0, n_head_kv = 0, head_dim = 0;
     int64_t kv_stride = 0;  // elements between consecutive keys (0: n_head_kv * head_dim)
-    int32_t rows_per_warp = 0;  // 16 or 32 query rows per warp (0: the measured default, 32)
+    int32_t rows_per_warp = 0;  // mma_sync: 16 or 32 query rows per warp (0: the measured default, 32)
+    FlashKernel kernel = FlashKernel::automatic;
 };
 
 /// Whether flash_prefill supports this head_dim.
 bool flash_prefill_supports(int64_t head_dim);
+/// Whether FlashKernel::wgmma can run here for this head_dim (a 9.0 device, head_dim 128).
+bool flash_prefill_has_wgmma(int64_t head_dim);
 void flash_prefill(const FlashPrefillArgs& a, void* stream);
 
 }  // namespace freekv::cuda
