@@ -17,7 +17,8 @@ for b in app/freekv tests/test_cuda_ops tests/test_cuda_model tests/test_cuda_en
 done
 [ -f build/cpu-release/app/freekv ] && strip -o .devbin/freekv_cpu build/cpu-release/app/freekv
 lib=/usr/lib/x86_64-linux-gnu
-for l in libstdc++.so.6 libgcc_s.so.1 libfmt.so.9 libpcre2-8.so.0 libutf8proc.so.2 libgomp.so.1 libcpp-httplib.so.0.11; do
+for l in libstdc++.so.6 libgcc_s.so.1 libfmt.so.9 libpcre2-8.so.0 libutf8proc.so.2 libgomp.so.1 libcpp-httplib.so.0.11 \
+         libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1 libgfortran.so.5 libquadmath.so.0; do
     cp -L "$lib/$l" .devbin/
 done
 cp -L "$lib/blas/libblas.so.3" .devbin/libopenblas.so.0

@@ -2,7 +2,8 @@
 // built for sm_90a only; flash_prefill picks it on a 9.0 device). head_dim 128. One block of two
 // warpgroups per (tile of 128 query rows, KV head); each warpgroup owns 64 rows. Per key tile of 128
 // keys: S = Q K^T (both operands in shared memory, K-major), mask and online softmax in registers,
-// O += P V (P from registers, V in shared memory read transposed). K/V tiles are fetched by cp.async
+// O += P V (P from registers, V in shared memory read transposed); the two warpgroups take turns at
+// the tensor cores (one's softmax overlaps the other's products). K/V tiles are fetched by cp.async
 // into 128-byte-swizzled shared memory, the next tile while the current one is computed.
 // Invariants: those of flash_prefill.cuh; shared operands are 128-row x 128-dim bf16 tiles stored as
 // two halves of 64 dims, each half 128 rows of 128 bytes (16 KB, 1024-byte-aligned atoms).
@@ -35,6 +36,10 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+
+// Named barriers 1 and 2 (0 is __syncthreads') order the two warpgroups' turns at the tensor cores.
+__device__ __forceinline__ void turn_wait(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void turn_pass(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
 
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
@@ -113,6 +118,13 @@ __global__ void __launch_bounds__(kThreads, 1) flash_prefill_wgmma_kernel(const 
     const float scale_log2 = 1.4426950408889634f * rsqrtf(static_cast<float>(kDim));
     const uint32_t q_wg = qs + wg * 64 * 128;  // this warpgroup's 64 rows in each half
 
+    // Ping-pong: the warpgroups take turns issuing their products (warpgroup 0 first), so one's
+    // softmax runs while the other's products occupy the tensor cores. Warpgroup w waits on barrier
+    // 1 + w and, once its products are issued, passes the turn on barrier 2 - w; both issue 2 batches
+    // per tile, and warpgroup 1 skips its last pass so that every barrier completes.
+    const int my_turn = 1 + wg, other_turn = 2 - wg;
+    if (wg == 1) turn_pass(1);
+
     float s[64];
     for (int tile = 0; tile < n_tiles; ++tile) {
         const int buf = tile & 1;
@@ -128,6 +140,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_prefill_wgmma_kernel(const 
         const uint32_t kt = ks0 + buf * kTileBytes, vt = vs0 + buf * kTileBytes;
 
         // S = Q K^T over the 128 dims: 8 steps of 16 (4 per 64-dim half, 32 bytes apart).
+        turn_wait(my_turn);
         wgmma::fence();
 #pragma unroll
         for (int kk = 0; kk < kDim / 16; ++kk) {
@@ -136,6 +149,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_prefill_wgmma_kernel(const 
                             kk > 0);
         }
         wgmma::commit();
+        turn_pass(other_turn);
         wgmma::wait<0>();
         wgmma::fence_operands(s);
 
@@ -188,11 +202,13 @@ __global__ void __launch_bounds__(kThreads, 1) flash_prefill_wgmma_kernel(const 
             pa[kk][2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
             pa[kk][3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
         }
+        turn_wait(my_turn);
         wgmma::fence();
 #pragma unroll
         for (int kk = 0; kk < kKeys / 16; ++kk)
             wgmma::mma_rs_trans_b(o, pa[kk], wgmma::descriptor_128b(vt + kk * 2048, kHalfBytes, 1024));
         wgmma::commit();
+        if (wg == 0 || tile + 1 < n_tiles) turn_pass(other_turn);
         wgmma::wait<0>();
         wgmma::fence_operands(o);
         __syncthreads();  // both warpgroups are done with buffer `buf` before the next load overwrites it
