@@ -296,7 +296,7 @@ void flash_prefill(const FlashPrefillArgs& a, void* stream) {
     FREEKV_CHECK(a.kernel != FlashKernel::wgmma || has_wgmma,
                  "flash prefill: the wgmma kernel needs a compute-capability 9.0 device and head_dim 128 (head_dim {})",
                  a.head_dim);
-    if (a.kernel == FlashKernel::wgmma || (a.kernel == FlashKernel::automatic && has_wgmma)) {
+    if (a.kernel == FlashKernel::wgmma || (a.kernel == FlashKernel::automatic && has_wgmma && flash_prefill_wgmma_fits(a))) {
         flash_prefill_wgmma(a, s);
         return;
     }
