@@ -43,8 +43,8 @@ Command register_bench(CLI::App& cmd) {
                    "whose query similarity means nothing; natural correction with -m)")
         ->check(CLI::Range(0.0f, 1.0f));
     cmd.add_option("--kv-fill", f->kv_fill,
-                   "how the GPU bench fills the context: prefill, synthetic (pseudo-random K/V, no model run) or auto "
-                   "(synthetic for --shape, prefill for -m)")
+                   "how the GPU bench fills the context: prefill (timed after one untimed prefill of the longest prompt), "
+                   "synthetic (pseudo-random K/V, no model run) or auto (synthetic for --shape, prefill for -m)")
         ->check(CLI::IsMember({"auto", "prefill", "synthetic"}));
     f->run.add_to(cmd);
     f->kv.add_to(cmd);

@@ -92,6 +92,11 @@ struct GpuEngine::Impl {
     cuda::KvGeometry g;
 
     cuda::Stream main, side;
+    // A prefill's install of each layer runs on `side` beside the next layer's products: main records
+    // prefill_kv_ready once a layer's K/V are written; side records prefill_installed when its
+    // install is done, and main waits for it before anything reads what the install wrote or
+    // overwrites what it reads.
+    cuda::Event prefill_kv_ready{false}, prefill_installed{false};
     std::vector<cuda::Event> attn_done, bg_done;
     std::vector<bool> bg_pending;
     std::vector<int64_t> bg_step;  // decode step of the last background record per layer
@@ -213,7 +218,9 @@ struct GpuEngine::Impl {
 
     void mlp_and_attention_out(int64_t il, int64_t n);
     void qkv(int64_t il, int64_t n);
-    void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist, const void* v_hist);
+    // beside: the page install runs on `side` (see prefill_installed); otherwise all on main.
+    void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist, const void* v_hist,
+                       bool beside = false);
     bool can_chunk() const;
     void drop_stage();
     bool bf16_gemm_rows(int64_t n) const;

@@ -1,6 +1,6 @@
 // gpu_prefill.cu: the GPU engine's prefill: a prompt through the model with the flash prefill
 // attention (bf16) or the chunked fp32 cuBLAS one (f32), then its history installed per layer (summaries, offload to the CPU store, budget
-// slots), and the synthetic fill the benchmarks use instead.
+// slots) on the side stream while the next layer computes, and the synthetic fill the benchmarks use instead.
 #include "gpu/gpu_engine_impl.cuh"
 
 namespace freekv::gpu {
@@ -11,7 +11,7 @@ namespace freekv::gpu {
 // and offload of the complete pages, sink/window/current pages into their slots, and the middle
 // slots (budget-only: the last k candidates; selecting modes: top-k for q_last).
 void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist,
-                                    const void* v_hist) {
+                                    const void* v_hist, bool beside) {
     const int64_t p = g.page_size, current = (n_tokens - 1) / p, n_pages = current + 1;
     const bool is_sparse = sparse(n_pages);
     if (offloads) {  // maps of (il, seq): nothing resident yet
@@ -34,7 +34,14 @@ void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, c
     a.cpu_chunks = offloads ? chunk_table.get() : nullptr;
     a.pages_per_chunk = pages_per_chunk;
     a.cpu_page_of = cpu_page_of.get();
-    cuda::install_pages(a, g, main);
+    if (beside) {
+        FREEKV_CUDA_CHECK(cudaEventRecord(prefill_kv_ready, main));
+        FREEKV_CUDA_CHECK(cudaStreamWaitEvent(side, prefill_kv_ready, 0));
+        cuda::install_pages(a, g, side);
+        FREEKV_CUDA_CHECK(cudaEventRecord(prefill_installed, side));
+    } else {
+        cuda::install_pages(a, g, main);
+    }
     if (offloads && !is_sparse) {  // dense regime: complete middle-range pages are resident where they are
         std::vector<int32_t> items;
         for (int64_t page = budget.n_sink_page; page < std::min(current, budget.first_ring_slot()); ++page)
@@ -60,6 +67,7 @@ void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, c
             cuda::place_pages(place_items.get(), static_cast<int32_t>(budget.n_select), one, layer_page_of_slot(il),
                               layer_slot_of_page(il), main);
         } else if (selects) {  // first selection with the last prompt query, every head, middle slots empty
+            if (beside) FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, prefill_installed, 0));  // reads the summaries
             const int32_t n_pages32 = static_cast<int32_t>(n_pages);
             sel_n_pages->upload(&n_pages32, 1, main);
             rows_batch->upload(&seq, 1, main);
@@ -148,6 +156,7 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
         uint8_t* k_layer = use_stage ? stage.k.get() + kv_bytes(il * n_total * row()) : hist_k.get();
         uint8_t* v_layer = use_stage ? stage.v.get() + kv_bytes(il * n_total * row()) : hist_v.get();
         const int64_t at = use_stage ? kv_bytes(pos0 * row()) : 0;
+        if (last && il > 0) FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, prefill_installed, 0));  // it reads hist_k/v
         cuda::store_kv(k.get(), n * row(), k_layer + at, g.elem_bytes, main, copy_f32 ? prefill_k.get() : nullptr);
         cuda::store_kv(v.get(), n * row(), v_layer + at, g.elem_bytes, main, copy_f32 ? prefill_v.get() : nullptr);
         if (flash) {
@@ -164,9 +173,10 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
             pa.scores = prefill_scores.get();
             cuda::prefill_attention(pa, main);
         }
-        if (last) install_layer(il, seq, n_total, q.get() + (n - 1) * c.n_head * c.head_dim, k_layer, v_layer);
+        if (last) install_layer(il, seq, n_total, q.get() + (n - 1) * c.n_head * c.head_dim, k_layer, v_layer, true);
         mlp_and_attention_out(il, n);
     }
+    if (last) FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, prefill_installed, 0));
     output_logits(out_rows, out);
     for (auto* a : {&prefill_k, &prefill_v, &prefill_scores}) a->release();  // up to ~1.5 GiB at 128K
     Seq& s = seqs[sz(seq)];

@@ -362,6 +362,17 @@ TEST_F(CudaOps, MatmulBf16GemvAndCublas) {
 // bf16(x) . w^T (+ bias) to what y held (a residual), at odd sizes.
 TEST_F(CudaOps, PrefillGemmPathRoundsOnceAndAccumulates) {
     std::mt19937 rng(41);
+    {  // silu_mul_bf16 on a length that is not a multiple of 4 (the one-element path; the loop below takes the 4-wide one)
+        const auto g = randn(1003, rng), u = randn(1003, rng);
+        float* dg = to_device(g);
+        float* du = to_device(u);
+        uint16_t* db = to_device(std::vector<uint16_t>(g.size(), 0xffff));
+        cuda::silu_mul_bf16(dg, du, static_cast<int64_t>(g.size()), db, nullptr);
+        cuda::silu_mul(dg, du, static_cast<int64_t>(g.size()), nullptr);
+        EXPECT_EQ(to_host(db, g.size()), to_bf16(to_host(dg, g.size()))) << "silu_mul_bf16 of 1003";
+        for (const void* p : {static_cast<const void*>(dg), static_cast<const void*>(du), static_cast<const void*>(db)})
+            cudaFree(const_cast<void*>(p));
+    }
     for (auto [m, n, k] : {std::tuple{9, 33, 64}, std::tuple{17, 1000, 516}, std::tuple{130, 257, 1024}}) {
         const auto x = randn(static_cast<size_t>(m * k), rng);
         const auto up = randn(static_cast<size_t>(m * k), rng);

@@ -104,6 +104,14 @@ __global__ void silu_mul_bf16_kernel(const float* gate, const float* up, int64_t
     if (i < n) store_out(out + i, silu_times(gate[i], up[i]));
 }
 
+// Four elements per thread (16-byte loads): the same values as silu_mul_bf16_kernel. n % 4 == 0.
+__global__ void silu_mul_bf16_x4_kernel(const float* gate, const float* up, int64_t n4, uint16_t* out) {
+    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= n4) return;
+    const float4 g = reinterpret_cast<const float4*>(gate)[i], u = reinterpret_cast<const float4*>(up)[i];
+    store_out4(out + 4 * i, make_float4(silu_times(g.x, u.x), silu_times(g.y, u.y), silu_times(g.z, u.z), silu_times(g.w, u.w)));
+}
+
 template <class W>
 __global__ void embedding_kernel(const W* table, const int32_t* ids, int64_t n_embd, float* out) {
     const W* row = table + static_cast<int64_t>(ids[blockIdx.x]) * n_embd;
@@ -149,6 +157,13 @@ void silu_mul(float* gate, const float* up, int64_t n, void* stream) {
 }
 
 void silu_mul_bf16(const float* gate, const float* up, int64_t n, uint16_t* out, void* stream) {
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    if (n % 4 == 0 && aligned(gate) && aligned(up) && aligned(out)) {
+        const int64_t n4 = n / 4;
+        silu_mul_bf16_x4_kernel<<<static_cast<unsigned>((n4 + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n4, out);
+        FREEKV_CUDA_CHECK(cudaGetLastError());
+        return;
+    }
     silu_mul_bf16_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n, out);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
