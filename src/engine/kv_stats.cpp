@@ -6,6 +6,31 @@
 
 namespace freekv {
 
+void KvStats::add(const KvStats& s) {
+    if (sparse_pairs.empty()) {
+        *this = s;
+        return;
+    }
+    decode_steps += s.decode_steps;
+    sequence_steps += s.sequence_steps;
+    for (size_t l = 0; l < s.sparse_pairs.size(); ++l) {
+        sparse_pairs[l] += s.sparse_pairs[l];
+        corrected_pairs[l] += s.corrected_pairs[l];
+        forced_pairs[l] += s.forced_pairs[l];
+        head_tests[l] += s.head_tests[l];
+        head_flags[l] += s.head_flags[l];
+    }
+    transfer.sync_jobs += s.transfer.sync_jobs;
+    transfer.background_jobs += s.transfer.background_jobs;
+    transfer.sync_bytes += s.transfer.sync_bytes;
+    transfer.background_bytes += s.transfer.background_bytes;
+    mass_recall.insert(mass_recall.end(), s.mass_recall.begin(), s.mass_recall.end());
+    for (size_t i = 0; i < s.recalled_sync.size(); ++i) {
+        recalled_sync[i] += s.recalled_sync[i];
+        recalled_background[i] += s.recalled_background[i];
+    }
+}
+
 double KvStats::correction_rate() const {
     const int64_t tested = std::accumulate(sparse_pairs.begin(), sparse_pairs.end(), int64_t{0});
     const int64_t corrected = std::accumulate(corrected_pairs.begin(), corrected_pairs.end(), int64_t{0});

@@ -31,6 +31,8 @@ struct KvStats {
     // CPU store bytes per token of context (all layers and KV heads, scales included); 0 for full.
     double store_bytes_per_token = 0;
 
+    /// Adds another run's counters (same model shape; an empty *this takes them as they are).
+    void add(const KvStats& other);
     double correction_rate() const;         // over all layers
     double pages_per_step() const;          // recalled blocks per decoded (step, seq)
     double mass_recall_mean() const;

@@ -130,7 +130,7 @@ std::vector<NeedleCell> run_needle(const LoadedModel& model, const std::vector<i
             FREEKV_FAIL("needle length {} plus {} answer tokens exceeds the model's context {}", length, max_new,
                         model.config.n_ctx_train);
         for (int depth : params.depths) {
-            NeedleCell cell{length, depth, 0, 0};
+            NeedleCell cell{length, depth, 0, 0, {}};
             // One generator per cell: a cell's cases do not depend on which other cells ran.
             std::mt19937_64 rng(params.seed ^ (static_cast<uint64_t>(length) << 20) ^ static_cast<uint64_t>(depth));
             for (int trial = 0; trial < params.trials; ++trial) {
@@ -153,6 +153,7 @@ std::vector<NeedleCell> run_needle(const LoadedModel& model, const std::vector<i
                 const bool ok = params.task == NeedleTask::kPasskey ? score_passkey(text, c.answer) : score_kv(text, c.answer);
                 cell.correct += ok ? 1 : 0;
                 ++cell.total;
+                if (session.has_stats()) cell.stats.add(session.stats());
                 if (progress) progress(++done, total);
             }
             cells.push_back(cell);

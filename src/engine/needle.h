@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/kv_mode.h"
+#include "engine/kv_stats.h"
 #include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 #include "tokenizer/bpe_tokenizer.h"
@@ -53,6 +54,7 @@ struct NeedleCell {
     int64_t length = 0;
     int depth = 0;
     int correct = 0, total = 0;
+    KvStats stats;  // summed over the cell's cases (empty for full)
 };
 
 /// Runs every (length, depth, trial); progress(done, total) after each case.

@@ -31,31 +31,6 @@ Distribution log_softmax(std::span<const float> logits) {
     return d;
 }
 
-void add_stats(KvStats& total, const KvStats& s) {
-    if (total.sparse_pairs.empty()) {
-        total = s;
-        return;
-    }
-    total.decode_steps += s.decode_steps;
-    total.sequence_steps += s.sequence_steps;
-    for (size_t l = 0; l < s.sparse_pairs.size(); ++l) {
-        total.sparse_pairs[l] += s.sparse_pairs[l];
-        total.corrected_pairs[l] += s.corrected_pairs[l];
-        total.forced_pairs[l] += s.forced_pairs[l];
-        total.head_tests[l] += s.head_tests[l];
-        total.head_flags[l] += s.head_flags[l];
-    }
-    total.transfer.sync_jobs += s.transfer.sync_jobs;
-    total.transfer.background_jobs += s.transfer.background_jobs;
-    total.transfer.sync_bytes += s.transfer.sync_bytes;
-    total.transfer.background_bytes += s.transfer.background_bytes;
-    total.mass_recall.insert(total.mass_recall.end(), s.mass_recall.begin(), s.mass_recall.end());
-    for (size_t i = 0; i < s.recalled_sync.size(); ++i) {
-        total.recalled_sync[i] += s.recalled_sync[i];
-        total.recalled_background[i] += s.recalled_background[i];
-    }
-}
-
 }  // namespace
 
 double PerplexityResult::ppl() const { return std::exp(nll_mean); }
@@ -124,7 +99,7 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
             if (progress) progress(w * per_window + (t - params.prefix) + 1, total);
         }
         for (size_t i = 0; i < n_modes; ++i)
-            if (runners[i]->has_stats()) add_stats(acc[i].stats, runners[i]->stats());
+            if (runners[i]->has_stats()) acc[i].stats.add(runners[i]->stats());
     }
     std::vector<PerplexityResult> results(n_modes);
     for (size_t i = 0; i < n_modes; ++i) {

@@ -30,6 +30,12 @@ Result run(const std::string& args) {
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+int count_of(const std::string& text, const std::string& what) {
+    int n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+}
+
 TEST(Cli, MissingModelPathIsAClearError) {
     const Result r = run("generate -m /nonexistent/model -p hi");
     EXPECT_EQ(r.code, 1);
@@ -124,13 +130,22 @@ TEST(Cli, NeedleRunsEndToEnd) {
     if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
     const auto text = *test::shared_dir() / "text" / "eval_wp_tail.txt";
     const Result r = run("needle -m " + dir->string() + " --haystack " + text.string() +
-                         " --lengths 200,300 --depths 0,50,100 --trials 1 --kv-mode freekv --kv-budget 128 --kv-sink 32 "
+                         " --lengths 200,300 --depths 0,50,100 --trials 1 --kv-mode full,freekv --kv-budget 128 --kv-sink 32 "
                          "--kv-recent 64 --no-progress");
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_NE(r.output.find("| depth | 200 | 300 |"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("| 50% |"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("overall "), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("/6 = "), std::string::npos) << r.output;
+    // Both modes side by side: full without retrieval counters, freekv with them.
+    EXPECT_NE(r.output.find("| kv mode | 200 | 300 | overall | correction rate |"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("% | - | - | - |"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\n| freekv | "), std::string::npos) << r.output;
+    const Result kv = run("needle -m " + dir->string() + " --task kv --lengths 300 --depths 0,100 --trials 1 -o json "
+                          "--kv-mode freekv --kv-budget 128 --kv-sink 32 --kv-recent 64 --no-progress");
+    ASSERT_EQ(kv.code, 0) << kv.output;
+    EXPECT_EQ(count_of(kv.output, "{\"task\":\"kv\",\"kv_mode\":\"freekv\""), 2) << kv.output;
+    EXPECT_NE(kv.output.find("\"correction_rate\":"), std::string::npos) << kv.output;
     const Result missing = run("needle -m " + dir->string() + " --lengths 200");
     EXPECT_EQ(missing.code, 1);
     EXPECT_NE(missing.output.find("--haystack"), std::string::npos) << missing.output;

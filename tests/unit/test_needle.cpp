@@ -1,12 +1,16 @@
-// test_needle.cpp: needle placement and scoring. A byte-level tokenizer without merges (one token
-// per byte) makes token positions easy to check by hand; cases must have the exact length, the
-// needle at the stated depth, and answers must be scored by exact match only.
+// test_needle.cpp: needle placement, scoring and the report. A byte-level tokenizer without merges
+// (one token per byte) makes token positions easy to check by hand; cases must have the exact
+// length, the needle at the stated depth, and answers must be scored by exact match only; the
+// report's grid, side-by-side table and JSON rows must carry the counts they were given.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/error.h"
 #include "engine/needle.h"
+#include "engine/needle_report.h"
 #include "tokenizer/byte_level.h"
 
 namespace freekv {
@@ -83,6 +87,62 @@ TEST(Needle, TooShortLengthsAreRefused) {
     EXPECT_THROW(make_passkey_case(*tok, haystack, 50, 0.5, rng), Error);
     EXPECT_THROW(make_passkey_case(*tok, tok->encode("short"), 1000, 0.5, rng), Error);
     EXPECT_THROW(make_kv_case(*tok, 80, 0.5, rng), Error);
+}
+
+// Two modes over lengths 100 and 200, depths 0 and 100, 2 cases per cell: full (no counters) and a
+// retrieval mode whose cells carry counters. Every number printed follows from these counts.
+std::vector<NeedleRun> report_runs() {
+    NeedleRun full{"passkey", "full", "full", {100, 200}, {0, 100}, 2, {}};
+    full.cells = {{100, 0, 2, 2, {}}, {100, 100, 1, 2, {}}, {200, 0, 2, 2, {}}, {200, 100, 2, 2, {}}};
+    NeedleRun sparse{"passkey", "freekv", "freekv (test)", {100, 200}, {0, 100}, 2, {}};
+    KvStats st;
+    st.sparse_pairs = {10};
+    st.corrected_pairs = {1};
+    st.forced_pairs = st.head_tests = st.head_flags = {0};
+    st.sequence_steps = 10;
+    st.transfer.sync_jobs = 5;
+    st.transfer.background_jobs = 15;
+    st.transfer.sync_bytes = 2048;
+    st.transfer.background_bytes = 8192;
+    sparse.cells = {{100, 0, 2, 2, st}, {100, 100, 0, 2, st}, {200, 0, 1, 2, st}, {200, 100, 0, 2, st}};
+    return {full, sparse};
+}
+
+TEST(NeedleReport, GridShowsEachCellsAccuracy) {
+    const std::string grid = needle_grid_markdown(report_runs()[0]);
+    EXPECT_NE(grid.find("| depth | 100 | 200 |"), std::string::npos) << grid;
+    EXPECT_NE(grid.find("| 0% | 100% | 100% |"), std::string::npos) << grid;
+    EXPECT_NE(grid.find("| 100% | 50% | 100% |"), std::string::npos) << grid;
+    EXPECT_NE(grid.find("overall 7/8 = 87.5%"), std::string::npos) << grid;
+}
+
+TEST(NeedleReport, SummaryPutsModesSideBySide) {
+    const std::string table = needle_summary_markdown(report_runs());
+    // full: 3/4 at 100, 4/4 at 200, 7/8 overall, no counters.
+    EXPECT_NE(table.find("| full | 75.0% | 100.0% | 87.5% | - | - | - |"), std::string::npos) << table;
+    // freekv: 2/4, 1/4, 3/8; counters summed over its 4 cells: correction 4/40, 80 pages over 40
+    // tokens, 40 KiB over 40 tokens.
+    EXPECT_NE(table.find("| freekv | 50.0% | 25.0% | 37.5% | 0.1000 | 2.00 | 1.0 |"), std::string::npos) << table;
+}
+
+TEST(NeedleReport, JsonHasOneRowPerCell) {
+    std::istringstream in(needle_json(report_runs()[1]));
+    std::string line;
+    int rows = 0;
+    while (std::getline(in, line)) {
+        const auto row = nlohmann::json::parse(line);
+        EXPECT_EQ(row["task"], "passkey");
+        EXPECT_EQ(row["kv_mode"], "freekv");
+        EXPECT_EQ(row["total"], 2);
+        EXPECT_DOUBLE_EQ(row["correction_rate"].get<double>(), 0.1);
+        EXPECT_EQ(row["recall_bytes"], 10240);
+        if (row["length"] == 200 && row["depth"] == 0) {
+            EXPECT_DOUBLE_EQ(row["accuracy"].get<double>(), 0.5);
+        }
+        ++rows;
+    }
+    EXPECT_EQ(rows, 4);
+    EXPECT_EQ(needle_json(report_runs()[0]).find("correction_rate"), std::string::npos) << "full has no counters";
 }
 
 }  // namespace
