@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""train_needle_model.py: trains the small retrieval reference model of issue 15 (a Llama-architecture
+causal LM, GQA group 4, head_dim 64, context 8192, ~8M parameters) with the byte-level BPE tokenizer of
+freekv-ref-28m, so that full attention answers passkey and key-value needles that the KV modes can
+then be told apart on. Runs where PyTorch, transformers and tokenizers are installed (the GPU machine);
+CI never runs Python.
+
+Training is planned in runs of a few minutes that checkpoint and resume (a GPU machine lasts minutes):
+  train_needle_model.py train --corpus DIR --tokenizer tokenizer.json --work DIR [--minutes 8]
+      resumes from DIR/ckpt_* when present; writes the checkpoint (fp32 weights in files of ~12 MB and
+      progress.json) every --save-minutes and at the end;
+  train_needle_model.py export --work DIR --tokenizer tokenizer.json --out HF_DIR [--eval-text FILE]
+      writes config.json, model.safetensors (bf16), tokenizer.json, golden.json (transformers'
+      outputs with the bf16 weights upcast to fp32, the layout of freekv-ref-28m's golden.json).
+Everything is seeded: data order depends on (seed, step), so a resumed run draws what an unbroken one
+would have drawn.
+
+The data (per sequence of the step's context length):
+  - book text from --corpus (LM loss on every token);
+  - passkey and key-value needles with freekv needle's templates (engine/needle.cpp) on filler that
+    cannot be memorised (random words, shuffled sentences) or book text, the answer tokens weighted
+    ANSWER_WEIGHT in the loss and unpredictable filler not scored;
+  - copy tasks (a random token run repeated: induction heads) at every length.
+Contexts grow by stage (STAGES): short contexts learn retrieval first, longer ones extend it.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import random
+import re
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+MODEL = dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=8, num_attention_heads=4,
+             num_key_value_heads=1, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+             tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+ROPE_THETA = 500000.0
+TOKENS_PER_STEP = 65536
+# (first step, context length): contexts grow as training goes on.
+STAGES = [(0, 256), (1500, 512), (3000, 1024), (5000, 2048), (8000, 4096), (11000, 8192)]
+TOTAL_STEPS = 20000
+PEAK_LR, WARMUP, RESUME_WARMUP = 2e-3, 300, 50
+ANSWER_WEIGHT = 5.0
+MIX = [("book", 0.35), ("passkey", 0.25), ("kv", 0.2), ("copy", 0.2)]
+
+PASSKEY_INTRO = "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it.\n\n"
+PASSKEY_QUESTION = "\n\nWhat is the pass key? The pass key is"
+KV_INTRO = "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n{"
+
+
+def stage_context(step):
+    ctx = STAGES[0][1]
+    for first, c in STAGES:
+        if step >= first:
+            ctx = c
+    return ctx
+
+
+def learning_rate(step, resumed_at):
+    warm = min(1.0, (step + 1) / WARMUP) * min(1.0, (step - resumed_at + 1) / RESUME_WARMUP if resumed_at else 1.0)
+    progress = min(1.0, step / TOTAL_STEPS)
+    return PEAK_LR * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Corpus:
+    """The books as one token stream, their sentences, and a word list (each word as token ids)."""
+
+    def __init__(self, corpus_dir, tok):
+        files = sorted(glob.glob(os.path.join(corpus_dir, "*.txt")))
+        texts = [open(f, encoding="utf-8").read() for f in files]
+        ids = []
+        for enc in tok.encode_batch(texts):
+            ids.extend(enc.ids)
+            ids.append(0)
+        self.stream = np.array(ids, dtype=np.int32)
+        sentences = []
+        for t in texts:
+            sentences.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", t) if 20 <= len(s.strip()) <= 300)
+        self.sentences = [np.array(e.ids, dtype=np.int32) for e in tok.encode_batch([" " + s for s in sentences])]
+        words = sorted({w for t in texts for w in re.findall(r"[A-Za-z]+", t) if 2 <= len(w) <= 12})
+        self.words = [np.array(e.ids, dtype=np.int32) for e in tok.encode_batch([" " + w for w in words])]
+        print(f"corpus: {len(files)} books, {len(self.stream)} tokens, {len(self.sentences)} sentences, "
+              f"{len(self.words)} words", flush=True)
+
+
+class Builder:
+    """Builds training sequences of an exact length: ids and per-token loss weights (for predicting ids[i+1])."""
+
+    def __init__(self, tok, corpus):
+        self.tok, self.c = tok, corpus
+        enc = lambda s: np.array(tok.encode(s).ids, dtype=np.int32)
+        self.passkey_intro, self.passkey_question = enc(PASSKEY_INTRO), enc(PASSKEY_QUESTION)
+        self.kv_intro = enc(KV_INTRO)
+        self.space = enc(" ")[0]
+        self.enc = enc
+
+    def filler(self, rng, n):
+        kind = rng.random()
+        if kind < 0.4:  # random words: nothing to memorise, not scored
+            out, total = [], 0
+            while total < n:
+                w = self.c.words[rng.randrange(len(self.c.words))]
+                out.append(w)
+                total += len(w)
+            return np.concatenate(out)[:n], 0.0
+        if kind < 0.7:  # sentences from anywhere, shuffled
+            out, total = [], 0
+            while total < n:
+                s = self.c.sentences[rng.randrange(len(self.c.sentences))]
+                out.append(s)
+                total += len(s)
+            return np.concatenate(out)[:n], 0.5
+        start = rng.randrange(len(self.c.stream) - n - 1)
+        return self.c.stream[start:start + n].copy(), 1.0
+
+    def book(self, rng, n):
+        start = rng.randrange(len(self.c.stream) - n - 1)
+        return self.c.stream[start:start + n].copy(), np.ones(n, dtype=np.float32)
+
+    def passkey(self, rng, n):
+        digits = 5 + rng.randrange(4)
+        key = str(1 + rng.randrange(9)) + "".join(str(rng.randrange(10)) for _ in range(digits - 1))
+        needle = self.enc("\nThe pass key is " + key + ". Remember it. " + key + " is the pass key.\n")
+        answer = self.enc(" " + key + ".")
+        fixed = len(self.passkey_intro) + len(needle) + len(self.passkey_question) + len(answer)
+        n_fill = n - fixed
+        if n_fill < 1:
+            return self.book(rng, n)
+        fill, fill_weight = self.filler(rng, n_fill)
+        at = int(round(rng.random() * n_fill))
+        parts = [(self.passkey_intro, 1.0), (fill[:at], fill_weight), (needle, 1.0), (fill[at:], fill_weight),
+                 (self.passkey_question, 1.0), (answer, ANSWER_WEIGHT)]
+        return self.join(parts, answer_len=len(answer))
+
+    def kv(self, rng, n):
+        ident = lambda: "".join("0123456789abcdef"[rng.randrange(16)] + ("-" if i in (7, 11, 15, 19) else "") for i in range(32))
+        question_of = lambda key: self.enc('}\n\nKey: "' + key + '"\nThe value associated with the specified key is: "')
+        # Pairs while an estimate fits, then exact counts: drop pairs until intro + pairs + question + answer <= n.
+        per_pair = len(self.enc('"' + ident() + '": "' + ident() + '", '))
+        budget = n - len(self.kv_intro) - len(question_of(ident())) - per_pair
+        texts = [(ident(), ident()) for _ in range(max(0, budget // per_pair))]
+        encoded = [np.array(e.ids, dtype=np.int32) for e in self.tok.encode_batch(['"' + k + '": "' + v + '", ' for k, v in texts])]
+        while encoded:
+            asked = int(round(rng.random() * (len(encoded) - 1)))
+            question = question_of(texts[asked][0])
+            answer = self.enc(texts[asked][1] + '"')
+            total = len(self.kv_intro) + sum(len(e) for e in encoded) + len(question) + len(answer)
+            if total <= n:
+                break
+            encoded.pop()
+            texts.pop()
+        if not encoded:
+            return self.book(rng, n)
+        # As freekv needle does: spaces pad the object so that the sequence has exactly n tokens.
+        parts = [(self.kv_intro, 1.0), (np.full(n - total, self.space, dtype=np.int32), 0.0)]
+        parts += [(e, 0.0) for e in encoded]  # random identifiers: nothing to predict
+        parts += [(question, 1.0), (answer, ANSWER_WEIGHT)]
+        return self.join(parts, answer_len=len(answer))
+
+    def copy(self, rng, n):
+        m = max(8, min(n // 3, 8 + rng.randrange(max(1, n // 3))))
+        run = np.array([rng.randrange(2, MODEL["vocab_size"]) for _ in range(m)], dtype=np.int32)
+        fill, fill_weight = self.filler(rng, n - 2 * m)
+        parts = [(run, 0.0), (fill, fill_weight), (run, 2.0)]
+        return self.join(parts, answer_len=0)
+
+    @staticmethod
+    def join(parts, answer_len):
+        ids = np.concatenate([p for p, _ in parts])
+        w = np.concatenate([np.full(len(p), wt, dtype=np.float32) for p, wt in parts])
+        # weights[i] scores the prediction of ids[i + 1]: shift by one
+        weights = np.concatenate([w[1:], np.zeros(1, dtype=np.float32)])
+        return ids, weights
+
+    def sequence(self, rng, n):
+        r, acc = rng.random(), 0.0
+        for kind, share in MIX:
+            acc += share
+            if r < acc:
+                return getattr(self, kind)(rng, n)
+        return self.book(rng, n)
+
+
+class Batches(torch.utils.data.IterableDataset):
+    def __init__(self, builder, seed, first_step):
+        self.b, self.seed, self.first_step = builder, seed, first_step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        step = self.first_step + wid
+        while True:
+            rng = random.Random(self.seed * 1_000_003 + step)
+            n = stage_context(step)
+            rows = [self.b.sequence(rng, n) for _ in range(TOKENS_PER_STEP // n)]
+            ids = torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64))
+            w = torch.from_numpy(np.stack([r[1] for r in rows]))
+            yield step, ids, w
+            step += nw
+
+
+def make_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(**MODEL, rope_theta=ROPE_THETA, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg), cfg
+
+
+def save_checkpoint(work, model, step):
+    """fp32 weights in files of at most ~12 MB (a device run brings back files of at most 16 MiB) and
+    progress.json; the optimizer state is not kept: with beta2 = 0.95 Adam's moments span ~20 steps
+    and rebuild during RESUME_WARMUP."""
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    parts, cur, size = [], {}, 0
+    for k in sorted(sd):
+        nbytes = sd[k].numel() * 4
+        if cur and size + nbytes > 12e6:
+            parts.append(cur)
+            cur, size = {}, 0
+        cur[k] = sd[k]
+        size += nbytes
+    parts.append(cur)
+    for old in glob.glob(os.path.join(work, "ckpt_weights_*.pt")):
+        os.remove(old)
+    for i, part in enumerate(parts):
+        torch.save(part, os.path.join(work, f"ckpt_weights_{i}.pt.tmp"))
+        os.replace(os.path.join(work, f"ckpt_weights_{i}.pt.tmp"), os.path.join(work, f"ckpt_weights_{i}.pt"))
+    with open(os.path.join(work, "progress.json"), "w") as f:
+        json.dump({"step": step, "parts": len(parts), "time": time.time()}, f)
+
+
+def load_checkpoint(work, model):
+    path = os.path.join(work, "progress.json")
+    if not os.path.exists(path):
+        return 0
+    progress = json.load(open(path))
+    sd = {}
+    for i in range(progress["parts"]):
+        sd.update(torch.load(os.path.join(work, f"ckpt_weights_{i}.pt"), map_location="cpu"))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    return progress["step"]
+
+
+@torch.no_grad()
+def evaluate(model, builder, eval_ids, device, n):
+    """Held-out perplexity on eval_ids windows of n tokens, and answer-token accuracy of passkey and
+    kv needles on held-out filler (teacher-forced: the share of answer tokens predicted exactly)."""
+    model.eval()
+    nll, count = 0.0, 0
+    for start in range(0, min(len(eval_ids) - n - 1, 4 * n), n):
+        x = torch.tensor(eval_ids[start:start + n + 1], device=device)[None]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(x[:, :-1]).logits.float()
+        nll += F.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
+        count += n
+    held_out = builder.c.stream
+    builder.c.stream = np.asarray(eval_ids, dtype=np.int32)  # book filler from the held-out text only
+    acc = {}
+    for task in ("passkey", "kv"):
+        rng = random.Random(7)
+        hit = tot = 0
+        for _ in range(16):
+            ids, w = getattr(builder, task)(rng, n)
+            x = torch.tensor(ids, device=device, dtype=torch.long)[None]
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                pred = model(x).logits[0].argmax(-1)
+            mask = torch.tensor(w, device=device) >= ANSWER_WEIGHT
+            hit += (pred[:-1][mask[:-1]] == x[0, 1:][mask[:-1]]).sum().item()
+            tot += mask[:-1].sum().item()
+        acc[task] = hit / max(tot, 1)
+    builder.c.stream = held_out
+    model.train()
+    return math.exp(nll / max(count, 1)), acc
+
+
+def train(args):
+    torch.manual_seed(args.seed)
+    tok = Tokenizer.from_file(args.tokenizer)
+    corpus = Corpus(args.corpus, tok)
+    builder = Builder(tok, corpus)
+    eval_ids = tok.encode(open(args.eval_text, encoding="utf-8").read()).ids if args.eval_text else None
+    device = "cuda"
+    model, cfg = make_model()
+    model.to(device)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=PEAK_LR, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    os.makedirs(args.work, exist_ok=True)
+    step = load_checkpoint(args.work, model)
+    resumed_at = step
+    print(f"starting at step {step} (context {stage_context(step)})", flush=True)
+    loader = torch.utils.data.DataLoader(Batches(builder, args.seed, step), batch_size=None, num_workers=args.workers,
+                                         prefetch_factor=4, persistent_workers=False)
+    t0 = last_save = last_log = time.time()
+    loss_sum = ans_sum = 0.0
+    n_log = 0
+    for got_step, ids, w in loader:
+        assert got_step == step, (got_step, step)
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(step, resumed_at)
+        ids, w = ids.to(device, non_blocking=True), w.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids).logits
+        per_tok = F.cross_entropy(logits[:, :-1].float().reshape(-1, cfg.vocab_size), ids[:, 1:].reshape(-1),
+                                  reduction="none").view(ids.shape[0], -1)
+        wt = w[:, :-1]
+        loss = (per_tok * wt).sum() / wt.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        loss_sum += loss.item()
+        ans = wt >= ANSWER_WEIGHT
+        if ans.any():
+            ans_sum += (logits[:, :-1].argmax(-1) == ids[:, 1:])[ans].float().mean().item()
+        n_log += 1
+        now = time.time()
+        if now - last_log > 30:
+            print(f"step {step} ctx {ids.shape[1]} loss {loss_sum / n_log:.3f} answer-token acc {ans_sum / n_log:.3f} "
+                  f"lr {learning_rate(step, resumed_at):.2e} {(now - t0) / 60:.1f} min", flush=True)
+            loss_sum = ans_sum = 0.0
+            n_log = 0
+            last_log = now
+        done = now - t0 > args.minutes * 60 or step >= TOTAL_STEPS
+        if done or now - last_save > args.save_minutes * 60:
+            save_checkpoint(args.work, model, step)
+            last_save = now
+        if done:
+            break
+    if eval_ids is not None:
+        for n in sorted({min(stage_context(step), 2048), stage_context(step)}):
+            ppl, acc = evaluate(model, builder, eval_ids, device, n)
+            print(f"eval at {n}: held-out perplexity {ppl:.2f}, answer-token accuracy passkey {acc['passkey']:.3f} "
+                  f"kv {acc['kv']:.3f}", flush=True)
+    print(f"stopped at step {step} of {TOTAL_STEPS}", flush=True)
+
+
+def export(args):
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import LlamaForCausalLM
+    model, cfg = make_model()
+    step = load_checkpoint(args.work, model)
+    model.tie_weights()
+    os.makedirs(args.out, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(args.out, safe_serialization=True)
+    with open(args.tokenizer, "rb") as src, open(os.path.join(args.out, "tokenizer.json"), "wb") as dst:
+        dst.write(src.read())
+    ref = LlamaForCausalLM.from_pretrained(args.out, dtype=torch.float32, attn_implementation="eager").eval()
+    tok = Tokenizer.from_file(args.tokenizer)
+    prompts = ["The pass key is 48291. Remember it. What is the pass key? The pass key is",
+               "It was the best of times, it was the worst of times,"]
+    cases = []
+    with torch.no_grad():
+        for text in prompts:
+            ids = tok.encode(text).ids
+            x = torch.tensor([ids])
+            logits = ref(x).logits[0, -1].tolist()
+            greedy = ref.generate(x, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=1)
+            cases.append({"prompt_text": text, "prompt_ids": ids, "last_logits": [round(v, 5) for v in logits],
+                          "greedy_32": greedy[0, len(ids):].tolist()})
+    golden = {"note": f"scripts/train_needle_model.py export at step {step}, transformers {transformers.__version__}, "
+                      f"torch {torch.__version__}, bf16 weights upcast to fp32", "cases": cases}
+    with open(os.path.join(args.out, "golden.json"), "w") as f:
+        json.dump(golden, f)
+    print("exported", args.out, sorted(os.listdir(args.out)), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--corpus", required=True)
+    t.add_argument("--tokenizer", required=True)
+    t.add_argument("--work", required=True)
+    t.add_argument("--eval-text")
+    t.add_argument("--minutes", type=float, default=8.0)
+    t.add_argument("--save-minutes", type=float, default=2.0)
+    t.add_argument("--workers", type=int, default=12)
+    t.add_argument("--seed", type=int, default=1234)
+    e = sub.add_parser("export")
+    e.add_argument("--work", required=True)
+    e.add_argument("--tokenizer", required=True)
+    e.add_argument("--out", required=True)
+    args = ap.parse_args()
+    train(args) if args.cmd == "train" else export(args)
+
+
+if __name__ == "__main__":
+    main()
