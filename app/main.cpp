@@ -85,6 +85,10 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
     cmd.add_flag_callback("--no-gemm-sm-reserve", [&t] { t.gemm_sm_reserve = false; },
                           "GPU: let cuBLAS use every SM while the background gather runs (default: it leaves the gather its SMs)")
         ->group(group);
+    cmd.add_flag_callback("--no-prefill-install-beside", [&t] { t.prefill_install_beside = false; },
+                          "GPU: install each prefilled layer on the main stream before the next layer (default: beside it, "
+                          "on the second stream)")
+        ->group(group);
     cmd.add_option("--diag-background", diag,
                    "measurement only: FreeKV's background recall does everything (off), its selection but no gather "
                    "(select), or nothing (none); outputs are wrong unless off")

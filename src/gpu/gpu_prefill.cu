@@ -173,7 +173,9 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
             pa.scores = prefill_scores.get();
             cuda::prefill_attention(pa, main);
         }
-        if (last) install_layer(il, seq, n_total, q.get() + (n - 1) * c.n_head * c.head_dim, k_layer, v_layer, true);
+        if (last)
+            install_layer(il, seq, n_total, q.get() + (n - 1) * c.n_head * c.head_dim, k_layer, v_layer,
+                          tuning.prefill_install_beside);
         mlp_and_attention_out(il, n);
     }
     if (last) FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, prefill_installed, 0));

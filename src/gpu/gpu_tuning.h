@@ -32,6 +32,7 @@ struct GpuTuning {
     int32_t sync_gather_ctas = 32;       // thread blocks of the critical-path gather
     int32_t bg_gather_ctas = 12;         // thread blocks of FreeKV's background gather
     bool gemm_sm_reserve = true;         // cuBLAS leaves the background gather its SMs
+    bool prefill_install_beside = true;  // a prefilled layer's install runs on the side stream beside the next layer
     DiagBackground diag_background = DiagBackground::kOff;
 
     void validate() const {
@@ -43,9 +44,9 @@ struct GpuTuning {
     }
     std::string describe() const {
         return fmt::format("gpu tuning: attn-min-split-tokens {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
-                           "| diag-background {}",
+                           "| prefill-install {} | diag-background {}",
                            attn_min_split_tokens, sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
-                           diag_background_name(diag_background));
+                           prefill_install_beside ? "beside" : "inline", diag_background_name(diag_background));
     }
 };
 
