@@ -89,6 +89,10 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
                           "GPU: install each prefilled layer on the main stream before the next layer (default: beside it, "
                           "on the second stream)")
         ->group(group);
+    cmd.add_option("--prefill-install-ctas", t.prefill_install_ctas,
+                   "GPU: thread blocks per KV head of a prefilled layer's install beside the next layer, their SMs kept "
+                   "from cuBLAS while it runs (0: one block per page, sharing every SM)")
+        ->group(group)->check(CLI::Range(0, 64));
     cmd.add_option("--diag-background", diag,
                    "measurement only: FreeKV's background recall does everything (off), its selection but no gather "
                    "(select), or nothing (none); outputs are wrong unless off")

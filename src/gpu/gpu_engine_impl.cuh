@@ -59,6 +59,7 @@ void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
 // Launch shapes from the tuning options (gpu_tuning.cu).
 int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens);
 int gemm_sms_beside_gather(const GpuTuning& t);
+int gemm_sms_beside_install(const GpuTuning& t, int64_t n_head_kv);
 
 // A weight on the device in the engine's dtype: bf16, or fp32 (--gpu-dtype f32).
 struct DeviceWeight {
@@ -216,7 +217,9 @@ struct GpuEngine::Impl {
     }
     bool sparse(int64_t n_pages) const { return !dense_only && budget.is_sparse(n_pages); }
 
-    void mlp_and_attention_out(int64_t il, int64_t n);
+    // gemm_sms_after_gate >= 0: cuBLAS's SM target from the up projection on (a prefill lowers it
+    // for the products that run beside an install); -1 leaves it as it is.
+    void mlp_and_attention_out(int64_t il, int64_t n, int gemm_sms_after_gate = -1);
     void qkv(int64_t il, int64_t n);
     // beside: the page install runs on `side` (see prefill_installed); otherwise all on main.
     void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist, const void* v_hist,

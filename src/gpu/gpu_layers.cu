@@ -56,7 +56,7 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
     cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
 }
 
-void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n) {
+void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, int gemm_sms_after_gate) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
     if (bf16_gemm_rows(n)) {
@@ -65,6 +65,7 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n) {
         cuda::gemm_bf16(b, n, bf16_of(lw.wo.ref()), c.n_embd, q_dim, x.get(), nullptr, true, main);
         cuda::rms_norm_bf16(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, b, main);
         cuda::gemm_bf16(b, n, bf16_of(lw.w_gate.ref()), c.n_ff, c.n_embd, gate.get(), nullptr, false, main);
+        if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
         cuda::gemm_bf16(b, n, bf16_of(lw.w_up.ref()), c.n_ff, c.n_embd, up.get(), nullptr, false, main);
         cuda::silu_mul_bf16(gate.get(), up.get(), n * c.n_ff, b, main);
         cuda::gemm_bf16(b, n, bf16_of(lw.w_down.ref()), c.n_embd, c.n_ff, x.get(), nullptr, true, main);
@@ -74,6 +75,7 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n) {
     add_inplace(x.get(), proj.get(), n * c.n_embd, main);
     cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);
     cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
+    if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
     cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main);
     cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main);
     cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, proj.get(), {}, scratch_bf16.get(), main);

@@ -37,7 +37,7 @@ void GpuEngine::Impl::install_layer(int64_t il, int32_t seq, int64_t n_tokens, c
     if (beside) {
         FREEKV_CUDA_CHECK(cudaEventRecord(prefill_kv_ready, main));
         FREEKV_CUDA_CHECK(cudaStreamWaitEvent(side, prefill_kv_ready, 0));
-        cuda::install_pages(a, g, side);
+        cuda::install_pages(a, g, side, tuning.prefill_install_ctas);
         FREEKV_CUDA_CHECK(cudaEventRecord(prefill_installed, side));
     } else {
         cuda::install_pages(a, g, main);
@@ -173,10 +173,17 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
             pa.scores = prefill_scores.get();
             cuda::prefill_attention(pa, main);
         }
-        if (last)
+        if (last) {
             install_layer(il, seq, n_total, q.get() + (n - 1) * c.n_head * c.head_dim, k_layer, v_layer,
                           tuning.prefill_install_beside);
-        mlp_and_attention_out(il, n);
+            // A small-grid install keeps its SMs from the products it runs beside (the output
+            // projection and the gate, longer than the install), and gives them back after.
+            const int beside = gemm_sms_beside_install(tuning, c.n_head_kv);
+            if (beside > 0) cuda::set_gemm_sm_target(beside);
+            mlp_and_attention_out(il, n, beside > 0 ? 0 : -1);
+        } else {
+            mlp_and_attention_out(il, n);
+        }
     }
     if (last) FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, prefill_installed, 0));
     output_logits(out_rows, out);

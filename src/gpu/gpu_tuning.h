@@ -33,6 +33,7 @@ struct GpuTuning {
     int32_t bg_gather_ctas = 12;         // thread blocks of FreeKV's background gather
     bool gemm_sm_reserve = true;         // cuBLAS leaves the background gather its SMs
     bool prefill_install_beside = true;  // a prefilled layer's install runs on the side stream beside the next layer
+    int32_t prefill_install_ctas = 0;    // beside: install blocks per KV head (0: one per page), their SMs kept from cuBLAS
     DiagBackground diag_background = DiagBackground::kOff;
 
     void validate() const {
@@ -41,12 +42,14 @@ struct GpuTuning {
         FREEKV_CHECK(sync_gather_ctas >= 1 && sync_gather_ctas <= 528, "--sync-gather-ctas {} must be in [1, 528]",
                      sync_gather_ctas);
         FREEKV_CHECK(bg_gather_ctas >= 1 && bg_gather_ctas <= 132, "--bg-gather-ctas {} must be in [1, 132]", bg_gather_ctas);
+        FREEKV_CHECK(prefill_install_ctas >= 0 && prefill_install_ctas <= 64, "--prefill-install-ctas {} must be in [0, 64]",
+                     prefill_install_ctas);
     }
     std::string describe() const {
         return fmt::format("gpu tuning: attn-min-split-tokens {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
-                           "| prefill-install {} | diag-background {}",
+                           "| prefill-install {} ({} ctas per KV head) | diag-background {}",
                            attn_min_split_tokens, sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
-                           prefill_install_beside ? "beside" : "inline", diag_background_name(diag_background));
+                           prefill_install_beside ? "beside" : "inline", prefill_install_ctas, diag_background_name(diag_background));
     }
 };
 

@@ -399,6 +399,44 @@ TEST(GpuServingEngine, ChunkedPrefillMatchesTheWholePrompt) {
     }
 }
 
+// Where a prefilled layer's install runs (on the main stream after it, beside the next layer on
+// the second stream, or there on a small grid that walks the pages: 1 and 3 blocks per KV head)
+// changes no output: the install writes the same summaries, store blocks and slots either way.
+TEST(GpuServingEngine, WhereTheInstallRunsChangesNoOutput) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = load_model((test::source_dir() / "tests/fixtures/models/llama31-hd128-f16").string());
+    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kF32);
+    const auto prompt = random_tokens(300, m.config.n_vocab, 78);
+    struct Placement {
+        bool beside;
+        int32_t ctas;
+    };
+    std::vector<std::vector<float>> runs;
+    for (const Placement p : {Placement{false, 0}, Placement{true, 0}, Placement{true, 1}, Placement{true, 3}}) {
+        gpu::GpuTuning tuning;
+        tuning.prefill_install_beside = p.beside;
+        tuning.prefill_install_ctas = p.ctas;
+        gpu::GpuEngine engine(weights, mode_for(KvMode::kFreekv), 1, 320, tuning);
+        const int32_t seq = engine.add_sequence();
+        std::vector<float> logits, all;
+        const SequenceSpan span{seq, 0, 300, 0};
+        const int64_t last_row[1] = {299};
+        engine.forward(prompt, std::span(&span, 1), last_row, logits);
+        all = logits;
+        for (int step = 0; step < 6; ++step) {  // decode reads what the install wrote
+            const int32_t t[1] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+            const int64_t row[1] = {0};
+            const SequenceSpan d{seq, engine.n_tokens(seq), 1, 0};
+            engine.forward(t, std::span(&d, 1), row, logits);
+            all.insert(all.end(), logits.begin(), logits.end());
+        }
+        runs.push_back(std::move(all));
+    }
+    // NOTE: with a small grid cuBLAS runs on fewer SMs beside it and may sum in another order (f32
+    // last bits, NMSE ~1e-12); a page installed wrong moves the logits by far more (NMSE ~1e-2).
+    for (size_t i = 1; i < runs.size(); ++i) EXPECT_LE(test::nmse(runs[i], runs[0]), 1e-9) << "placement " << i;
+}
+
 TEST(GpuServingEngine, AMemoryCapLowersTheBatchOrRefusesWithTheFlags) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
     const LoadedModel m = make_synthetic_model("tiny");

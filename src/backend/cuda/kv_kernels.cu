@@ -36,10 +36,9 @@ __global__ void round_kernel(const float* x, int64_t n, uint16_t* out, float* ro
     if (rounded != nullptr) rounded[i] = bf16_to_float(b);
 }
 
+// Installs page `page` of KV head ikv: its summary, its block in the CPU store, its slot.
 template <class T>
-__global__ void install_kernel(InstallArgs a, KvGeometry g) {
-    const int page = blockIdx.x, ikv = blockIdx.y;
-    const int64_t row = g.row();
+__device__ void install_page(const InstallArgs& a, const KvGeometry& g, int page, int ikv, int64_t row) {
     const int rows = min(g.page_size, a.n_tokens - page * g.page_size);
     const T* k = static_cast<const T*>(a.hist_k) + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
     const T* v = static_cast<const T*>(a.hist_v) + static_cast<int64_t>(page) * g.page_size * row + ikv * g.head_dim;
@@ -74,6 +73,17 @@ __global__ void install_kernel(InstallArgs a, KvGeometry g) {
             dst[r * row + i] = k[r * row + i];
             dst[v_delta + r * row + i] = v[r * row + i];
         }
+    }
+}
+
+template <class T>
+__global__ void install_kernel(InstallArgs a, KvGeometry g) {
+    const int ikv = blockIdx.y;
+    const int64_t row = g.row();
+    const int n_pages = (a.n_tokens + g.page_size - 1) / g.page_size;
+    for (int page = blockIdx.x; page < n_pages; page += gridDim.x) {  // one pass unless the grid is smaller
+        install_page<T>(a, g, page, ikv, row);
+        __syncthreads();  // the next page reuses quantize_block's shared scales
     }
 }
 
@@ -270,11 +280,12 @@ void store_kv(const float* x, int64_t n, void* out, int elem_bytes, void* stream
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream) {
+void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream, int page_blocks) {
     check_elem(g.elem_bytes);
     const int n_pages = (a.n_tokens + g.page_size - 1) / g.page_size;
     if (n_pages == 0) return;
-    const dim3 grid(static_cast<unsigned>(n_pages), static_cast<unsigned>(g.n_head_kv));
+    const int x = page_blocks > 0 ? std::min(n_pages, page_blocks) : n_pages;
+    const dim3 grid(static_cast<unsigned>(x), static_cast<unsigned>(g.n_head_kv));
     by_elem(g.elem_bytes, [&](auto tag) { install_kernel<decltype(tag)><<<grid, 128, 0, as_stream(stream)>>>(a, g); });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }

@@ -69,7 +69,9 @@ struct InstallArgs {
     int32_t pages_per_chunk = 0;
     const int32_t* cpu_page_of = nullptr;     // [max_batch][max_pages] (device)
 };
-void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream);
+/// page_blocks > 0: that many blocks per KV head walk the pages (a small grid, leaving the other
+/// multiprocessors to what runs beside it); 0: one block per (page, KV head).
+void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream, int page_blocks = 0);
 
 /// Correction test of one layer (design doc 3.7). mode[s]: 0 no selection for s (flag 2 on every
 /// head), 1 select every head now (flag 1), 2 flag a head when the mean cosine similarity of its
