@@ -217,9 +217,11 @@ struct GpuEngine::Impl {
     }
     bool sparse(int64_t n_pages) const { return !dense_only && budget.is_sparse(n_pages); }
 
-    // gemm_sms_after_gate >= 0: cuBLAS's SM target from the up projection on (a prefill lowers it
-    // for the products that run beside an install); -1 leaves it as it is.
-    void mlp_and_attention_out(int64_t il, int64_t n, int gemm_sms_after_gate = -1);
+    // attn_in_scratch: the attention output is already bf16 in scratch_bf16 (the flash prefill wrote
+    // it there; only where bf16_gemm_rows(n)), not fp32 in attn. gemm_sms_after_gate >= 0: cuBLAS's
+    // SM target from the up projection on (a prefill lowers it for the products that run beside an
+    // install); -1 leaves it as it is.
+    void mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch = false, int gemm_sms_after_gate = -1);
     void qkv(int64_t il, int64_t n);
     // beside: the page install runs on `side` (see prefill_installed); otherwise all on main.
     void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist, const void* v_hist,

@@ -56,12 +56,12 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
     cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
 }
 
-void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, int gemm_sms_after_gate) {
+void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch, int gemm_sms_after_gate) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
     if (bf16_gemm_rows(n)) {
         uint16_t* b = scratch_bf16.get();
-        cuda::to_bf16(attn.get(), n * q_dim, b, main);
+        if (!attn_in_scratch) cuda::to_bf16(attn.get(), n * q_dim, b, main);
         cuda::gemm_bf16(b, n, bf16_of(lw.wo.ref()), c.n_embd, q_dim, x.get(), nullptr, true, main);
         cuda::rms_norm_bf16(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, b, main);
         cuda::gemm_bf16(b, n, bf16_of(lw.w_gate.ref()), c.n_ff, c.n_embd, gate.get(), nullptr, false, main);
@@ -71,6 +71,7 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, int gemm_sms_
         cuda::gemm_bf16(b, n, bf16_of(lw.w_down.ref()), c.n_embd, c.n_ff, x.get(), nullptr, true, main);
         return;
     }
+    FREEKV_CHECK(!attn_in_scratch, "the attention output is in bf16 only on the bf16 GEMM path");
     cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, proj.get(), {}, scratch_bf16.get(), main);
     add_inplace(x.get(), proj.get(), n * c.n_embd, main);
     cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);

@@ -128,6 +128,7 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
     // Prefill attention over the prompt's K/V as the cache stores them: the flash kernel reads the
     // bf16 history itself; the f32 engine keeps the fp32 cuBLAS path (its products are not rounded).
     const bool flash = prefill_uses_flash(g.elem_bytes, c.head_dim);
+    const bool attn_bf16 = flash && bf16_gemm_rows(n);  // flash writes the bf16 the output projection reads
     cuda::FlashPrefillArgs fa;
     fa.n_q = static_cast<int32_t>(n);
     fa.q_pos0 = static_cast<int32_t>(pos0);
@@ -164,6 +165,7 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
             fa.k = reinterpret_cast<const uint16_t*>(k_layer);
             fa.v = reinterpret_cast<const uint16_t*>(v_layer);
             fa.out = attn.get();
+            fa.out_bf16 = attn_bf16 ? scratch_bf16.get() : nullptr;  // what the output projection reads
             cuda::flash_prefill(fa, main);
         } else {
             pa.q = q.get();
@@ -180,9 +182,9 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
             // projection and the gate, longer than the install), and gives them back after.
             const int beside = gemm_sms_beside_install(tuning, c.n_head_kv);
             if (beside > 0) cuda::set_gemm_sm_target(beside);
-            mlp_and_attention_out(il, n, beside > 0 ? 0 : -1);
+            mlp_and_attention_out(il, n, attn_bf16, beside > 0 ? 0 : -1);
         } else {
-            mlp_and_attention_out(il, n);
+            mlp_and_attention_out(il, n, attn_bf16);
         }
     }
     if (last) FREEKV_CUDA_CHECK(cudaStreamWaitEvent(main, prefill_installed, 0));

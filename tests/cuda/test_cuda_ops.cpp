@@ -261,7 +261,8 @@ TEST_F(CudaOps, PrefillAttentionIsCausalAcrossChunks) {
 // bf16-rounded q, k and v: whole prompts and later chunks (q_pos0 > 0, every earlier key visible),
 // lengths that are not multiples of the key tiles (64 and 128) or of the block's rows, group sizes
 // 1, 4, 7, 8, 16, head_dim 64 and 128, both row widths, a key stride wider than one token's KV heads;
-// the mma.sync kernel everywhere and the wgmma kernel where the device has it.
+// the mma.sync kernel everywhere and the wgmma kernel where the device has it; each in fp32 and with
+// the output rounded to bf16.
 TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
     std::mt19937 rng(31);
     struct Shape {
@@ -309,6 +310,13 @@ TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
                     ADD_FAILURE() << "non-finite output at " << i;
                     break;
                 }
+            // The bf16 output (what the output projection reads) is the fp32 output rounded once.
+            uint16_t* out16 = to_device(std::vector<uint16_t>(q.size(), 0xffff));
+            cuda::FlashPrefillArgs b = a;
+            b.out_bf16 = out16;
+            cuda::flash_prefill(b, nullptr);
+            EXPECT_EQ(to_host(out16, q.size()), to_bf16(got)) << "bf16 output, n_q " << sh.n_q << " q_pos0 " << sh.q_pos0;
+            cudaFree(out16);
         }
         for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),
                               static_cast<const void*>(a.out)})

@@ -256,10 +256,16 @@ __global__ void __launch_bounds__(W * 32) flash_prefill_kernel(const FlashPrefil
             const int gr = row0 + warp * 16 * MT + mt * 16 + gid + half * 8;
             if (gr >= n_rows) continue;
             const int tok = gr / group, g = gr % group;
-            float* dst = a.out + (static_cast<int64_t>(tok) * a.n_head + h * group + g) * D + tig * 2;
+            const int64_t at = (static_cast<int64_t>(tok) * a.n_head + h * group + g) * D + tig * 2;
+            if (a.out_bf16 != nullptr) {
 #pragma unroll
-            for (int j = 0; j < D / 8; ++j)
-                *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[mt][j][half * 2] * inv, o[mt][j][half * 2 + 1] * inv);
+                for (int j = 0; j < D / 8; ++j)
+                    *reinterpret_cast<uint32_t*>(a.out_bf16 + at + j * 8) = pack_bf16x2(o[mt][j][half * 2] * inv, o[mt][j][half * 2 + 1] * inv);
+            } else {
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j)
+                    *reinterpret_cast<float2*>(a.out + at + j * 8) = make_float2(o[mt][j][half * 2] * inv, o[mt][j][half * 2 + 1] * inv);
+            }
         }
 }
 

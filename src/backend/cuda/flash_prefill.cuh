@@ -10,7 +10,8 @@
 //   - query i sits at position q_pos0 + i and attends to keys 0 .. q_pos0 + i (all earlier chunks and
 //     itself): a prompt can be prefilled in chunks, each against every key before it;
 //   - n_keys >= q_pos0 + n_q; head_dim 64 or 128; any group size n_head / n_head_kv >= 1;
-//   - probabilities are rounded to bf16 before the P.V product; row sums and the output stay fp32.
+//   - probabilities are rounded to bf16 before the P.V product; row sums and the output stay fp32
+//     (out), or the output is rounded once to bf16 (out_bf16: what the output projection reads).
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,7 @@ struct FlashPrefillArgs {
     const uint16_t* k = nullptr;
     const uint16_t* v = nullptr;
     float* out = nullptr;
+    uint16_t* out_bf16 = nullptr;  // when set, the output goes here in bf16 (round to nearest even) instead of to out
     int32_t n_q = 0, q_pos0 = 0, n_keys = 0;
     int32_t n_head = 0, n_head_kv = 0, head_dim = 0;
     int64_t kv_stride = 0;  // elements between consecutive keys (0: n_head_kv * head_dim)

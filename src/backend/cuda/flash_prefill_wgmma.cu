@@ -298,10 +298,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int gr = row0 + my_row + half * 8;
         if (gr >= n_rows) continue;
         const int tok = gr / group, g = gr % group;
-        float* dst = a.out + (static_cast<int64_t>(tok) * a.n_head + h * group + g) * kDim + tig * 2;
+        const int64_t at = (static_cast<int64_t>(tok) * a.n_head + h * group + g) * kDim + tig * 2;
+        if (a.out_bf16 != nullptr) {
 #pragma unroll
-        for (int j = 0; j < kDim / 8; ++j)
-            *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
+            for (int j = 0; j < kDim / 8; ++j)
+                *reinterpret_cast<uint32_t*>(a.out_bf16 + at + j * 8) = pack_bf16x2(o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
+        } else {
+#pragma unroll
+            for (int j = 0; j < kDim / 8; ++j)
+                *reinterpret_cast<float2*>(a.out + at + j * 8) = make_float2(o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
+        }
     }
 }
 
