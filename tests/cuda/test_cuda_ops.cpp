@@ -322,6 +322,10 @@ TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
                               static_cast<const void*>(a.out)})
             cudaFree(const_cast<void*>(p));
     }
+    // Rows move in 16-byte pieces: a key stride of 260 elements is refused before any launch.
+    cuda::FlashPrefillArgs odd;
+    odd.n_q = 1, odd.n_keys = 1, odd.n_head = 8, odd.n_head_kv = 2, odd.head_dim = 128, odd.kv_stride = 260;
+    EXPECT_THROW(cuda::flash_prefill(odd, nullptr), Error);
 }
 
 TEST_F(CudaOps, MatmulBf16GemvAndCublas) {

@@ -295,6 +295,10 @@ void flash_prefill(const FlashPrefillArgs& a, void* stream) {
     FREEKV_CHECK(a.n_q >= 1 && a.n_head_kv >= 1 && a.n_head % a.n_head_kv == 0 && a.q_pos0 >= 0 && a.n_keys >= a.q_pos0 + a.n_q,
                  "flash prefill: bad shape (n_q {}, q_pos0 {}, n_keys {}, heads {}/{})", a.n_q, a.q_pos0, a.n_keys, a.n_head,
                  a.n_head_kv);
+    const int64_t stride = a.kv_stride > 0 ? a.kv_stride : static_cast<int64_t>(a.n_head_kv) * a.head_dim;
+    FREEKV_CHECK(reinterpret_cast<uintptr_t>(a.k) % 16 == 0 && reinterpret_cast<uintptr_t>(a.v) % 16 == 0 && stride % 8 == 0,
+                 "flash prefill: K and V must be 16-byte aligned with a key stride that is a multiple of 8 elements (stride {})",
+                 stride);
     FREEKV_CHECK(a.rows_per_warp == 0 || a.rows_per_warp == 16 || a.rows_per_warp == 32,
                  "flash prefill: rows_per_warp {} must be 16 or 32", a.rows_per_warp);
     const cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -6,7 +6,8 @@
 // for the whole group.
 // Invariants:
 //   - q, out: [n_q][n_head][head_dim] fp32 (q rounded to bf16 on load); k, v: bf16 (uint16_t),
-//     key j of KV head h at k + j * kv_stride + h * head_dim, keys [0, n_keys);
+//     key j of KV head h at k + j * kv_stride + h * head_dim, keys [0, n_keys); k and v 16-byte
+//     aligned, kv_stride a multiple of 8 (rows move in 16-byte pieces);
 //   - query i sits at position q_pos0 + i and attends to keys 0 .. q_pos0 + i (all earlier chunks and
 //     itself): a prompt can be prefilled in chunks, each against every key before it;
 //   - n_keys >= q_pos0 + n_q; head_dim 64 or 128; any group size n_head / n_head_kv >= 1;
