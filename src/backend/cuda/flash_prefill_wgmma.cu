@@ -17,9 +17,9 @@
 #include <cudaTypedefs.h>
 
 #include "backend/cuda/cuda_check.h"
-#include "core/error.h"
 #include "backend/cuda/flash_prefill_wgmma.cuh"
 #include "backend/cuda/wgmma.cuh"
+#include "core/error.h"
 
 namespace freekv::cuda {
 
