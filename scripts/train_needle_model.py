@@ -389,6 +389,21 @@ def export(args):
                       f"torch {torch.__version__}, bf16 weights upcast to fp32", "cases": cases}
     with open(os.path.join(args.out, "golden.json"), "w") as f:
         json.dump(golden, f)
+    n_params = sum(p.numel() for p in model.parameters())
+    with open(os.path.join(args.out, "TRAINING.md"), "w") as f:
+        f.write(f"""# How this model was made (written by scripts/train_needle_model.py export)
+
+- parameters: {n_params} ({n_params / 1e6:.2f}M); config: {json.dumps(MODEL)}, rope_theta {ROPE_THETA}
+- trained {step} of {TOTAL_STEPS} planned steps of {TOKENS_PER_STEP} tokens; contexts by stage (first step, length):
+  {STAGES}; peak learning rate {PEAK_LR}, warm-up {WARMUP} steps ({RESUME_WARMUP} after each resume), cosine to 10%,
+  AdamW (0.9, 0.95), weight decay 0.1 on matrices, gradient clip 1.0, bf16 autocast
+- data per sequence: {MIX}; needles use freekv needle's templates; answer tokens weighted {ANSWER_WEIGHT}; filler of
+  random words or shuffled sentences from the books, or book text; random identifiers and words not scored
+- books: the public-domain corpus beside the repository (../shared/text/corpus, 41 books, not War and Peace);
+  held-out evaluation text: ../shared/text/eval_wp_tail.txt
+- weights stored in bf16; golden.json: transformers {transformers.__version__}, torch {torch.__version__}, the bf16
+  weights upcast to fp32
+""")
     print("exported", args.out, sorted(os.listdir(args.out)), flush=True)
 
 
