@@ -124,7 +124,9 @@ class Builder:
 
     def book(self, rng, n):
         start = rng.randrange(len(self.c.stream) - n - 1)
-        return self.c.stream[start:start + n].copy(), np.ones(n, dtype=np.float32)
+        w = np.ones(n, dtype=np.float32)
+        w[-1] = 0.0  # weights[i] scores the prediction of ids[i + 1]: the last has none
+        return self.c.stream[start:start + n].copy(), w
 
     def passkey(self, rng, n):
         digits = 5 + rng.randrange(4)
@@ -146,8 +148,8 @@ class Builder:
         question_of = lambda key: self.enc('}\n\nKey: "' + key + '"\nThe value associated with the specified key is: "')
         # Pairs while an estimate fits, then exact counts: drop pairs until intro + pairs + question + answer <= n.
         per_pair = len(self.enc('"' + ident() + '": "' + ident() + '", '))
-        budget = n - len(self.kv_intro) - len(question_of(ident())) - per_pair
-        texts = [(ident(), ident()) for _ in range(max(0, budget // per_pair))]
+        budget = n - len(self.kv_intro) - len(question_of(ident())) - per_pair // 2  # the answer: about half a pair
+        texts = [(ident(), ident()) for _ in range(max(0, budget // per_pair) + 1)]  # one more than fits: trimmed below
         encoded = [np.array(e.ids, dtype=np.int32) for e in self.tok.encode_batch(['"' + k + '": "' + v + '", ' for k, v in texts])]
         while encoded:
             asked = int(round(rng.random() * (len(encoded) - 1)))
@@ -296,12 +298,27 @@ def evaluate(model, builder, eval_ids, device, n):
     return math.exp(nll / max(count, 1)), acc, exact
 
 
+def check_builders(builder):
+    """Every kind of sequence has the exact length at every stage, and a needle's answer ends it."""
+    for _, n in STAGES:
+        rng = random.Random(n)
+        for kind, _ in MIX:
+            for _ in range(4):
+                ids, w = getattr(builder, kind)(rng, n)
+                assert len(ids) == n and len(w) == n and w[-1] == 0, (kind, n, len(ids))
+                if kind in ("passkey", "kv"):
+                    answer = np.nonzero(w >= ANSWER_WEIGHT)[0]
+                    assert len(answer) > 0 and answer[-1] == n - 2, (kind, n)
+    print("builders: exact lengths and answers at every stage", flush=True)
+
+
 def train(args):
     torch.manual_seed(args.seed)
     tok = Tokenizer.from_file(args.tokenizer)
     corpus = Corpus(args.corpus, tok)
     builder = Builder(tok, corpus)
     eval_ids = tok.encode(open(args.eval_text, encoding="utf-8").read()).ids if args.eval_text else None
+    check_builders(builder)
     device = "cuda"
     model, cfg = make_model()
     model.to(device)
