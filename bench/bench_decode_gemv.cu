@@ -1,7 +1,9 @@
 // bench_decode_gemv.cu: the decode GEMVs of the Llama-3.1-8B shape (issue 16) at small batches: the
 // engine's SIMT GEMV (16-byte chunks in flight per lane 2, 4, 8), cuBLAS on a bf16 input, and
 // candidate kernels that vary rows per warp, chunks in flight and split-K, each validated against a
-// CPU reference (double sums of bf16(x) . w) on the same random inputs before it is timed. Beside
+// CPU reference (double sums of bf16(x) . w) on the same random inputs before it is timed (the
+// candidates: one warp per row group with split-K across blocks, or a block's warps splitting k for
+// a few rows). Beside
 // them: the measured HBM read bandwidth (a streaming read of 2 GiB) and each kernel's share of it.
 // Weights are cycled through copies that together exceed the L2, so every timed call reads HBM.
 // Every variant computes what the engine's GEMV computes: x rounded to bf16, fp32 accumulation; the
@@ -98,6 +100,86 @@ __global__ void __launch_bounds__(256) gemv_candidate(const float* __restrict__ 
             for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
             if (lane == 0 && row0 + r < n) out[(static_cast<int64_t>(blockIdx.y) * m + i) * n + row0 + r] = s;
         }
+}
+
+// The block's 8 warps share RPW rows and split their k: warp w takes 16-byte chunks w * 32 + lane,
+// stepping 256 chunks (C of them in flight per lane and row); partial sums meet in shared memory,
+// in warp order. More bytes in flight per row than one warp per row group gives.
+template <int M, int RPW, int C>
+__global__ void __launch_bounds__(256) gemv_block_k(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
+                                                    int64_t n, int64_t k, float* __restrict__ y) {
+    __shared__ float partial[8][RPW][M];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t row0 = static_cast<int64_t>(blockIdx.x) * RPW;
+    const int64_t chunks = k / 8;
+    float acc[RPW][M];
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+    for (int64_t c0 = warp * 32 + lane; c0 < chunks; c0 += 256 * C) {
+        uint4 wv[C][RPW];
+#pragma unroll
+        for (int h = 0; h < C; ++h)
+#pragma unroll
+            for (int r = 0; r < RPW; ++r) {
+                const int64_t c = c0 + 256 * h;
+                wv[h][r] = row0 + r < n && c < chunks ? __ldg(reinterpret_cast<const uint4*>(w + (row0 + r) * k) + c)
+                                                      : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int h = 0; h < C; ++h) {
+            const int64_t c = c0 + 256 * h;
+            if (c >= chunks) break;
+#pragma unroll
+            for (int i = 0; i < M; ++i) {
+                if (i >= m) break;
+                const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
+                const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
+                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                float xr[8];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
+#pragma unroll
+                for (int r = 0; r < RPW; ++r) {
+                    const uint32_t parts[4] = {wv[h][r].x, wv[h][r].y, wv[h][r].z, wv[h][r].w};
+                    float sum = acc[r][i];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
+                        sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
+                    }
+                    acc[r][i] = sum;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RPW; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            float s = acc[r][i];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) partial[warp][r][i] = s;
+        }
+    __syncthreads();
+    if (threadIdx.x < RPW * M) {
+        const int r = threadIdx.x / M, i = threadIdx.x % M;
+        if (i < m && row0 + r < n) {
+            float s = 0.0f;
+            for (int q = 0; q < 8; ++q) s += partial[q][r][i];
+            y[static_cast<int64_t>(i) * n + row0 + r] = s;
+        }
+    }
+}
+
+template <int RPW, int C>
+void block_k(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, float*, int, cudaStream_t s) {
+    const unsigned grid = static_cast<unsigned>((n + RPW - 1) / RPW);
+    if (m == 1) gemv_block_k<1, RPW, C><<<grid, 256, 0, s>>>(x, m, w, n, k, y);
+    else if (m == 2) gemv_block_k<2, RPW, C><<<grid, 256, 0, s>>>(x, m, w, n, k, y);
+    else if (m <= 4) gemv_block_k<4, RPW, C><<<grid, 256, 0, s>>>(x, m, w, n, k, y);
+    else gemv_block_k<8, RPW, C><<<grid, 256, 0, s>>>(x, m, w, n, k, y);
 }
 
 // y[m][n] = sum over splits of part[split][m][n], in split order.
@@ -247,6 +329,14 @@ int main(int argc, char** argv) {
                 add(4, 4, candidate<4, 4>);
                 add(8, 2, candidate<8, 2>);
             }
+            const auto add_block = [&](int rpw, int c, auto fn) {
+                variants.push_back({"block-k " + std::to_string(rpw) + " rows/block, chunks " + std::to_string(c),
+                                    [&, fn](const uint16_t* w) { fn(dx, m, w, sh.n, sh.k, dy, part, 1, nullptr); }});
+            };
+            add_block(2, 2, block_k<2, 2>);
+            add_block(4, 1, block_k<4, 1>);
+            add_block(4, 2, block_k<4, 2>);
+            add_block(8, 1, block_k<8, 1>);
             for (const Variant& v : variants) {
                 CHECK(cudaMemset(dy, 0xff, want.size() * 4));
                 v.run(w_dev[0]);
