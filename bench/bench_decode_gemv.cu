@@ -3,8 +3,8 @@
 // candidate kernels that vary rows per warp, chunks in flight and split-K, each validated against a
 // CPU reference (double sums of bf16(x) . w) on the same random inputs before it is timed (the
 // candidates: one warp per row group with split-K across blocks, or a block's warps splitting k for
-// a few rows). Beside
-// them: the measured HBM read bandwidth (a streaming read of 2 GiB) and each kernel's share of it.
+// a few rows). Beside them: the measured HBM read bandwidth (a streaming read of 2 GiB) and each
+// kernel's share of it.
 // Weights are cycled through copies that together exceed the L2, so every timed call reads HBM.
 // Every variant computes what the engine's GEMV computes: x rounded to bf16, fp32 accumulation; the
 // split-K candidates sum their partial rows in a fixed order (deterministic).
