@@ -11,14 +11,15 @@
 #            tests.log (every test and sanitizer output, one after the other), bench_recall.md,
 #            perplexity.md + perplexity.log, bench.json + bench.log, profile.md; a summary is
 #            printed last;
-#   PART:    any of tests, perplexity, bench, profile, serve (default: tests). FREEKV_BENCH_ARGS overrides
+#   PART:    any of tests, perplexity, bench, profile, prefill-profile, serve (default: tests). FREEKV_BENCH_ARGS overrides
 #            the bench arguments, FREEKV_PROFILE_ARGS the profiled bench's (without -n),
 #            FREEKV_PPL_CHUNKS the perplexity windows (2).
 # tests: the CUDA op tests, compute-sanitizer memcheck and racecheck on them, the GPU engine tests
 # (plus memcheck on the dense-regime one) and the recall micro-benchmark.
 # profile: Nsight Compute's device time per kernel (kernels serialized) over ~700 launches, about
 # one decode step of the profiled bench (default freekv:corr-off at 32K, batch 1), as a markdown
-# table (python3 of the GPU machine parses the CSV).
+# table (scripts/ncu_kernel_table.py, run by the GPU machine's python3); prefill-profile: the same
+# over one 32K prefill (FREEKV_PREFILL_PROFILE_ARGS), in prefill_profile.md.
 # serve: `freekv serve --device cuda` for each mode of FREEKV_SERVE_MODES (freekv) with
 # FREEKV_SERVE_ARGS (default --shape llama-3.1-8b at 32K, 16 slots; must not repeat --device or
 # --kv-mode), loaded by `freekv bench-serve` with FREEKV_LOAD_ARGS (32K-token prompts at
@@ -45,6 +46,7 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sani
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 bench_args=${FREEKV_BENCH_ARGS:---shape llama-3.1-8b -d 32768 -b 1,4 -n 512 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512}
 profile_args=${FREEKV_PROFILE_ARGS:---shape llama-3.1-8b -d 32768 -b 1 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --kv-mode freekv:corr-off}
+prefill_profile_args=${FREEKV_PREFILL_PROFILE_ARGS:---shape llama-3.1-8b -d 32768 -b 1 -n 1 -r 1 --breakdown-steps 0 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --kv-mode budget-only --kv-fill prefill}
 log="$out/tests.log"
 
 # section NAME COMMAND...: runs the command with its output appended to tests.log under a header;
@@ -113,24 +115,24 @@ if [[ " $parts " == *" profile "* ]]; then
         "$ncu" --clock-control none --metrics gpu__time_duration.sum,launch__grid_size -k regex:. \
             --launch-skip 3000 --launch-count 700 --csv "$bin/freekv" bench $profile_args -n 12 \
             --device cuda --no-progress > "$csv" 2> /dev/null || status=1
-        python3 - "$csv" > "$out/profile.md" <<'PY' || status=1
-import collections, csv, re, sys
-lines = open(sys.argv[1]).read().splitlines()
-start = next(i for i, l in enumerate(lines) if l.startswith('"ID"'))
-time, grid = collections.defaultdict(list), {}
-for r in csv.DictReader(lines[start:]):
-    name = re.sub(r'\(.*', '', r['Kernel Name'])
-    if r['Metric Name'] == 'gpu__time_duration.sum':
-        scale = {'nsecond': 1e-3, 'usecond': 1.0, 'msecond': 1e3}.get(r['Metric Unit'], 1e-3)
-        time[name].append(float(r['Metric Value'].replace(',', '')) * scale)
-    elif r['Metric Name'] == 'launch__grid_size':
-        grid[name] = r['Metric Value']
-print('| kernel | launches | mean us | sum us | grid |')
-print('|---|---|---|---|---|')
-for name, v in sorted(time.items(), key=lambda kv: -sum(kv[1])):
-    print(f'| {name} | {len(v)} | {sum(v) / len(v):.1f} | {sum(v):.0f} | {grid.get(name, "")} |')
-PY
+        python3 "$(dirname "$0")/ncu_kernel_table.py" "$csv" > "$out/profile.md" || status=1
         echo "== profile"; cat "$out/profile.md"
+    fi
+fi
+if [[ " $parts " == *" prefill-profile "* ]]; then
+    if [ -z "$ncu" ]; then
+        echo "ncu not found" | tee "$out/prefill_profile.md"
+        status=1
+    else
+        # The first ~600 launches after the synthetic weights' fills: the bench's untimed prefill
+        # (about one prompt's worth of every prefill kernel).
+        csv=/tmp/freekv-prefill-profile.csv
+        # shellcheck disable=SC2086
+        "$ncu" --clock-control none --metrics gpu__time_duration.sum,launch__grid_size -k 'regex:^(?!fill).*' \
+            --launch-count 600 --csv "$bin/freekv" bench $prefill_profile_args --device cuda --no-progress > "$csv" 2> /dev/null \
+            || status=1
+        python3 "$(dirname "$0")/ncu_kernel_table.py" "$csv" > "$out/prefill_profile.md" || status=1
+        echo "== prefill-profile"; cat "$out/prefill_profile.md"
     fi
 fi
 if [[ " $parts " == *" serve "* ]]; then
