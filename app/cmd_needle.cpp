@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 
 #include "app/commands.h"
 #include "app/kv_flags.h"
@@ -17,7 +18,7 @@ namespace freekv::app {
 Command register_needle(CLI::App& cmd) {
     struct Flags {
         std::vector<std::string> tasks{"passkey"};
-        std::string model, haystack, lengths, depths = "0,10,20,30,40,50,60,70,80,90,100", output = "md";
+        std::string model, haystack, lengths, depths = "0,10,20,30,40,50,60,70,80,90,100", output = "md", json_file;
         int trials = 2;
         uint64_t seed = 1234;
         RunFlags run;
@@ -35,6 +36,7 @@ Command register_needle(CLI::App& cmd) {
     cmd.add_option("-s,--seed", f->seed, "seed of the keys and filler offsets (1234)");
     cmd.add_option("-o,--output", f->output, "md (grids and a side-by-side table per task) or json (one row per cell)")
         ->check(CLI::IsMember({"md", "json"}));
+    cmd.add_option("--json", f->json_file, "also append the JSON rows to this file (a long grid's results, both ways)");
     f->run.add_to(cmd);
     f->kv.add_to(cmd);
     return [f]() -> int {
@@ -59,6 +61,12 @@ Command register_needle(CLI::App& cmd) {
             haystack = m.tokenizer->encode(read_prompt("", f->haystack));
         }
         const auto modes = f->kv.resolve_all();
+        std::FILE* json_out = nullptr;
+        if (!f->json_file.empty()) {
+            json_out = std::fopen(f->json_file.c_str(), "a");
+            if (json_out == nullptr) FREEKV_FAIL("--json {}: cannot open it for appending", f->json_file);
+        }
+        const std::unique_ptr<std::FILE, int (*)(std::FILE*)> json_closer(json_out, [](std::FILE* p) { return p ? std::fclose(p) : 0; });
         for (const NeedleTask task : tasks) {
             params.task = task;
             const std::string task_name = task == NeedleTask::kKeyValue ? "kv" : "passkey";
@@ -77,6 +85,10 @@ Command register_needle(CLI::App& cmd) {
                     fmt::print("{}", needle_json(run));
                 } else {
                     fmt::print("\n{}", needle_grid_markdown(run));
+                }
+                if (json_out != nullptr) {
+                    fmt::print(json_out, "{}", needle_json(run));
+                    std::fflush(json_out);
                 }
                 std::fflush(stdout);
                 runs.push_back(std::move(run));

@@ -3,10 +3,15 @@
 // block, tokenize prints the golden ids; a prompt longer than the context is refused.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
 
 #include "engine/bench.h"
 #include "test_util.h"
@@ -146,6 +151,20 @@ TEST(Cli, NeedleRunsEndToEnd) {
     ASSERT_EQ(kv.code, 0) << kv.output;
     EXPECT_EQ(count_of(kv.output, "{\"task\":\"kv\",\"kv_mode\":\"freekv\""), 2) << kv.output;
     EXPECT_NE(kv.output.find("\"correction_rate\":"), std::string::npos) << kv.output;
+    // Markdown on stdout and the same rows appended to --json.
+    const auto json = std::filesystem::temp_directory_path() / ("freekv_needle_" + std::to_string(::getpid()) + ".jsonl");
+    std::filesystem::remove(json);
+    const Result both = run("needle -m " + dir->string() + " --task kv --lengths 300 --depths 0,100 --trials 1 --json " +
+                            json.string() + " --kv-mode full --no-progress");
+    ASSERT_EQ(both.code, 0) << both.output;
+    EXPECT_NE(both.output.find("| depth | 300 |"), std::string::npos) << both.output;
+    std::ifstream in(json);
+    const std::string rows((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(count_of(rows, "{\"task\":\"kv\",\"kv_mode\":\"full\""), 2) << rows;
+    std::filesystem::remove(json);
+    const Result bad = run("needle -m " + dir->string() + " --task kv --lengths 300 --json /nonexistent/dir/x.jsonl --no-progress");
+    EXPECT_EQ(bad.code, 1);
+    EXPECT_NE(bad.output.find("--json /nonexistent/dir/x.jsonl: cannot open it"), std::string::npos) << bad.output;
     const Result missing = run("needle -m " + dir->string() + " --lengths 200");
     EXPECT_EQ(missing.code, 1);
     EXPECT_NE(missing.output.find("--haystack"), std::string::npos) << missing.output;
