@@ -21,21 +21,15 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/gemv_chunk.cuh"
 #include "backend/cuda/ops_cuda.cuh"
+#include "bench_args.h"
 #include "bench_cuda_check.h"
 #include "core/dtype.h"
 
 namespace {
 
-std::vector<int> parse_list(const char* s) {
-    std::vector<int> out;
-    for (const char* p = s; *p;) {
-        out.push_back(std::atoi(p));
-        while (*p && *p != ',') ++p;
-        if (*p == ',') ++p;
-    }
-    return out;
-}
+using freekv::cuda::gemv_chunk;
 
 // ---------------------------------------------------------------- the candidate kernel
 
@@ -68,27 +62,7 @@ __global__ void __launch_bounds__(256) gemv_candidate(const float* __restrict__ 
         for (int h = 0; h < C; ++h) {
             const int64_t c = c0 + 32 * h;
             if (c >= c_end) break;
-#pragma unroll
-            for (int i = 0; i < M; ++i) {
-                if (i >= m) break;
-                const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
-                const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
-                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                float xr[8];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
-#pragma unroll
-                for (int r = 0; r < RPW; ++r) {
-                    const uint32_t parts[4] = {wv[h][r].x, wv[h][r].y, wv[h][r].z, wv[h][r].w};
-                    float sum = acc[r][i];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
-                        sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
-                    }
-                    acc[r][i] = sum;
-                }
-            }
+            gemv_chunk<M, RPW>(wv[h], x, m, k, c, acc);
         }
     }
 #pragma unroll
@@ -131,27 +105,7 @@ __global__ void __launch_bounds__(256) gemv_block_k(const float* __restrict__ x,
         for (int h = 0; h < C; ++h) {
             const int64_t c = c0 + 256 * h;
             if (c >= chunks) break;
-#pragma unroll
-            for (int i = 0; i < M; ++i) {
-                if (i >= m) break;
-                const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
-                const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
-                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                float xr[8];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
-#pragma unroll
-                for (int r = 0; r < RPW; ++r) {
-                    const uint32_t parts[4] = {wv[h][r].x, wv[h][r].y, wv[h][r].z, wv[h][r].w};
-                    float sum = acc[r][i];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
-                        sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
-                    }
-                    acc[r][i] = sum;
-                }
-            }
+            gemv_chunk<M, RPW>(wv[h], x, m, k, c, acc);
         }
     }
 #pragma unroll

@@ -21,20 +21,11 @@
 
 #include "backend/cuda/flash_prefill.cuh"
 #include "backend/cuda/prefill_attention.cuh"
+#include "bench_args.h"
 #include "bench_cuda_check.h"
 #include "core/dtype.h"
 
 namespace {
-
-std::vector<int> parse_list(const char* s) {
-    std::vector<int> out;
-    for (const char* p = s; *p;) {
-        out.push_back(std::atoi(p));
-        while (*p && *p != ',') ++p;
-        if (*p == ',') ++p;
-    }
-    return out;
-}
 
 template <class F>
 double time_ms(F&& f, int reps) {

@@ -11,6 +11,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/flash_prefill.cuh"
+#include "backend/cuda/flash_prefill_device.cuh"
 #include "backend/cuda/flash_prefill_wgmma.cuh"
 #include "core/error.h"
 
@@ -18,9 +19,12 @@ namespace freekv::cuda {
 
 namespace {
 
-constexpr int kKeys = 64;
+using flash::fast_exp2;
+using flash::pack_bf16x2;
+using flash::smem_addr;
+using flash::store_output_pair;
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+constexpr int kKeys = 64;
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -49,18 +53,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// 2^x on the special-function unit (one instruction; exp2f adds range fix-ups around it). -inf -> 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&p);
 }
 
 template <int D, int MT, int W>
@@ -257,15 +249,9 @@ __global__ void __launch_bounds__(W * 32) flash_prefill_kernel(const FlashPrefil
             if (gr >= n_rows) continue;
             const int tok = gr / group, g = gr % group;
             const int64_t at = (static_cast<int64_t>(tok) * a.n_head + h * group + g) * D + tig * 2;
-            if (a.out_bf16 != nullptr) {
 #pragma unroll
-                for (int j = 0; j < D / 8; ++j)
-                    *reinterpret_cast<uint32_t*>(a.out_bf16 + at + j * 8) = pack_bf16x2(o[mt][j][half * 2] * inv, o[mt][j][half * 2 + 1] * inv);
-            } else {
-#pragma unroll
-                for (int j = 0; j < D / 8; ++j)
-                    *reinterpret_cast<float2*>(a.out + at + j * 8) = make_float2(o[mt][j][half * 2] * inv, o[mt][j][half * 2 + 1] * inv);
-            }
+            for (int j = 0; j < D / 8; ++j)
+                store_output_pair(a, at + j * 8, o[mt][j][half * 2] * inv, o[mt][j][half * 2 + 1] * inv);
         }
 }
 
@@ -306,7 +292,7 @@ void flash_prefill(const FlashPrefillArgs& a, void* stream) {
     FREEKV_CHECK(a.kernel != FlashKernel::wgmma || has_wgmma,
                  "flash prefill: the wgmma kernel needs a compute-capability 9.0 device and head_dim 128 (head_dim {})",
                  a.head_dim);
-    if (a.kernel == FlashKernel::wgmma || (a.kernel == FlashKernel::automatic && has_wgmma && flash_prefill_wgmma_fits(a))) {
+    if (a.kernel == FlashKernel::wgmma || (a.kernel == FlashKernel::automatic && has_wgmma)) {
         flash_prefill_wgmma(a, s);
         return;
     }

@@ -10,13 +10,14 @@
 // softmax overlaps products both across and within warpgroups.
 // Invariants: those of flash_prefill.cuh; shared operands are 128-row x 128-dim bf16 tiles stored as
 // two halves of 64 dims, each half 128 rows of 128 bytes (16 KB, 1024-byte-aligned atoms); K and V
-// are 16-byte aligned with a key stride that is a multiple of 8 elements (flash_prefill_wgmma_fits).
+// are 16-byte aligned with a key stride that is a multiple of 8 elements (flash_prefill checks it).
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder is fetched from the driver at run time
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/flash_prefill_device.cuh"
 #include "backend/cuda/flash_prefill_wgmma.cuh"
 #include "backend/cuda/wgmma.cuh"
 #include "core/error.h"
@@ -24,6 +25,11 @@
 namespace freekv::cuda {
 
 namespace {
+
+using flash::fast_exp2;
+using flash::pack_bf16x2;
+using flash::smem_addr;
+using flash::store_output_pair;
 
 constexpr int kDim = 128;      // head_dim
 constexpr int kKeys = 128;     // keys per tile
@@ -38,8 +44,6 @@ constexpr uint32_t kHalfBytes = 128 * 128;       // one 64-dim half of a 128-row
 constexpr uint32_t kTileBytes = 2 * kHalfBytes;  // 32 KB
 // Q, K[kStages], V[kStages], then the mbarriers (full[kStages], empty[kStages]); 1024 of alignment slack.
 constexpr size_t kSmemBytes = (1 + 2 * kStages) * kTileBytes + 2 * kStages * 8 + 1024;
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
@@ -72,17 +76,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 // Named barriers 1 and 2 (0 is __syncthreads') order the two warpgroups' turns at the tensor cores.
 __device__ __forceinline__ void turn_wait(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
 __device__ __forceinline__ void turn_pass(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
-
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&p);
-}
 
 // Byte offset of dims [8 * c16, +8) of row `row` in a swizzled 128 x 128 tile.
 __device__ __forceinline__ uint32_t tile_offset(int row, int c16) {
@@ -299,15 +292,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (gr >= n_rows) continue;
         const int tok = gr / group, g = gr % group;
         const int64_t at = (static_cast<int64_t>(tok) * a.n_head + h * group + g) * kDim + tig * 2;
-        if (a.out_bf16 != nullptr) {
 #pragma unroll
-            for (int j = 0; j < kDim / 8; ++j)
-                *reinterpret_cast<uint32_t*>(a.out_bf16 + at + j * 8) = pack_bf16x2(o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
-        } else {
-#pragma unroll
-            for (int j = 0; j < kDim / 8; ++j)
-                *reinterpret_cast<float2*>(a.out + at + j * 8) = make_float2(o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
-        }
+        for (int j = 0; j < kDim / 8; ++j) store_output_pair(a, at + j * 8, o[4 * j + 2 * half] * inv, o[4 * j + 2 * half + 1] * inv);
     }
 }
 
@@ -362,14 +348,7 @@ int64_t key_stride(const FlashPrefillArgs& a) {
 
 }  // namespace
 
-bool flash_prefill_wgmma_fits(const FlashPrefillArgs& a) {
-    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    return a.head_dim == kDim && aligned(a.k) && aligned(a.v) && key_stride(a) % 8 == 0;
-}
-
 void flash_prefill_wgmma(const FlashPrefillArgs& a, cudaStream_t s) {
-    FREEKV_CHECK(flash_prefill_wgmma_fits(a), "flash prefill (wgmma): K/V must be 16-byte aligned with a key stride that is a "
-                                              "multiple of 8 (stride {})", key_stride(a));
     static const bool configured = [] {
         FREEKV_CUDA_CHECK(cudaFuncSetAttribute(flash_prefill_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(kSmemBytes)));

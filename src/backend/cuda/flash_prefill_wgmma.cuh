@@ -14,8 +14,6 @@ namespace freekv::cuda {
 
 /// Whether the current device can run the wgmma kernel for this head_dim.
 bool flash_prefill_wgmma_available(int64_t head_dim);
-/// Whether these arguments suit it (K/V 16-byte aligned, key stride a multiple of 8 elements).
-bool flash_prefill_wgmma_fits(const FlashPrefillArgs& a);
 void flash_prefill_wgmma(const FlashPrefillArgs& a, cudaStream_t s);
 
 }  // namespace freekv::cuda

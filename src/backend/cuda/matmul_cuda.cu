@@ -10,6 +10,7 @@
 
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gemv_chunk.cuh"
 #include "backend/cuda/ops_cuda.cuh"
 
 namespace freekv::cuda {
@@ -69,27 +70,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
         for (int h = 0; h < C; ++h) {
             const int64_t c = c0 + 32 * h;
             if (c >= chunks) break;
-#pragma unroll
-            for (int i = 0; i < M; ++i) {
-                if (i >= m) break;
-                const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
-                const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
-                const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                float xr[8];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
-#pragma unroll
-                for (int r = 0; r < kGemvRowsPerWarp; ++r) {
-                    const uint32_t parts[4] = {wv[h][r].x, wv[h][r].y, wv[h][r].z, wv[h][r].w};
-                    float sum = acc[r][i];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
-                        sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
-                    }
-                    acc[r][i] = sum;
-                }
-            }
+            gemv_chunk<M, kGemvRowsPerWarp>(wv[h], x, m, k, c, acc);
         }
     }
 #pragma unroll

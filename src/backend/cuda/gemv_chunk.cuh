@@ -1,0 +1,40 @@
+// gemv_chunk.cuh: the inner step of the decode GEMVs (matmul_cuda.cu's kernel and the variants
+// bench_decode_gemv measures against it): one 16-byte chunk of k for R weight rows and up to M
+// activation rows, x rounded to bf16 as cuBLAS's input would be, fp32 accumulation.
+// Invariant: chunk c covers k elements [8c, 8c + 8); x rows are k apart and 16-byte aligned.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace freekv::cuda {
+
+/// acc[r][i] += bf16(x[i, 8c .. 8c + 8)) . (the 8 bf16 of wv[r]) for r < R and i < m (<= M).
+template <int M, int R>
+__device__ __forceinline__ void gemv_chunk(const uint4 (&wv)[R], const float* __restrict__ x, int m, int64_t k, int64_t c,
+                                           float (&acc)[R][M]) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        if (i >= m) break;
+        const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
+        const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
+        const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        float xr[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const uint32_t parts[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+            float sum = acc[r][i];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
+                sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
+            }
+            acc[r][i] = sum;
+        }
+    }
+}
+
+}  // namespace freekv::cuda
