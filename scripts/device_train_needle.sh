@@ -26,7 +26,7 @@ tar -xJf .devpack/corpus.tar.xz -C /tmp/needle-corpus
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 scripts/train_needle_model.py train --corpus /tmp/needle-corpus/corpus --tokenizer .devpack/tokenizer.json \
-    --work "$work" --eval-text .devpack/eval_wp_tail.txt --minutes "$minutes" --workers 12 2>&1 | tee "$out/train.log"
+    --work "$work" --eval-text .devpack/eval_wp_tail.txt --minutes "$minutes" --workers 12 --probe 2>&1 | tee "$out/train.log"
 status=${PIPESTATUS[0]}
 if [ "$final" = export ] && [ "$status" -eq 0 ]; then
     python3 scripts/train_needle_model.py export --work "$work" --tokenizer .devpack/tokenizer.json \

@@ -317,6 +317,29 @@ def check_builders(builder):
     print("builders: exact lengths and answers at every stage", flush=True)
 
 
+def probe_rates(model, cfg, device, step):
+    """Times a forward and backward pass at each stage's context on random ids (speed does not depend
+    on content; no weight changes), and what the remaining steps would take at those rates: the
+    numbers that TOTAL_STEPS is fixed from."""
+    remaining = 0.0
+    for i, (first, n) in enumerate(STAGES):
+        last = STAGES[i + 1][0] if i + 1 < len(STAGES) else TOTAL_STEPS
+        ids = torch.randint(2, cfg.vocab_size, (TOKENS_PER_STEP // n, n), device=device)
+        for rep in range(4):
+            if rep == 1:
+                torch.cuda.synchronize()
+                t = time.time()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(ids).logits
+            F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), ids.reshape(-1)).backward()
+        torch.cuda.synchronize()
+        per_step = (time.time() - t) / 3
+        remaining += max(0, last - max(first, step)) * per_step
+        print(f"probe: context {n}: {per_step * 1e3:.1f} ms per step (forward and backward); steps {first}-{last}", flush=True)
+    model.zero_grad(set_to_none=True)
+    print(f"probe: steps {step}-{TOTAL_STEPS} would take {remaining / 60:.1f} min at these rates", flush=True)
+
+
 def train(args):
     torch.manual_seed(args.seed)
     tok = Tokenizer.from_file(args.tokenizer)
@@ -334,6 +357,8 @@ def train(args):
                             lr=PEAK_LR, betas=(0.9, 0.95), eps=1e-8, fused=True)
     os.makedirs(args.work, exist_ok=True)
     step = load_checkpoint(args.work, model)
+    if args.probe:
+        probe_rates(model, cfg, device, step)
     resumed_at = step
     print(f"starting at step {step} (context {stage_context(step)})", flush=True)
     loader = torch.utils.data.DataLoader(Batches(builder, args.seed, step), batch_size=None, num_workers=args.workers,
@@ -445,6 +470,7 @@ def main():
     t.add_argument("--save-minutes", type=float, default=2.0)
     t.add_argument("--workers", type=int, default=12)
     t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--probe", action="store_true", help="time each stage's context before training")
     e = sub.add_parser("export")
     e.add_argument("--work", required=True)
     e.add_argument("--tokenizer", required=True)
