@@ -48,7 +48,7 @@ STAGES = [(0, 256), (800, 512), (1600, 1024), (2800, 2048), (4400, 4096), (6400,
 # Learning rate: linear warm-up, constant, then a cosine decay to DECAY_FLOOR of the peak over the last
 # DECAY_STEPS steps (warm-up, stable, decay). Runs before the decay starts do not depend on TOTAL_STEPS,
 # so the total can be fixed once the measured rates say how many 8K steps the time allows.
-TOTAL_STEPS = 16000
+TOTAL_STEPS = 11700
 DECAY_STEPS = 2500
 PEAK_LR, DECAY_FLOOR, WARMUP, RESUME_WARMUP = 2e-3, 0.05, 300, 50
 ANSWER_WEIGHT = 5.0
