@@ -20,6 +20,7 @@ Command register_needle(CLI::App& cmd) {
         std::vector<std::string> tasks{"passkey"};
         std::string model, haystack, lengths, depths = "0,10,20,30,40,50,60,70,80,90,100", output = "md", json_file;
         int trials = 2;
+        bool mass_recall = false;
         uint64_t seed = 1234;
         RunFlags run;
         KvFlags kv;
@@ -36,6 +37,8 @@ Command register_needle(CLI::App& cmd) {
     cmd.add_option("-s,--seed", f->seed, "seed of the keys and filler offsets (1234)");
     cmd.add_option("-o,--output", f->output, "md (grids and a side-by-side table per task) or json (one row per cell)")
         ->check(CLI::IsMember({"md", "json"}));
+    cmd.add_flag("--mass-recall", f->mass_recall,
+                 "also measure the share of full attention mass that each sparse step attends (slower: scores every key)");
     cmd.add_option("--json", f->json_file, "also append the JSON rows to this file (a long grid's results, both ways)");
     f->run.add_to(cmd);
     f->kv.add_to(cmd);
@@ -73,6 +76,7 @@ Command register_needle(CLI::App& cmd) {
             std::vector<NeedleRun> runs;
             for (const auto& [label, mode] : modes) {
                 params.mode = mode;
+                params.mode.attention_mass_recall = f->mass_recall;
                 fmt::print(stderr, "{} {}: {}\n", task_name, label, mode.describe());
                 std::unique_ptr<ProgressLine> line;
                 NeedleRun run{task_name, label, mode.describe(), params.lengths, params.depths, params.trials, {}};

@@ -28,6 +28,13 @@ std::string retrieval_columns(const KvStats& s) {
     return fmt::format("{:.4f} | {:.2f} | {:.1f} |", s.correction_rate(), s.pages_per_step(), kib);
 }
 
+bool any_mass_recall(const std::vector<NeedleRun>& runs) {
+    for (const NeedleRun& run : runs)
+        for (const NeedleCell& c : run.cells)
+            if (!c.stats.mass_recall.empty()) return true;
+    return false;
+}
+
 }  // namespace
 
 std::string needle_grid_markdown(const NeedleRun& run) {
@@ -62,8 +69,11 @@ std::string needle_summary_markdown(const std::vector<NeedleRun>& runs) {
                                   first.depths.empty() ? 0 : *std::min_element(first.depths.begin(), first.depths.end()),
                                   first.depths.empty() ? 0 : *std::max_element(first.depths.begin(), first.depths.end()));
     for (int64_t len : first.lengths) out += fmt::format(" {} |", len);
-    out += " overall | correction rate | pages/token | recall KiB/token |\n|---|";
-    for (size_t i = 0; i < first.lengths.size() + 4; ++i) out += "---|";
+    const bool mass = any_mass_recall(runs);
+    out += " overall | correction rate | pages/token | recall KiB/token |";
+    if (mass) out += " mass recall mean | mass recall p5 |";
+    out += "\n|---|";
+    for (size_t i = 0; i < first.lengths.size() + (mass ? 6 : 4); ++i) out += "---|";
     out += "\n";
     for (const NeedleRun& run : runs) {
         out += fmt::format("| {} |", run.label);
@@ -81,7 +91,12 @@ std::string needle_summary_markdown(const std::vector<NeedleRun>& runs) {
             correct += len_correct;
             total += len_total;
         }
-        out += fmt::format(" {:.1f}% | {}\n", percent(correct, total), retrieval_columns(stats));
+        out += fmt::format(" {:.1f}% | {}", percent(correct, total), retrieval_columns(stats));
+        if (mass)
+            out += stats.mass_recall.empty() ? " - | - |"
+                                             : fmt::format(" {:.4f} | {:.4f} |", stats.mass_recall_mean(),
+                                                           stats.mass_recall_percentile(5));
+        out += "\n";
     }
     return out;
 }
@@ -98,6 +113,10 @@ std::string needle_json(const NeedleRun& run) {
             row["correction_rate"] = s.correction_rate();
             row["pages_per_token"] = s.pages_per_step();
             row["recall_bytes"] = s.transfer.sync_bytes + s.transfer.background_bytes;
+        }
+        if (!s.mass_recall.empty()) {
+            row["mass_recall_mean"] = s.mass_recall_mean();
+            row["mass_recall_p5"] = s.mass_recall_percentile(5);
         }
         out += row.dump() + "\n";
     }

@@ -125,6 +125,20 @@ TEST(NeedleReport, SummaryPutsModesSideBySide) {
     EXPECT_NE(table.find("| freekv | 50.0% | 25.0% | 37.5% | 0.1000 | 2.00 | 1.0 |"), std::string::npos) << table;
 }
 
+TEST(NeedleReport, MassRecallColumnsAppearOnlyWhenMeasured) {
+    EXPECT_EQ(needle_summary_markdown(report_runs()).find("mass recall"), std::string::npos);
+    auto runs = report_runs();
+    // Each of the 4 cells records 0.5 and 1.0 (one step, two heads): mean 0.75 over the 8 values; the
+    // 5th percentile of {0.5 x 4, 1.0 x 4} is 0.5. full has no sparse steps and prints dashes.
+    for (NeedleCell& c : runs[1].cells) c.stats.mass_recall = {0.5f, 1.0f};
+    const std::string table = needle_summary_markdown(runs);
+    EXPECT_NE(table.find("| recall KiB/token | mass recall mean | mass recall p5 |"), std::string::npos) << table;
+    EXPECT_NE(table.find("| full | 75.0% | 100.0% | 87.5% | - | - | - | - | - |"), std::string::npos) << table;
+    EXPECT_NE(table.find("| 1.0 | 0.7500 | 0.5000 |"), std::string::npos) << table;
+    const auto row = nlohmann::json::parse(needle_json(runs[1]).substr(0, needle_json(runs[1]).find('\n')));
+    EXPECT_DOUBLE_EQ(row["mass_recall_mean"].get<double>(), 0.75);
+}
+
 TEST(NeedleReport, JsonHasOneRowPerCell) {
     std::istringstream in(needle_json(report_runs()[1]));
     std::string line;
