@@ -41,6 +41,8 @@ std::shared_ptr<const gpu::GpuWeights> make_gpu_weights(const LoadedModel& m, co
     auto w = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), d);
     fmt::print(stderr, "gpu: {:.2f} GiB of {} weights on the device\n", static_cast<double>(w->bytes()) / (1 << 30),
                gpu::gpu_dtype_name(d));
+    if (const std::string g = w->gemv_summary(); !g.empty())
+        fmt::print(stderr, "gpu: decode GEMV per shape, 1..8 rows (s simt, b2/b4/b8 block-k, c cuBLAS): {}\n", g);
     return w;
 }
 

@@ -54,10 +54,14 @@ public:
     const ModelConfig& config() const { return config_; }
     GpuDtype dtype() const { return dtype_; }
     int64_t bytes() const { return bytes_; }
+    /// The decode GEMV measured for each bf16 matrix shape, per row count 1..8 (s simt, b2/b4/b8
+    /// block-k, c cuBLAS) and its one-row time against the default's; empty for f32 weights.
+    std::string gemv_summary() const;
     struct Impl;
     const Impl& impl() const { return *impl_; }
 
 private:
+    void measure_gemvs(const LlamaWeights& weights);
     ModelConfig config_;
     GpuDtype dtype_ = GpuDtype::kBF16;
     int64_t bytes_ = 0;

@@ -65,8 +65,9 @@ int gemm_sms_beside_install(const GpuTuning& t, int64_t n_head_kv);
 struct DeviceWeight {
     DeviceArray<uint16_t> bf16;
     DeviceArray<float> f32;
+    const cuda::GemvChoices* gemv = nullptr;  // bf16 matrices: the measured decode GEMV of their shape
     cuda::WeightRef ref() const {
-        return f32.size() > 0 ? cuda::WeightRef{f32.get(), true} : cuda::WeightRef{bf16.get(), false};
+        return f32.size() > 0 ? cuda::WeightRef{f32.get(), true, nullptr} : cuda::WeightRef{bf16.get(), false, gemv};
     }
 };
 
@@ -79,6 +80,7 @@ struct GpuWeights::Impl {
     std::vector<std::unique_ptr<Layer>> layers;
     DeviceWeight token_embd, output_norm, output;
     DeviceArray<float> inv_freq;
+    std::vector<std::unique_ptr<cuda::GemvChoices>> gemv_choices;  // one per matrix shape (bf16 weights)
 };
 
 struct GpuEngine::Impl {

@@ -23,6 +23,7 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&, GpuDtype)
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);
 }
 GpuWeights::~GpuWeights() = default;
+std::string GpuWeights::gemv_summary() const { return {}; }
 
 GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights>, const KvModeConfig&, int64_t, int64_t, const GpuTuning&) {
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);

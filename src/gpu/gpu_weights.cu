@@ -1,6 +1,8 @@
-// gpu_weights.cu: the model's weights uploaded to the device in the engine's dtype, and the
-// device probes (gpu_available, device_memory).
+// gpu_weights.cu: the model's weights uploaded to the device in the engine's dtype, the decode GEMV
+// measured per bf16 matrix shape once they are there, and the device probes (gpu_available, device_memory).
 #include "gpu/gpu_engine_impl.cuh"
+
+#include <map>
 
 namespace freekv::gpu {
 
@@ -55,6 +57,52 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtyp
     const auto inv = config.rope_inv_freq();
     m.inv_freq.upload(inv.data(), static_cast<int64_t>(inv.size()));
     FREEKV_CUDA_CHECK(cudaDeviceSynchronize());
+    if (!f32) measure_gemvs(w);
+}
+
+// The decode GEMV of each bf16 matrix shape, measured over every matrix of that shape (see
+// cuda::measure_gemv_choices); the matrices keep a pointer to their shape's choice.
+void GpuWeights::measure_gemvs(const LlamaWeights& w) {
+    Impl& m = *impl_;
+    std::map<std::pair<int64_t, int64_t>, std::vector<DeviceWeight*>> by_shape;
+    auto add = [&](DeviceWeight& d, const WeightView& v) {
+        if (d.bf16.size() > 0 && v.shape.size() == 2) by_shape[{v.rows(), v.cols()}].push_back(&d);
+    };
+    add(m.output, w.output);
+    for (size_t il = 0; il < w.layers.size(); ++il) {
+        const LlamaLayerWeights& lw = w.layers[il];
+        Impl::Layer& l = *m.layers[il];
+        add(l.wq, lw.wq), add(l.wk, lw.wk), add(l.wv, lw.wv), add(l.wo, lw.wo);
+        add(l.w_gate, lw.w_gate), add(l.w_up, lw.w_up), add(l.w_down, lw.w_down);
+    }
+    for (auto& [shape, weights] : by_shape) {
+        std::vector<const uint16_t*> mats;
+        for (const DeviceWeight* d : weights) mats.push_back(d->bf16.get());
+        auto choice = std::make_unique<cuda::GemvChoices>(
+            cuda::measure_gemv_choices(mats, shape.first, shape.second, cuda::kGemvChoiceRows));
+        for (DeviceWeight* d : weights) d->gemv = choice.get();
+        m.gemv_choices.push_back(std::move(choice));
+    }
+}
+
+std::string GpuWeights::gemv_summary() const {
+    auto code = [](cuda::GemvKernel k) {
+        switch (k) {
+            case cuda::GemvKernel::kSimt: return "s";
+            case cuda::GemvKernel::kBlockK2x2: return "b2";
+            case cuda::GemvKernel::kBlockK4x1: return "b4";
+            case cuda::GemvKernel::kBlockK8x1: return "b8";
+            case cuda::GemvKernel::kCublas: return "c";
+        }
+        return "?";
+    };
+    std::string out;
+    for (const auto& c : impl_->gemv_choices) {
+        out += fmt::format("{}{} x {}:", out.empty() ? "" : "; ", c->n, c->k);
+        for (int64_t i = 0; i < c->measured_rows; ++i) out += fmt::format(" {}", code(c->kernel[i]));
+        out += fmt::format(" (1 row {:.1f} us, default {:.1f})", c->us[0], c->default_us[0]);
+    }
+    return out;
 }
 
 GpuWeights::~GpuWeights() = default;

@@ -426,13 +426,13 @@ TEST_F(CudaOps, PrefillGemmPathRoundsOnceAndAccumulates) {
     }
 }
 
-// The decode GEMVs on their own, every variant the engine can pick by environment: the SIMT one with
-// 2, 4 and 8 chunks in flight (FREEKV_GEMV_CHUNKS) and the tensor-core one (FREEKV_GEMV=mma); every
-// batch size 1..8, row counts not a multiple of 16 rows per block, k from one 32-element chunk to
-// 14336 (the SIMT kernel also k = 40, not a multiple of 32).
+// The decode GEMVs on their own, every variant the engine can pick: the SIMT one with 2, 4 and 8
+// chunks in flight (FREEKV_GEMV_CHUNKS), the tensor-core one (FREEKV_GEMV=mma) and the block-k ones
+// the measured choice may take (2x2, 4x1, 8x1); every batch size 1..8, row counts not a multiple of
+// the rows per block, k from one 32-element chunk to 14336 (all but mma also k = 40, not a multiple of 32).
 TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
     std::mt19937 rng(15);
-    for (int variant : {0, 2, 4, 8})  // 0: mma, else the SIMT kernel's chunks
+    for (int variant : {0, 2, 4, 8, 102, 104, 108})  // 0: mma; 2..8: the SIMT kernel's chunks; 10R: block-k, R rows
         for (auto [n, k] : {std::pair{7, 32}, std::pair{300, 96}, std::pair{1001, 4096}, std::pair{16, 1024}, std::pair{250, 14336},
                             std::pair{33, 40}})
             for (int m = 1; m <= 8; ++m)
@@ -446,6 +446,8 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
                     uint16_t* db = to_device(bias);
                     float* dy = poisoned(static_cast<size_t>(m * n));
                     if (variant == 0) cuda::gemv_mma(dx, m, dw, n, k, dy, with_bias ? db : nullptr, nullptr);
+                    else if (variant > 100)
+                        cuda::gemv_block_k(dx, m, dw, n, k, dy, with_bias ? db : nullptr, variant - 100, variant == 102 ? 2 : 1, nullptr);
                     else cuda::gemv_simt(dx, m, dw, n, k, dy, with_bias ? db : nullptr, variant, nullptr);
                     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
                     std::vector<float> xr(x.size());
@@ -460,6 +462,48 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
     EXPECT_THROW(cuda::gemv_mma(nullptr, 9, nullptr, 16, 32, nullptr, nullptr, nullptr), Error);
     EXPECT_THROW(cuda::gemv_mma(nullptr, 1, nullptr, 16, 40, nullptr, nullptr, nullptr), Error);
     EXPECT_THROW(cuda::gemv_simt(nullptr, 1, nullptr, 16, 32, nullptr, nullptr, 3, nullptr), Error);
+    EXPECT_THROW(cuda::gemv_block_k(nullptr, 1, nullptr, 16, 32, nullptr, nullptr, 4, 2, nullptr), Error);
+}
+
+// The per-shape choice measured on three matrices: for each row count it names a kernel no slower
+// than the default it was timed against, and matmul through a WeightRef that carries it computes the
+// reference product with bias, whichever kernel won; a choice made for another shape is refused.
+TEST_F(CudaOps, MeasuredGemvChoiceComputesTheReference) {
+    std::mt19937 rng(16);
+    const int64_t n = 1001, k = 4096;
+    std::vector<std::vector<uint16_t>> hw;
+    std::vector<uint16_t*> dws;
+    for (int i = 0; i < 3; ++i) {
+        hw.push_back(to_bf16(randn(static_cast<size_t>(n * k), rng)));
+        dws.push_back(to_device(hw.back()));
+    }
+    const std::vector<const uint16_t*> mats(dws.begin(), dws.end());
+    const cuda::GemvChoices choices = cuda::measure_gemv_choices(mats, n, k, cuda::kGemvChoiceRows);
+    EXPECT_EQ(choices.n, n);
+    EXPECT_EQ(choices.measured_rows, cuda::kGemvChoiceRows);
+    const auto bias = to_bf16(randn(static_cast<size_t>(n), rng));
+    uint16_t* db = to_device(bias);
+    uint16_t* scratch = nullptr;
+    ASSERT_EQ(cudaMalloc(&scratch, sizeof(uint16_t) * static_cast<size_t>(cuda::kGemvChoiceRows * k)), cudaSuccess);
+    for (int64_t m = 1; m <= cuda::kGemvChoiceRows; ++m) {
+        const size_t i = static_cast<size_t>(m - 1);
+        EXPECT_GT(choices.default_us[i], 0.0f) << m;
+        EXPECT_LE(choices.us[i], choices.default_us[i]) << m;
+        const auto x = randn(static_cast<size_t>(m * k), rng);
+        float* dx = to_device(x);
+        float* dy = poisoned(static_cast<size_t>(m * n));
+        cuda::matmul(dx, m, cuda::WeightRef{dws[1], false, &choices}, n, k, dy, cuda::WeightRef{db, false}, scratch, nullptr);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        std::vector<float> xr(x.size()), want(static_cast<size_t>(m * n));
+        for (size_t j = 0; j < x.size(); ++j) xr[j] = bf16_to_f32(f32_to_bf16(x[j]));
+        const WeightView wv{"w", DType::kBF16, {n, k}, hw[1].data()}, bv{"b", DType::kBF16, {n}, bias.data()};
+        ref::matmul(xr.data(), m, wv, want.data(), &bv);
+        EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse) << m << " rows by " << cuda::gemv_kernel_name(choices.kernel[i]);
+        cudaFree(dx), cudaFree(dy);
+    }
+    EXPECT_THROW(cuda::matmul_bf16(nullptr, 1, dws[0], n + 1, k, nullptr, nullptr, scratch, nullptr, &choices), Error);
+    for (uint16_t* p : dws) cudaFree(p);
+    cudaFree(db), cudaFree(scratch);
 }
 
 TEST_F(CudaOps, PinnedStoreIsChunkedMappedAndFailsWithTheFlagName) {

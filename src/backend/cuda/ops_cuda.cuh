@@ -7,14 +7,45 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 namespace freekv::cuda {
 
-/// A weight tensor in device memory: bf16 elements (uint16_t), or fp32 with f32 set.
+/// The decode GEMV kernels matmul_bf16 can run for 1..kGemvChoiceRows rows of x (gemv_choice.cu):
+/// the SIMT one (a warp per 4 rows), block-k (a block's 8 warps split k for R rows, C 16-byte chunks
+/// per lane in flight: 2x2, 4x1, 8x1) and cuBLAS on a bf16 copy of x. All compute the same products.
+enum class GemvKernel : uint8_t { kSimt, kBlockK2x2, kBlockK4x1, kBlockK8x1, kCublas };
+constexpr int64_t kGemvChoiceRows = 8;
+const char* gemv_kernel_name(GemvKernel kernel);
+
+/// Per weight shape [n, k], the kernel measured fastest for each row count (index m - 1; rows past
+/// measured_rows keep the default), with its time and the default's (microseconds per call).
+struct GemvChoices {
+    int64_t n = 0, k = 0, measured_rows = 0;
+    GemvKernel kernel[kGemvChoiceRows] = {GemvKernel::kSimt, GemvKernel::kCublas, GemvKernel::kCublas, GemvKernel::kCublas,
+                                          GemvKernel::kCublas, GemvKernel::kCublas, GemvKernel::kCublas, GemvKernel::kCublas};
+    float us[kGemvChoiceRows] = {}, default_us[kGemvChoiceRows] = {};
+};
+
+/// A weight tensor in device memory: bf16 elements (uint16_t), or fp32 with f32 set; a bf16 weight
+/// may carry the measured GEMV choice of its shape (null: the default).
 struct WeightRef {
     const void* p = nullptr;
     bool f32 = false;
+    const GemvChoices* gemv = nullptr;
 };
+
+/// Times every GemvKernel on `matrices` (all [n, k] bf16, used in turn so the calls read them as a
+/// decode step does) for 1..max_rows rows of random x and keeps, per row count, the fastest if it
+/// beats the default (the SIMT GEMV for one row, cuBLAS for more) by 3%. Synchronizes the device.
+GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int64_t n, int64_t k, int64_t max_rows);
+/// One GEMV by the given kernel: y[m, n] = bf16(x[m, :]) . w[n, :]^T (+ bias); x_bf16 (m * k
+/// elements) is needed by kCublas only.
+void gemv_run(GemvKernel kernel, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y,
+              const uint16_t* bias, uint16_t* x_bf16, void* stream);
+/// The block-k kernel (exposed for tests): rows_per_block x chunks one of 2x2, 4x1, 8x1; 1 <= m <= 8, k % 8 == 0.
+void gemv_block_k(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
+                  int rows_per_block, int chunks, void* stream);
 
 /// y[m, n] = x[m, n] / rms(x[m, :]) * w[n]; w bf16.
 void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream);
@@ -49,8 +80,9 @@ void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, 
 
 /// y[m, n] = x[m, k] . w[n, k]^T (+ bias[n]) with w bf16 through cuBLAS: x is rounded to bf16 into
 /// `x_bf16` (device scratch of m * k elements), products accumulate in fp32, y is fp32.
+/// With `choices` (the weight's measured GemvChoices) and m <= kGemvChoiceRows, the kernel chosen for m rows.
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                 uint16_t* x_bf16, void* stream);
+                 uint16_t* x_bf16, void* stream, const GemvChoices* choices = nullptr);
 /// The tensor-core decode GEMV that matmul_bf16 uses for m <= 8 under FREEKV_GEMV=mma (exposed for
 /// tests): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
 void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream);
