@@ -54,8 +54,6 @@ using cuda::DeviceArray;
 
 inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
-// x += y over n floats on stream s (gpu_layers.cu).
-void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
 // Launch shapes from the tuning options (gpu_tuning.cu).
 int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens);
 int gemm_sms_beside_gather(const GpuTuning& t);

@@ -4,20 +4,6 @@
 
 namespace freekv::gpu {
 
-namespace {
-
-__global__ void add_kernel(float* x, const float* y, int64_t n) {
-    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (i < n) x[i] += y[i];
-}
-
-}  // namespace
-
-void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
-    add_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(x, y, n);
-    FREEKV_CUDA_CHECK(cudaGetLastError());
-}
-
 // ---------------------------------------------------------------- model pieces
 
 void GpuEngine::Impl::ensure_activations(int64_t n) {
@@ -72,15 +58,13 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
         return;
     }
     FREEKV_CHECK(!attn_in_scratch, "the attention output is in bf16 only on the bf16 GEMM path");
-    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, proj.get(), {}, scratch_bf16.get(), main);
-    add_inplace(x.get(), proj.get(), n * c.n_embd, main);
+    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, x.get(), {}, scratch_bf16.get(), main, true);  // x += o
     cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);
     cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
     if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
     cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main);
     cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main);
-    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, proj.get(), {}, scratch_bf16.get(), main);
-    add_inplace(x.get(), proj.get(), n * c.n_embd, main);
+    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, true);  // x += down
 }
 
 void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vector<float>& out) {

@@ -465,6 +465,55 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
     EXPECT_THROW(cuda::gemv_block_k(nullptr, 1, nullptr, 16, 32, nullptr, nullptr, 4, 2, nullptr), Error);
 }
 
+// `accumulate` (y += the product, the residual add the decode step folds into the o and down
+// projections) through every decode kernel and both cuBLAS paths: y0 + product, bitwise equal to
+// the product into a buffer added to y0 afterwards (what the engine did before); a bias is refused.
+TEST_F(CudaOps, GemvAccumulateAddsTheProductIntoY) {
+    std::mt19937 rng(17);
+    const int64_t n = 300, k = 1024;
+    for (int64_t m : {1, 3, 8}) {
+        const auto x = randn(static_cast<size_t>(m * k), rng);
+        const auto y0 = randn(static_cast<size_t>(m * n), rng);
+        const auto w = to_bf16(randn(static_cast<size_t>(n * k), rng));
+        const auto w32 = randn(static_cast<size_t>(n * k), rng);
+        float* dx = to_device(x);
+        uint16_t* dw = to_device(w);
+        float* dw32 = to_device(w32);
+        uint16_t* scratch = nullptr;
+        ASSERT_EQ(cudaMalloc(&scratch, sizeof(uint16_t) * static_cast<size_t>(m * k)), cudaSuccess);
+        float* dy = to_device(y0);
+        float* dp = poisoned(static_cast<size_t>(m * n));
+        // Our kernels add in their epilogue: bitwise. cuBLAS may fold y into a split-K reduction, so
+        // for it the sum may round differently: one ulp-scale relative bound (exact = false).
+        auto check = [&](const char* what, auto&& product, auto&& added, bool exact = true) {
+            ASSERT_EQ(cudaMemcpy(dy, y0.data(), y0.size() * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+            product(dp);
+            added(dy);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            const auto p = to_host(dp, y0.size()), got = to_host(dy, y0.size());
+            size_t differ = 0;
+            for (size_t i = 0; i < got.size(); ++i) {
+                const float want = y0[i] + p[i];
+                const float tol = exact ? 0.0f : 4e-7f * (std::fabs(y0[i]) + std::fabs(p[i]));
+                differ += std::fabs(got[i] - want) > tol ? 1 : 0;
+            }
+            EXPECT_EQ(differ, 0u) << what << ", " << m << " rows";
+        };
+        for (auto kernel : {cuda::GemvKernel::kSimt, cuda::GemvKernel::kBlockK2x2, cuda::GemvKernel::kBlockK4x1,
+                            cuda::GemvKernel::kBlockK8x1, cuda::GemvKernel::kCublas})
+            check(cuda::gemv_kernel_name(kernel),
+                  [&](float* y) { cuda::gemv_run(kernel, dx, m, dw, n, k, y, nullptr, scratch, nullptr); },
+                  [&](float* y) { cuda::gemv_run(kernel, dx, m, dw, n, k, y, nullptr, scratch, nullptr, true); },
+                  kernel != cuda::GemvKernel::kCublas);
+        check("mma", [&](float* y) { cuda::gemv_mma(dx, m, dw, n, k, y, nullptr, nullptr); },
+              [&](float* y) { cuda::gemv_mma(dx, m, dw, n, k, y, nullptr, nullptr, true); });
+        check("fp32 cuBLAS", [&](float* y) { cuda::matmul(dx, m, cuda::WeightRef{dw32, true}, n, k, y, {}, nullptr, nullptr); },
+              [&](float* y) { cuda::matmul(dx, m, cuda::WeightRef{dw32, true}, n, k, y, {}, nullptr, nullptr, true); }, false);
+        EXPECT_THROW(cuda::gemv_run(cuda::GemvKernel::kSimt, dx, m, dw, n, k, dy, dw, scratch, nullptr, true), Error);
+        cudaFree(dx), cudaFree(dw), cudaFree(dw32), cudaFree(scratch), cudaFree(dy), cudaFree(dp);
+    }
+}
+
 // The per-shape choice measured on three matrices: for each row count it names a kernel no slower
 // than the default it was timed against, and matmul through a WeightRef that carries it computes the
 // reference product with bias, whichever kernel won; a choice made for another shape is refused.

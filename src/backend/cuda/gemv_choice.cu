@@ -32,7 +32,8 @@ constexpr double kSwitchMargin = 0.03;
 template <int M, int RPW, int C>
 __global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const float* __restrict__ x, int m,
                                                                          const uint16_t* __restrict__ w, int64_t n, int64_t k,
-                                                                         float* __restrict__ y, const uint16_t* __restrict__ bias) {
+                                                                         float* __restrict__ y, const uint16_t* __restrict__ bias,
+                                                                         bool accumulate) {
     __shared__ float partial[kBlockKWarps][RPW][M];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t row0 = static_cast<int64_t>(blockIdx.x) * RPW;
@@ -74,18 +75,20 @@ __global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const f
         if (i < m && row < n) {
             float s = 0.0f;
             for (int q = 0; q < kBlockKWarps; ++q) s += partial[q][r][i];
-            y[static_cast<int64_t>(i) * n + row] = s + (bias != nullptr ? bf16_to_float(bias[row]) : 0.0f);
+            float& out = y[static_cast<int64_t>(i) * n + row];
+            out = accumulate ? out + s : s + (bias != nullptr ? bf16_to_float(bias[row]) : 0.0f);
         }
     }
 }
 
 template <int RPW, int C>
-void launch_block_k(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, cudaStream_t s) {
+void launch_block_k(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, bool acc,
+                    cudaStream_t s) {
     const auto grid = static_cast<unsigned>((n + RPW - 1) / RPW);
-    if (m == 1) gemv_block_k_kernel<1, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
-    else if (m == 2) gemv_block_k_kernel<2, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
-    else if (m <= 4) gemv_block_k_kernel<4, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
-    else gemv_block_k_kernel<8, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+    if (m == 1) gemv_block_k_kernel<1, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
+    else if (m == 2) gemv_block_k_kernel<2, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
+    else if (m <= 4) gemv_block_k_kernel<4, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
+    else gemv_block_k_kernel<8, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -113,28 +116,29 @@ const char* gemv_kernel_name(GemvKernel kernel) {
 }
 
 void gemv_block_k(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                  int rows_per_block, int chunks, void* stream) {
+                  int rows_per_block, int chunks, void* stream, bool accumulate) {
+    FREEKV_CHECK(!accumulate || bias == nullptr, "gemv_block_k: a product added into y takes no bias");
     FREEKV_CHECK(m >= 1 && m <= kGemvChoiceRows && k % 8 == 0, "gemv_block_k: m = {} must be in [1, {}] and k = {} a multiple of 8",
                  m, kGemvChoiceRows, k);
     const int mi = static_cast<int>(m);
     cudaStream_t s = as_stream(stream);
-    if (rows_per_block == 2 && chunks == 2) launch_block_k<2, 2>(x, mi, w, n, k, y, bias, s);
-    else if (rows_per_block == 4 && chunks == 1) launch_block_k<4, 1>(x, mi, w, n, k, y, bias, s);
-    else if (rows_per_block == 8 && chunks == 1) launch_block_k<8, 1>(x, mi, w, n, k, y, bias, s);
+    if (rows_per_block == 2 && chunks == 2) launch_block_k<2, 2>(x, mi, w, n, k, y, bias, accumulate, s);
+    else if (rows_per_block == 4 && chunks == 1) launch_block_k<4, 1>(x, mi, w, n, k, y, bias, accumulate, s);
+    else if (rows_per_block == 8 && chunks == 1) launch_block_k<8, 1>(x, mi, w, n, k, y, bias, accumulate, s);
     else FREEKV_FAIL("gemv_block_k: rows per block {} with {} chunks is not built (2x2, 4x1, 8x1 are)", rows_per_block, chunks);
 }
 
 void gemv_run(GemvKernel kernel, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y,
-              const uint16_t* bias, uint16_t* x_bf16, void* stream) {
+              const uint16_t* bias, uint16_t* x_bf16, void* stream, bool accumulate) {
     switch (kernel) {
-        case GemvKernel::kSimt: gemv_simt(x, m, w, n, k, y, bias, 2, stream); return;
-        case GemvKernel::kBlockK2x2: gemv_block_k(x, m, w, n, k, y, bias, 2, 2, stream); return;
-        case GemvKernel::kBlockK4x1: gemv_block_k(x, m, w, n, k, y, bias, 4, 1, stream); return;
-        case GemvKernel::kBlockK8x1: gemv_block_k(x, m, w, n, k, y, bias, 8, 1, stream); return;
+        case GemvKernel::kSimt: gemv_simt(x, m, w, n, k, y, bias, 2, stream, accumulate); return;
+        case GemvKernel::kBlockK2x2: gemv_block_k(x, m, w, n, k, y, bias, 2, 2, stream, accumulate); return;
+        case GemvKernel::kBlockK4x1: gemv_block_k(x, m, w, n, k, y, bias, 4, 1, stream, accumulate); return;
+        case GemvKernel::kBlockK8x1: gemv_block_k(x, m, w, n, k, y, bias, 8, 1, stream, accumulate); return;
         case GemvKernel::kCublas:
             FREEKV_CHECK(x_bf16 != nullptr, "gemv_run: cuBLAS needs the bf16 scratch for x");
             to_bf16(x, m * k, x_bf16, stream);
-            gemm_bf16(x_bf16, m, w, n, k, y, bias, false, stream);
+            gemm_bf16(x_bf16, m, w, n, k, y, bias, accumulate, stream);
             return;
     }
 }

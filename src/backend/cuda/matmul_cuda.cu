@@ -46,7 +46,7 @@ constexpr int kGemvWarps = 4;
 template <int M, int C>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
                                                                     int64_t n, int64_t k, float* __restrict__ y,
-                                                                    const uint16_t* __restrict__ bias) {
+                                                                    const uint16_t* __restrict__ bias, bool accumulate) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp) * kGemvRowsPerWarp;
     if (row0 >= n) return;
@@ -80,7 +80,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
             if (i >= m) break;
             float s = acc[r][i];
             for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0 && row0 + r < n) y[i * n + row0 + r] = s + (bias != nullptr ? bf16_bits_to_float(bias[row0 + r]) : 0.0f);
+            if (lane == 0 && row0 + r < n) {
+                float& out = y[i * n + row0 + r];
+                out = accumulate ? out + s : s + (bias != nullptr ? bf16_bits_to_float(bias[row0 + r]) : 0.0f);
+            }
         }
 }
 
@@ -112,7 +115,7 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint3
 
 __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
                                                                   int64_t n, int64_t k, float* __restrict__ y,
-                                                                  const uint16_t* __restrict__ bias) {
+                                                                  const uint16_t* __restrict__ bias, bool accumulate) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     const int64_t row0 = static_cast<int64_t>(blockIdx.x) * 16;
     const int64_t ra = row0 + g, rb = row0 + g + 8;  // this lane's two weight rows (A rows g, g + 8)
@@ -157,7 +160,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(const float* _
         for (int wi = 0; wi < kMmaWarps; ++wi) s += part[wi][i][lane];
         const int col = 2 * c + (i & 1);
         const int64_t row = i < 2 ? ra : rb;
-        if (col < m && row < n) y[col * n + row] = s + (bias != nullptr ? bf16_bits_to_float(bias[row]) : 0.0f);
+        if (col < m && row < n) y[col * n + row] = accumulate ? y[col * n + row] + s : s + (bias != nullptr ? bf16_bits_to_float(bias[row]) : 0.0f);
     }
 }
 
@@ -173,10 +176,12 @@ bool gemv_uses_mma() {
 
 }  // namespace
 
-void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream) {
+void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream,
+              bool accumulate) {
     FREEKV_CHECK(m >= 1 && m <= 8 && k % 32 == 0, "gemv_mma: m = {} must be in [1, 8] and k = {} a multiple of 32", m, k);
+    FREEKV_CHECK(!accumulate || bias == nullptr, "gemv_mma: a product added into y takes no bias");
     const auto blocks = static_cast<unsigned>((n + 15) / 16);
-    gemv_mma_kernel<<<blocks, kMmaWarps * 32, 0, as_stream(stream)>>>(x, static_cast<int>(m), w, n, k, y, bias);
+    gemv_mma_kernel<<<blocks, kMmaWarps * 32, 0, as_stream(stream)>>>(x, static_cast<int>(m), w, n, k, y, bias, accumulate);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -214,39 +219,40 @@ int gemv_chunks() {
 
 template <int C>
 void launch_gemv_simt(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                      cudaStream_t s) {
+                      bool acc, cudaStream_t s) {
     const auto blocks = static_cast<unsigned>((n + kGemvWarps * kGemvRowsPerWarp - 1) / (kGemvWarps * kGemvRowsPerWarp));
     if (m == 1)
-        gemv_bf16_kernel<1, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+        gemv_bf16_kernel<1, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
     else if (m == 2)
-        gemv_bf16_kernel<2, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+        gemv_bf16_kernel<2, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
     else if (m <= 4)
-        gemv_bf16_kernel<4, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+        gemv_bf16_kernel<4, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
     else
-        gemv_bf16_kernel<8, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias);
+        gemv_bf16_kernel<8, C><<<blocks, kGemvWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
 void gemv_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-               cudaStream_t s) {
+               bool accumulate, cudaStream_t s) {
     if (gemv_uses_mma() && k % 32 == 0) {
-        gemv_mma(x, m, w, n, k, y, bias, s);
+        gemv_mma(x, m, w, n, k, y, bias, s, accumulate);
         return;
     }
-    gemv_simt(x, m, w, n, k, y, bias, gemv_chunks(), s);
+    gemv_simt(x, m, w, n, k, y, bias, gemv_chunks(), s, accumulate);
 }
 
 }  // namespace
 
 void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
-               void* stream) {
+               void* stream, bool accumulate) {
+    FREEKV_CHECK(!accumulate || bias == nullptr, "gemv_simt: a product added into y takes no bias");
     FREEKV_CHECK(m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && (chunks == 2 || chunks == 4 || chunks == 8),
                  "gemv_simt: m = {} must be in [1, {}], k = {} a multiple of 8 and chunks = {} one of 2, 4, 8", m, kGemvMaxRows, k, chunks);
     const int mi = static_cast<int>(m);
     cudaStream_t s = as_stream(stream);
-    if (chunks == 2) launch_gemv_simt<2>(x, mi, w, n, k, y, bias, s);
-    else if (chunks == 4) launch_gemv_simt<4>(x, mi, w, n, k, y, bias, s);
-    else launch_gemv_simt<8>(x, mi, w, n, k, y, bias, s);
+    if (chunks == 2) launch_gemv_simt<2>(x, mi, w, n, k, y, bias, accumulate, s);
+    else if (chunks == 4) launch_gemv_simt<4>(x, mi, w, n, k, y, bias, accumulate, s);
+    else launch_gemv_simt<8>(x, mi, w, n, k, y, bias, accumulate, s);
 }
 
 namespace {
@@ -277,20 +283,21 @@ void to_bf16(const float* x, int64_t n, uint16_t* out, void* stream) {
 }
 
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                 uint16_t* x_bf16, void* stream, const GemvChoices* choices) {
+                 uint16_t* x_bf16, void* stream, const GemvChoices* choices, bool accumulate) {
+    FREEKV_CHECK(!accumulate || bias == nullptr, "matmul: a product added into y takes no bias");
     if (choices != nullptr && m >= 1 && m <= choices->measured_rows && k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
         reinterpret_cast<uintptr_t>(w) % 16 == 0) {
         FREEKV_CHECK(choices->n == n && choices->k == k, "matmul_bf16: the GEMV choice of a {} x {} weight given for {} x {}",
                      choices->n, choices->k, n, k);
-        gemv_run(choices->kernel[m - 1], x, m, w, n, k, y, bias, x_bf16, stream);
+        gemv_run(choices->kernel[m - 1], x, m, w, n, k, y, bias, x_bf16, stream, accumulate);
         return;
     }
     if (gemv_fits(x, m, w, k)) {  // decode: one pass over w, no conversion kernel, no cuBLAS
-        gemv_bf16(x, m, w, n, k, y, bias, as_stream(stream));
+        gemv_bf16(x, m, w, n, k, y, bias, accumulate, as_stream(stream));
         return;
     }
     to_bf16(x, m * k, x_bf16, stream);
-    gemm_bf16(x_bf16, m, w, n, k, y, bias, false, stream);
+    gemm_bf16(x_bf16, m, w, n, k, y, bias, accumulate, stream);
 }
 
 void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
@@ -312,18 +319,19 @@ void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, 
 }
 
 void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
-            void* stream) {
+            void* stream, bool accumulate) {
     if (!w.f32) {
         FREEKV_CHECK(bias.p == nullptr || !bias.f32, "matmul: a bf16 weight takes a bf16 bias");
-        matmul_bf16(x, m, static_cast<const uint16_t*>(w.p), n, k, y, static_cast<const uint16_t*>(bias.p), x_bf16, stream, w.gemv);
+        matmul_bf16(x, m, static_cast<const uint16_t*>(w.p), n, k, y, static_cast<const uint16_t*>(bias.p), x_bf16, stream, w.gemv, accumulate);
         return;
     }
     FREEKV_CHECK(bias.p == nullptr || bias.f32, "matmul: an fp32 weight takes an fp32 bias");
+    FREEKV_CHECK(!accumulate || bias.p == nullptr, "matmul: a product added into y takes no bias");
     cublasHandle_t handle = cublas_handle();
     FREEKV_CHECK(cublasSetStream(handle, as_stream(stream)) == CUBLAS_STATUS_SUCCESS, "cublasSetStream failed");
     // fp32 inputs with CUBLAS_COMPUTE_32F: full fp32 products (the handle's default math mode
     // allows no TF32), the accuracy reference of --gpu-dtype f32.
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const cublasStatus_t status =
         cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                      w.p, CUDA_R_32F, static_cast<int>(k), x, CUDA_R_32F, static_cast<int>(k), &beta, y, CUDA_R_32F,

@@ -42,10 +42,10 @@ GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int6
 /// One GEMV by the given kernel: y[m, n] = bf16(x[m, :]) . w[n, :]^T (+ bias); x_bf16 (m * k
 /// elements) is needed by kCublas only.
 void gemv_run(GemvKernel kernel, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y,
-              const uint16_t* bias, uint16_t* x_bf16, void* stream);
+              const uint16_t* bias, uint16_t* x_bf16, void* stream, bool accumulate = false);
 /// The block-k kernel (exposed for tests): rows_per_block x chunks one of 2x2, 4x1, 8x1; 1 <= m <= 8, k % 8 == 0.
 void gemv_block_k(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                  int rows_per_block, int chunks, void* stream);
+                  int rows_per_block, int chunks, void* stream, bool accumulate = false);
 
 /// y[m, n] = x[m, n] / rms(x[m, :]) * w[n]; w bf16.
 void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream);
@@ -82,18 +82,21 @@ void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, 
 /// `x_bf16` (device scratch of m * k elements), products accumulate in fp32, y is fp32.
 /// With `choices` (the weight's measured GemvChoices) and m <= kGemvChoiceRows, the kernel chosen for m rows.
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                 uint16_t* x_bf16, void* stream, const GemvChoices* choices = nullptr);
+                 uint16_t* x_bf16, void* stream, const GemvChoices* choices = nullptr, bool accumulate = false);
 /// The tensor-core decode GEMV that matmul_bf16 uses for m <= 8 under FREEKV_GEMV=mma (exposed for
 /// tests): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
-void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream);
+void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream,
+              bool accumulate = false);
 /// The SIMT decode GEMV that matmul_bf16 uses for m <= FREEKV_GEMV_MAX_ROWS (exposed for tests), with
 /// `chunks` (2, 4 or 8) 16-byte loads per lane and row in flight; 1 <= m <= 8, k % 8 == 0.
 void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
-               void* stream);
+               void* stream, bool accumulate = false);
 /// The same for a weight of either type: bf16 as matmul_bf16; fp32 (bias fp32 too) through
-/// cuBLAS's fp32 GEMM with x unrounded (x_bf16 unused).
+/// cuBLAS's fp32 GEMM with x unrounded (x_bf16 unused). Every GEMV and matmul takes `accumulate`:
+/// y += the product (a residual connection, no bias), the same sum as the product into a buffer
+/// added to y afterwards.
 void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
-            void* stream);
+            void* stream, bool accumulate = false);
 
 /// Decode attention of one query token per sequence over per-(sequence, KV head) page lists of an
 /// NHD page store of bf16 (elem_bytes 2) or fp32 (4) elements: element (page, token r, head h, dim i) of sequence s's K is at
