@@ -25,6 +25,7 @@ void KvStats::add(const KvStats& s) {
     transfer.sync_bytes += s.transfer.sync_bytes;
     transfer.background_bytes += s.transfer.background_bytes;
     mass_recall.insert(mass_recall.end(), s.mass_recall.begin(), s.mass_recall.end());
+    oracle_mass_recall.insert(oracle_mass_recall.end(), s.oracle_mass_recall.begin(), s.oracle_mass_recall.end());
     for (size_t i = 0; i < s.recalled_sync.size(); ++i) {
         recalled_sync[i] += s.recalled_sync[i];
         recalled_background[i] += s.recalled_background[i];
@@ -57,6 +58,11 @@ double KvStats::layer_head_pages_per_step(size_t il, size_t ikv, size_t n_head_k
 double KvStats::mass_recall_mean() const {
     if (mass_recall.empty()) return 1.0;
     return std::accumulate(mass_recall.begin(), mass_recall.end(), 0.0) / static_cast<double>(mass_recall.size());
+}
+
+double KvStats::oracle_mass_recall_mean() const {
+    if (oracle_mass_recall.empty()) return 1.0;
+    return std::accumulate(oracle_mass_recall.begin(), oracle_mass_recall.end(), 0.0) / static_cast<double>(oracle_mass_recall.size());
 }
 
 double KvStats::mass_recall_percentile(double p) const {

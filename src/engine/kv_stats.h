@@ -22,6 +22,9 @@ struct KvStats {
     std::vector<int64_t> recalled_background;  // [n_layer][n_head_kv] blocks recalled speculatively
     TransferCounters transfer;
     std::vector<float> mass_recall;         // per (sparse step, layer, seq, query head)
+    // The same for the best selection of the budget for that query head alone (its heaviest pages):
+    // what no page-selecting rule can beat. CPU engine only (the GPU's stays empty).
+    std::vector<float> oracle_mass_recall;
     // Critical-path time on the main thread (ms): correction test + corrective selection + sync
     // recall; waiting for the background recall of the previous step; attention.
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
@@ -36,6 +39,7 @@ struct KvStats {
     double correction_rate() const;         // over all layers
     double pages_per_step() const;          // recalled blocks per decoded (step, seq)
     double mass_recall_mean() const;
+    double oracle_mass_recall_mean() const;  // 1 when nothing was counted
     double mass_recall_percentile(double p) const;
     /// Correction rate of one layer; blocks recalled per decoded (step, seq) for one layer and head.
     double layer_correction_rate(size_t il) const;

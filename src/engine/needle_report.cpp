@@ -71,9 +71,9 @@ std::string needle_summary_markdown(const std::vector<NeedleRun>& runs) {
     for (int64_t len : first.lengths) out += fmt::format(" {} |", len);
     const bool mass = any_mass_recall(runs);
     out += " overall | correction rate | pages/token | recall KiB/token |";
-    if (mass) out += " mass recall mean | mass recall p5 |";
+    if (mass) out += " mass recall mean | mass recall p5 | oracle mass recall |";
     out += "\n|---|";
-    for (size_t i = 0; i < first.lengths.size() + (mass ? 6 : 4); ++i) out += "---|";
+    for (size_t i = 0; i < first.lengths.size() + (mass ? 7 : 4); ++i) out += "---|";
     out += "\n";
     for (const NeedleRun& run : runs) {
         out += fmt::format("| {} |", run.label);
@@ -92,10 +92,12 @@ std::string needle_summary_markdown(const std::vector<NeedleRun>& runs) {
             total += len_total;
         }
         out += fmt::format(" {:.1f}% | {}", percent(correct, total), retrieval_columns(stats));
-        if (mass)
+        if (mass) {
             out += stats.mass_recall.empty() ? " - | - |"
                                              : fmt::format(" {:.4f} | {:.4f} |", stats.mass_recall_mean(),
                                                            stats.mass_recall_percentile(5));
+            out += stats.oracle_mass_recall.empty() ? " - |" : fmt::format(" {:.4f} |", stats.oracle_mass_recall_mean());
+        }
         out += "\n";
     }
     return out;
@@ -118,6 +120,7 @@ std::string needle_json(const NeedleRun& run) {
             row["mass_recall_mean"] = s.mass_recall_mean();
             row["mass_recall_p5"] = s.mass_recall_percentile(5);
         }
+        if (!s.oracle_mass_recall.empty()) row["oracle_mass_recall_mean"] = s.oracle_mass_recall_mean();
         out += row.dump() + "\n";
     }
     return out;

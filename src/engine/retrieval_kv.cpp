@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 
 #include "backend/ops.h"
@@ -372,6 +373,7 @@ void RetrievalKv::record_mass_recall(int64_t il, int32_t seq, const float* q, in
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     // logits[g][j]: the group's query heads against every key of the sequence, one GEMM per page.
     std::vector<float> logits(sz(group * n_tokens)), stored(sz(kv_->block_floats()));
+    std::vector<double> middle_mass;
     for (int64_t ikv = 0; ikv < n_kv; ++ikv) {
         const float* q_group = q + ikv * group * hd;
         for (int64_t page = 0; page < n_pages; ++page) {
@@ -387,17 +389,26 @@ void RetrievalKv::record_mass_recall(int64_t il, int32_t seq, const float* q, in
         for (int64_t g = 0; g < group; ++g) {
             const float* row = logits.data() + g * n_tokens;
             const float mx = *std::max_element(row, row + n_tokens);
-            double total = 0.0, attended = 0.0;
+            double total = 0.0, attended = 0.0, fixed = 0.0;
+            middle_mass.clear();
             for (int64_t page = 0; page < n_pages; ++page) {
-                const bool in_set = page < budget_.n_sink_page || page >= n_pages - budget_.n_recent_page ||
-                                    kv_->slot_of_page(il, seq, ikv, page) >= 0;
+                const bool always = page < budget_.n_sink_page || page >= n_pages - budget_.n_recent_page;
+                const bool in_set = always || kv_->slot_of_page(il, seq, ikv, page) >= 0;
                 double mass = 0.0;
                 for (int64_t j = page * p; j < std::min(n_tokens, (page + 1) * p); ++j)
                     mass += std::exp(static_cast<double>(row[j] - mx));
                 total += mass;
                 if (in_set) attended += mass;
+                if (always) fixed += mass;
+                else middle_mass.push_back(mass);
             }
             stats_.mass_recall.push_back(static_cast<float>(attended / total));
+            // The oracle: this query head's own n_select heaviest middle pages beside sink and recent.
+            const auto keep = std::min(middle_mass.size(), static_cast<size_t>(budget_.n_select));
+            std::partial_sort(middle_mass.begin(), middle_mass.begin() + static_cast<std::ptrdiff_t>(keep), middle_mass.end(),
+                              std::greater<>());
+            const double best = std::accumulate(middle_mass.begin(), middle_mass.begin() + static_cast<std::ptrdiff_t>(keep), fixed);
+            stats_.oracle_mass_recall.push_back(static_cast<float>(best / total));
         }
     }
 }

@@ -209,6 +209,33 @@ TEST(RetrievalKv, SpeculativeLagMatchesEagerSimulation) {
     }
 }
 
+// Attention-mass recall and its oracle: one value per (sparse step, layer, query head), each in
+// (0, 1]; the oracle (each head's own heaviest pages of the same budget) never below what the mode
+// attended; quest's exact per-head bound with max aggregation reaches the oracle on some heads.
+TEST(RetrievalKv, MassRecallNeverExceedsItsOracle) {
+    const LoadedModel& m = fixture("mistral-g2-f32");
+    const auto tokens = random_tokens(300, m.config.n_vocab, 4);
+    for (KvMode mode : {KvMode::kFreekv, KvMode::kQuest, KvMode::kBudgetOnly}) {
+        KvModeConfig c = sparse_config(mode);
+        c.attention_mass_recall = true;
+        const ModeRun run = run_mode(m, c, tokens, 150);
+        const KvStats& s = run.stats;
+        ASSERT_FALSE(s.mass_recall.empty()) << kv_mode_name(mode);
+        ASSERT_EQ(s.mass_recall.size(), s.oracle_mass_recall.size()) << kv_mode_name(mode);
+        EXPECT_EQ(s.mass_recall.size() % static_cast<size_t>(m.config.n_layer * m.config.n_head), 0u);
+        size_t above = 0, reached = 0;
+        for (size_t i = 0; i < s.mass_recall.size(); ++i) {
+            EXPECT_GT(s.mass_recall[i], 0.0f);
+            EXPECT_LE(s.oracle_mass_recall[i], 1.0f + 1e-6f);
+            above += s.mass_recall[i] > s.oracle_mass_recall[i] + 1e-6f ? 1 : 0;
+            reached += s.mass_recall[i] >= s.oracle_mass_recall[i] - 1e-6f ? 1 : 0;
+        }
+        EXPECT_EQ(above, 0u) << kv_mode_name(mode) << ": a selection attended more mass than the best one";
+        if (mode == KvMode::kQuest) EXPECT_GT(reached, 0u);
+        if (mode == KvMode::kBudgetOnly) EXPECT_LT(s.mass_recall_mean(), s.oracle_mass_recall_mean());
+    }
+}
+
 TEST(RetrievalKv, TransferDelaysChangeNothing) {
     const LoadedModel& m = fixture("mistral-g2-f32");
     const auto tokens = random_tokens(260, m.config.n_vocab, 4);

@@ -130,13 +130,18 @@ TEST(NeedleReport, MassRecallColumnsAppearOnlyWhenMeasured) {
     auto runs = report_runs();
     // Each of the 4 cells records 0.5 and 1.0 (one step, two heads): mean 0.75 over the 8 values; the
     // 5th percentile of {0.5 x 4, 1.0 x 4} is 0.5. full has no sparse steps and prints dashes.
-    for (NeedleCell& c : runs[1].cells) c.stats.mass_recall = {0.5f, 1.0f};
+    // The oracle's (0.75 and 1.0): mean 0.875.
+    for (NeedleCell& c : runs[1].cells) {
+        c.stats.mass_recall = {0.5f, 1.0f};
+        c.stats.oracle_mass_recall = {0.75f, 1.0f};
+    }
     const std::string table = needle_summary_markdown(runs);
-    EXPECT_NE(table.find("| recall KiB/token | mass recall mean | mass recall p5 |"), std::string::npos) << table;
-    EXPECT_NE(table.find("| full | 75.0% | 100.0% | 87.5% | - | - | - | - | - |"), std::string::npos) << table;
-    EXPECT_NE(table.find("| 1.0 | 0.7500 | 0.5000 |"), std::string::npos) << table;
+    EXPECT_NE(table.find("| recall KiB/token | mass recall mean | mass recall p5 | oracle mass recall |"), std::string::npos) << table;
+    EXPECT_NE(table.find("| full | 75.0% | 100.0% | 87.5% | - | - | - | - | - | - |"), std::string::npos) << table;
+    EXPECT_NE(table.find("| 1.0 | 0.7500 | 0.5000 | 0.8750 |"), std::string::npos) << table;
     const auto row = nlohmann::json::parse(needle_json(runs[1]).substr(0, needle_json(runs[1]).find('\n')));
     EXPECT_DOUBLE_EQ(row["mass_recall_mean"].get<double>(), 0.75);
+    EXPECT_DOUBLE_EQ(row["oracle_mass_recall_mean"].get<double>(), 0.875);
 }
 
 TEST(NeedleReport, JsonHasOneRowPerCell) {
