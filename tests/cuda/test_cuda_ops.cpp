@@ -427,7 +427,7 @@ TEST_F(CudaOps, PrefillGemmPathRoundsOnceAndAccumulates) {
 }
 
 // The decode GEMVs on their own, every variant the engine can pick: the SIMT one with 2, 4 and 8
-// chunks in flight (FREEKV_GEMV_CHUNKS), the tensor-core one (FREEKV_GEMV=mma) and the block-k ones
+// chunks in flight, the tensor-core one (gemv_mma, not among the measured choices) and the block-k ones
 // the measured choice may take (2x2, 4x1, 8x1); every batch size 1..8, row counts not a multiple of
 // the rows per block, k from one 32-element chunk to 14336 (all but mma also k = 40, not a multiple of 32).
 TEST_F(CudaOps, DecodeGemvsMatchTheReference) {

@@ -1,6 +1,7 @@
-// matmul_cuda.cu: y = x . w^T on the GPU (see ops_cuda.cuh): the decode GEMVs (SIMT and, opt-in,
-// tensor-core) for a few rows of bf16 weights, cuBLAS for the rest (bf16 inputs rounded on the
-// device, or fp32 throughout), and the SM target cuBLAS leaves to a concurrent gather.
+// matmul_cuda.cu: y = x . w^T on the GPU (see ops_cuda.cuh): the SIMT decode GEMV (and a slower
+// tensor-core one) for a few rows of bf16 weights, the dispatch to the measured per-shape choice
+// (gemv_choice.cu), cuBLAS for the rest (bf16 inputs rounded on the device, or fp32 throughout),
+// and the SM target cuBLAS leaves to a concurrent gather.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
@@ -41,8 +42,8 @@ constexpr int kGemvDefaultRows = 1;  // measured on the H100: see bench/results 
 constexpr int kGemvRowsPerWarp = 4;
 constexpr int kGemvWarps = 4;
 
-// C: 16-byte chunks per lane and row in flight (FREEKV_GEMV_CHUNKS = 2, the measured default, 4 or 8:
-// more bytes in flight per warp for the matrices whose few rows make few warps).
+// C: 16-byte chunks per lane and row in flight (2, 4 or 8: more bytes in flight per warp for the
+// matrices whose few rows make few warps; the engine's measured choice runs 2).
 template <int M, int C>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* __restrict__ x, int m, const uint16_t* __restrict__ w,
                                                                     int64_t n, int64_t k, float* __restrict__ y,
@@ -94,7 +95,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
 // and feeds them to two mma's as if they were the fragment's k positions: the same permutation for
 // A and B, so no shuffles and no shared memory for the operands. Each block's 4 warps split k;
 // their fp32 partial tiles meet in shared memory. x is rounded to bf16 in registers, as the SIMT
-// GEMV and cuBLAS's input are. Opt-in (FREEKV_GEMV=mma): correct, but on the H100 the 8B shape's
+// GEMV and cuBLAS's input are. Not among the measured choices: correct, but on the H100 the 8B shape's
 // floor step took 11.46 ms against 8.17 with the SIMT GEMV (batch 1) and 13.38 against cuBLAS's
 // 10.04 (batch 4), while suffering half as much from the background gather beside it
 // (bench/results/2026-11-24-h100-bench-llama8b-s6.md): a starting point, not yet a fast kernel.
@@ -164,16 +165,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(const float* _
     }
 }
 
-// Which decode GEMV serves m <= 8: the tensor-core one (mma) or the SIMT one. FREEKV_GEMV=simd|mma
-// overrides the default, for measuring one against the other on the GPU machine.
-bool gemv_uses_mma() {
-    static const bool mma = [] {
-        const char* env = std::getenv("FREEKV_GEMV");
-        return env != nullptr && std::string_view(env) == "mma";
-    }();
-    return mma;
-}
-
 }  // namespace
 
 void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream,
@@ -208,15 +199,6 @@ bool matmul_rows_use_gemm(int64_t m) { return m > gemv_max_rows(); }
 
 namespace {
 
-int gemv_chunks() {
-    static const int chunks = [] {
-        const char* env = std::getenv("FREEKV_GEMV_CHUNKS");
-        const int c = env != nullptr ? std::atoi(env) : 2;
-        return c == 4 || c == 8 ? c : 2;
-    }();
-    return chunks;
-}
-
 template <int C>
 void launch_gemv_simt(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                       bool acc, cudaStream_t s) {
@@ -232,13 +214,10 @@ void launch_gemv_simt(const float* x, int m, const uint16_t* w, int64_t n, int64
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
+// A weight without a measured choice (one matmul_bf16 is given directly): the SIMT GEMV, 2 chunks in flight.
 void gemv_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                bool accumulate, cudaStream_t s) {
-    if (gemv_uses_mma() && k % 32 == 0) {
-        gemv_mma(x, m, w, n, k, y, bias, s, accumulate);
-        return;
-    }
-    gemv_simt(x, m, w, n, k, y, bias, gemv_chunks(), s, accumulate);
+    gemv_simt(x, m, w, n, k, y, bias, 2, s, accumulate);
 }
 
 }  // namespace

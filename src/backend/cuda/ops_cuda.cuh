@@ -83,11 +83,10 @@ void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, 
 /// With `choices` (the weight's measured GemvChoices) and m <= kGemvChoiceRows, the kernel chosen for m rows.
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                  uint16_t* x_bf16, void* stream, const GemvChoices* choices = nullptr, bool accumulate = false);
-/// The tensor-core decode GEMV that matmul_bf16 uses for m <= 8 under FREEKV_GEMV=mma (exposed for
-/// tests): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
+/// A tensor-core decode GEMV (measured slower than the SIMT one, kept with its test): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
 void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream,
               bool accumulate = false);
-/// The SIMT decode GEMV that matmul_bf16 uses for m <= FREEKV_GEMV_MAX_ROWS (exposed for tests), with
+/// The SIMT decode GEMV (matmul_bf16's default for m <= FREEKV_GEMV_MAX_ROWS; exposed for tests), with
 /// `chunks` (2, 4 or 8) 16-byte loads per lane and row in flight; 1 <= m <= 8, k % 8 == 0.
 void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
                void* stream, bool accumulate = false);
