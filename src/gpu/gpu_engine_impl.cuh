@@ -63,8 +63,11 @@ int gemm_sms_beside_install(const GpuTuning& t, int64_t n_head_kv);
 struct DeviceWeight {
     DeviceArray<uint16_t> bf16;
     DeviceArray<float> f32;
+    const uint16_t* part_of = nullptr;        // bf16 rows inside another weight's buffer (the fused q/k/v), not owned
     const cuda::GemvChoices* gemv = nullptr;  // bf16 matrices: the measured decode GEMV of their shape
+    bool empty() const { return part_of == nullptr && bf16.size() == 0 && f32.size() == 0; }
     cuda::WeightRef ref() const {
+        if (part_of != nullptr) return cuda::WeightRef{part_of, false, gemv};
         return f32.size() > 0 ? cuda::WeightRef{f32.get(), true, nullptr} : cuda::WeightRef{bf16.get(), false, gemv};
     }
 };
@@ -72,8 +75,11 @@ struct DeviceWeight {
 void upload_weight(const WeightView& w, bool as_f32, DeviceWeight& out, int64_t& bytes);
 
 struct GpuWeights::Impl {
+    // bf16 engines keep q, k and v (and their biases) as consecutive rows of one matrix, wqkv
+    // (bqkv): one decode GEMV computes a row's [q | k | v]; wq, wk and wv are parts of it. f32
+    // engines upload them separately (wqkv empty).
     struct Layer {
-        DeviceWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+        DeviceWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down, wqkv, bqkv;
     };
     std::vector<std::unique_ptr<Layer>> layers;
     DeviceWeight token_embd, output_norm, output;
@@ -131,8 +137,15 @@ struct GpuEngine::Impl {
     DeviceArray<float> mass, mass_scratch;
     DeviceArray<int32_t> mass_seq, mass_tokens;
 
-    // activations
-    DeviceArray<float> x, h, q, k, v, attn, proj, gate, up, logits, partial, last_q;
+    // activations; q, k and v are consecutive parts of qkv_rows ([n][q_dim], then [n][row] twice), so that
+    // for one row they are the [q | k | v] row of the fused projection (ensure_activations sets them).
+    struct ActivationPart {
+        float* p = nullptr;
+        float* get() const { return p; }
+    };
+    DeviceArray<float> qkv_rows;
+    ActivationPart q, k, v;
+    DeviceArray<float> x, h, attn, proj, gate, up, logits, partial, last_q;
     DeviceArray<uint16_t> scratch_bf16;  // GEMM inputs rounded to bf16 (bf16 weights only)
     DeviceArray<uint8_t> hist_k, hist_v;  // a prefill's K/V as stored
     DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores

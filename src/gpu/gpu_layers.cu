@@ -9,8 +9,11 @@ namespace freekv::gpu {
 void GpuEngine::Impl::ensure_activations(int64_t n) {
     const int64_t q_dim = c.n_head * c.head_dim;
     for (auto* a : {&x, &h, &proj}) a->resize(n * c.n_embd);
-    for (auto* a : {&q, &attn}) a->resize(n * q_dim);
-    for (auto* a : {&k, &v}) a->resize(n * row());
+    attn.resize(n * q_dim);
+    qkv_rows.resize(n * (q_dim + 2 * row()));
+    q.p = qkv_rows.get();
+    k.p = q.p + n * q_dim;
+    v.p = k.p + n * row();
     for (auto* a : {&gate, &up}) a->resize(n * c.n_ff);
     scratch_bf16.resize(n * std::max({c.n_embd, q_dim, c.n_ff}));
 }
@@ -31,6 +34,9 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
         cuda::gemm_bf16(hb, n, bf16_of(lw.wq.ref()), q_dim, c.n_embd, q.get(), bf16_of(lw.bq.ref()), false, main);
         cuda::gemm_bf16(hb, n, bf16_of(lw.wk.ref()), row(), c.n_embd, k.get(), bf16_of(lw.bk.ref()), false, main);
         cuda::gemm_bf16(hb, n, bf16_of(lw.wv.ref()), row(), c.n_embd, v.get(), bf16_of(lw.bv.ref()), false, main);
+    } else if (n == 1 && !lw.wqkv.empty()) {  // one row: q, k and v are the fused product's row
+        cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
+        cuda::matmul(h.get(), n, lw.wqkv.ref(), q_dim + 2 * row(), c.n_embd, q.get(), lw.bqkv.ref(), scratch_bf16.get(), main);
     } else {
         cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
         cuda::matmul(h.get(), n, lw.wq.ref(), q_dim, c.n_embd, q.get(), lw.bq.ref(), scratch_bf16.get(), main);

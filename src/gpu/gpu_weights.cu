@@ -26,6 +26,34 @@ void upload_weight(const WeightView& w, bool as_f32, DeviceWeight& out, int64_t&
     bytes += n * 2;
 }
 
+// The weights `parts` as consecutive bf16 rows of one device buffer (each converted as upload_weight
+// would); each part's DeviceWeight then refers to its rows (part_of) and `out` owns them.
+static void upload_fused_bf16(std::initializer_list<std::pair<const WeightView*, DeviceWeight*>> parts, DeviceWeight& out,
+                              int64_t& bytes) {
+    int64_t total = 0;
+    for (const auto& [view, dw] : parts) total += view->numel();
+    std::vector<uint16_t> host(sz(total));
+    int64_t at = 0;
+    std::vector<float> f;
+    for (const auto& [view, dw] : parts) {
+        const int64_t n = view->numel();
+        if (view->dtype == DType::kBF16) {
+            std::copy_n(static_cast<const uint16_t*>(view->data), n, host.data() + at);
+        } else {
+            f.resize(sz(n));
+            for (int64_t r = 0; r < view->rows(); ++r) convert_to_f32(view->dtype, view->row(r), f.data() + r * view->cols(), view->cols());
+            for (int64_t i = 0; i < n; ++i) host[sz(at + i)] = f32_to_bf16(f[sz(i)]);
+        }
+        at += n;
+    }
+    out.bf16.upload(host.data(), total);
+    bytes += total * 2;
+    at = 0;
+    for (const auto& [view, dw] : parts) {
+        dw->part_of = out.bf16.get() + at;
+        at += view->numel();
+    }
+}
 
 GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtype dtype)
     : config_(config), dtype_(dtype), impl_(std::make_unique<Impl>()) {
@@ -39,15 +67,20 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtyp
     for (const LlamaLayerWeights& lw : w.layers) {
         auto l = std::make_unique<Impl::Layer>();
         upload_weight(lw.attn_norm, f32, l->attn_norm, bytes_);
-        upload_weight(lw.wq, f32, l->wq, bytes_);
-        upload_weight(lw.wk, f32, l->wk, bytes_);
-        upload_weight(lw.wv, f32, l->wv, bytes_);
-        upload_weight(lw.wo, f32, l->wo, bytes_);
-        if (config.qkv_bias) {
-            upload_weight(lw.bq, f32, l->bq, bytes_);
-            upload_weight(lw.bk, f32, l->bk, bytes_);
-            upload_weight(lw.bv, f32, l->bv, bytes_);
+        if (f32) {
+            upload_weight(lw.wq, f32, l->wq, bytes_);
+            upload_weight(lw.wk, f32, l->wk, bytes_);
+            upload_weight(lw.wv, f32, l->wv, bytes_);
+            if (config.qkv_bias) {
+                upload_weight(lw.bq, f32, l->bq, bytes_);
+                upload_weight(lw.bk, f32, l->bk, bytes_);
+                upload_weight(lw.bv, f32, l->bv, bytes_);
+            }
+        } else {
+            upload_fused_bf16({{&lw.wq, &l->wq}, {&lw.wk, &l->wk}, {&lw.wv, &l->wv}}, l->wqkv, bytes_);
+            if (config.qkv_bias) upload_fused_bf16({{&lw.bq, &l->bq}, {&lw.bk, &l->bk}, {&lw.bv, &l->bv}}, l->bqkv, bytes_);
         }
+        upload_weight(lw.wo, f32, l->wo, bytes_);
         upload_weight(lw.ffn_norm, f32, l->ffn_norm, bytes_);
         upload_weight(lw.w_gate, f32, l->w_gate, bytes_);
         upload_weight(lw.w_up, f32, l->w_up, bytes_);
@@ -65,19 +98,24 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtyp
 void GpuWeights::measure_gemvs(const LlamaWeights& w) {
     Impl& m = *impl_;
     std::map<std::pair<int64_t, int64_t>, std::vector<DeviceWeight*>> by_shape;
-    auto add = [&](DeviceWeight& d, const WeightView& v) {
-        if (d.bf16.size() > 0 && v.shape.size() == 2) by_shape[{v.rows(), v.cols()}].push_back(&d);
+    auto add = [&](DeviceWeight& d, int64_t rows, int64_t cols) {
+        if (!d.empty() && d.f32.size() == 0) by_shape[{rows, cols}].push_back(&d);
     };
-    add(m.output, w.output);
+    const ModelConfig& c = config_;
+    const int64_t q_dim = c.n_head * c.head_dim, kv_dim = c.n_head_kv * c.head_dim;
+    add(m.output, w.output.rows(), w.output.cols());
     for (size_t il = 0; il < w.layers.size(); ++il) {
         const LlamaLayerWeights& lw = w.layers[il];
         Impl::Layer& l = *m.layers[il];
-        add(l.wq, lw.wq), add(l.wk, lw.wk), add(l.wv, lw.wv), add(l.wo, lw.wo);
-        add(l.w_gate, lw.w_gate), add(l.w_up, lw.w_up), add(l.w_down, lw.w_down);
+        add(l.wqkv, q_dim + 2 * kv_dim, c.n_embd);
+        add(l.wq, lw.wq.rows(), lw.wq.cols()), add(l.wk, lw.wk.rows(), lw.wk.cols()), add(l.wv, lw.wv.rows(), lw.wv.cols());
+        add(l.wo, lw.wo.rows(), lw.wo.cols());
+        add(l.w_gate, lw.w_gate.rows(), lw.w_gate.cols()), add(l.w_up, lw.w_up.rows(), lw.w_up.cols());
+        add(l.w_down, lw.w_down.rows(), lw.w_down.cols());
     }
     for (auto& [shape, weights] : by_shape) {
         std::vector<const uint16_t*> mats;
-        for (const DeviceWeight* d : weights) mats.push_back(d->bf16.get());
+        for (const DeviceWeight* d : weights) mats.push_back(static_cast<const uint16_t*>(d->ref().p));
         auto choice = std::make_unique<cuda::GemvChoices>(
             cuda::measure_gemv_choices(mats, shape.first, shape.second, cuda::kGemvChoiceRows));
         for (DeviceWeight* d : weights) d->gemv = choice.get();
