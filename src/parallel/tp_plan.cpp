@@ -1,0 +1,59 @@
+// tp_plan.cpp: see tp_plan.h.
+#include "parallel/tp_plan.h"
+
+#include "core/error.h"
+
+namespace freekv {
+
+namespace {
+
+// n split into `parts` ranges of whole kTpAlign units (the last rank also takes n % kTpAlign).
+std::vector<TpRange> split_aligned(int64_t n, int parts) {
+    const int64_t units = n / kTpAlign;
+    std::vector<TpRange> out(static_cast<size_t>(parts));
+    int64_t at = 0;
+    for (int r = 0; r < parts; ++r) {
+        const int64_t u = units / parts + (r < units % parts ? 1 : 0);
+        out[static_cast<size_t>(r)] = {at, u * kTpAlign};
+        at += u * kTpAlign;
+    }
+    out.back().count += n - at;
+    return out;
+}
+
+}  // namespace
+
+TpPlan make_tp_plan(const ModelConfig& c, int n) {
+    if (n < 1) FREEKV_FAIL("--tensor-parallel {}: the number of GPUs must be at least 1", n);
+    if (c.n_head_kv % n != 0)
+        FREEKV_FAIL("--tensor-parallel {}: the model's {} KV heads do not divide among {} GPUs; use a divisor of {}", n,
+                    c.n_head_kv, n, c.n_head_kv);
+    if (c.n_ff < n * kTpAlign || c.n_vocab < n * kTpAlign)
+        FREEKV_FAIL("--tensor-parallel {}: the model is too small to split (feed-forward width {}, vocabulary {}; each GPU "
+                    "needs at least {} of each)", n, c.n_ff, c.n_vocab, kTpAlign);
+    TpPlan plan;
+    plan.n_ranks = n;
+    const int64_t kv_per = c.n_head_kv / n, group = c.group_size();
+    const auto ff = split_aligned(c.n_ff, n), vocab = split_aligned(c.n_vocab, n);
+    for (int r = 0; r < n; ++r) {
+        TpRank t;
+        t.rank = r;
+        t.kv_heads = {r * kv_per, kv_per};
+        t.q_heads = {r * kv_per * group, kv_per * group};
+        t.ff = ff[static_cast<size_t>(r)];
+        t.vocab = vocab[static_cast<size_t>(r)];
+        plan.ranks.push_back(t);
+    }
+    return plan;
+}
+
+ModelConfig tp_rank_config(const ModelConfig& config, const TpRank& rank) {
+    ModelConfig c = config;
+    c.n_head = rank.q_heads.count;
+    c.n_head_kv = rank.kv_heads.count;
+    c.n_ff = rank.ff.count;
+    c.n_vocab = rank.vocab.count;
+    return c;
+}
+
+}  // namespace freekv
