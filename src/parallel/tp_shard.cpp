@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/synthetic_model.h"
 
 namespace freekv {
 
@@ -75,6 +76,44 @@ TpShard shard_llama_weights(const LlamaWeights& w, const ModelConfig& config, co
         t.w_down = slice_cols(l.w_down, r.ff.begin, r.ff.count, s.owned);
         o.layers.push_back(std::move(t));
     }
+    return s;
+}
+
+TpShard make_synthetic_shard(const ModelConfig& config, uint64_t seed, const TpRank& r) {
+    TpShard s;
+    s.config = tp_rank_config(config, r);
+    s.tensors = std::make_unique<TensorSource>();
+    const int64_t hd = config.head_dim;
+    auto ends_with = [](const std::string& name, const char* suffix) {
+        const std::string x(suffix);
+        return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
+    };
+    for (const SyntheticTensor& t : synthetic_tensors(config, seed)) {
+        const int64_t rows = t.rows(), cols = t.shape.back();
+        int64_t r0 = 0, rc = rows, c0 = 0, cc = cols;  // whole, unless the tensor is split
+        if (ends_with(t.name, "embed_tokens.weight") || ends_with(t.name, "lm_head.weight")) {
+            r0 = r.vocab.begin, rc = r.vocab.count;
+        } else if (ends_with(t.name, "q_proj.weight")) {
+            r0 = r.q_heads.begin * hd, rc = r.q_heads.count * hd;
+        } else if (ends_with(t.name, "k_proj.weight") || ends_with(t.name, "v_proj.weight")) {
+            r0 = r.kv_heads.begin * hd, rc = r.kv_heads.count * hd;
+        } else if (ends_with(t.name, "q_proj.bias")) {
+            c0 = r.q_heads.begin * hd, cc = r.q_heads.count * hd;
+        } else if (ends_with(t.name, "k_proj.bias") || ends_with(t.name, "v_proj.bias")) {
+            c0 = r.kv_heads.begin * hd, cc = r.kv_heads.count * hd;
+        } else if (ends_with(t.name, "o_proj.weight")) {
+            c0 = r.q_heads.begin * hd, cc = r.q_heads.count * hd;
+        } else if (ends_with(t.name, "gate_proj.weight") || ends_with(t.name, "up_proj.weight")) {
+            r0 = r.ff.begin, rc = r.ff.count;
+        } else if (ends_with(t.name, "down_proj.weight")) {
+            c0 = r.ff.begin, cc = r.ff.count;
+        } else {
+            FREEKV_CHECK(ends_with(t.name, "norm.weight"), "make_synthetic_shard: no split rule for {}", t.name);
+        }
+        std::vector<int64_t> shape = t.shape.size() == 1 ? std::vector<int64_t>{cc} : std::vector<int64_t>{rc, cc};
+        s.tensors->add_owned(t.name, DType::kBF16, std::move(shape), synthetic_block(t, r0, rc, c0, cc));
+    }
+    s.weights = LlamaWeights::bind(*s.tensors, s.config);
     return s;
 }
 

@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <tuple>
 #include <map>
 
 #include "core/error.h"
+#include "core/system_memory.h"
 #include "kv/full_attention_kv.h"
 #include "kv/paged_kv_cache.h"
 #include "model/model_loader.h"
@@ -209,6 +212,47 @@ TEST(TpShard, SplitForwardEqualsTheWholeModel) {
     c.qkv_bias = true;
     const LoadedModel random = make_synthetic_model(c, "tp-random");
     for (int n : {2, 4}) expect_tp_matches(random, n, "random 8/4 heads with biases");
+}
+
+// A synthetic model's shard made alone equals the same shard cut from the whole synthetic model,
+// tensor for tensor and byte for byte (row and column splits, biases, uneven vocabulary).
+TEST(TpShard, SyntheticShardMadeAloneEqualsTheCutShard) {
+    ModelConfig c = shape(8, 4, 100, 500);
+    c.qkv_bias = true;
+    const LoadedModel whole = make_synthetic_model(c, "tp-random", 7);
+    const TpPlan plan = make_tp_plan(c, 4);
+    auto same = [](const WeightView& a, const WeightView& b) {
+        return a.shape == b.shape && a.dtype == b.dtype && std::memcmp(a.data, b.data, static_cast<size_t>(a.rows() * a.row_bytes())) == 0;
+    };
+    for (const TpRank& r : plan.ranks) {
+        const TpShard cut = shard_llama_weights(whole.model->weights(), c, r);
+        const TpShard alone = make_synthetic_shard(c, 7, r);
+        EXPECT_TRUE(same(cut.weights.token_embd, alone.weights.token_embd)) << r.rank;
+        EXPECT_TRUE(same(cut.weights.output, alone.weights.output)) << r.rank;
+        EXPECT_TRUE(same(cut.weights.output_norm, alone.weights.output_norm)) << r.rank;
+        for (size_t il = 0; il < cut.weights.layers.size(); ++il) {
+            const LlamaLayerWeights &a = cut.weights.layers[il], &b = alone.weights.layers[il];
+            for (auto [x, y, name] : {std::tuple{&a.wq, &b.wq, "wq"}, {&a.wk, &b.wk, "wk"}, {&a.wv, &b.wv, "wv"}, {&a.wo, &b.wo, "wo"},
+                                      {&a.bq, &b.bq, "bq"}, {&a.bk, &b.bk, "bk"}, {&a.bv, &b.bv, "bv"}, {&a.w_gate, &b.w_gate, "gate"},
+                                      {&a.w_up, &b.w_up, "up"}, {&a.w_down, &b.w_down, "down"}, {&a.attn_norm, &b.attn_norm, "norm"}})
+                EXPECT_TRUE(same(*x, *y)) << "rank " << r.rank << " layer " << il << " " << name;
+        }
+    }
+}
+
+// The whole 70B shape (141 GB of bf16) is refused up front where it does not fit, naming what to change.
+TEST(TpShard, ASyntheticModelThatDoesNotFitIsRefused) {
+    const ModelConfig c = named_shape("llama-3.1-70b");
+    EXPECT_EQ(c.n_layer, 80);
+    const int64_t available = system_memory().available;
+    if (available <= 0 || available > (int64_t{150} << 30)) GTEST_SKIP() << "this host could hold the whole 70B shape";
+    try {
+        make_synthetic_model(c, "llama-3.1-70b");
+        FAIL() << "141 GB of weights on a host with " << available << " bytes available";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("GiB of host memory"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("--shape"), std::string::npos) << e.what();
+    }
 }
 
 }  // namespace
