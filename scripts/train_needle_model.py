@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-# 11.85M parameters: hidden 384, 6 query heads sharing 1 KV head (group 6), head_dim 64, 6 layers.
+# 11.85M parameters: hidden 384, 6 query heads sharing 1 KV head (group 6), head_dim 64, 6 layers. --q-heads,
+# --kv-heads and --ff change the shape (e.g. 8 query heads on 2 KV heads and --ff 832: 11.9M, two selections per layer).
 MODEL = dict(vocab_size=8192, hidden_size=384, intermediate_size=960, num_hidden_layers=6, num_attention_heads=6,
              num_key_value_heads=1, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
              tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=1)
@@ -475,7 +476,14 @@ def main():
     e.add_argument("--work", required=True)
     e.add_argument("--tokenizer", required=True)
     e.add_argument("--out", required=True)
+    for p in (t, e):  # the shape; train and export must be given the same
+        p.add_argument("--q-heads", type=int, default=MODEL["num_attention_heads"], help="query heads (6)")
+        p.add_argument("--kv-heads", type=int, default=MODEL["num_key_value_heads"], help="KV heads (1)")
+        p.add_argument("--ff", type=int, default=MODEL["intermediate_size"], help="MLP width (960)")
     args = ap.parse_args()
+    if args.q_heads % args.kv_heads != 0 or args.q_heads // args.kv_heads < 4:
+        ap.error(f"--q-heads {args.q_heads} over --kv-heads {args.kv_heads}: the group must be whole and at least 4")
+    MODEL.update(num_attention_heads=args.q_heads, num_key_value_heads=args.kv_heads, intermediate_size=args.ff)
     train(args) if args.cmd == "train" else export(args)
 
 
