@@ -179,13 +179,15 @@ GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int6
     for (int64_t m = 1; m <= max_rows; ++m) {
         const size_t i = static_cast<size_t>(m - 1);
         const GemvKernel fallback = matmul_rows_use_gemm(m) ? GemvKernel::kCublas : GemvKernel::kSimt;
-        bool usable = true;
-        for (const uint16_t* w : matrices) usable = usable && aligned && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+        out.kernel[i] = fallback;
+        bool usable = aligned;
+        for (const uint16_t* w : matrices) usable = usable && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+        // The GEMV kernels read 16-byte chunks: misaligned weights are not timed (matmul_bf16 sends
+        // them to cuBLAS whatever the choice says).
+        if (!usable) continue;
         double best_us = time_us(fallback, m);
         out.default_us[i] = static_cast<float>(best_us);
-        out.kernel[i] = fallback;
         out.us[i] = static_cast<float>(best_us);
-        if (!usable) continue;  // the GEMV kernels read 16-byte chunks
         for (GemvKernel kernel : {GemvKernel::kSimt, GemvKernel::kBlockK2x2, GemvKernel::kBlockK4x1, GemvKernel::kBlockK8x1,
                                   GemvKernel::kCublas}) {
             if (kernel == fallback) continue;
