@@ -1,5 +1,6 @@
-// ops_cuda.cuh: host-callable CUDA ops, in ops_cuda.cu (norms, element-wise), matmul_cuda.cu
-// (GEMMs, GEMVs) and attention_cuda.cu (decode attention); device pointers in, device pointers
+// ops_cuda.cuh: host-callable CUDA ops, in ops_cuda.cu (norms, element-wise), matmul_cuda.cu and
+// gemv_choice.cu (GEMMs, GEMVs, the measured GEMV per shape) and attention_cuda.cu (decode
+// attention); device pointers in, device pointers
 // out; `stream` is a cudaStream_t passed as void*. Same semantics as the reference twin in
 // backend/ops.h, with bf16 (stored as uint16_t) or fp32 weights and KV, fp32 activations; checked
 // by tests/cuda against it.
