@@ -86,7 +86,7 @@ Command register_bench(CLI::App& cmd) {
                            "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"recall_gbps\":{:.2f},\"recall_sync_ms\":{:.4f},"
                            "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{},"
                            "\"attn_min_split_tokens\":{},\"sync_gather_ctas\":{},\"bg_gather_ctas\":{},\"gemm_sm_reserve\":{},"
-                           "\"prefill_install_beside\":{},\"prefill_install_ctas\":{},\"diag_background\":\"{}\"}}\n",
+                           "\"prefill_install_beside\":{},\"prefill_install_ctas\":{},\"diag_background\":\"{}\",\"host_issue_ms\":{:.4f}}}\n",
                            name, r.label, r.depth, r.depth_min, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
                            r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
                            r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s, f->run.backend, r.device_mib,
@@ -94,7 +94,8 @@ Command register_bench(CLI::App& cmd) {
                            recall_impl_name(r.recall_impl), r.force_corr_rate >= 0 ? fmt::format("{:.3f}", r.force_corr_rate) : "null",
                            p.gpu_tuning.attn_min_split_tokens, p.gpu_tuning.sync_gather_ctas, p.gpu_tuning.bg_gather_ctas,
                            p.gpu_tuning.gemm_sm_reserve ? "true" : "false", p.gpu_tuning.prefill_install_beside ? "true" : "false",
-                           p.gpu_tuning.prefill_install_ctas, gpu::diag_background_name(p.gpu_tuning.diag_background));
+                           p.gpu_tuning.prefill_install_ctas, gpu::diag_background_name(p.gpu_tuning.diag_background),
+                           r.host_issue_ms);
             return 0;
         }
         const bool csv = f->output == "csv";
@@ -137,6 +138,14 @@ Command register_bench(CLI::App& cmd) {
                            (p.ragged_min > 0 ? " Ragged batches: depth shortest-longest, lengths spread evenly." : ""),
                        rate >= 0 ? fmt::format(" FreeKV correction is forced at rate {:.2f} (random weights).", rate)
                                  : std::string());
+        if (!csv && p.gpu) {  // whether the host's launches keep ahead of the device
+            std::string line;
+            for (const auto& r : rows)
+                if (!r.oom)
+                    line += fmt::format("{}{} d{} b{} {:.2f} of {:.2f}", line.empty() ? "" : "; ", r.label, r.depth, r.batch,
+                                        r.host_issue_ms, r.step_ms_median);
+            fmt::print("\nHost issue time per step (ms until its last launch is issued, of the step): {}\n", line);
+        }
         return 0;
     };
 }

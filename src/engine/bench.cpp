@@ -37,6 +37,7 @@ KvStats measured_part(KvStats after, const KvStats& before) {  // the measured s
     after.attention_ms -= before.attention_ms;
     after.gather_sync_ms -= before.gather_sync_ms;
     after.gather_background_ms -= before.gather_background_ms;
+    after.host_issue_ms -= before.host_issue_ms;
     after.sequence_steps -= before.sequence_steps;
     after.transfer.sync_jobs -= before.transfer.sync_jobs;
     after.transfer.background_jobs -= before.transfer.background_jobs;
@@ -315,6 +316,7 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                 row.recall_gbps = recall_ms > 0 && recall_bytes > 0 ? recall_bytes / (recall_ms * 1e6) : 0.0;
                 row.recall_sync_ms = bd.gather_sync_ms / n_bd;
                 row.recall_background_ms = bd.gather_background_ms / n_bd;
+                row.host_issue_ms = s.host_issue_ms / n_steps;
                 double flops = 0;  // of the whole cell's prefill, per prompt token
                 for (int64_t len : lengths) flops += static_cast<double>(len) * prefill_flops_per_token(m.config, len);
                 flops /= static_cast<double>(total_length(lengths));

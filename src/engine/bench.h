@@ -57,6 +57,7 @@ struct BenchRow {
     // GPU: recalled bytes / device time of the recall kernels inside the decode loop (0: none),
     // and that time per step on the critical path and in the background.
     double recall_gbps = 0, recall_sync_ms = 0, recall_background_ms = 0;
+    double host_issue_ms = 0;  // GPU: host time per step until its last launch is issued (KvStats::host_issue_ms)
     RecallImpl recall_impl = RecallImpl::kGather;
     double force_corr_rate = -1;  // < 0: natural correction
     double device_mib = 0, host_mib = 0;  // KV + scratch on the GPU (weights excluded); pinned CPU store

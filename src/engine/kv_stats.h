@@ -31,6 +31,9 @@ struct KvStats {
     // GPU only: device time of the recall kernels (gather, or per-copy copies + scatter) on the
     // critical path and in the background, for recall bandwidth inside the decode loop.
     double gather_sync_ms = 0, gather_background_ms = 0;
+    // GPU only: host time from a decode step's start until its last launch was issued (it then waits
+    // for the device). Far below the step time: the launches hide behind the device's work.
+    double host_issue_ms = 0;
     // CPU store bytes per token of context (all layers and KV heads, scales included); 0 for full.
     double store_bytes_per_token = 0;
 

@@ -9,6 +9,7 @@ namespace freekv::gpu {
 
 void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans,
                              std::span<const int64_t> out_rows, std::vector<float>& out) {
+    const auto step_start = std::chrono::steady_clock::now();
     const auto n = static_cast<int64_t>(spans.size());
     const int64_t p = g.page_size, n_kv = c.n_head_kv, L = c.n_layer;
     ensure_activations(n);
@@ -262,6 +263,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         mlp_and_attention_out(il, n);
     }
     output_logits(out_rows, out);
+    host_issue_ms += std::chrono::duration<double, std::milli>(issued_at - step_start).count();
     timing_step = false;
     if (timing) {
         collect_gather_times(false);

@@ -282,6 +282,7 @@ KvStats GpuEngine::stats() {
     s.select_ms = m.select_ms;
     s.recall_wait_ms = m.recall_wait_ms;
     s.attention_ms = m.attention_ms;
+    s.host_issue_ms = m.host_issue_ms;
     m.collect_gather_times(true);
     s.gather_sync_ms = m.gather_ms[0];
     s.gather_background_ms = m.gather_ms[1] + m.dma_ms;

@@ -19,6 +19,8 @@
 // Internal to src/gpu: nothing outside includes it.
 #pragma once
 
+#include <chrono>
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -181,6 +183,10 @@ struct GpuEngine::Impl {
     bool timing = false, timing_step = false;
     std::vector<cuda::Event> marks;  // [L][4]
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
+    // Host time of the decode steps from their start until every launch of the step was issued
+    // (output_logits sets issued_at just before it waits for the stream).
+    double host_issue_ms = 0;
+    std::chrono::steady_clock::time_point issued_at;
     // Gather (or per-copy + scatter) kernel times, [2 step parity][L][2 kind][start, end]; an entry
     // is read once its end event has completed, at the latest before it is recorded again.
     std::vector<cuda::Event> gather_marks;

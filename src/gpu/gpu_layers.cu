@@ -104,6 +104,7 @@ void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vect
     } else {
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
     }
+    issued_at = std::chrono::steady_clock::now();
     FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
 }
 
