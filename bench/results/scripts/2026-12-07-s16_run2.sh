@@ -13,7 +13,7 @@ S="--shape llama-3.1-8b -d 32768 -b 1,4 -n 64 -r 1 --kv-budget 2048 --kv-sink 51
 for v in base new; do
   D=$([ $v = base ] && echo $A || echo $B)
   LD_LIBRARY_PATH=$D:/usr/local/cuda/lib64 timeout 100 $D/freekv bench $S > $OUT/decode-$v.md 2> $OUT/decode-$v.log; echo "$v rc $?"
-  grep -E "^\| (budget-only|full) " $OUT/decode-$v.md | head -8; grep -E "decode GEMV|rror" $OUT/decode-$v.log | cut -c1-900
+  grep -E "^\| (budget-only|full) |Host issue" $OUT/decode-$v.md | head -9; grep -E "decode GEMV|rror" $OUT/decode-$v.log | cut -c1-900
 done
 { timeout 40 $B/test_cuda_engine 2>&1 | grep -E "OK|FAIL|PASSED|Failure|Expected|Which"
   FREEKV_REF_MODEL=tests/models/freekv-needle-12m FREEKV_EVAL_TEXT=.devpack/eval_wp_tail.txt timeout 60 $B/test_cuda_model \

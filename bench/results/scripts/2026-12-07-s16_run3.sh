@@ -11,5 +11,5 @@ S="--shape llama-3.1-8b -d 32768 -b 1,4 -n 48 -r 1 --kv-budget 2048 --kv-sink 51
 for v in new base; do
   D=$([ $v = base ] && echo $A || echo $B)
   LD_LIBRARY_PATH=$D:/usr/local/cuda/lib64 timeout 70 $D/freekv bench $S > $OUT/decode-$v.md 2> $OUT/decode-$v.log; echo "$v rc $?"
-  grep -E "^\| (budget-only|full) " $OUT/decode-$v.md | head -8; grep -E "decode GEMV|rror" $OUT/decode-$v.log | cut -c1-900
+  grep -E "^\| (budget-only|full) |Host issue" $OUT/decode-$v.md | head -9; grep -E "decode GEMV|rror" $OUT/decode-$v.log | cut -c1-900
 done
