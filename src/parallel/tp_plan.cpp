@@ -56,4 +56,13 @@ ModelConfig tp_rank_config(const ModelConfig& config, const TpRank& rank) {
     return c;
 }
 
+int64_t tp_weight_bytes(const ModelConfig& c, const TpRank& r, int64_t elem_bytes) {
+    const int64_t q = r.q_heads.count * c.head_dim, kv = r.kv_heads.count * c.head_dim, e = c.n_embd;
+    int64_t layer = q * e + 2 * kv * e + e * q;  // wq, wk, wv, wo
+    if (c.qkv_bias) layer += q + 2 * kv;
+    layer += 3 * r.ff.count * e;  // gate, up, down
+    layer += 2 * e;               // attention and feed-forward norms
+    return elem_bytes * (c.n_layer * layer + 2 * r.vocab.count * e + e);  // + embedding, LM head, output norm
+}
+
 }  // namespace freekv

@@ -40,4 +40,9 @@ TpPlan make_tp_plan(const ModelConfig& config, int n_ranks);
 /// The config of one rank's shard: its heads, feed-forward width and vocabulary rows.
 ModelConfig tp_rank_config(const ModelConfig& config, const TpRank& rank);
 
+/// Bytes of the weights a rank holds on its GPU at elem_bytes per element (2: bf16, 4: f32): its
+/// slices of every matrix and bias, the embedding and LM head rows of its vocabulary (both, tied or
+/// not, as the GPU engine uploads them), and every norm whole. For one rank: the whole model's.
+int64_t tp_weight_bytes(const ModelConfig& config, const TpRank& rank, int64_t elem_bytes);
+
 }  // namespace freekv

@@ -64,6 +64,31 @@ TEST(TpPlan, CoversEveryHeadRowAndTokenOnce) {
     EXPECT_EQ(four.ranks[3].ff.count, 28);
 }
 
+// Per-rank weight bytes: the ranks together hold the whole model once plus N - 1 more copies of
+// the norms (every rank keeps them whole); one rank of the 8B shape holds its 16.06 GB (bf16).
+TEST(TpPlan, RanksHoldTheWeightsOnceAndTheNormsEach) {
+    ModelConfig c = shape(8, 4, 100, 500);
+    c.qkv_bias = true;
+    const int64_t whole = tp_weight_bytes(c, make_tp_plan(c, 1).ranks[0], 2);
+    const int64_t norms = 2 * (2 * c.n_layer * c.n_embd + c.n_embd);
+    for (int n : {2, 4}) {
+        int64_t sum = 0;
+        for (const TpRank& r : make_tp_plan(c, n).ranks) sum += tp_weight_bytes(c, r, 2);
+        EXPECT_EQ(sum, whole + (n - 1) * norms) << n;
+    }
+    // The loader's own count of a synthetic model's bytes agrees for one rank.
+    const LoadedModel m = make_synthetic_model(c, "tp-random");
+    int64_t loaded = 2 * (m.model->weights().token_embd.numel() + m.model->weights().output.numel() +
+                          m.model->weights().output_norm.numel());
+    for (const LlamaLayerWeights& l : m.model->weights().layers)
+        for (const WeightView* v : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv, &l.ffn_norm, &l.w_gate,
+                                    &l.w_up, &l.w_down})
+            loaded += 2 * v->numel();
+    EXPECT_EQ(whole, loaded);
+    const ModelConfig b8 = named_shape("llama-3.1-8b");
+    EXPECT_EQ(tp_weight_bytes(b8, make_tp_plan(b8, 1).ranks[0], 2), int64_t{16060522496});
+}
+
 TEST(TpPlan, RefusesSplitsTheModelCannotTake) {
     try {
         make_tp_plan(shape(8, 2, 128, 512), 4);
