@@ -14,7 +14,8 @@
 # .devpack/ckpt/ (none for the first run); carry those paths alone. Afterwards, here: copy the
 # checkpoint files that came back into .devpack/ckpt/ for the next run; after export, join the parts
 # (cat needle-model.tar.part-* | tar -x). NEEDLE_SHAPE (e.g. "--q-heads 8 --kv-heads 2 --ff 832") passes the
-# shape to both steps; every run of one model must be given the same.
+# shape to both steps; every run of one model must be given the same. NEEDLE_TRAIN_ARGS goes to training only
+# (e.g. "--holdout austen_emma" keeps a book out of training for a held-out perplexity of the same distribution).
 set -uo pipefail
 minutes="${1:?minutes}"
 final="${2:-}"
@@ -27,7 +28,7 @@ tar -xJf .devpack/corpus.tar.xz -C /tmp/needle-corpus
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 scripts/train_needle_model.py train --corpus /tmp/needle-corpus/corpus --tokenizer .devpack/tokenizer.json \
-    --work "$work" --eval-text .devpack/eval_wp_tail.txt --minutes "$minutes" --workers 12 --probe ${NEEDLE_SHAPE:-} 2>&1 | tee "$out/train.log"
+    --work "$work" --eval-text .devpack/eval_wp_tail.txt --minutes "$minutes" --workers 12 --probe ${NEEDLE_SHAPE:-} ${NEEDLE_TRAIN_ARGS:-} 2>&1 | tee "$out/train.log"
 status=${PIPESTATUS[0]}
 if [ "$final" = export ] && [ "$status" -eq 0 ]; then
     python3 scripts/train_needle_model.py export --work "$work" --tokenizer .devpack/tokenizer.json \

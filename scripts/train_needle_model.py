@@ -80,8 +80,11 @@ def learning_rate(step, resumed_at):
 class Corpus:
     """The books as one token stream, their sentences, and a word list (each word as token ids)."""
 
-    def __init__(self, corpus_dir, tok):
-        files = sorted(glob.glob(os.path.join(corpus_dir, "*.txt")))
+    def __init__(self, corpus_dir, tok, holdout=()):
+        files = [f for f in sorted(glob.glob(os.path.join(corpus_dir, "*.txt")))
+                 if not any(h in os.path.basename(f) for h in holdout)]
+        if holdout:
+            print(f"corpus: held out {sorted(set(glob.glob(os.path.join(corpus_dir, '*.txt'))) - set(files))}", flush=True)
         texts = [open(f, encoding="utf-8").read() for f in files]
         ids = []
         for enc in tok.encode_batch(texts):
@@ -344,7 +347,7 @@ def probe_rates(model, cfg, device, step):
 def train(args):
     torch.manual_seed(args.seed)
     tok = Tokenizer.from_file(args.tokenizer)
-    corpus = Corpus(args.corpus, tok)
+    corpus = Corpus(args.corpus, tok, args.holdout)
     builder = Builder(tok, corpus)
     eval_ids = tok.encode(open(args.eval_text, encoding="utf-8").read()).ids if args.eval_text else None
     check_builders(builder)
@@ -472,6 +475,9 @@ def main():
     t.add_argument("--workers", type=int, default=12)
     t.add_argument("--seed", type=int, default=1234)
     t.add_argument("--probe", action="store_true", help="time each stage's context before training")
+    t.add_argument("--holdout", action="append", default=[],
+                   help="leave the corpus books whose file name contains this out of training (repeatable), so that "
+                        "`freekv perplexity` on them measures text of the training distribution the model never saw")
     e = sub.add_parser("export")
     e.add_argument("--work", required=True)
     e.add_argument("--tokenizer", required=True)
