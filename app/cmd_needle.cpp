@@ -79,7 +79,8 @@ Command register_needle(CLI::App& cmd) {
                 params.mode.attention_mass_recall = f->mass_recall;
                 fmt::print(stderr, "{} {}: {}\n", task_name, label, mode.describe());
                 std::unique_ptr<ProgressLine> line;
-                NeedleRun run{task_name, label, mode.describe(), params.lengths, params.depths, params.trials, {}};
+                NeedleRun run{task_name, label, mode.describe(), params.lengths, params.depths, params.trials, {},
+                              m.config.n_layer, m.config.n_head};
                 run.cells = run_needle(m, haystack, params, [&](int64_t done, int64_t total) {
                     if (!line) line = std::make_unique<ProgressLine>("needle", total, "cases");
                     line->update(done);

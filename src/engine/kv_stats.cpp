@@ -65,6 +65,16 @@ double KvStats::oracle_mass_recall_mean() const {
     return std::accumulate(oracle_mass_recall.begin(), oracle_mass_recall.end(), 0.0) / static_cast<double>(oracle_mass_recall.size());
 }
 
+std::vector<double> KvStats::mass_recall_by_layer(int64_t n_layer, int64_t n_head) const {
+    const auto per_step = static_cast<size_t>(n_layer * n_head);
+    if (n_layer <= 0 || n_head <= 0 || mass_recall.empty() || mass_recall.size() % per_step != 0) return {};
+    std::vector<double> sum(static_cast<size_t>(n_layer), 0.0);
+    for (size_t i = 0; i < mass_recall.size(); ++i) sum[(i / static_cast<size_t>(n_head)) % static_cast<size_t>(n_layer)] += mass_recall[i];
+    const double count = static_cast<double>(mass_recall.size() / static_cast<size_t>(n_layer));
+    for (double& v : sum) v /= count;
+    return sum;
+}
+
 double KvStats::mass_recall_percentile(double p) const {
     if (mass_recall.empty()) return 1.0;
     std::vector<float> v = mass_recall;

@@ -43,6 +43,10 @@ struct KvStats {
     double pages_per_step() const;          // recalled blocks per decoded (step, seq)
     double mass_recall_mean() const;
     double oracle_mass_recall_mean() const;  // 1 when nothing was counted
+    /// Mean mass recall per layer, for runs that decode one sequence per step (the needle and
+    /// perplexity tools): value i of mass_recall belongs to layer (i / n_head) % n_layer. Empty
+    /// when nothing was counted or the count is not a whole number of steps.
+    std::vector<double> mass_recall_by_layer(int64_t n_layer, int64_t n_head) const;
     double mass_recall_percentile(double p) const;
     /// Correction rate of one layer; blocks recalled per decoded (step, seq) for one layer and head.
     double layer_correction_rate(size_t il) const;

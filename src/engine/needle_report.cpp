@@ -121,6 +121,8 @@ std::string needle_json(const NeedleRun& run) {
             row["mass_recall_p5"] = s.mass_recall_percentile(5);
         }
         if (!s.oracle_mass_recall.empty()) row["oracle_mass_recall_mean"] = s.oracle_mass_recall_mean();
+        if (const auto by_layer = s.mass_recall_by_layer(run.n_layer, run.n_head); !by_layer.empty())
+            row["mass_recall_by_layer"] = by_layer;
         out += row.dump() + "\n";
     }
     return out;

@@ -22,6 +22,7 @@ struct NeedleRun {
     std::vector<int> depths;
     int trials = 0;
     std::vector<NeedleCell> cells;  // as run_needle returns them
+    int64_t n_layer = 0, n_head = 0;  // the model's, for the per-layer mass recall (0: not reported)
 };
 
 /// The depth x length grid of one run, with its overall accuracy.

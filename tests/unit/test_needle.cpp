@@ -144,6 +144,25 @@ TEST(NeedleReport, MassRecallColumnsAppearOnlyWhenMeasured) {
     EXPECT_DOUBLE_EQ(row["oracle_mass_recall_mean"].get<double>(), 0.875);
 }
 
+// Two layers of two query heads, two steps: values are laid out (step, layer, head), so layer 0
+// gets {0.1, 0.2, 0.5, 0.6} and layer 1 {0.3, 0.4, 0.7, 0.8}; a partial step gives nothing.
+TEST(NeedleReport, MassRecallPerLayerFollowsTheStepLayerHeadOrder) {
+    KvStats s;
+    s.mass_recall = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
+    const auto by_layer = s.mass_recall_by_layer(2, 2);
+    ASSERT_EQ(by_layer.size(), 2u);
+    EXPECT_NEAR(by_layer[0], 0.35, 1e-6);
+    EXPECT_NEAR(by_layer[1], 0.55, 1e-6);
+    s.mass_recall.pop_back();
+    EXPECT_TRUE(s.mass_recall_by_layer(2, 2).empty());
+    NeedleRun run = report_runs()[1];
+    run.n_layer = 2, run.n_head = 2;
+    for (NeedleCell& c : run.cells) c.stats.mass_recall = {0.1f, 0.2f, 0.3f, 0.4f};
+    const auto row = nlohmann::json::parse(needle_json(run).substr(0, needle_json(run).find('\n')));
+    ASSERT_EQ(row["mass_recall_by_layer"].size(), 2u);
+    EXPECT_NEAR(row["mass_recall_by_layer"][1].get<double>(), 0.35, 1e-6);
+}
+
 TEST(NeedleReport, JsonHasOneRowPerCell) {
     std::istringstream in(needle_json(report_runs()[1]));
     std::string line;
