@@ -171,13 +171,27 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     const int64_t q_dim = c.n_head * c.head_dim;
 
     // Only while a background gather runs (sparse FreeKV rows): in the dense regime every mode
-    // runs full's kernels, bit for bit.
-    cuda::set_gemm_sm_target(any_test && speculative && !dma ? gemm_sms_beside_gather(tuning) : 0);
+    // runs full's kernels, bit for bit. Never in f32 engines: cuBLAS's f32 products change their
+    // summation with the SM target, and an f32 engine is the exact reference whose logits must not
+    // depend on the recall path (gather, dma, per-copy).
+    const bool f32_engine = w().layers[0]->wq.ref().f32;
+    cuda::set_gemm_sm_target(any_test && speculative && !dma && !f32_engine ? gemm_sms_beside_gather(tuning) : 0);
     cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
     for (int64_t il = 0; il < L; ++il) {
         const cuda::Event* mk = marks.data() + il * 4;
-        qkv(il, n);
-        cuda::append_kv(k.get(), v.get(), static_cast<int32_t>(n), g, append_offset.get(), layer_cache(il), main);
+        qkv(il, n, false);
+        cuda::RopeAppendArgs ra;  // RoPE, the K/V append and the query ring store in one launch
+        ra.q = q.get();
+        ra.k = k.get();
+        ra.v = v.get();
+        ra.n_seq = static_cast<int32_t>(n);
+        ra.positions = positions.get();
+        ra.inv_freq = w().inv_freq.get();
+        ra.neox = c.rope_style == RopeStyle::kNeox;
+        ra.dst_offset = append_offset.get();
+        ra.layer_cache = layer_cache(il);
+        ra.q_dst = q_now.get() + il * n;
+        cuda::rope_append(ra, g, main);
         if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[0], main));
         if (any_select) {
             if (bg_pending[sz(il)]) wait_background(il);  // Sel_{t-1} has landed
@@ -248,7 +262,6 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             ma.out = mass.get() + il * n * c.n_head;
             cuda::mass_recall(ma, g, main);
         }
-        cuda::store_queries(q.get(), q_now.get() + il * n, static_cast<int32_t>(n), g, main);
         if (any_test && speculative && tuning.diag_background != DiagBackground::kNone) {
             // Sel_t of the unflagged heads, on the side stream, once this attention has read the slots.
             float* qs = q_side.get() + il * max_batch * q_dim;

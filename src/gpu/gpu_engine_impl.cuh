@@ -184,7 +184,7 @@ struct GpuEngine::Impl {
     std::vector<cuda::Event> marks;  // [L][4]
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
     // Host time of the decode steps from their start until every launch of the step was issued
-    // (output_logits sets issued_at just before it waits for the stream).
+    // (output_logits sets issued_at after its last kernel launch, before the copies to pageable memory that wait for the stream).
     double host_issue_ms = 0;
     std::chrono::steady_clock::time_point issued_at;
     // Gather (or per-copy + scatter) kernel times, [2 step parity][L][2 kind][start, end]; an entry
@@ -241,7 +241,8 @@ struct GpuEngine::Impl {
     // SM target from the up projection on (a prefill lowers it for the products that run beside an
     // install); -1 leaves it as it is.
     void mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch = false, int gemm_sms_after_gate = -1);
-    void qkv(int64_t il, int64_t n);
+    // rope false: the caller rotates q and k (decode does it with the append, cuda::rope_append).
+    void qkv(int64_t il, int64_t n, bool rope = true);
     // beside: the page install runs on `side` (see prefill_installed); otherwise all on main.
     void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist, const void* v_hist,
                        bool beside = false);

@@ -25,7 +25,7 @@ bool GpuEngine::Impl::bf16_gemm_rows(int64_t n) const { return !w().layers[0]->w
 
 static const uint16_t* bf16_of(const cuda::WeightRef& r) { return static_cast<const uint16_t*>(r.p); }
 
-void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
+void GpuEngine::Impl::qkv(int64_t il, int64_t n, bool rope) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
     if (bf16_gemm_rows(n)) {
@@ -43,6 +43,7 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n) {
         cuda::matmul(h.get(), n, lw.wk.ref(), row(), c.n_embd, k.get(), lw.bk.ref(), scratch_bf16.get(), main);
         cuda::matmul(h.get(), n, lw.wv.ref(), row(), c.n_embd, v.get(), lw.bv.ref(), scratch_bf16.get(), main);
     }
+    if (!rope) return;
     const bool neox = c.rope_style == RopeStyle::kNeox;
     cuda::rope(q.get(), n, c.n_head, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
     cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
@@ -77,6 +78,7 @@ void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vect
     const auto n_out = static_cast<int64_t>(out_rows.size());
     out.resize(sz(n_out * c.n_vocab));
     if (n_out == 0) {
+        issued_at = std::chrono::steady_clock::now();
         FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
         return;
     }
@@ -97,14 +99,15 @@ void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vect
         top_ids_device.resize(n_out * top_k);
         cuda::top_k(logits.get(), static_cast<int32_t>(n_out), c.n_vocab, top_k, top_scratch_values.get(), top_scratch_ids.get(),
                     top_ids_device.get(), top_values.get(), main);
+        issued_at = std::chrono::steady_clock::now();  // before the copies into pageable memory, which wait for the stream
         out.resize(sz(n_out * top_k));
         top_ids->resize(sz(n_out * top_k));
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), top_values.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(top_ids->data(), top_ids_device.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
     } else {
+        issued_at = std::chrono::steady_clock::now();
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
     }
-    issued_at = std::chrono::steady_clock::now();
     FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
 }
 

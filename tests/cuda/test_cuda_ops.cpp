@@ -13,7 +13,10 @@
 #include <random>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "backend/cuda/gather_pages.cuh"
+#include "backend/cuda/kv_kernels.cuh"
 #include "backend/cuda/ops_cuda.cuh"
 #include "backend/cuda/page_boundary.cuh"
 #include "backend/cuda/pinned_store.cuh"
@@ -146,11 +149,80 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
         cudaFree(p);
 }
 
+// The decode step's fused RoPE + K/V append + query-ring store against its three parts: q and k
+// rotated bit for bit as cuda::rope rotates them, the ring copy equal to the rotated q, the cache
+// holding the rotated k and the unrotated v (rounded to the element type) at each row's offset, and
+// nothing else in the cache touched. Both RoPE styles, head_dim 64 and 128, bf16 and fp32 caches.
+TEST_F(CudaOps, RopeAppendEqualsRopeThenAppendThenStore) {
+    std::mt19937 rng(41);
+    const int n_seq = 3, n_head = 8, n_head_kv = 2, page_size = 16, n_slots = 4;
+    const std::vector<int32_t> pos{5, 4095, 131071};
+    for (int head_dim : {64, 128})
+    for (int elem_bytes : {2, 4})
+    for (bool neox : {true, false}) {
+        cuda::KvGeometry g;
+        g.n_layer = 1, g.max_batch = n_seq, g.n_slots = n_slots, g.max_pages = 8, g.page_size = page_size;
+        g.n_head = n_head, g.n_head_kv = n_head_kv, g.head_dim = head_dim, g.elem_bytes = elem_bytes;
+        const int64_t row = g.row(), q_dim = int64_t{n_head} * head_dim;
+        std::vector<float> inv(static_cast<size_t>(head_dim / 2));
+        for (size_t i = 0; i < inv.size(); ++i) inv[i] = std::pow(500000.0f, -static_cast<float>(2 * i) / static_cast<float>(head_dim));
+        const auto q = randn(static_cast<size_t>(n_seq * q_dim), rng), k = randn(static_cast<size_t>(n_seq * row), rng),
+                   v = randn(k.size(), rng);
+        // Row s goes to slot (2 s + 1) % n_slots of sequence s, token 3 s + 1 of the page.
+        std::vector<int64_t> offset(n_seq);
+        for (int s = 0; s < n_seq; ++s) offset[static_cast<size_t>(s)] = (s * n_slots + (2 * s + 1) % n_slots) * g.slot_elems() + (3 * s + 1) * row;
+        const int64_t cache_elems = g.layer_cache_elems();
+        const std::vector<uint8_t> cache_init(static_cast<size_t>(cache_elems * elem_bytes), 0x5a);
+        int32_t* dpos = to_device(pos);
+        float* dinv = to_device(inv);
+        int64_t* doff = to_device(offset);
+        uint8_t* dcache = to_device(cache_init);
+        float *dq = to_device(q), *dk = to_device(k), *dv = to_device(v), *ring = poisoned(static_cast<size_t>(n_seq * q_dim));
+        std::vector<float*> ring_rows(n_seq);
+        for (int s = 0; s < n_seq; ++s) ring_rows[static_cast<size_t>(s)] = ring + s * q_dim;
+        float** dring = to_device(ring_rows);
+        cuda::RopeAppendArgs a;
+        a.q = dq, a.k = dk, a.v = dv, a.n_seq = n_seq, a.positions = dpos, a.inv_freq = dinv, a.neox = neox;
+        a.dst_offset = doff, a.layer_cache = dcache, a.q_dst = dring;
+        cuda::rope_append(a, g, nullptr);
+        // The parts: cuda::rope on copies of q and k.
+        float *wq = to_device(q), *wk = to_device(k);
+        cuda::rope(wq, n_seq, n_head, head_dim, dpos, dinv, neox, nullptr);
+        cuda::rope(wk, n_seq, n_head_kv, head_dim, dpos, dinv, neox, nullptr);
+        const auto want_q = to_host(wq, q.size()), want_k = to_host(wk, k.size());
+        const std::string what = fmt::format("head_dim {} elem_bytes {} {}", head_dim, elem_bytes, neox ? "neox" : "interleaved");
+        EXPECT_EQ(to_host(dq, q.size()), want_q) << what;
+        EXPECT_EQ(to_host(ring, q.size()), want_q) << what << ": the ring copy";
+        EXPECT_EQ(to_host(dk, k.size()), want_k) << what;
+        std::vector<uint8_t> want_cache = cache_init;
+        auto put = [&](int64_t at, float x) {
+            if (elem_bytes == 2) {
+                const uint16_t b = f32_to_bf16(x);
+                std::memcpy(want_cache.data() + at * 2, &b, 2);
+            } else {
+                std::memcpy(want_cache.data() + at * 4, &x, 4);
+            }
+        };
+        for (int s = 0; s < n_seq; ++s)
+            for (int64_t e = 0; e < row; ++e) {
+                put(offset[static_cast<size_t>(s)] + e, want_k[static_cast<size_t>(s * row + e)]);
+                put(offset[static_cast<size_t>(s)] + page_size * row + e, v[static_cast<size_t>(s * row + e)]);
+            }
+        EXPECT_EQ(to_host(dcache, want_cache.size()), want_cache) << what << ": the cache";
+        for (void* p : {static_cast<void*>(dpos), static_cast<void*>(dinv), static_cast<void*>(doff), static_cast<void*>(dcache),
+                        static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv), static_cast<void*>(ring),
+                        static_cast<void*>(dring), static_cast<void*>(wq), static_cast<void*>(wk)})
+            cudaFree(p);
+    }
+}
+
 TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
     std::mt19937 rng(12);
-    const int page_size = 32, n_slots = 24, n_seq = 3;
+    const int n_slots = 24, n_seq = 3;
+    // Page 16: a warp's 32-token tile spans pages; page 32: one page per tile.
+    for (int page_size : {16, 32})
     for (int elem_bytes : {2, 4})  // bf16 KV, and fp32 KV (--gpu-dtype f32) with unrounded values
-    for (int head_dim : {64, 128}) {
+    for (int head_dim : {64, 96, 128}) {
         for (auto [n_head_kv, group] : {std::pair{2, 1}, {2, 2}, {1, 4}, {2, 7}, {1, 8}, {1, 16}, {4, 4}}) {
             const int n_head = n_head_kv * group;
             const int64_t stride_tok = static_cast<int64_t>(n_head_kv) * head_dim, stride_page = page_size * stride_tok;
@@ -159,7 +231,7 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
             const auto k_bf16 = to_bf16(k_raw), v_bf16 = to_bf16(v_raw);
             const auto k32 = elem_bytes == 2 ? from_bf16(k_bf16) : k_raw, v32 = elem_bytes == 2 ? from_bf16(v_bf16) : v_raw;
             const int max_list = 20;
-            const std::vector<int32_t> n_pages{20, 7, 1}, last_len{9, 32, 5};  // ragged, partial last pages
+            const std::vector<int32_t> n_pages{20, 7, 1}, last_len{9, page_size, 5};  // ragged, partial last pages
             std::vector<int32_t> lists(static_cast<size_t>(n_seq * n_head_kv * max_list));
             for (int s = 0; s < n_seq; ++s)
                 for (int h = 0; h < n_head_kv; ++h) {
@@ -203,7 +275,7 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                 std::span<const float> g(got.data() + s * n_head * head_dim, want.size());
                 EXPECT_LE(test::nmse(g, want), kNmse) << "seq " << s << " group " << group << " n_head_kv " << n_head_kv
                                                       << " head_dim " << head_dim << " split " << split
-                                                      << " elem_bytes " << elem_bytes;
+                                                      << " elem_bytes " << elem_bytes << " page " << page_size;
             }
             }
             for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),

@@ -1,13 +1,19 @@
 // attention_cuda.cu: decode attention over per-head page lists (see ops_cuda.cuh): one block per
-// (KV head, sequence, split) whose warps stride over the tokens, keep an online softmax per query
-// head of the GQA group (all G heads share each K/V row read) and merge through shared memory;
-// split-K partials are combined by a second kernel.
+// (KV head, sequence, split) whose warps take tiles of 32 tokens in turn. In a tile each lane
+// scores one token against every query head of the GQA group (its whole K row, no shuffles), the
+// warp takes the tile's maximum, and then every lane adds the tile's 32 V rows, weighted, into the
+// output dimensions it owns; each warp keeps an online softmax per query head, the warps merge
+// through shared memory, and split-K partials are combined by a second kernel.
+// bf16 KV at head_dim 64/128 with groups up to 8 takes a variant that issues a whole tile's loads
+// before using any. Invariants: K/V rows start on 16-byte boundaries (checked); a tile's tokens past
+// the list weigh 0.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <string_view>
+#include <type_traits>
 
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
@@ -19,76 +25,36 @@ namespace {
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
-constexpr int kMaxGroup = 16;    // GQA group sizes 1..16, chosen at run time
+constexpr int kMaxGroup = 16;       // GQA group sizes 1..16, chosen at run time
 constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
 constexpr int kWarps = 4;
-constexpr int kTokensInFlight = 4;
+constexpr int kTile = 32;           // tokens per warp tile: one per lane while scoring
+constexpr int kVInFlight = 8;       // V rows loaded before they are used
 
-// G: a compile-time bound on the GQA group (1, 2, 4, 8 or 16), so that the per-head softmax state
-// lives in registers sized to it; T: the KV element type. (Forcing 64 registers per thread with
-// __launch_bounds__(128, 8) raised occupancy 31% -> 47% but made it slower: full KV's attention at
-// 32K went 6.9 -> 8.2 ms per step at batch 1 and 23.0 -> 29.7 ms at batch 4;
-// bench/results/2026-11-24-h100-bench-llama8b-s6.md.)
-template <int G, class T>
-__global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAttentionArgs a) {
-    const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int group = a.n_head / a.n_head_kv, dims = a.head_dim / 32;
-    const float scale = rsqrtf(static_cast<float>(a.head_dim));
-    __shared__ float q_shared[G * 128];
-    const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim;
-    for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) q_shared[i] = q[i];
-    __syncthreads();
-    const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
-    const int n_tokens = (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
-    // This block's token range (the whole list unless split-K).
-    const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
-    const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
-    float m[G], l[G], acc[G][kMaxDimsPerLane];
+// 8 consecutive elements at p (16-byte aligned) widened to fp32.
+__device__ __forceinline__ void load8(const uint16_t* p, float out[8]) {
+    const uint4 w = *reinterpret_cast<const uint4*>(p);
+    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-        m[g] = -INFINITY;
-        l[g] = 0.0f;
-#pragma unroll
-        for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = __uint_as_float(u[i] << 16);
+        out[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
     }
-    const int64_t base = static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * a.head_dim;
-    // Each warp takes kTokensInFlight consecutive tokens per round and issues all their K/V loads
-    // before the first dot product: the loop is latency-bound, not bandwidth-bound, otherwise.
-    for (int j0 = j_begin + warp * kTokensInFlight; j0 < j_end; j0 += kWarps * kTokensInFlight) {
-        float kr[kTokensInFlight][kMaxDimsPerLane], vr[kTokensInFlight][kMaxDimsPerLane];
-#pragma unroll
-        for (int u = 0; u < kTokensInFlight; ++u) {
-            const int j = j0 + u;
-            if (j >= j_end) break;
-            const int page = pages[j / a.page_size];
-            const int64_t off = base + static_cast<int64_t>(page) * a.stride_page + (j % a.page_size) * a.stride_tok + lane * dims;
-            load_x4(static_cast<const T*>(a.k) + off, dims, kr[u]);
-            load_x4(static_cast<const T*>(a.v) + off, dims, vr[u]);
-        }
-#pragma unroll
-        for (int u = 0; u < kTokensInFlight; ++u) {
-            if (j0 + u >= j_end) break;
-#pragma unroll
-            for (int g = 0; g < G; ++g) {
-                if (g >= group) break;
-                float s = 0.0f;
-#pragma unroll
-                for (int d = 0; d < kMaxDimsPerLane; ++d)
-                    if (d < dims) s += q_shared[g * a.head_dim + lane * dims + d] * kr[u][d];
-                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-                s *= scale;
-                const float m_new = fmaxf(m[g], s);
-                const float correction = expf(m[g] - m_new), p = expf(s - m_new);
-                l[g] = l[g] * correction + p;
-#pragma unroll
-                for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = acc[g][d] * correction + p * vr[u][d];
-                m[g] = m_new;
-            }
-        }
-    }
-    // Merge the warps' partial softmax states.
+}
+__device__ __forceinline__ void load8(const float* p, float out[8]) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+// The block's end: its warps' partial softmax states (m, l, acc per head; acc holds the lane's
+// `dims` output dimensions) merged through shared memory (smem: at least kWarps * G * 128 floats,
+// free once the caller's barrier has passed), then the output, or the split's partial state.
+template <int G>
+__device__ void merge_warps(const PagesAttentionArgs& a, const float (&m)[G], const float (&l)[G],
+                            const float (&acc)[G][kMaxDimsPerLane], float* smem, int seq, int ikv, int group, int hd) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, dims = hd / 32;
     __shared__ float m_shared[kWarps][G], l_shared[kWarps][G];
-    __shared__ float acc_shared[kWarps][G * 128];
+    auto acc_shared = reinterpret_cast<float(*)[G * 128]>(smem);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
         if (g >= group) break;
@@ -98,11 +64,11 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
         }
 #pragma unroll
         for (int d = 0; d < kMaxDimsPerLane; ++d)
-            if (d < dims) acc_shared[warp][g * a.head_dim + lane * dims + d] = acc[g][d];
+            if (d < dims) acc_shared[warp][g * hd + lane * dims + d] = acc[g][d];
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < group * a.head_dim; i += blockDim.x) {
-        const int g = i / a.head_dim;
+    for (int i = threadIdx.x; i < group * hd; i += blockDim.x) {
+        const int g = i / hd;
         float m_all = -INFINITY;
         for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, m_shared[w][g]);
         float l_all = 0.0f, o = 0.0f;
@@ -113,17 +79,237 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
             o += acc_shared[w][i] * f;
         }
         if (gridDim.z == 1) {
-            a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * a.head_dim + i] = o / l_all;
+            a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * hd + i] = o / l_all;
         } else {  // partial state of this split: [acc (G x d)][m (G)][l (G)]
             float* part = a.partial + ((static_cast<int64_t>(seq) * a.n_head_kv + ikv) * gridDim.z + blockIdx.z) *
-                                          group * (a.head_dim + 2);
+                                          group * (hd + 2);
             part[i] = o;
-            if (i % a.head_dim == 0) {
-                part[group * a.head_dim + g] = m_all;
-                part[group * a.head_dim + group + g] = l_all;
+            if (i % hd == 0) {
+                part[group * hd + g] = m_all;
+                part[group * hd + group + g] = l_all;
             }
         }
     }
+}
+
+// G: a compile-time bound on the GQA group (1, 2, 4, 8 or 16), so that the per-head softmax state
+// lives in registers sized to it; T: the KV element type.
+template <int G, class T>
+__global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAttentionArgs a) {
+    const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int group = a.n_head / a.n_head_kv, hd = a.head_dim, dims = hd / 32;
+    const float scale = rsqrtf(static_cast<float>(hd));
+    // Shared memory: the group's queries and each warp's tile weights while the tiles run, then (after
+    // a barrier) the warps' partial outputs for the merge.
+    constexpr int kLoopFloats = G * 128 + kWarps * G * kTile, kMergeFloats = kWarps * G * 128;
+    __shared__ __align__(16) float smem[kLoopFloats > kMergeFloats ? kLoopFloats : kMergeFloats];
+    float* q_shared = smem;
+    auto p_shared = reinterpret_cast<float(*)[G][kTile]>(smem + G * 128);
+    const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * hd;
+    for (int i = threadIdx.x; i < group * hd; i += blockDim.x) q_shared[i] = q[i];
+    __syncthreads();
+    const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
+    const int n_tokens = (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
+    // This block's token range (the whole list unless split-K).
+    const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
+    const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
+    const T* k_head = static_cast<const T*>(a.k) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * hd;
+    const T* v_head = static_cast<const T*>(a.v) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * hd;
+    auto row_of = [&](int j) { return static_cast<int64_t>(pages[j / a.page_size]) * a.stride_page + (j % a.page_size) * a.stride_tok; };
+    // m: the warp's running maximum per head (uniform over lanes); l: this lane's share of the sum.
+    float m[G], l[G], acc[G][kMaxDimsPerLane];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
+    }
+    for (int t0 = j_begin + warp * kTile; t0 < j_end; t0 += kWarps * kTile) {
+        // Scores: lane i takes token t0 + i, its K row 8 elements at a time.
+        const int j = t0 + lane;
+        const bool valid = j < j_end;
+        const int64_t my_row = valid ? row_of(j) : 0;  // the V pass takes each token's row from its lane
+        float s[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) s[g] = 0.0f;
+        if (valid) {
+            const T* krow = k_head + my_row;
+#pragma unroll 8
+            for (int c = 0; c < hd; c += 8) {
+                float kv[8];
+                load8(krow + c, kv);
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    if (g >= group) break;
+                    const float4 qa = *reinterpret_cast<const float4*>(q_shared + g * hd + c);
+                    const float4 qb = *reinterpret_cast<const float4*>(q_shared + g * hd + c + 4);
+                    s[g] += qa.x * kv[0] + qa.y * kv[1] + qa.z * kv[2] + qa.w * kv[3] + qb.x * kv[4] + qb.y * kv[5] +
+                            qb.z * kv[6] + qb.w * kv[7];
+                }
+            }
+        }
+        // The tile's maximum per head, the rescale of the running state, the weights.
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            if (g >= group) break;
+            const float sg = valid ? s[g] * scale : -INFINITY;
+            float mx = sg;
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float m_new = fmaxf(m[g], mx);  // finite: lane 0's token is valid
+            const float correction = expf(m[g] - m_new);
+            const float p = valid ? expf(sg - m_new) : 0.0f;
+            l[g] = l[g] * correction + p;
+#pragma unroll
+            for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] *= correction;
+            m[g] = m_new;
+            p_shared[warp][g][lane] = p;
+        }
+        __syncwarp();
+        // Weighted V rows: the lane's `dims` output dimensions of each head, kVInFlight rows at a time.
+        const int n_valid = min(kTile, j_end - t0);
+        for (int u = 0; u < n_valid; u += kVInFlight) {
+            float vr[kVInFlight][kMaxDimsPerLane];
+#pragma unroll
+            for (int i = 0; i < kVInFlight; ++i) {
+                const int64_t row = __shfl_sync(0xffffffffu, my_row, u + i);
+                if (u + i < n_valid) {
+                    load_x4(v_head + row + lane * dims, dims, vr[i]);
+                } else {
+#pragma unroll
+                    for (int d = 0; d < kMaxDimsPerLane; ++d) vr[i][d] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < kVInFlight; ++i) {
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    if (g >= group) break;
+                    const float p = p_shared[warp][g][u + i];  // 0 past the list
+#pragma unroll
+                    for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] += p * vr[i][d];
+                }
+            }
+        }
+        __syncwarp();  // every lane has read p_shared before the next tile writes it
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+        for (int o = 16; o > 0; o >>= 1) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+    __syncthreads();  // every warp is done with q_shared and p_shared
+    merge_warps<G>(a, m, l, acc, smem, seq, ikv, group, hd);
+}
+
+// The bf16 kernel for head_dim 64 and 128 and groups up to 8 (every Llama-family shape): the same
+// tiles and arithmetic as attention_pages_kernel, but a tile's K rows (HD / 8 16-byte loads per
+// lane) and all 32 of its V rows (one load per lane each) are issued before any of them is used, so
+// that each warp has a whole tile (16 KiB at head_dim 128) in flight; the generic kernel waits for
+// its loads about six times per tile and stays latency-bound (ncu: 63% of its stalls).
+template <int G, int HD>
+__global__ void __launch_bounds__(kWarps * 32) attention_pages_bf16_kernel(PagesAttentionArgs a) {
+    constexpr int kChunks = HD / 8, kDims = HD / 32;  // K: 16-byte chunks per row; V: dims per lane
+    using VRaw = typename std::conditional<kDims == 4, uint2, uint32_t>::type;
+    const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int group = a.n_head / a.n_head_kv;
+    const float scale = rsqrtf(static_cast<float>(HD));
+    constexpr int kLoopFloats = G * HD + kWarps * G * kTile, kMergeFloats = kWarps * G * 128;
+    __shared__ __align__(16) float smem[kLoopFloats > kMergeFloats ? kLoopFloats : kMergeFloats];
+    float* q_shared = smem;
+    auto p_shared = reinterpret_cast<float(*)[G][kTile]>(smem + G * HD);
+    const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * HD;
+    for (int i = threadIdx.x; i < group * HD; i += blockDim.x) q_shared[i] = q[i];
+    __syncthreads();
+    const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
+    const int n_tokens = (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
+    const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
+    const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
+    const uint16_t* k_head = static_cast<const uint16_t*>(a.k) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
+    const uint16_t* v_head = static_cast<const uint16_t*>(a.v) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
+    float m[G], l[G], acc[G][kMaxDimsPerLane];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
+    }
+    for (int t0 = j_begin + warp * kTile; t0 < j_end; t0 += kWarps * kTile) {
+        const int j = t0 + lane, n_valid = min(kTile, j_end - t0);
+        const bool valid = j < j_end;
+        const int64_t my_row = valid ? static_cast<int64_t>(pages[j / a.page_size]) * a.stride_page + (j % a.page_size) * a.stride_tok : 0;
+        // Every load of the tile first: the lane's K row, then the 32 V rows' `kDims` dims of the lane.
+        uint4 kraw[kChunks];
+        const uint4* krow = reinterpret_cast<const uint4*>(k_head + my_row);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) kraw[c] = valid ? krow[c] : make_uint4(0, 0, 0, 0);
+        VRaw vraw[kTile];
+#pragma unroll
+        for (int t = 0; t < kTile; ++t) {
+            const int64_t row = __shfl_sync(0xffffffffu, my_row, t);
+            vraw[t] = t < n_valid ? *reinterpret_cast<const VRaw*>(v_head + row + lane * kDims) : VRaw{};
+        }
+        // Scores of the lane's token.
+        float s[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) s[g] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+            const uint32_t u[4] = {kraw[c].x, kraw[c].y, kraw[c].z, kraw[c].w};
+            float kv[8];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                kv[2 * i] = __uint_as_float(u[i] << 16);
+                kv[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                if (g >= group) break;
+                const float4 qa = *reinterpret_cast<const float4*>(q_shared + g * HD + c * 8);
+                const float4 qb = *reinterpret_cast<const float4*>(q_shared + g * HD + c * 8 + 4);
+                s[g] += qa.x * kv[0] + qa.y * kv[1] + qa.z * kv[2] + qa.w * kv[3] + qb.x * kv[4] + qb.y * kv[5] + qb.z * kv[6] +
+                        qb.w * kv[7];
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            if (g >= group) break;
+            const float sg = valid ? s[g] * scale : -INFINITY;
+            float mx = sg;
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float m_new = fmaxf(m[g], mx);  // finite: lane 0's token is valid
+            const float correction = expf(m[g] - m_new);
+            const float p = valid ? expf(sg - m_new) : 0.0f;
+            l[g] = l[g] * correction + p;
+#pragma unroll
+            for (int d = 0; d < kDims; ++d) acc[g][d] *= correction;
+            m[g] = m_new;
+            p_shared[warp][g][lane] = p;
+        }
+        __syncwarp();
+#pragma unroll
+        for (int t = 0; t < kTile; ++t) {
+            float vr[4];
+            if constexpr (kDims == 4) {
+                vr[0] = __uint_as_float(vraw[t].x << 16), vr[1] = __uint_as_float(vraw[t].x & 0xffff0000u);
+                vr[2] = __uint_as_float(vraw[t].y << 16), vr[3] = __uint_as_float(vraw[t].y & 0xffff0000u);
+            } else {
+                vr[0] = __uint_as_float(vraw[t] << 16), vr[1] = __uint_as_float(vraw[t] & 0xffff0000u);
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                if (g >= group) break;
+                const float p = p_shared[warp][g][t];  // 0 past the list
+#pragma unroll
+                for (int d = 0; d < kDims; ++d) acc[g][d] += p * vr[d];
+            }
+        }
+        __syncwarp();  // every lane has read p_shared before the next tile writes it
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+        for (int o = 16; o > 0; o >>= 1) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+    __syncthreads();  // every warp is done with q_shared and p_shared
+    merge_warps<G>(a, m, l, acc, smem, seq, ikv, group, HD);
 }
 
 // Merges the n_split partial states of each (sequence, query head) into the output. One block per
@@ -172,18 +358,34 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
                  "attention_pages: GQA group {} / {} must be 1..16", a.n_head, a.n_head_kv);
     FREEKV_CHECK(a.n_split >= 1 && a.n_split <= kMaxSplit && (a.n_split == 1 || a.partial != nullptr),
                  "attention_pages: split-K of {} (1..{}) needs scratch", a.n_split, kMaxSplit);
+    const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    FREEKV_CHECK(aligned16(a.k) && aligned16(a.v) && a.stride_seq % 8 == 0 && a.stride_page % 8 == 0 && a.stride_tok % 8 == 0,
+                 "attention_pages: K/V rows must start on 16-byte boundaries (base pointers aligned, strides multiples of 8 "
+                 "elements; got strides {}, {}, {})", a.stride_seq, a.stride_page, a.stride_tok);
     const dim3 grid(static_cast<unsigned>(a.n_head_kv), static_cast<unsigned>(a.n_seq), static_cast<unsigned>(a.n_split));
     const int group = a.n_head / a.n_head_kv;
     cudaStream_t s = as_stream(stream);
     FREEKV_CHECK(a.elem_bytes == 2 || a.elem_bytes == 4, "attention_pages: element size {} must be 2 or 4", a.elem_bytes);
-    by_elem(a.elem_bytes, [&](auto tag) {
-        using T = decltype(tag);
-        if (group == 1) attention_pages_kernel<1, T><<<grid, kWarps * 32, 0, s>>>(a);
-        else if (group == 2) attention_pages_kernel<2, T><<<grid, kWarps * 32, 0, s>>>(a);
-        else if (group <= 4) attention_pages_kernel<4, T><<<grid, kWarps * 32, 0, s>>>(a);
-        else if (group <= 8) attention_pages_kernel<8, T><<<grid, kWarps * 32, 0, s>>>(a);
-        else attention_pages_kernel<16, T><<<grid, kWarps * 32, 0, s>>>(a);
-    });
+    if (a.elem_bytes == 2 && (a.head_dim == 64 || a.head_dim == 128) && group <= 8) {
+        const auto launch = [&](auto hd_tag) {
+            constexpr int HD = decltype(hd_tag)::value;
+            if (group == 1) attention_pages_bf16_kernel<1, HD><<<grid, kWarps * 32, 0, s>>>(a);
+            else if (group == 2) attention_pages_bf16_kernel<2, HD><<<grid, kWarps * 32, 0, s>>>(a);
+            else if (group <= 4) attention_pages_bf16_kernel<4, HD><<<grid, kWarps * 32, 0, s>>>(a);
+            else attention_pages_bf16_kernel<8, HD><<<grid, kWarps * 32, 0, s>>>(a);
+        };
+        if (a.head_dim == 64) launch(std::integral_constant<int, 64>{});
+        else launch(std::integral_constant<int, 128>{});
+    } else {
+        by_elem(a.elem_bytes, [&](auto tag) {
+            using T = decltype(tag);
+            if (group == 1) attention_pages_kernel<1, T><<<grid, kWarps * 32, 0, s>>>(a);
+            else if (group == 2) attention_pages_kernel<2, T><<<grid, kWarps * 32, 0, s>>>(a);
+            else if (group <= 4) attention_pages_kernel<4, T><<<grid, kWarps * 32, 0, s>>>(a);
+            else if (group <= 8) attention_pages_kernel<8, T><<<grid, kWarps * 32, 0, s>>>(a);
+            else attention_pages_kernel<16, T><<<grid, kWarps * 32, 0, s>>>(a);
+        });
+    }
     FREEKV_CUDA_CHECK(cudaGetLastError());
     if (a.n_split > 1) {
         attention_combine_kernel<<<dim3(grid.x, grid.y, static_cast<unsigned>(group)), kCombineThreads, 0, as_stream(stream)>>>(a);

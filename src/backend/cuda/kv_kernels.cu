@@ -18,14 +18,47 @@ cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 unsigned blocks(int64_t n) { return static_cast<unsigned>((n + 255) / 256); }
 
 
+// One thread per rotated pair (a, b) of a q head or a k head; a k pair's thread also appends the
+// same two elements of v.
 template <class T>
-__global__ void append_kernel(const float* k, const float* v, int32_t n_seq, int64_t row, int64_t v_delta,
-                              const int64_t* dst_offset, T* cache) {
-    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (i >= n_seq * row) return;
-    const int64_t s = i / row, e = i % row, dst = dst_offset[s] + e;
-    cache[dst] = from_f32<T>(k[i]);
-    cache[dst + v_delta] = from_f32<T>(v[i]);
+__global__ void rope_append_kernel(RopeAppendArgs a, KvGeometry g) {
+    const int half = g.head_dim / 2, heads = g.n_head + g.n_head_kv;
+    const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (idx >= static_cast<int64_t>(a.n_seq) * heads * half) return;
+    const int i = static_cast<int>(idx % half);
+    const int64_t th = idx / half;
+    const int s = static_cast<int>(th / heads), h = static_cast<int>(th % heads);
+    const float angle = static_cast<float>(a.positions[s]) * a.inv_freq[i];
+    double sn, cs;
+    sincos(static_cast<double>(angle), &sn, &cs);  // as rope_kernel
+    const float c = static_cast<float>(cs), sf = static_cast<float>(sn);
+    const int ea = a.neox ? i : 2 * i, eb = a.neox ? i + half : 2 * i + 1;
+    if (h < g.n_head) {
+        float* x = a.q + (static_cast<int64_t>(s) * g.n_head + h) * g.head_dim;
+        const float x0 = x[ea], x1 = x[eb];
+        const float r0 = x0 * c - x1 * sf, r1 = x1 * c + x0 * sf;
+        x[ea] = r0;
+        x[eb] = r1;
+        if (a.q_dst != nullptr) {
+            float* d = a.q_dst[s] + static_cast<int64_t>(h) * g.head_dim;
+            d[ea] = r0;
+            d[eb] = r1;
+        }
+        return;
+    }
+    const int64_t e = static_cast<int64_t>(h - g.n_head) * g.head_dim;  // the head's offset in the row
+    float* x = a.k + s * g.row() + e;
+    const float x0 = x[ea], x1 = x[eb];
+    const float r0 = x0 * c - x1 * sf, r1 = x1 * c + x0 * sf;
+    x[ea] = r0;
+    x[eb] = r1;
+    T* dst = static_cast<T*>(a.layer_cache) + a.dst_offset[s] + e;
+    const int64_t v_delta = g.page_size * g.row();
+    const float* v = a.v + s * g.row() + e;
+    dst[ea] = from_f32<T>(r0);
+    dst[eb] = from_f32<T>(r1);
+    dst[v_delta + ea] = from_f32<T>(v[ea]);
+    dst[v_delta + eb] = from_f32<T>(v[eb]);
 }
 
 __global__ void round_kernel(const float* x, int64_t n, uint16_t* out, float* rounded) {
@@ -136,11 +169,6 @@ __global__ void flags_kernel(FlagArgs a, KvGeometry g) {
         atomicAdd(&a.counters[0], 1ULL);
         if (any_flag) atomicAdd(&a.counters[1], 1ULL);
     }
-}
-
-__global__ void store_queries_kernel(const float* q, float* const* dst, int64_t per_seq, int32_t n_seq) {
-    const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (i < n_seq * per_seq) dst[i / per_seq][i % per_seq] = q[i];
 }
 
 // One block per (listed sequence, query head): logits of every key, then per-page mass.
@@ -254,14 +282,12 @@ void check_elem(int elem_bytes) {
 
 }  // namespace
 
-void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& g, const int64_t* dst_offset,
-               void* layer_cache, void* stream) {
+void rope_append(const RopeAppendArgs& a, const KvGeometry& g, void* stream) {
     check_elem(g.elem_bytes);
-    by_elem(g.elem_bytes, [&](auto tag) {
-        using T = decltype(tag);
-        append_kernel<T><<<blocks(n_seq * g.row()), 256, 0, as_stream(stream)>>>(k, v, n_seq, g.row(), g.page_size * g.row(),
-                                                                                 dst_offset, static_cast<T*>(layer_cache));
-    });
+    FREEKV_CHECK(g.head_dim % 2 == 0, "rope_append: head_dim {} must be even", g.head_dim);
+    const int64_t n = static_cast<int64_t>(a.n_seq) * (g.n_head + g.n_head_kv) * (g.head_dim / 2);
+    if (n == 0) return;
+    by_elem(g.elem_bytes, [&](auto tag) { rope_append_kernel<decltype(tag)><<<blocks(n), 256, 0, as_stream(stream)>>>(a, g); });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -293,12 +319,6 @@ void install_pages(const InstallArgs& a, const KvGeometry& g, void* stream, int 
 void correction_flags(const FlagArgs& a, const KvGeometry& g, void* stream) {
     FREEKV_CHECK(g.n_head_kv <= 32, "correction_flags: {} KV heads > 32", g.n_head_kv);
     flags_kernel<<<static_cast<unsigned>(a.n_seq), static_cast<unsigned>(32 * g.n_head_kv), 0, as_stream(stream)>>>(a, g);
-    FREEKV_CUDA_CHECK(cudaGetLastError());
-}
-
-void store_queries(const float* q, float* const* dst, int32_t n_seq, const KvGeometry& g, void* stream) {
-    const int64_t per_seq = static_cast<int64_t>(g.n_head) * g.head_dim;
-    store_queries_kernel<<<blocks(n_seq * per_seq), 256, 0, as_stream(stream)>>>(q, dst, per_seq, n_seq);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

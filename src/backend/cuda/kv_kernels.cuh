@@ -43,10 +43,24 @@ struct KvGeometry {
     FREEKV_HOST_DEVICE int64_t layer_summary_elems() const { return static_cast<int64_t>(max_batch) * n_head_kv * max_pages * 2 * head_dim; }
 };
 
-/// Rounds k, v ([n_seq][row] fp32) to the element type and writes row s to element dst_offset[s]
-/// (K) and dst_offset[s] + page_size * row (V) of one layer's budget cache.
-void append_kv(const float* k, const float* v, int32_t n_seq, const KvGeometry& g, const int64_t* dst_offset,
-               void* layer_cache, void* stream);
+/// A decode step's RoPE, append and query store in one launch: rotates q ([n_seq][n_head][head_dim])
+/// and k ([n_seq][row]) in place as `rope` does, writes the rotated k and v (rounded to the element type), and
+/// copies the rotated q to q_dst[s] (the query ring; nullptr: no copy). K and V land at element
+/// dst_offset[s] (K) and dst_offset[s] + page_size * row (V) of one layer's budget cache; the
+/// rotation is rope's, bit for bit.
+struct RopeAppendArgs {
+    float* q = nullptr;
+    float* k = nullptr;
+    const float* v = nullptr;
+    int32_t n_seq = 0;
+    const int32_t* positions = nullptr;  // [n_seq]
+    const float* inv_freq = nullptr;     // [head_dim / 2]
+    bool neox = false;
+    const int64_t* dst_offset = nullptr;  // [n_seq]: where row s's K goes
+    void* layer_cache = nullptr;
+    float* const* q_dst = nullptr;        // [n_seq] or nullptr
+};
+void rope_append(const RopeAppendArgs& a, const KvGeometry& g, void* stream);
 
 /// Rounds x ([n] fp32) to bf16; with `rounded`, also writes the rounded values back as fp32.
 void round_bf16(const float* x, int64_t n, uint16_t* out, void* stream, float* rounded = nullptr);
@@ -89,9 +103,6 @@ struct FlagArgs {
     int32_t n_seq = 0;
 };
 void correction_flags(const FlagArgs& a, const KvGeometry& g, void* stream);
-
-/// Copies q ([n_seq][n_head][head_dim]) to the per-sequence destinations dst[s] (the query ring).
-void store_queries(const float* q, float* const* dst, int32_t n_seq, const KvGeometry& g, void* stream);
 
 /// Attention-mass recall of one layer (design doc 6.1): for each sparse sequence s (list[s] =
 /// batch index, n_tokens[s]) and query head, the share of full attention's softmax mass on pages
