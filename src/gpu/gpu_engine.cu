@@ -178,7 +178,7 @@ int64_t GpuEngine::device_bytes() const {
     const Impl& m = *impl_;
     int64_t total = m.cache.bytes() + m.summaries.bytes() + m.page_of_slot.bytes() + m.slot_of_page.bytes() + m.qring.bytes() +
                     m.device_store.bytes() + m.jobs.bytes() + m.scores_main.bytes() + m.scores_side.bytes() + m.q_side.bytes();
-    for (auto* a : {&m.x, &m.h, &m.qkv_rows, &m.attn, &m.proj, &m.gate, &m.up, &m.logits, &m.partial}) total += a->bytes();
+    for (auto* a : {&m.x, &m.h, &m.qkv_rows, &m.attn, &m.proj, &m.gate_up_rows, &m.logits, &m.partial}) total += a->bytes();
     return total + m.scratch_bf16.bytes() + m.hist_k.bytes() + m.hist_v.bytes() + m.staging.bytes() + m.bg_staging.bytes() +
            m.stage.k.bytes() + m.stage.v.bytes();
 }

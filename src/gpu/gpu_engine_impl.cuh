@@ -65,7 +65,7 @@ int gemm_sms_beside_install(const GpuTuning& t, int64_t n_head_kv);
 struct DeviceWeight {
     DeviceArray<uint16_t> bf16;
     DeviceArray<float> f32;
-    const uint16_t* part_of = nullptr;        // bf16 rows inside another weight's buffer (the fused q/k/v), not owned
+    const uint16_t* part_of = nullptr;        // bf16 rows inside another weight's buffer (fused q/k/v, gate/up), not owned
     const cuda::GemvChoices* gemv = nullptr;  // bf16 matrices: the measured decode GEMV of their shape
     bool empty() const { return part_of == nullptr && bf16.size() == 0 && f32.size() == 0; }
     cuda::WeightRef ref() const {
@@ -78,10 +78,11 @@ void upload_weight(const WeightView& w, bool as_f32, DeviceWeight& out, int64_t&
 
 struct GpuWeights::Impl {
     // bf16 engines keep q, k and v (and their biases) as consecutive rows of one matrix, wqkv
-    // (bqkv): one decode GEMV computes a row's [q | k | v]; wq, wk and wv are parts of it. f32
-    // engines upload them separately (wqkv empty).
+    // (bqkv): one decode GEMV computes a row's [q | k | v]; wq, wk and wv are parts of it. Likewise
+    // gate and up in w_gate_up: one GEMV computes a row's [gate | up]. f32 engines upload them
+    // separately (wqkv, w_gate_up empty).
     struct Layer {
-        DeviceWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down, wqkv, bqkv;
+        DeviceWeight attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down, wqkv, bqkv, w_gate_up;
     };
     std::vector<std::unique_ptr<Layer>> layers;
     DeviceWeight token_embd, output_norm, output;
@@ -140,14 +141,17 @@ struct GpuEngine::Impl {
     DeviceArray<int32_t> mass_seq, mass_tokens;
 
     // activations; q, k and v are consecutive parts of qkv_rows ([n][q_dim], then [n][row] twice), so that
-    // for one row they are the [q | k | v] row of the fused projection (ensure_activations sets them).
+    // for one row they are the [q | k | v] row of the fused projection (ensure_activations sets them);
+    // gate and up likewise of gate_up_rows.
     struct ActivationPart {
         float* p = nullptr;
         float* get() const { return p; }
     };
     DeviceArray<float> qkv_rows;
     ActivationPart q, k, v;
-    DeviceArray<float> x, h, attn, proj, gate, up, logits, partial, last_q;
+    DeviceArray<float> gate_up_rows;  // gate ([n][n_ff]) then up: one row's [gate | up] is the fused product's row
+    ActivationPart gate, up;
+    DeviceArray<float> x, h, attn, proj, logits, partial, last_q;
     DeviceArray<uint16_t> scratch_bf16;  // GEMM inputs rounded to bf16 (bf16 weights only)
     DeviceArray<uint8_t> hist_k, hist_v;  // a prefill's K/V as stored
     DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores

@@ -14,7 +14,9 @@ void GpuEngine::Impl::ensure_activations(int64_t n) {
     q.p = qkv_rows.get();
     k.p = q.p + n * q_dim;
     v.p = k.p + n * row();
-    for (auto* a : {&gate, &up}) a->resize(n * c.n_ff);
+    gate_up_rows.resize(n * 2 * c.n_ff);
+    gate.p = gate_up_rows.get();
+    up.p = gate.p + n * c.n_ff;
     scratch_bf16.resize(n * std::max({c.n_embd, q_dim, c.n_ff}));
 }
 
@@ -67,9 +69,14 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
     FREEKV_CHECK(!attn_in_scratch, "the attention output is in bf16 only on the bf16 GEMM path");
     cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, x.get(), {}, scratch_bf16.get(), main, true);  // x += o
     cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);
-    cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
-    if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
-    cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main);
+    if (n == 1 && !lw.w_gate_up.empty()) {  // one row: gate and up are the fused product's row
+        cuda::matmul(h.get(), n, lw.w_gate_up.ref(), 2 * c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
+        if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
+    } else {
+        cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
+        if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
+        cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main);
+    }
     cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main);
     cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, true);  // x += down
 }

@@ -82,8 +82,12 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtyp
         }
         upload_weight(lw.wo, f32, l->wo, bytes_);
         upload_weight(lw.ffn_norm, f32, l->ffn_norm, bytes_);
-        upload_weight(lw.w_gate, f32, l->w_gate, bytes_);
-        upload_weight(lw.w_up, f32, l->w_up, bytes_);
+        if (f32) {
+            upload_weight(lw.w_gate, f32, l->w_gate, bytes_);
+            upload_weight(lw.w_up, f32, l->w_up, bytes_);
+        } else {
+            upload_fused_bf16({{&lw.w_gate, &l->w_gate}, {&lw.w_up, &l->w_up}}, l->w_gate_up, bytes_);
+        }
         upload_weight(lw.w_down, f32, l->w_down, bytes_);
         m.layers.push_back(std::move(l));
     }
@@ -108,6 +112,7 @@ void GpuWeights::measure_gemvs(const LlamaWeights& w) {
         const LlamaLayerWeights& lw = w.layers[il];
         Impl::Layer& l = *m.layers[il];
         add(l.wqkv, q_dim + 2 * kv_dim, c.n_embd);
+        add(l.w_gate_up, 2 * c.n_ff, c.n_embd);
         add(l.wq, lw.wq.rows(), lw.wq.cols()), add(l.wk, lw.wk.rows(), lw.wk.cols()), add(l.wv, lw.wv.rows(), lw.wv.cols());
         add(l.wo, lw.wo.rows(), lw.wo.cols());
         add(l.w_gate, lw.w_gate.rows(), lw.w_gate.cols()), add(l.w_up, lw.w_up.rows(), lw.w_up.cols());
