@@ -80,6 +80,10 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
     const char* group = "GPU tuning (measured defaults)";
     cmd.add_option("--attn-min-split-tokens", t.attn_min_split_tokens, "GPU decode attention: least tokens per split-K block (32)")
         ->group(group)->check(CLI::Range(16, 4096));
+    cmd.add_flag_callback("--attn-staged", [&t] { t.attn_staged = true; },
+                          "GPU decode attention with bf16 KV: stage each warp's K/V tiles in shared memory by cp.async "
+                          "(default: each tile's loads held in registers)")
+        ->group(group);
     cmd.add_option("--sync-gather-ctas", t.sync_gather_ctas, "GPU: thread blocks of the critical-path recall gather (32)")
         ->group(group)->check(CLI::Range(1, 528));
     cmd.add_option("--bg-gather-ctas", t.bg_gather_ctas, "GPU: thread blocks of FreeKV's background recall gather (12)")

@@ -312,6 +312,183 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_bf16_kernel(Pages
     merge_warps<G>(a, m, l, acc, smem, seq, ikv, group, HD);
 }
 
+// The staged bf16 kernel (PagesAttentionArgs::staged): each warp takes tiles of 16 tokens and copies
+// the next tile's K and V rows into its own shared-memory stage with cp.async (16 lanes per 256-byte
+// row: every fetched byte used, no registers held by loads in flight) while it computes the current
+// one. Two lanes score a token (half of its K row each, one shuffle); the block's page ids come to
+// shared memory first when they fit. Same softmax and merge as the kernels above.
+constexpr int kStTile = 16;        // tokens per warp tile
+constexpr int kStPages = 512;      // page ids held in shared memory (beyond: read from the list)
+template <int G, int HD>
+struct StagedLayout {  // dynamic shared memory, in bytes from its start
+    static constexpr int kRowK = HD + 8;  // K rows padded by 16 bytes: the two lanes of a token and the 8 lanes of a phase hit distinct banks
+    static constexpr int kStageBytes = kStTile * (kRowK + HD) * 2;
+    static constexpr int q = 0;                                   // [G][HD] fp32
+    static constexpr int p = q + G * HD * 4;                      // [kWarps][G][kStTile] fp32
+    static constexpr int pages = p + kWarps * G * kStTile * 4;    // [kStPages] int32
+    static constexpr int stages = pages + kStPages * 4;           // [kWarps][2] x (K [kStTile][kRowK], V [kStTile][HD]) bf16
+    static constexpr int bytes = stages + kWarps * 2 * kStageBytes;
+    static_assert(bytes >= kWarps * G * 128 * 4, "the merge reuses the same memory");
+};
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool copy) {
+    const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int n = copy ? 16 : 0;  // 0: the 16 bytes are zero-filled
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <int G, int HD>
+__global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(PagesAttentionArgs a) {
+    using L = StagedLayout<G, HD>;
+    constexpr int kDims = HD / 32, kRowChunks = HD / 8, kCopies = kStTile * kRowChunks / 32;
+    extern __shared__ __align__(16) unsigned char st_smem[];
+    float* q_shared = reinterpret_cast<float*>(st_smem + L::q);
+    auto p_shared = reinterpret_cast<float(*)[G][kStTile]>(st_smem + L::p);
+    int32_t* pages_shared = reinterpret_cast<int32_t*>(st_smem + L::pages);
+    const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    uint16_t* stage_base = reinterpret_cast<uint16_t*>(st_smem + L::stages + warp * 2 * L::kStageBytes);
+    auto k_stage = [&](int st) { return stage_base + st * (L::kStageBytes / 2); };
+    auto v_stage = [&](int st) { return stage_base + st * (L::kStageBytes / 2) + kStTile * L::kRowK; };
+    const int group = a.n_head / a.n_head_kv;
+    const float scale = rsqrtf(static_cast<float>(HD));
+    const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * HD;
+    for (int i = threadIdx.x; i < group * HD; i += blockDim.x) q_shared[i] = q[i];
+    const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
+    const int n_tokens = (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
+    const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
+    const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
+    // The block's page ids: from shared memory when they fit, else straight from the list.
+    const int first_page = j_begin / a.page_size;
+    const int n_block_pages = j_end > j_begin ? (j_end - 1) / a.page_size - first_page + 1 : 0;
+    const bool ids_shared = n_block_pages <= kStPages;
+    if (ids_shared)
+        for (int i = threadIdx.x; i < n_block_pages; i += blockDim.x) pages_shared[i] = pages[first_page + i];
+    const int32_t* ids = ids_shared ? pages_shared - first_page : pages;
+    __syncthreads();
+    const uint16_t* k_head = static_cast<const uint16_t*>(a.k) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
+    const uint16_t* v_head = static_cast<const uint16_t*>(a.v) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
+    // Copies the tile at t0 into stage st: lane r < kStTile finds token t0 + r's row; the rows go
+    // over the lanes 16 bytes each, row by row; tokens past the range are zero-filled.
+    auto issue = [&](int t0, int st) {
+        const int nv = min(kStTile, j_end - t0);
+        int64_t my_row = 0;
+        if (lane < nv) {
+            const int j = t0 + lane;
+            my_row = static_cast<int64_t>(ids[j / a.page_size]) * a.stride_page + (j % a.page_size) * a.stride_tok;
+        }
+        uint16_t* ks = k_stage(st);
+        uint16_t* vs = v_stage(st);
+#pragma unroll
+        for (int i = 0; i < kCopies; ++i) {
+            const int ci = i * 32 + lane, r = ci / kRowChunks, cc = ci % kRowChunks;
+            const int64_t row = __shfl_sync(0xffffffffu, my_row, r);
+            cp_async16(ks + r * L::kRowK + cc * 8, k_head + row + cc * 8, r < nv);
+            cp_async16(vs + r * HD + cc * 8, v_head + row + cc * 8, r < nv);
+        }
+        cp_async_commit();
+    };
+    float m[G], l[G], acc[G][kMaxDimsPerLane];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
+    }
+    const int t_first = j_begin + warp * kStTile, t_step = kWarps * kStTile;
+    if (t_first < j_end) issue(t_first, 0);
+    const int tok = lane % kStTile, half = lane / kStTile;  // scoring: token tok, dims [half * HD / 2, +HD / 2)
+    int st = 0;
+    for (int t0 = t_first; t0 < j_end; t0 += t_step, st ^= 1) {
+        if (t0 + t_step < j_end) issue(t0 + t_step, st ^ 1);
+        else cp_async_commit();  // an empty group, so that "all but the newest" is this tile
+        cp_async_wait<1>();
+        __syncwarp();  // every lane's copies of this tile are visible to the warp
+        const bool valid = t0 + tok < j_end;
+        float s[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) s[g] = 0.0f;
+        const uint16_t* krow = k_stage(st) + tok * L::kRowK + half * (HD / 2);
+#pragma unroll
+        for (int c = 0; c < HD / 16; ++c) {
+            const uint4 w = *reinterpret_cast<const uint4*>(krow + c * 8);
+            const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+            float kv[8];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                kv[2 * i] = __uint_as_float(u[i] << 16);
+                kv[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                if (g >= group) break;
+                const float* qg = q_shared + g * HD + half * (HD / 2) + c * 8;
+                const float4 qa = *reinterpret_cast<const float4*>(qg), qb = *reinterpret_cast<const float4*>(qg + 4);
+                s[g] += qa.x * kv[0] + qa.y * kv[1] + qa.z * kv[2] + qa.w * kv[3] + qb.x * kv[4] + qb.y * kv[5] + qb.z * kv[6] +
+                        qb.w * kv[7];
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            if (g >= group) break;
+            s[g] += __shfl_xor_sync(0xffffffffu, s[g], kStTile);  // the token's two halves
+            const float sg = valid ? s[g] * scale : -INFINITY;
+            float mx = sg;
+            for (int o = kStTile / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float m_new = fmaxf(m[g], mx);  // finite: the tile's first token is valid
+            const float correction = expf(m[g] - m_new);
+            const float p = valid ? expf(sg - m_new) : 0.0f;
+            l[g] = l[g] * correction + (half == 0 ? p : 0.0f);  // each token counted once
+#pragma unroll
+            for (int d = 0; d < kDims; ++d) acc[g][d] *= correction;
+            m[g] = m_new;
+            if (half == 0) p_shared[warp][g][tok] = p;
+        }
+        __syncwarp();
+        const uint16_t* vs = v_stage(st) + lane * kDims;
+#pragma unroll
+        for (int t = 0; t < kStTile; ++t) {
+            float vr[4];
+            if constexpr (kDims == 4) {
+                const uint2 w = *reinterpret_cast<const uint2*>(vs + t * HD);
+                vr[0] = __uint_as_float(w.x << 16), vr[1] = __uint_as_float(w.x & 0xffff0000u);
+                vr[2] = __uint_as_float(w.y << 16), vr[3] = __uint_as_float(w.y & 0xffff0000u);
+            } else {
+                const uint32_t w = *reinterpret_cast<const uint32_t*>(vs + t * HD);
+                vr[0] = __uint_as_float(w << 16), vr[1] = __uint_as_float(w & 0xffff0000u);
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                if (g >= group) break;
+                const float p = p_shared[warp][g][t];  // 0 past the range (and its V row is zero-filled)
+#pragma unroll
+                for (int d = 0; d < kDims; ++d) acc[g][d] += p * vr[d];
+            }
+        }
+        __syncwarp();  // every lane is done with this stage and p_shared before they are written again
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+        for (int o = 16; o > 0; o >>= 1) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+    __syncthreads();  // every warp is done with its stages
+    merge_warps<G>(a, m, l, acc, reinterpret_cast<float*>(st_smem), seq, ikv, group, HD);
+}
+
+template <int G, int HD>
+void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
+    constexpr int bytes = StagedLayout<G, HD>::bytes;
+    static const bool configured = [] {
+        FREEKV_CUDA_CHECK(cudaFuncSetAttribute(attention_pages_staged_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        return true;
+    }();
+    (void)configured;
+    attention_pages_staged_kernel<G, HD><<<grid, kWarps * 32, bytes, s>>>(a);
+}
+
 // Merges the n_split partial states of each (sequence, query head) into the output. One block per
 // (KV head, sequence, group member): its first warp computes the split weights exp(m_z - m) / l
 // with the lanes over the splits (independent loads, shuffle reductions), then every thread sums
@@ -369,6 +546,13 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
     if (a.elem_bytes == 2 && (a.head_dim == 64 || a.head_dim == 128) && group <= 8) {
         const auto launch = [&](auto hd_tag) {
             constexpr int HD = decltype(hd_tag)::value;
+            if (a.staged) {
+                if (group == 1) launch_staged<1, HD>(a, grid, s);
+                else if (group == 2) launch_staged<2, HD>(a, grid, s);
+                else if (group <= 4) launch_staged<4, HD>(a, grid, s);
+                else launch_staged<8, HD>(a, grid, s);
+                return;
+            }
             if (group == 1) attention_pages_bf16_kernel<1, HD><<<grid, kWarps * 32, 0, s>>>(a);
             else if (group == 2) attention_pages_bf16_kernel<2, HD><<<grid, kWarps * 32, 0, s>>>(a);
             else if (group <= 4) attention_pages_bf16_kernel<4, HD><<<grid, kWarps * 32, 0, s>>>(a);
