@@ -25,6 +25,7 @@
 #include "backend/cuda/ops_cuda.cuh"
 #include "bench_args.h"
 #include "bench_cuda_check.h"
+#include "bench_hbm.cuh"
 #include "core/dtype.h"
 
 namespace {
@@ -109,17 +110,6 @@ void candidate(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, f
     else launch_candidate<8, RPW, C>(x, m, w, n, k, y, part, splits, s);
 }
 
-// ---------------------------------------------------------------- the bandwidth ceiling
-
-__global__ void read_stream(const uint4* __restrict__ p, int64_t n, unsigned* __restrict__ sink) {
-    unsigned acc = 0;
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<int64_t>(blockDim.x)) {
-        const uint4 v = __ldg(p + i);
-        acc ^= v.x ^ v.y ^ v.z ^ v.w;
-    }
-    if (acc == 0x9e3779b9u) sink[0] = acc;  // keeps the loads; practically never stores
-}
-
 template <class F>
 double time_ms(F&& f, int reps) {
     cudaEvent_t a, b;
@@ -152,16 +142,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     CHECK(cudaGetDeviceProperties(&prop, 0));
 
-    // Ceiling: a read of 2 GiB, 16 bytes per load, grid-stride over 8 blocks per SM.
-    const int64_t stream_bytes = int64_t{2} << 30;
-    uint4* big = nullptr;
-    unsigned* sink = nullptr;
-    CHECK(cudaMalloc(&big, stream_bytes));
-    CHECK(cudaMalloc(&sink, 4));
-    CHECK(cudaMemset(big, 1, stream_bytes));
-    const double ms_stream = time_ms([&] { read_stream<<<sms * 8, 512>>>(big, stream_bytes / 16, sink); }, 10);
-    const double bw = static_cast<double>(stream_bytes) / ms_stream * 1e-6;  // GB/s
-    CHECK(cudaFree(big));
+    const double bw = measure_hbm_read_gbps();  // GB/s
     std::printf("device: %s, %d SMs, L2 %d MB; measured HBM read %.0f GB/s (2 GiB streamed)\n\n", prop.name, sms,
                 prop.l2CacheSize >> 20, bw);
     std::printf("| matrix | n x k | batch | kernel | us | GB/s | of measured |\n|---|---|---|---|---|---|---|\n");

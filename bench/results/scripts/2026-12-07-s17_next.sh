@@ -2,7 +2,8 @@
 # session-17 script for the next session's first device call (issue 16): the staged bf16 decode attention (cp.async
 # K/V tiles in shared memory, --attn-staged), written and built in session 17 but not run. Op tests (both bf16
 # kernels, the long-list fallback) with memcheck and racecheck; decode at 32K b1/b4, budget-only and full, registers
-# vs staged, split floors 32 and 128; ncu of the staged kernel at full b1. Carry .devpack/bins.tar.xz.
+# vs staged, split floors 32 and 128 (bench_decode_attention first: the kernels alone, validated, against the
+# measured HBM rate); ncu of the staged kernel at full b1. Carry .devpack/bins.tar.xz.
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B
 export LD_LIBRARY_PATH=$B:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current --format=csv,noheader | tee $OUT/machine.txt
@@ -11,7 +12,7 @@ SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 
 for tool in memcheck racecheck; do
   timeout 150 $SAN --tool $tool --error-exitcode 3 $B/test_cuda_ops --gtest_filter='*DecodeAttentionStaged*' > $OUT/san-$tool.log 2>&1; echo "$tool rc $?"; tail -1 $OUT/san-$tool.log
 done
-timeout 60 $B/bench_decode_gemv 1 3 2>&1 | grep -m1 "measured HBM"
+timeout 150 $B/bench_decode_attention 2048,32768 1,4 20 > $OUT/attn.md 2>&1; echo "bench_decode_attention rc $?"; cat $OUT/attn.md
 S="--shape llama-3.1-8b -d 32768 -n 64 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda -b 1,4 --kv-mode budget-only,full"
 for v in "128" "128 --attn-staged" "32 --attn-staged"; do
   f=$OUT/decode-$(echo $v | tr -d ' -').md
