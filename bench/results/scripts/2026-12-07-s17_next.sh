@@ -25,3 +25,10 @@ timeout 150 $NCU --clock-control none -k regex:attention_pages_staged --launch-s
   $B/freekv bench --shape llama-3.1-8b -d 32768 -n 4 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda -b 1 \
   --kv-mode full --attn-staged --breakdown-steps 0 > $OUT/ncu.txt 2>&1; echo "ncu rc $?"
 grep -E "Duration|DRAM Throughput|Achieved Occupancy|Warp Cycles Per Issued|excessive" $OUT/ncu.txt | cut -c1-160 | head
+# issue 14 where the card is an H200: the 32K prefill against the HF peer in the same call
+if grep -q H200 $OUT/machine.txt; then
+  P="--shape llama-3.1-8b -d 32768 -b 1 -n 4 -r 3 --breakdown-steps 0 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --kv-mode budget-only --kv-fill prefill --device cuda -o json --prefill-install-ctas 2"
+  timeout 80 $B/freekv bench $P > $OUT/prefill.jsonl 2> $OUT/prefill.log; echo "prefill rc $?"
+  grep -oE '"prefill_tokens_per_s":[0-9.]*' $OUT/prefill.jsonl
+  timeout 100 python3 scripts/hf_prefill_peer.py --lengths 32768 --reps 3 > $OUT/hf.jsonl 2> $OUT/hf.log; echo "hf rc $?"; cat $OUT/hf.jsonl
+fi
