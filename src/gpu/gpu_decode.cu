@@ -228,6 +228,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         att.n_pages = att_n_pages.get();
         att.last_len = att_last_len.get();
         att.out = attn.get();
+        att.out_bf16 = gemv_input_bf16();
         att.n_seq = static_cast<int32_t>(n);
         att.n_head = g.n_head;
         att.n_head_kv = g.n_head_kv;
@@ -274,7 +275,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             if (!dma) FREEKV_CUDA_CHECK(cudaEventRecord(bg_done[sz(il)], side));  // dma: the worker records it
             bg_pending[sz(il)] = true;
         }
-        mlp_and_attention_out(il, n);
+        mlp_and_attention_out(il, n, false, -1, true);
     }
     output_logits(out_rows, out);
     host_issue_ms += std::chrono::duration<double, std::milli>(issued_at - step_start).count();

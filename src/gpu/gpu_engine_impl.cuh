@@ -244,7 +244,12 @@ struct GpuEngine::Impl {
     // it there; only where bf16_gemm_rows(n)), not fp32 in attn. gemm_sms_after_gate >= 0: cuBLAS's
     // SM target from the up projection on (a prefill lowers it for the products that run beside an
     // install); -1 leaves it as it is.
-    void mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch = false, int gemm_sms_after_gate = -1);
+    // attn_bf16_too: besides the fp32 output in attn, scratch_bf16 holds its bf16 (the decode attention wrote both).
+    void mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch = false, int gemm_sms_after_gate = -1,
+                               bool attn_bf16_too = false);
+    // Where a decode-sized forward's activations also go in bf16 beside their fp32 (scratch_bf16), for
+    // a GEMV through cuBLAS; nullptr for f32 engines, whose products take fp32 inputs.
+    uint16_t* gemv_input_bf16() const;
     // rope false: the caller rotates q and k (decode does it with the append, cuda::rope_append).
     void qkv(int64_t il, int64_t n, bool rope = true);
     // beside: the page install runs on `side` (see prefill_installed); otherwise all on main.

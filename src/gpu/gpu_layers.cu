@@ -36,14 +36,18 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n, bool rope) {
         cuda::gemm_bf16(hb, n, bf16_of(lw.wq.ref()), q_dim, c.n_embd, q.get(), bf16_of(lw.bq.ref()), false, main);
         cuda::gemm_bf16(hb, n, bf16_of(lw.wk.ref()), row(), c.n_embd, k.get(), bf16_of(lw.bk.ref()), false, main);
         cuda::gemm_bf16(hb, n, bf16_of(lw.wv.ref()), row(), c.n_embd, v.get(), bf16_of(lw.bv.ref()), false, main);
-    } else if (n == 1 && !lw.wqkv.empty()) {  // one row: q, k and v are the fused product's row
-        cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
-        cuda::matmul(h.get(), n, lw.wqkv.ref(), q_dim + 2 * row(), c.n_embd, q.get(), lw.bqkv.ref(), scratch_bf16.get(), main);
     } else {
-        cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main);
-        cuda::matmul(h.get(), n, lw.wq.ref(), q_dim, c.n_embd, q.get(), lw.bq.ref(), scratch_bf16.get(), main);
-        cuda::matmul(h.get(), n, lw.wk.ref(), row(), c.n_embd, k.get(), lw.bk.ref(), scratch_bf16.get(), main);
-        cuda::matmul(h.get(), n, lw.wv.ref(), row(), c.n_embd, v.get(), lw.bv.ref(), scratch_bf16.get(), main);
+        uint16_t* hb = gemv_input_bf16();
+        const bool ready = hb != nullptr;
+        cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
+        if (n == 1 && !lw.wqkv.empty()) {  // one row: q, k and v are the fused product's row
+            cuda::matmul(h.get(), n, lw.wqkv.ref(), q_dim + 2 * row(), c.n_embd, q.get(), lw.bqkv.ref(), scratch_bf16.get(), main,
+                         false, ready);
+        } else {
+            cuda::matmul(h.get(), n, lw.wq.ref(), q_dim, c.n_embd, q.get(), lw.bq.ref(), scratch_bf16.get(), main, false, ready);
+            cuda::matmul(h.get(), n, lw.wk.ref(), row(), c.n_embd, k.get(), lw.bk.ref(), scratch_bf16.get(), main, false, ready);
+            cuda::matmul(h.get(), n, lw.wv.ref(), row(), c.n_embd, v.get(), lw.bv.ref(), scratch_bf16.get(), main, false, ready);
+        }
     }
     if (!rope) return;
     const bool neox = c.rope_style == RopeStyle::kNeox;
@@ -51,7 +55,10 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n, bool rope) {
     cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
 }
 
-void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch, int gemm_sms_after_gate) {
+uint16_t* GpuEngine::Impl::gemv_input_bf16() const { return w().layers[0]->wq.ref().f32 ? nullptr : scratch_bf16.get(); }
+
+void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch, int gemm_sms_after_gate,
+                                            bool attn_bf16_too) {
     const auto& lw = *w().layers[sz(il)];
     const int64_t q_dim = c.n_head * c.head_dim;
     if (bf16_gemm_rows(n)) {
@@ -67,18 +74,23 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
         return;
     }
     FREEKV_CHECK(!attn_in_scratch, "the attention output is in bf16 only on the bf16 GEMM path");
-    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, x.get(), {}, scratch_bf16.get(), main, true);  // x += o
-    cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main);
+    // The GEMVs read the fp32 activations; their bf16 copies in scratch_bf16 (written beside them
+    // by the kernel that made them) spare a conversion kernel where cuBLAS was chosen.
+    uint16_t* hb = gemv_input_bf16();
+    const bool ready = hb != nullptr;
+    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, x.get(), {}, scratch_bf16.get(), main, true,
+                 attn_bf16_too && ready);  // x += o
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
     if (n == 1 && !lw.w_gate_up.empty()) {  // one row: gate and up are the fused product's row
-        cuda::matmul(h.get(), n, lw.w_gate_up.ref(), 2 * c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
+        cuda::matmul(h.get(), n, lw.w_gate_up.ref(), 2 * c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main, false, ready);
         if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
     } else {
-        cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main);
+        cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main, false, ready);
         if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
-        cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main);
+        cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main, false, ready);
     }
-    cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main);
-    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, true);  // x += down
+    cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main, hb);
+    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, true, ready);  // x += down
 }
 
 void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vector<float>& out) {
@@ -94,10 +106,12 @@ void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vect
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(proj.get() + i * c.n_embd, x.get() + out_rows[sz(i)] * c.n_embd,
                                           sz(c.n_embd) * 4, cudaMemcpyDeviceToDevice, main));
     h.resize(n_out * c.n_embd);
-    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.ref(), c.rms_norm_eps, h.get(), main);
     logits.resize(n_out * c.n_vocab);
     scratch_bf16.resize(n_out * c.n_embd);
-    cuda::matmul(h.get(), n_out, w().output.ref(), c.n_vocab, c.n_embd, logits.get(), {}, scratch_bf16.get(), main);
+    uint16_t* hb = gemv_input_bf16();
+    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
+    cuda::matmul(h.get(), n_out, w().output.ref(), c.n_vocab, c.n_embd, logits.get(), {}, scratch_bf16.get(), main, false,
+                 hb != nullptr);
     if (top_k > 0) {
         const int64_t scratch = cuda::top_k_scratch_elems(static_cast<int32_t>(n_out), c.n_vocab, top_k);
         top_scratch_values.resize(scratch);

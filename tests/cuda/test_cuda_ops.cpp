@@ -97,6 +97,15 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
         std::vector<float> want(x.size());
         ref::rms_norm(x.data(), rows, n, WeightView{"w", DType::kBF16, {n}, w.data()}, 1e-5f, want.data());
         EXPECT_LE(test::nmse(to_host(dy, x.size()), want), kNmse) << "rms_norm width " << n;
+        // With y_bf16: the same y, and bf16(y) beside it exactly as to_bf16 rounds it.
+        uint16_t* dyb = to_device(std::vector<uint16_t>(x.size(), 0xffff));
+        uint16_t* dconv = to_device(std::vector<uint16_t>(x.size(), 0));
+        const auto y_alone = to_host(dy, x.size());
+        cuda::rms_norm(dx, rows, n, cuda::WeightRef{dw, false}, 1e-5f, dy, nullptr, dyb);
+        EXPECT_EQ(to_host(dy, x.size()), y_alone) << "rms_norm with y_bf16, width " << n;
+        cuda::to_bf16(dy, static_cast<int64_t>(x.size()), dconv, nullptr);
+        EXPECT_EQ(to_host(dyb, x.size()), to_host(dconv, x.size())) << "rms_norm's y_bf16, width " << n;
+        cudaFree(dyb), cudaFree(dconv);
         // fp32 weights (--gpu-dtype f32): unrounded values, the same reference
         const auto w32 = randn(static_cast<size_t>(n), rng);
         float* dw32 = to_device(w32);
@@ -124,9 +133,19 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
     const auto u = randn(g.size(), rng);
     float* dg = to_device(g);
     float* du = to_device(u);
+    float* dg2 = to_device(g);
     cuda::silu_mul(dg, du, static_cast<int64_t>(g.size()), nullptr);
     ref::silu_mul(g.data(), u.data(), static_cast<int64_t>(g.size()));
     EXPECT_LE(test::nmse(to_host(dg, g.size()), g), kNmse);
+    {  // with out_bf16: the same result, and its bf16 as to_bf16 rounds it
+        uint16_t* gb = to_device(std::vector<uint16_t>(g.size(), 0xffff));
+        uint16_t* conv = to_device(std::vector<uint16_t>(g.size(), 0));
+        cuda::silu_mul(dg2, du, static_cast<int64_t>(g.size()), nullptr, gb);
+        EXPECT_EQ(to_host(dg2, g.size()), to_host(dg, g.size())) << "silu_mul with out_bf16";
+        cuda::to_bf16(dg2, static_cast<int64_t>(g.size()), conv, nullptr);
+        EXPECT_EQ(to_host(gb, g.size()), to_host(conv, g.size())) << "silu_mul's out_bf16";
+        cudaFree(gb), cudaFree(conv), cudaFree(dg2);
+    }
     // embedding
     const auto table = to_bf16(randn(1000 * 200, rng));
     const std::vector<int32_t> ids{999, 0, 17, 17, 512};
@@ -266,8 +285,15 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                 ASSERT_EQ(cudaMalloc(&partial, static_cast<size_t>(a.partial_floats()) * 4), cudaSuccess);
             }
             a.partial = partial;
+            uint16_t* out_b = to_device(std::vector<uint16_t>(q.size(), 0xffff));
+            a.out_bf16 = out_b;  // beside out: its bf16, as to_bf16 would round it
             cuda::attention_pages(a, nullptr);
             const auto got = to_host(a.out, q.size());
+            uint16_t* conv = to_device(std::vector<uint16_t>(q.size(), 0));
+            cuda::to_bf16(a.out, static_cast<int64_t>(q.size()), conv, nullptr);
+            EXPECT_EQ(to_host(out_b, q.size()), to_host(conv, q.size())) << "out_bf16, split " << split;
+            a.out_bf16 = nullptr;
+            cudaFree(out_b), cudaFree(conv);
             cudaFree(partial);
             for (int s = 0; s < n_seq; ++s) {
                 PagedKvView view{k32.data() + s * stride_seq, v32.data() + s * stride_seq,
@@ -676,7 +702,21 @@ TEST_F(CudaOps, MeasuredGemvChoiceComputesTheReference) {
         const WeightView wv{"w", DType::kBF16, {n, k}, hw[1].data()}, bv{"b", DType::kBF16, {n}, bias.data()};
         ref::matmul(xr.data(), m, wv, want.data(), &bv);
         EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse) << m << " rows by " << cuda::gemv_kernel_name(choices.kernel[i]);
-        cudaFree(dx), cudaFree(dy);
+        // x_bf16_ready: the scratch already holds bf16(x) (as the decode step's norm, SiLU-mul and
+        // attention write it): the same products, bit for bit, whichever kernel was chosen ...
+        float* dy2 = poisoned(static_cast<size_t>(m * n));
+        cuda::to_bf16(dx, m * k, scratch, nullptr);
+        cuda::matmul(dx, m, cuda::WeightRef{dws[1], false, &choices}, n, k, dy2, cuda::WeightRef{db, false}, scratch, nullptr, false,
+                     true);
+        EXPECT_EQ(to_host(dy2, want.size()), to_host(dy, want.size())) << m << " rows, x_bf16 ready";
+        // ... and cuBLAS then reads the scratch as it is (zeros in, the bias out).
+        ASSERT_EQ(cudaMemset(scratch, 0, sizeof(uint16_t) * static_cast<size_t>(m * k)), cudaSuccess);
+        cuda::gemv_run(cuda::GemvKernel::kCublas, dx, m, dws[1], n, k, dy2, db, scratch, nullptr, false, true);
+        const auto only_bias = to_host(dy2, want.size());
+        int64_t not_bias = 0;
+        for (int64_t r = 0; r < n; ++r) not_bias += only_bias[static_cast<size_t>(r)] != bf16_to_f32(bias[static_cast<size_t>(r)]) ? 1 : 0;
+        EXPECT_EQ(not_bias, 0) << m << " rows: cuBLAS on a ready (zero) x_bf16";
+        cudaFree(dx), cudaFree(dy), cudaFree(dy2);
     }
     EXPECT_THROW(cuda::matmul_bf16(nullptr, 1, dws[0], n + 1, k, nullptr, nullptr, scratch, nullptr, &choices), Error);
     for (uint16_t* p : dws) cudaFree(p);

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # session-17 script for the next session's first device call (issue 16): the staged bf16 decode attention (cp.async
-# K/V tiles in shared memory, --attn-staged), written and built in session 17 but not run. Op tests (both bf16
+# K/V tiles in shared memory, --attn-staged) and the decode activations written in bf16 beside fp32 (no conversion
+# kernel before a cuBLAS GEMV), written and built in session 17 but not run; engine and needle-model tests first. Op tests (both bf16
 # kernels, the long-list fallback) with memcheck and racecheck; decode at 32K b1/b4, budget-only and full, registers
 # vs staged, split floors 32 and 128 (bench_decode_attention first: the kernels alone, validated, against the
 # measured HBM rate); ncu of the staged kernel at full b1. Carry .devpack/bins.tar.xz.
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B
 export LD_LIBRARY_PATH=$B:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current --format=csv,noheader | tee $OUT/machine.txt
-timeout 100 $B/test_cuda_ops --gtest_filter='*DecodeAttention*' 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which|rror|seq |split" | head -12
+timeout 150 $B/test_cuda_ops --gtest_filter='*DecodeAttention*:*Elementwise*:*Gemv*:*RopeAppend*' 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which|rror|seq |split|rows" | head -12
+{ timeout 60 $B/test_cuda_engine 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which"
+  FREEKV_REF_MODEL=tests/models/freekv-needle-12m timeout 60 $B/test_cuda_model --gtest_filter='*FullMatches*:*FullInF32*:*Dense*:*DeviceTopK*' 2>&1 \
+    | grep -E "FAIL|PASSED|Failure|Expected|Which"; } 2>&1 | tee $OUT/tests.log
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer | head -1)
 for tool in memcheck racecheck; do
   timeout 150 $SAN --tool $tool --error-exitcode 3 $B/test_cuda_ops --gtest_filter='*DecodeAttentionStaged*' > $OUT/san-$tool.log 2>&1; echo "$tool rc $?"; tail -1 $OUT/san-$tool.log

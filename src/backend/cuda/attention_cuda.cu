@@ -79,7 +79,9 @@ __device__ void merge_warps(const PagesAttentionArgs& a, const float (&m)[G], co
             o += acc_shared[w][i] * f;
         }
         if (gridDim.z == 1) {
-            a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group) * hd + i] = o / l_all;
+            const int64_t at = (static_cast<int64_t>(seq) * a.n_head + ikv * group) * hd + i;
+            a.out[at] = o / l_all;
+            if (a.out_bf16 != nullptr) a.out_bf16[at] = float_to_bf16(o / l_all);
         } else {  // partial state of this split: [acc (G x d)][m (G)][l (G)]
             float* part = a.partial + ((static_cast<int64_t>(seq) * a.n_head_kv + ikv) * gridDim.z + blockIdx.z) *
                                           group * (hd + 2);
@@ -523,7 +525,9 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(Page
     float o = 0.0f;
 #pragma unroll 8
     for (int z = 0; z < a.n_split; ++z) o += parts[z * stride + g * a.head_dim + i] * weight[z];
-    a.out[(static_cast<int64_t>(seq) * a.n_head + ikv * group + g) * a.head_dim + i] = o;
+    const int64_t at = (static_cast<int64_t>(seq) * a.n_head + ikv * group + g) * a.head_dim + i;
+    a.out[at] = o;
+    if (a.out_bf16 != nullptr) a.out_bf16[at] = float_to_bf16(o);
 }
 
 }  // namespace

@@ -262,20 +262,20 @@ void to_bf16(const float* x, int64_t n, uint16_t* out, void* stream) {
 }
 
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                 uint16_t* x_bf16, void* stream, const GemvChoices* choices, bool accumulate) {
+                 uint16_t* x_bf16, void* stream, const GemvChoices* choices, bool accumulate, bool x_bf16_ready) {
     FREEKV_CHECK(!accumulate || bias == nullptr, "matmul: a product added into y takes no bias");
     if (choices != nullptr && m >= 1 && m <= choices->measured_rows && k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
         reinterpret_cast<uintptr_t>(w) % 16 == 0) {
         FREEKV_CHECK(choices->n == n && choices->k == k, "matmul_bf16: the GEMV choice of a {} x {} weight given for {} x {}",
                      choices->n, choices->k, n, k);
-        gemv_run(choices->kernel[m - 1], x, m, w, n, k, y, bias, x_bf16, stream, accumulate);
+        gemv_run(choices->kernel[m - 1], x, m, w, n, k, y, bias, x_bf16, stream, accumulate, x_bf16_ready);
         return;
     }
     if (gemv_fits(x, m, w, k)) {  // decode: one pass over w, no conversion kernel, no cuBLAS
         gemv_bf16(x, m, w, n, k, y, bias, accumulate, as_stream(stream));
         return;
     }
-    to_bf16(x, m * k, x_bf16, stream);
+    if (!x_bf16_ready) to_bf16(x, m * k, x_bf16, stream);
     gemm_bf16(x_bf16, m, w, n, k, y, bias, accumulate, stream);
 }
 
@@ -298,10 +298,10 @@ void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, 
 }
 
 void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
-            void* stream, bool accumulate) {
+            void* stream, bool accumulate, bool x_bf16_ready) {
     if (!w.f32) {
         FREEKV_CHECK(bias.p == nullptr || !bias.f32, "matmul: a bf16 weight takes a bf16 bias");
-        matmul_bf16(x, m, static_cast<const uint16_t*>(w.p), n, k, y, static_cast<const uint16_t*>(bias.p), x_bf16, stream, w.gemv, accumulate);
+        matmul_bf16(x, m, static_cast<const uint16_t*>(w.p), n, k, y, static_cast<const uint16_t*>(bias.p), x_bf16, stream, w.gemv, accumulate, x_bf16_ready);
         return;
     }
     FREEKV_CHECK(bias.p == nullptr || bias.f32, "matmul: an fp32 weight takes an fp32 bias");

@@ -35,9 +35,10 @@ __device__ __forceinline__ void store_out4(uint16_t* p, float4 r) {
 }
 
 template <class W, class O>
-__global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps, O* y) {
+__global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps, O* y, uint16_t* y_bf16) {
     const float* row = x + blockIdx.x * n;
     O* out = y + blockIdx.x * n;
+    uint16_t* out_bf16 = y_bf16 != nullptr ? y_bf16 + blockIdx.x * n : nullptr;
     const bool vec = n % 4 == 0;
     float ss = 0.0f;
     if (vec) {
@@ -70,9 +71,14 @@ __global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps
             r.z = wv[2] * (v.z * inv);
             r.w = wv[3] * (v.w * inv);
             store_out4(out + 4 * i, r);
+            if (out_bf16 != nullptr) store_out4(out_bf16 + 4 * i, r);
         }
     } else {
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) store_out(out + i, to_f32(w[i]) * (row[i] * inv));
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            const float r = to_f32(w[i]) * (row[i] * inv);
+            store_out(out + i, r);
+            if (out_bf16 != nullptr) store_out(out_bf16 + i, r);
+        }
     }
 }
 
@@ -94,9 +100,12 @@ __global__ void rope_kernel(float* x, int64_t n_tok, int64_t n_heads, int64_t he
 
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
-__global__ void silu_mul_kernel(float* gate, const float* up, int64_t n) {
+__global__ void silu_mul_kernel(float* gate, const float* up, int64_t n, uint16_t* out_bf16) {
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (i < n) gate[i] = silu_times(gate[i], up[i]);
+    if (i >= n) return;
+    const float r = silu_times(gate[i], up[i]);
+    gate[i] = r;
+    if (out_bf16 != nullptr) store_out(out_bf16 + i, r);
 }
 
 __global__ void silu_mul_bf16_kernel(const float* gate, const float* up, int64_t n, uint16_t* out) {
@@ -121,18 +130,18 @@ __global__ void embedding_kernel(const W* table, const int32_t* ids, int64_t n_e
 }  // namespace
 
 template <class O>
-void rms_norm_to(const float* x, int64_t m, int64_t n, WeightRef w, float eps, O* y, void* stream) {
+void rms_norm_to(const float* x, int64_t m, int64_t n, WeightRef w, float eps, O* y, void* stream, uint16_t* y_bf16 = nullptr) {
     const int64_t per_thread = n % 4 == 0 ? n / 4 : n;
     const unsigned threads = static_cast<unsigned>(std::clamp<int64_t>((per_thread + 31) / 32 * 32, 32, 1024));
     by_elem(w.f32 ? 4 : 2, [&](auto tag) {
         using W = decltype(tag);
-        rms_norm_kernel<W, O><<<static_cast<unsigned>(m), threads, 0, as_stream(stream)>>>(x, n, static_cast<const W*>(w.p), eps, y);
+        rms_norm_kernel<W, O><<<static_cast<unsigned>(m), threads, 0, as_stream(stream)>>>(x, n, static_cast<const W*>(w.p), eps, y, y_bf16);
     });
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream) {
-    rms_norm_to(x, m, n, w, eps, y, stream);
+void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream, uint16_t* y_bf16) {
+    rms_norm_to(x, m, n, w, eps, y, stream, y_bf16);
 }
 
 void rms_norm_bf16(const float* x, int64_t m, int64_t n, WeightRef w, float eps, uint16_t* y, void* stream) {
@@ -151,8 +160,8 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int3
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 
-void silu_mul(float* gate, const float* up, int64_t n, void* stream) {
-    silu_mul_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n);
+void silu_mul(float* gate, const float* up, int64_t n, void* stream, uint16_t* out_bf16) {
+    silu_mul_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n, out_bf16);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -41,21 +41,23 @@ struct WeightRef {
 /// beats the default (the SIMT GEMV for one row, cuBLAS for more) by 3%. Synchronizes the device.
 GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int64_t n, int64_t k, int64_t max_rows);
 /// One GEMV by the given kernel: y[m, n] = bf16(x[m, :]) . w[n, :]^T (+ bias); x_bf16 (m * k
-/// elements) is needed by kCublas only.
+/// elements) is needed by kCublas only, which rounds x into it first unless x_bf16_ready (the
+/// kernel that made x also wrote bf16(x) there).
 void gemv_run(GemvKernel kernel, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y,
-              const uint16_t* bias, uint16_t* x_bf16, void* stream, bool accumulate = false);
+              const uint16_t* bias, uint16_t* x_bf16, void* stream, bool accumulate = false, bool x_bf16_ready = false);
 /// The block-k kernel (exposed for tests): rows_per_block x chunks one of 2x2, 4x1, 8x1; 1 <= m <= 8, k % 8 == 0.
 void gemv_block_k(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                   int rows_per_block, int chunks, void* stream, bool accumulate = false);
 
-/// y[m, n] = x[m, n] / rms(x[m, :]) * w[n]; w bf16.
+/// y[m, n] = x[m, n] / rms(x[m, :]) * w[n]; w bf16. With y_bf16, also bf16(y) there (as to_bf16
+/// rounds: a decode GEMV through cuBLAS then needs no conversion).
 void rms_norm(const float* x, int64_t m, int64_t n, const uint16_t* w, float eps, float* y, void* stream);
-void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream);
+void rms_norm(const float* x, int64_t m, int64_t n, WeightRef w, float eps, float* y, void* stream, uint16_t* y_bf16 = nullptr);
 /// In-place rotary embedding on x[n_tok, n_heads, head_dim]; neox = rotate-half pairs (i, i + d/2).
 void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int32_t* positions, const float* inv_freq,
           bool neox, void* stream);
-/// gate[i] = silu(gate[i]) * up[i].
-void silu_mul(float* gate, const float* up, int64_t n, void* stream);
+/// gate[i] = silu(gate[i]) * up[i]; with out_bf16, also its bf16 there (as rms_norm's y_bf16).
+void silu_mul(float* gate, const float* up, int64_t n, void* stream, uint16_t* out_bf16 = nullptr);
 /// out[n_tok, n_embd] = bf16 rows `ids` of table[n_vocab, n_embd], widened to fp32.
 void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream);
 void embedding(WeightRef table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream);
@@ -82,8 +84,10 @@ void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, 
 /// y[m, n] = x[m, k] . w[n, k]^T (+ bias[n]) with w bf16 through cuBLAS: x is rounded to bf16 into
 /// `x_bf16` (device scratch of m * k elements), products accumulate in fp32, y is fp32.
 /// With `choices` (the weight's measured GemvChoices) and m <= kGemvChoiceRows, the kernel chosen for m rows.
+/// x_bf16_ready: x_bf16 already holds bf16(x) (see gemv_run).
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                 uint16_t* x_bf16, void* stream, const GemvChoices* choices = nullptr, bool accumulate = false);
+                 uint16_t* x_bf16, void* stream, const GemvChoices* choices = nullptr, bool accumulate = false,
+                 bool x_bf16_ready = false);
 /// A tensor-core decode GEMV (measured slower than the SIMT one, kept with its test): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
 void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream,
               bool accumulate = false);
@@ -96,7 +100,7 @@ void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t 
 /// y += the product (a residual connection, no bias), the same sum as the product into a buffer
 /// added to y afterwards.
 void matmul(const float* x, int64_t m, WeightRef w, int64_t n, int64_t k, float* y, WeightRef bias, uint16_t* x_bf16,
-            void* stream, bool accumulate = false);
+            void* stream, bool accumulate = false, bool x_bf16_ready = false);
 
 /// Decode attention of one query token per sequence over per-(sequence, KV head) page lists of an
 /// NHD page store of bf16 (elem_bytes 2) or fp32 (4) elements: element (page, token r, head h, dim i) of sequence s's K is at
@@ -109,6 +113,7 @@ struct PagesAttentionArgs {
     const int32_t* n_pages = nullptr;  // [n_seq] list length
     const int32_t* last_len = nullptr; // [n_seq] valid tokens of the last listed page
     float* out = nullptr;              // [n_seq][n_head][head_dim]
+    uint16_t* out_bf16 = nullptr;      // optional: bf16(out) as well (the o projection's input)
     int32_t n_seq = 0, n_head = 0, n_head_kv = 0, head_dim = 0, page_size = 0, max_list = 0, elem_bytes = 2;
     int64_t stride_seq = 0, stride_page = 0, stride_tok = 0;
     // Split-K: each (sequence, KV head) is cut into n_split token ranges processed by separate
