@@ -275,7 +275,9 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             if (!dma) FREEKV_CUDA_CHECK(cudaEventRecord(bg_done[sz(il)], side));  // dma: the worker records it
             bg_pending[sz(il)] = true;
         }
-        mlp_and_attention_out(il, n, false, -1, true);
+        // The attention wrote its output in bf16 too: the GEMM path (more than 8 rows) takes it as its
+        // bf16 input, the GEMV path beside the fp32 one.
+        mlp_and_attention_out(il, n, bf16_gemm_rows(n), -1, true);
     }
     output_logits(out_rows, out);
     host_issue_ms += std::chrono::duration<double, std::milli>(issued_at - step_start).count();
