@@ -17,6 +17,7 @@
 
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernel_smem.cuh"
 #include "backend/cuda/ops_cuda.cuh"
 
 namespace freekv::cuda {
@@ -483,11 +484,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
 template <int G, int HD>
 void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
     constexpr int bytes = StagedLayout<G, HD>::bytes;
-    static const bool configured = [] {
-        FREEKV_CUDA_CHECK(cudaFuncSetAttribute(attention_pages_staged_kernel<G, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-        return true;
-    }();
-    (void)configured;
+    allow_dynamic_smem(attention_pages_staged_kernel<G, HD>, bytes);
     attention_pages_staged_kernel<G, HD><<<grid, kWarps * 32, bytes, s>>>(a);
 }
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernel_smem.cuh"
 #include "backend/cuda/flash_prefill.cuh"
 #include "backend/cuda/flash_prefill_device.cuh"
 #include "backend/cuda/flash_prefill_wgmma.cuh"
@@ -258,12 +259,7 @@ __global__ void __launch_bounds__(W * 32) flash_prefill_kernel(const FlashPrefil
 template <int D, int MT, int W>
 void launch(const FlashPrefillArgs& a, cudaStream_t s) {
     using T = Tile<D, MT, W>;
-    static const bool configured = [] {
-        FREEKV_CUDA_CHECK(cudaFuncSetAttribute(flash_prefill_kernel<D, MT, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(T::kSmemBytes)));
-        return true;
-    }();
-    (void)configured;
+    allow_dynamic_smem(flash_prefill_kernel<D, MT, W>, static_cast<int>(T::kSmemBytes));
     const int64_t n_rows = static_cast<int64_t>(a.n_q) * (a.n_head / a.n_head_kv);
     const dim3 grid(static_cast<unsigned>((n_rows + T::kRows - 1) / T::kRows), static_cast<unsigned>(a.n_head_kv));
     flash_prefill_kernel<D, MT, W><<<grid, T::kThreads, T::kSmemBytes, s>>>(a);

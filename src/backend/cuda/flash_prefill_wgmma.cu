@@ -17,6 +17,7 @@
 #include <cudaTypedefs.h>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernel_smem.cuh"
 #include "backend/cuda/flash_prefill_device.cuh"
 #include "backend/cuda/flash_prefill_wgmma.cuh"
 #include "backend/cuda/wgmma.cuh"
@@ -349,12 +350,7 @@ int64_t key_stride(const FlashPrefillArgs& a) {
 }  // namespace
 
 void flash_prefill_wgmma(const FlashPrefillArgs& a, cudaStream_t s) {
-    static const bool configured = [] {
-        FREEKV_CUDA_CHECK(cudaFuncSetAttribute(flash_prefill_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(kSmemBytes)));
-        return true;
-    }();
-    (void)configured;
+    allow_dynamic_smem(flash_prefill_wgmma_kernel, static_cast<int>(kSmemBytes));
     const CUtensorMap k_map = kv_tensor_map(a.k, a, key_stride(a)), v_map = kv_tensor_map(a.v, a, key_stride(a));
     const int64_t n_rows = static_cast<int64_t>(a.n_q) * (a.n_head / a.n_head_kv);
     const dim3 grid(static_cast<unsigned>((n_rows + kRows - 1) / kRows), static_cast<unsigned>(a.n_head_kv));
