@@ -106,6 +106,7 @@ GpuEngine::GpuEngine(std::shared_ptr<const GpuWeights> weights, const KvModeConf
             for (int64_t il = 0; il < c.n_layer; ++il) m.sel_done.emplace_back(false);
             for (int64_t i = 0; i < 2 * c.n_layer * 2; ++i) m.dma_marks.emplace_back(true);
             m.dma_marked.assign(sz(2 * c.n_layer), 0);
+            FREEKV_CUDA_CHECK(cudaGetDevice(&m.device));  // the worker's CUDA calls go to the engine's device
             m.worker = std::make_unique<RecallWorker>(c.n_layer);
         }
         m.n_jobs.resize(2 * c.n_layer);

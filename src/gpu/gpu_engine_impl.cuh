@@ -213,6 +213,7 @@ struct GpuEngine::Impl {
 
     // dma background recall (FreeKV): the worker and what it alone touches while tasks run.
     cuda::Stream copy;
+    int device = 0;                            // the engine's device, made current on the worker thread
     std::vector<cuda::Event> sel_done;         // [L] side stream: the background plan is on the host
     DeviceArray<uint8_t> bg_staging;
     cuda::PinnedArray<int32_t> host_bg_count;  // [L]

@@ -141,6 +141,7 @@ void GpuEngine::Impl::batch_copy(const cuda::GatherJob* job_list, int32_t count,
 // Worker thread: the background recall of (step, il) by the copy engines once its plan is on the
 // host, then the scatter into the slots, then bg_done[il], all on the copy stream.
 void GpuEngine::Impl::dma_background(int64_t il, int64_t step, bool timed, cuda::GatherArgs ga) {
+    FREEKV_CUDA_CHECK(cudaSetDevice(device));  // the worker thread starts on device 0
     FREEKV_CUDA_CHECK(cudaEventSynchronize(sel_done[sz(il)]));
     const int32_t count = host_bg_count.get()[il];
     const size_t mark = sz((step % 2) * c.n_layer + il);
