@@ -608,6 +608,15 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
                     ref::matmul(xr.data(), m, wv, want.data(), with_bias ? &bv : nullptr);
                     EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse)
                         << "variant " << variant << " " << m << "x" << n << "x" << k << " bias " << with_bias;
+                    if (variant > 100) {  // block-k reading bf16(x) as the decode step writes it: the same bits
+                        uint16_t* dxb = to_device(to_bf16(x));
+                        float* dy2 = poisoned(static_cast<size_t>(m * n));
+                        cuda::gemv_block_k(dx, m, dw, n, k, dy2, with_bias ? db : nullptr, variant - 100, variant == 102 ? 2 : 1, nullptr,
+                                           false, dxb);
+                        EXPECT_EQ(to_host(dy2, want.size()), to_host(dy, want.size()))
+                            << "variant " << variant << " on bf16 x, " << m << "x" << n << "x" << k;
+                        cudaFree(dxb), cudaFree(dy2);
+                    }
                     cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy);
                 }
     EXPECT_THROW(cuda::gemv_mma(nullptr, 9, nullptr, 16, 32, nullptr, nullptr, nullptr), Error);

@@ -29,8 +29,8 @@ constexpr double kSwitchMargin = 0.03;
 // The block's 8 warps share RPW rows and split their k: warp w takes 16-byte chunks w * 32 + lane,
 // stepping 256 chunks, C of them in flight per lane and row; the warps' partial sums meet in shared
 // memory and are added in warp order (deterministic).
-template <int M, int RPW, int C>
-__global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const float* __restrict__ x, int m,
+template <int M, int RPW, int C, class X>
+__global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const X* __restrict__ x, int m,
                                                                          const uint16_t* __restrict__ w, int64_t n, int64_t k,
                                                                          float* __restrict__ y, const uint16_t* __restrict__ bias,
                                                                          bool accumulate) {
@@ -81,15 +81,23 @@ __global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const f
     }
 }
 
-template <int RPW, int C>
-void launch_block_k(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, bool acc,
+// X: float (x rounded to bf16 as it is read) or uint16_t (x already bf16).
+template <int RPW, int C, class X>
+void launch_block_k(const X* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, bool acc,
                     cudaStream_t s) {
     const auto grid = static_cast<unsigned>((n + RPW - 1) / RPW);
-    if (m == 1) gemv_block_k_kernel<1, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
-    else if (m == 2) gemv_block_k_kernel<2, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
-    else if (m <= 4) gemv_block_k_kernel<4, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
-    else gemv_block_k_kernel<8, RPW, C><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
+    if (m == 1) gemv_block_k_kernel<1, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
+    else if (m == 2) gemv_block_k_kernel<2, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
+    else if (m <= 4) gemv_block_k_kernel<4, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
+    else gemv_block_k_kernel<8, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
     FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+template <int RPW, int C>
+void launch_block_k_for(const float* x, const uint16_t* x_bf16, int m, const uint16_t* w, int64_t n, int64_t k, float* y,
+                        const uint16_t* bias, bool acc, cudaStream_t s) {
+    if (x_bf16 != nullptr) launch_block_k<RPW, C, uint16_t>(x_bf16, m, w, n, k, y, bias, acc, s);
+    else launch_block_k<RPW, C, float>(x, m, w, n, k, y, bias, acc, s);
 }
 
 __global__ void fill_uniform_kernel(float* x, int64_t n, uint32_t seed) {
@@ -116,15 +124,16 @@ const char* gemv_kernel_name(GemvKernel kernel) {
 }
 
 void gemv_block_k(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                  int rows_per_block, int chunks, void* stream, bool accumulate) {
+                  int rows_per_block, int chunks, void* stream, bool accumulate, const uint16_t* x_bf16) {
     FREEKV_CHECK(!accumulate || bias == nullptr, "gemv_block_k: a product added into y takes no bias");
     FREEKV_CHECK(m >= 1 && m <= kGemvChoiceRows && k % 8 == 0, "gemv_block_k: m = {} must be in [1, {}] and k = {} a multiple of 8",
                  m, kGemvChoiceRows, k);
     const int mi = static_cast<int>(m);
     cudaStream_t s = as_stream(stream);
-    if (rows_per_block == 2 && chunks == 2) launch_block_k<2, 2>(x, mi, w, n, k, y, bias, accumulate, s);
-    else if (rows_per_block == 4 && chunks == 1) launch_block_k<4, 1>(x, mi, w, n, k, y, bias, accumulate, s);
-    else if (rows_per_block == 8 && chunks == 1) launch_block_k<8, 1>(x, mi, w, n, k, y, bias, accumulate, s);
+    FREEKV_CHECK(x_bf16 == nullptr || reinterpret_cast<uintptr_t>(x_bf16) % 16 == 0, "gemv_block_k: x_bf16 must be 16-byte aligned");
+    if (rows_per_block == 2 && chunks == 2) launch_block_k_for<2, 2>(x, x_bf16, mi, w, n, k, y, bias, accumulate, s);
+    else if (rows_per_block == 4 && chunks == 1) launch_block_k_for<4, 1>(x, x_bf16, mi, w, n, k, y, bias, accumulate, s);
+    else if (rows_per_block == 8 && chunks == 1) launch_block_k_for<8, 1>(x, x_bf16, mi, w, n, k, y, bias, accumulate, s);
     else FREEKV_FAIL("gemv_block_k: rows per block {} with {} chunks is not built (2x2, 4x1, 8x1 are)", rows_per_block, chunks);
 }
 
@@ -132,9 +141,10 @@ void gemv_run(GemvKernel kernel, const float* x, int64_t m, const uint16_t* w, i
               const uint16_t* bias, uint16_t* x_bf16, void* stream, bool accumulate, bool x_bf16_ready) {
     switch (kernel) {
         case GemvKernel::kSimt: gemv_simt(x, m, w, n, k, y, bias, 2, stream, accumulate); return;
-        case GemvKernel::kBlockK2x2: gemv_block_k(x, m, w, n, k, y, bias, 2, 2, stream, accumulate); return;
-        case GemvKernel::kBlockK4x1: gemv_block_k(x, m, w, n, k, y, bias, 4, 1, stream, accumulate); return;
-        case GemvKernel::kBlockK8x1: gemv_block_k(x, m, w, n, k, y, bias, 8, 1, stream, accumulate); return;
+        // Block-k reads bf16(x) where it is ready (the same products, one 16-byte load per chunk and row).
+        case GemvKernel::kBlockK2x2: gemv_block_k(x, m, w, n, k, y, bias, 2, 2, stream, accumulate, x_bf16_ready ? x_bf16 : nullptr); return;
+        case GemvKernel::kBlockK4x1: gemv_block_k(x, m, w, n, k, y, bias, 4, 1, stream, accumulate, x_bf16_ready ? x_bf16 : nullptr); return;
+        case GemvKernel::kBlockK8x1: gemv_block_k(x, m, w, n, k, y, bias, 8, 1, stream, accumulate, x_bf16_ready ? x_bf16 : nullptr); return;
         case GemvKernel::kCublas:
             FREEKV_CHECK(x_bf16 != nullptr, "gemv_run: cuBLAS needs the bf16 scratch for x");
             if (!x_bf16_ready) to_bf16(x, m * k, x_bf16, stream);

@@ -37,4 +37,34 @@ __device__ __forceinline__ void gemv_chunk(const uint4 (&wv)[R], const float* __
     }
 }
 
+/// The same with x already in bf16 (x_bf16[i, 8c .. 8c + 8) = bf16(x[i, ..]), as the decode step's
+/// kernels write it): one 16-byte load per row and no rounding; the same products, bit for bit.
+template <int M, int R>
+__device__ __forceinline__ void gemv_chunk(const uint4 (&wv)[R], const uint16_t* __restrict__ x, int m, int64_t k, int64_t c,
+                                           float (&acc)[R][M]) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        if (i >= m) break;
+        const uint4 a = __ldg(reinterpret_cast<const uint4*>(x + i * k) + c);
+        const uint32_t xp[4] = {a.x, a.y, a.z, a.w};
+        float xr[8];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            xr[2 * e] = __uint_as_float(xp[e] << 16);
+            xr[2 * e + 1] = __uint_as_float(xp[e] & 0xffff0000u);
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const uint32_t parts[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+            float sum = acc[r][i];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
+                sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
+            }
+            acc[r][i] = sum;
+        }
+    }
+}
+
 }  // namespace freekv::cuda

@@ -46,8 +46,9 @@ GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int6
 void gemv_run(GemvKernel kernel, const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y,
               const uint16_t* bias, uint16_t* x_bf16, void* stream, bool accumulate = false, bool x_bf16_ready = false);
 /// The block-k kernel (exposed for tests): rows_per_block x chunks one of 2x2, 4x1, 8x1; 1 <= m <= 8, k % 8 == 0.
+/// With x_bf16 (bf16(x), 16-byte aligned) it reads that instead of rounding x: the same products.
 void gemv_block_k(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
-                  int rows_per_block, int chunks, void* stream, bool accumulate = false);
+                  int rows_per_block, int chunks, void* stream, bool accumulate = false, const uint16_t* x_bf16 = nullptr);
 
 /// y[m, n] = x[m, n] / rms(x[m, :]) * w[n]; w bf16. With y_bf16, also bf16(y) there (as to_bf16
 /// rounds: a decode GEMV through cuBLAS then needs no conversion).
