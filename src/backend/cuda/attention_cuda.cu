@@ -369,7 +369,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
     const bool ids_shared = n_block_pages <= kStPages;
     if (ids_shared)
         for (int i = threadIdx.x; i < n_block_pages; i += blockDim.x) pages_shared[i] = pages[first_page + i];
-    const int32_t* ids = ids_shared ? pages_shared - first_page : pages;
+    auto page_of = [&](int j) { return ids_shared ? pages_shared[j / a.page_size - first_page] : pages[j / a.page_size]; };
     __syncthreads();
     const uint16_t* k_head = static_cast<const uint16_t*>(a.k) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
     const uint16_t* v_head = static_cast<const uint16_t*>(a.v) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
@@ -380,7 +380,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
         int64_t my_row = 0;
         if (lane < nv) {
             const int j = t0 + lane;
-            my_row = static_cast<int64_t>(ids[j / a.page_size]) * a.stride_page + (j % a.page_size) * a.stride_tok;
+            my_row = static_cast<int64_t>(page_of(j)) * a.stride_page + (j % a.page_size) * a.stride_tok;
         }
         uint16_t* ks = k_stage(st);
         uint16_t* vs = v_stage(st);
