@@ -86,7 +86,8 @@ Command register_bench(CLI::App& cmd) {
                            "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"recall_gbps\":{:.2f},\"recall_sync_ms\":{:.4f},"
                            "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{},"
                            "\"attn_min_split_tokens\":{},\"attn_staged\":{},\"sync_gather_ctas\":{},\"bg_gather_ctas\":{},\"gemm_sm_reserve\":{},"
-                           "\"prefill_install_beside\":{},\"prefill_install_ctas\":{},\"diag_background\":\"{}\",\"host_issue_ms\":{:.4f}}}\n",
+                           "\"prefill_install_beside\":{},\"prefill_install_ctas\":{},\"diag_background\":\"{}\",\"host_issue_ms\":{:.4f},"
+                           "\"roofline_ms\":{:.4f},\"hbm_gbps\":{:.1f}}}\n",
                            name, r.label, r.depth, r.depth_min, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
                            r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
                            r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s, f->run.backend, r.device_mib,
@@ -95,7 +96,7 @@ Command register_bench(CLI::App& cmd) {
                            p.gpu_tuning.attn_min_split_tokens, p.gpu_tuning.attn_staged ? "true" : "false", p.gpu_tuning.sync_gather_ctas, p.gpu_tuning.bg_gather_ctas,
                            p.gpu_tuning.gemm_sm_reserve ? "true" : "false", p.gpu_tuning.prefill_install_beside ? "true" : "false",
                            p.gpu_tuning.prefill_install_ctas, gpu::diag_background_name(p.gpu_tuning.diag_background),
-                           r.host_issue_ms);
+                           r.host_issue_ms, r.roofline_ms, r.hbm_gbps);
             return 0;
         }
         const bool csv = f->output == "csv";
@@ -145,6 +146,18 @@ Command register_bench(CLI::App& cmd) {
                     line += fmt::format("{}{} d{} b{} {:.2f} of {:.2f}", line.empty() ? "" : "; ", r.label, r.depth, r.batch,
                                         r.host_issue_ms, r.step_ms_median);
             fmt::print("\nHost issue time per step (ms until its last launch is issued, of the step): {}\n", line);
+            std::string floor_line;
+            double gbps = 0;
+            for (const auto& r : rows)
+                if (!r.oom && r.roofline_ms > 0) {
+                    gbps = r.hbm_gbps;
+                    floor_line += fmt::format("{}{} d{} b{} {:.2f} ms (step {:.2f}x)", floor_line.empty() ? "" : "; ", r.label, r.depth,
+                                              r.batch, r.roofline_ms, r.step_ms_median / r.roofline_ms);
+                }
+            if (!floor_line.empty())
+                fmt::print("Memory floor per step ((weights a decode step reads, {:.2f} GB, + the K/V its attention reads) / the "
+                           "measured HBM read rate, {:.0f} GB/s): {}\n",
+                           static_cast<double>(p.gpu->decode_read_bytes()) * 1e-9, gbps, floor_line);
         }
         return 0;
     };

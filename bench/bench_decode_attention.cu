@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/cuda_device.h"
 #include "backend/cuda/ops_cuda.cuh"
 #include "backend/ops.h"
 #include "bench_args.h"
 #include "bench_cuda_check.h"
-#include "bench_hbm.cuh"
 #include "core/dtype.h"
 
 namespace {
@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
     const int reps = argc > 3 ? std::atoi(argv[3]) : 20;
     cudaDeviceProp prop{};
     CHECK(cudaGetDeviceProperties(&prop, 0));
-    const double bw = measure_hbm_read_gbps();
+    const double bw = freekv::cuda::measure_hbm_read_gbps();
     std::printf("device: %s, L2 %d MB; measured HBM read %.0f GB/s (2 GiB streamed)\n\n", prop.name, prop.l2CacheSize >> 20, bw);
     std::printf("| context | batch | kernel | split floor | splits | us | KV GB/s | of measured |\n|---|---|---|---|---|---|---|---|\n");
     std::mt19937 rng(3);

@@ -22,10 +22,10 @@
 #include <vector>
 
 #include "backend/cuda/gemv_chunk.cuh"
+#include "backend/cuda/cuda_device.h"
 #include "backend/cuda/ops_cuda.cuh"
 #include "bench_args.h"
 #include "bench_cuda_check.h"
-#include "bench_hbm.cuh"
 #include "core/dtype.h"
 
 namespace {
@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     CHECK(cudaGetDeviceProperties(&prop, 0));
 
-    const double bw = measure_hbm_read_gbps();  // GB/s
+    const double bw = freekv::cuda::measure_hbm_read_gbps();  // GB/s
     std::printf("device: %s, %d SMs, L2 %d MB; measured HBM read %.0f GB/s (2 GiB streamed)\n\n", prop.name, sms,
                 prop.l2CacheSize >> 20, bw);
     std::printf("| matrix | n x k | batch | kernel | us | GB/s | of measured |\n|---|---|---|---|---|---|---|\n");

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "backend/cuda/cuda_device.h"
 #include "core/system_memory.h"
 #include "gpu/gpu_memory_plan.h"
 #include "engine/retrieval_kv.h"
@@ -29,6 +30,7 @@ struct CellResult {
     KvStats breakdown;             // the steps timed by events: select, recall, attention, gather times
     int64_t breakdown_steps = 0;
     double device_mib = 0, host_mib = 0;
+    double kv_read_bytes = 0;  // GPU: K/V bytes the last decode step's attention read
 };
 
 KvStats measured_part(KvStats after, const KvStats& before) {  // the measured steps only: subtract the warm-up
@@ -159,6 +161,7 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
         out.breakdown_steps = p.n_breakdown;
     }
     out.device_mib = static_cast<double>(engine.device_bytes()) / 1048576.0;
+    out.kv_read_bytes = static_cast<double>(attended_kv_bytes(engine.last_decode_plan(), mode.page_size, c, elem_bytes));
     out.host_mib = static_cast<double>(engine.host_bytes()) / 1048576.0;
     return out;
 }
@@ -231,9 +234,18 @@ int64_t bench_length(const BenchParams& p, int64_t depth, int64_t b, int64_t bat
     return p.ragged_min + (depth - p.ragged_min) * b / (batch - 1);
 }
 
+int64_t attended_kv_bytes(std::span<const RowPlan> plan, int64_t page_size, const ModelConfig& c, int64_t elem_bytes) {
+    int64_t tokens = 0;
+    for (const RowPlan& r : plan)
+        if (r.n_attend > 0) tokens += (r.n_attend - 1) * page_size + r.fill;
+    return tokens * c.n_layer * c.n_head_kv * c.head_dim * 2 * elem_bytes;
+}
+
 std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                                 const std::function<void(const std::string&)>& progress) {
     std::vector<BenchRow> rows;
+    // The decode floor's denominator: measured once, before any engine holds device memory.
+    const double hbm_gbps = p.gpu ? cuda::measure_hbm_read_gbps() : 0.0;
     std::mt19937 rng(static_cast<uint32_t>(p.seed));
     for (int64_t depth : p.depths) {  // every depth is checked before the first one runs
         const int64_t breakdown = p.gpu ? p.n_breakdown : 0;
@@ -322,6 +334,11 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                 flops /= static_cast<double>(total_length(lengths));
                 row.prefill_tflops = row.prefill_tokens_per_s * flops / 1e12;
                 row.device_mib = results[i].back().device_mib;
+                if (hbm_gbps > 0) {
+                    row.hbm_gbps = hbm_gbps;
+                    row.roofline_ms = (static_cast<double>(p.gpu->decode_read_bytes()) + results[i].back().kv_read_bytes) /
+                                      (hbm_gbps * 1e6);
+                }
                 row.host_mib = results[i].back().host_mib;
                 if (p.modes[i].mode == KvMode::kBudgetOnly) floor_ms = row.step_ms_median;
                 rows.push_back(row);

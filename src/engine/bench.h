@@ -8,10 +8,12 @@
 
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "engine/kv_mode.h"
+#include "engine/step_plan.h"
 #include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 
@@ -58,10 +60,17 @@ struct BenchRow {
     // and that time per step on the critical path and in the background.
     double recall_gbps = 0, recall_sync_ms = 0, recall_background_ms = 0;
     double host_issue_ms = 0;  // GPU: host time per step until its last launch is issued (KvStats::host_issue_ms)
+    // GPU: the step's memory floor, (weights a decode step reads + the K/V its attention read) /
+    // the measured HBM read rate (hbm_gbps), in ms; 0 without a GPU.
+    double roofline_ms = 0, hbm_gbps = 0;
     RecallImpl recall_impl = RecallImpl::kGather;
     double force_corr_rate = -1;  // < 0: natural correction
     double device_mib = 0, host_mib = 0;  // KV + scratch on the GPU (weights excluded); pinned CPU store
 };
+
+/// Bytes of K and V that the attention of the decode step `plan` reads (every attended token's K
+/// and V over every layer and KV head) at elem_bytes per element.
+int64_t attended_kv_bytes(std::span<const RowPlan> plan, int64_t page_size, const ModelConfig& config, int64_t elem_bytes);
 
 std::vector<BenchRow> run_bench(const LoadedModel& model, const BenchParams& params,
                                 const std::function<void(const std::string&)>& progress = {});

@@ -54,6 +54,9 @@ public:
     const ModelConfig& config() const { return config_; }
     GpuDtype dtype() const { return dtype_; }
     int64_t bytes() const { return bytes_; }
+    /// Bytes a decode step reads of them: every matrix, bias and norm and the LM head, not the
+    /// embedding table (one row per token).
+    int64_t decode_read_bytes() const { return bytes_ - embedding_bytes_; }
     /// The decode GEMV measured for each bf16 matrix shape, per row count 1..8 (s simt, b2/b4/b8
     /// block-k, c cuBLAS) and its one-row time against the default's; empty for f32 weights.
     std::string gemv_summary() const;
@@ -64,7 +67,7 @@ private:
     void measure_gemvs(const LlamaWeights& weights);
     ModelConfig config_;
     GpuDtype dtype_ = GpuDtype::kBF16;
-    int64_t bytes_ = 0;
+    int64_t bytes_ = 0, embedding_bytes_ = 0;
     std::unique_ptr<Impl> impl_;
 };
 

@@ -62,6 +62,7 @@ GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights& w, GpuDtyp
     Impl& m = *impl_;
     const bool f32 = dtype == GpuDtype::kF32;
     upload_weight(w.token_embd, f32, m.token_embd, bytes_);
+    embedding_bytes_ = bytes_;
     upload_weight(w.output_norm, f32, m.output_norm, bytes_);
     upload_weight(w.output, f32, m.output, bytes_);
     for (const LlamaLayerWeights& lw : w.layers) {

@@ -228,6 +228,21 @@ TEST(Cli, BenchRaggedBatch) {
     EXPECT_NE(bad.output.find("--ragged 300 must be below every depth"), std::string::npos) << bad.output;
 }
 
+// The GPU bench's memory floor counts the K/V of every token a decode step attends: full attention
+// at position 1000 (page 32) attends 1001 tokens; a row that attends nothing adds nothing.
+TEST(Cli, BenchMemoryFloorCountsEveryAttendedToken) {
+    ModelConfig c;
+    c.n_layer = 3, c.n_head_kv = 2, c.head_dim = 64;
+    KvModeConfig full;
+    full.mode = KvMode::kFull;
+    const RowPlan row = plan_decode_row(full.make_budget(), full, true, 0, 1000, false);
+    EXPECT_EQ((row.n_attend - 1) * full.page_size + row.fill, 1001);
+    RowPlan idle;
+    const std::vector<RowPlan> plan{row, idle, row};
+    EXPECT_EQ(attended_kv_bytes(plan, full.page_size, c, 2), 2 * 1001 * 3 * 2 * 64 * 2 * 2);
+    EXPECT_EQ(attended_kv_bytes(plan, full.page_size, c, 4), 2 * attended_kv_bytes(plan, full.page_size, c, 2));
+}
+
 TEST(Cli, TokenizeRoundTrip) {
     auto dir = test::ref_model_dir();
     if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";

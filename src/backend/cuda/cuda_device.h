@@ -21,4 +21,8 @@ CudaProbe probe_cuda();
 /// path); returns false with `error` set on failure.
 bool convert_bf16_on_device(const uint16_t* src, float* dst, int n, std::string& error);
 
+/// The current device's HBM read rate in GB/s (1e9 bytes per second): a 2 GiB streaming read
+/// (hbm_probe.cu); 0 when the device cannot hold the buffer or the build has no CUDA.
+double measure_hbm_read_gbps();
+
 }  // namespace freekv::cuda
