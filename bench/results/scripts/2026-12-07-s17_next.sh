@@ -21,7 +21,7 @@ S="--shape llama-3.1-8b -d 32768 -n 64 -r 1 --kv-budget 2048 --kv-sink 512 --kv-
 for v in "128" "128 --attn-staged" "32 --attn-staged"; do
   f=$OUT/decode-$(echo $v | tr -d ' -').md
   timeout 110 $B/freekv bench $S --attn-min-split-tokens $v > $f 2> $f.log; echo "decode floor $v rc $?"
-  grep -E "^\| llama" $f | cut -d'|' -f3,5,7,10-13 | head -6
+  grep -E "^\| llama" $f | cut -d'|' -f3,5,7,10-13 | head -6; grep -E "Memory floor|Host issue" $f
 done
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 timeout 150 $NCU --clock-control none -k regex:attention_pages_staged --launch-skip 40 -c 1 --section SpeedOfLight --section Occupancy \
