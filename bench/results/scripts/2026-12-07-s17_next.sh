@@ -3,7 +3,7 @@
 # K/V tiles in shared memory, --attn-staged) and the decode activations written in bf16 beside fp32 (no conversion
 # kernel before a cuBLAS GEMV), written and built in session 17 but not run; engine and needle-model tests first. Op tests (both bf16
 # kernels, the long-list fallback) with memcheck and racecheck; decode at 32K b1/b4, budget-only and full, registers
-# vs staged, split floors 32 and 128 (bench_decode_attention first: the kernels alone, validated, against the
+# vs staged at split floor 128, freekv beside (bench_decode_attention first, with floors 32 and 128: the kernels alone, validated, against the
 # measured HBM rate); ncu of the staged kernel at full b1. Carry .devpack/bins.tar.xz.
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B
 export LD_LIBRARY_PATH=$B:/usr/local/cuda/lib64
@@ -17,8 +17,8 @@ for tool in memcheck racecheck; do
   timeout 150 $SAN --tool $tool --error-exitcode 3 $B/test_cuda_ops --gtest_filter='*DecodeAttentionStaged*' > $OUT/san-$tool.log 2>&1; echo "$tool rc $?"; tail -1 $OUT/san-$tool.log
 done
 timeout 150 $B/bench_decode_attention 2048,32768 1,4 20 > $OUT/attn.md 2>&1; echo "bench_decode_attention rc $?"; cat $OUT/attn.md
-S="--shape llama-3.1-8b -d 32768 -n 64 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda -b 1,4 --kv-mode budget-only,full"
-for v in "128" "128 --attn-staged" "32 --attn-staged"; do
+S="--shape llama-3.1-8b -d 32768 -n 64 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda -b 1,4 --kv-mode budget-only,full,freekv"
+for v in "128" "128 --attn-staged"; do
   f=$OUT/decode-$(echo $v | tr -d ' -').md
   timeout 110 $B/freekv bench $S --attn-min-split-tokens $v > $f 2> $f.log; echo "decode floor $v rc $?"
   grep -E "^\| llama" $f | cut -d'|' -f3,5,7,10-13 | head -6; grep -E "Memory floor|Host issue" $f
