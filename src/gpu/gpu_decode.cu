@@ -176,110 +176,135 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     // summation with the SM target, and an f32 engine is the exact reference whose logits must not
     // depend on the recall path (gather, dma, per-copy).
     const bool f32_engine = w().layers[0]->wq.ref().f32;
-    cuda::set_gemm_sm_target(any_test && speculative && !dma && !f32_engine ? gemm_sms_beside_gather(tuning) : 0);
-    cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
-    for (int64_t il = 0; il < L; ++il) {
-        const cuda::Event* mk = marks.data() + il * 4;
-        qkv(il, n, false);
-        cuda::RopeAppendArgs ra;  // RoPE, the K/V append and the query ring store in one launch
-        ra.q = q.get();
-        ra.k = k.get();
-        ra.v = v.get();
-        ra.n_seq = static_cast<int32_t>(n);
-        ra.positions = positions.get();
-        ra.inv_freq = w().inv_freq.get();
-        ra.neox = c.rope_style == RopeStyle::kNeox;
-        ra.dst_offset = append_offset.get();
-        ra.layer_cache = layer_cache(il);
-        ra.q_dst = q_now.get() + il * n;
-        cuda::rope_append(ra, g, main);
-        if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[0], main));
-        if (any_select) {
-            if (bg_pending[sz(il)]) wait_background(il);  // Sel_{t-1} has landed
-            if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[1], main));
-            cuda::FlagArgs fa;
-            fa.q = q.get();
-            fa.q_prev = q_prev.get() + il * n;
-            fa.mode = seq_mode.get();
-            fa.forced = forced.get() + il * n * n_kv;
-            fa.flags = flags.get() + il * n * n_kv;
-            fa.counters = counters.get() + il * 4;
-            fa.tau = mode.correction_on() ? mode.correction_threshold : 0.0f;
-            fa.n_seq = static_cast<int32_t>(n);
-            cuda::correction_flags(fa, g, main);
-            bool corrective = may_flag[sz(il)] != 0;
-            if (corrective && host_flags.valid() && any_test) {  // --corr-sync host: one small wait per layer
-                FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_flags.get(), flags.get() + il * n * n_kv, sz(n * n_kv), cudaMemcpyDeviceToHost, main));
-                FREEKV_CUDA_CHECK(cudaEventRecord(flags_ready[0], main));
-                FREEKV_CUDA_CHECK(cudaEventSynchronize(flags_ready[0]));
-                corrective = std::any_of(host_flags.get(), host_flags.get() + n * n_kv, [](uint8_t f) { return f == 1; });
+    const int gemm_sms = any_test && speculative && !dma && !f32_engine ? gemm_sms_beside_gather(tuning) : 0;
+    prepare_output(static_cast<int64_t>(out_rows.size()));
+    // Every launch of the step from here to the logits (a graph's body under --cuda-graphs).
+    auto launch_step = [&] {
+        cuda::set_gemm_sm_target(gemm_sms);
+        cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
+        for (int64_t il = 0; il < L; ++il) {
+            const cuda::Event* mk = marks.data() + il * 4;
+            qkv(il, n, false);
+            cuda::RopeAppendArgs ra;  // RoPE, the K/V append and the query ring store in one launch
+            ra.q = q.get();
+            ra.k = k.get();
+            ra.v = v.get();
+            ra.n_seq = static_cast<int32_t>(n);
+            ra.positions = positions.get();
+            ra.inv_freq = w().inv_freq.get();
+            ra.neox = c.rope_style == RopeStyle::kNeox;
+            ra.dst_offset = append_offset.get();
+            ra.layer_cache = layer_cache(il);
+            ra.q_dst = q_now.get() + il * n;
+            cuda::rope_append(ra, g, main);
+            if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[0], main));
+            if (any_select) {
+                if (bg_pending[sz(il)]) wait_background(il);  // Sel_{t-1} has landed
+                if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[1], main));
+                cuda::FlagArgs fa;
+                fa.q = q.get();
+                fa.q_prev = q_prev.get() + il * n;
+                fa.mode = seq_mode.get();
+                fa.forced = forced.get() + il * n * n_kv;
+                fa.flags = flags.get() + il * n * n_kv;
+                fa.counters = counters.get() + il * 4;
+                fa.tau = mode.correction_on() ? mode.correction_threshold : 0.0f;
+                fa.n_seq = static_cast<int32_t>(n);
+                cuda::correction_flags(fa, g, main);
+                bool corrective = may_flag[sz(il)] != 0;
+                if (corrective && host_flags.valid() && any_test) {  // --corr-sync host: one small wait per layer
+                    FREEKV_CUDA_CHECK(cudaMemcpyAsync(host_flags.get(), flags.get() + il * n * n_kv, sz(n * n_kv), cudaMemcpyDeviceToHost, main));
+                    FREEKV_CUDA_CHECK(cudaEventRecord(flags_ready[0], main));
+                    FREEKV_CUDA_CHECK(cudaEventSynchronize(flags_ready[0]));
+                    corrective = std::any_of(host_flags.get(), host_flags.get() + n * n_kv, [](uint8_t f) { return f == 1; });
+                }
+                if (corrective)
+                    select_and_gather(il, static_cast<int32_t>(n), q.get(), sel_n_pages->get(), flags.get() + il * n * n_kv, 1, 0, main);
+            } else if (timing) {
+                FREEKV_CUDA_CHECK(cudaEventRecord(mk[1], main));
             }
-            if (corrective)
-                select_and_gather(il, static_cast<int32_t>(n), q.get(), sel_n_pages->get(), flags.get() + il * n * n_kv, 1, 0, main);
-        } else if (timing) {
-            FREEKV_CUDA_CHECK(cudaEventRecord(mk[1], main));
+            if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[2], main));
+            att.q = q.get();
+            att.k = layer_cache(il);
+            att.v = layer_cache(il) + kv_bytes(g.page_size * row());
+            att.elem_bytes = g.elem_bytes;
+            att.page_ids = att_lists.get();
+            att.n_pages = att_n_pages.get();
+            att.last_len = att_last_len.get();
+            att.out = attn.get();
+            att.out_bf16 = gemv_input_bf16();
+            att.n_seq = static_cast<int32_t>(n);
+            att.n_head = g.n_head;
+            att.n_head_kv = g.n_head_kv;
+            att.head_dim = g.head_dim;
+            att.page_size = g.page_size;
+            att.max_list = static_cast<int32_t>(max_list);
+            att.stride_seq = 0;
+            att.stride_page = g.slot_elems();
+            att.stride_tok = row();
+            cuda::attention_pages(att, main);
+            if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[3], main));
+            if (any_mass) {
+                // q rows of the listed sequences: gather them into q_side's scratch area of this layer.
+                float* mq = q_side.get() + il * max_batch * q_dim;
+                for (size_t i = 0; i < mass_rows.size(); ++i)
+                    FREEKV_CUDA_CHECK(cudaMemcpyAsync(mq + static_cast<int64_t>(i) * q_dim, q.get() + mass_rows[i] * q_dim, sz(q_dim) * 4,
+                                                      cudaMemcpyDeviceToDevice, main));
+                cuda::MassArgs ma;
+                ma.q = mq;
+                ma.seq = mass_seq.get();
+                ma.n_tokens = mass_tokens.get();
+                ma.slot_of_page = layer_slot_of_page(il);
+                ma.layer_cache = layer_cache(il);
+                ma.cpu_chunks = chunk_table.get();
+                ma.pages_per_chunk = pages_per_chunk;
+                ma.cpu_page_of = cpu_page_of.get();
+                ma.il = static_cast<int32_t>(il);
+                ma.n_list = static_cast<int32_t>(mass_rows.size());
+                ma.n_sink_page = static_cast<int32_t>(budget.n_sink_page);
+                ma.n_recent_page = static_cast<int32_t>(budget.n_recent_page);
+                ma.current_slot = static_cast<int32_t>(budget.current_slot());
+                ma.scratch = mass_scratch.get();
+                ma.out = mass.get() + il * n * c.n_head;
+                cuda::mass_recall(ma, g, main);
+            }
+            if (any_test && speculative && tuning.diag_background != DiagBackground::kNone) {
+                // Sel_t of the unflagged heads, on the side stream, once this attention has read the slots.
+                float* qs = q_side.get() + il * max_batch * q_dim;
+                FREEKV_CUDA_CHECK(cudaMemcpyAsync(qs, q.get(), sz(n * q_dim) * 4, cudaMemcpyDeviceToDevice, main));
+                FREEKV_CUDA_CHECK(cudaEventRecord(attn_done[sz(il)], main));
+                FREEKV_CUDA_CHECK(cudaStreamWaitEvent(side, attn_done[sz(il)]));
+                bg_step[sz(il)] = decode_steps;  // before select_and_gather: the dma worker's ticket
+                select_and_gather(il, static_cast<int32_t>(n), qs, sel_n_pages->get(), flags.get() + il * n * n_kv, 0, 1, side);
+                if (!dma) FREEKV_CUDA_CHECK(cudaEventRecord(bg_done[sz(il)], side));  // dma: the worker records it
+                bg_pending[sz(il)] = true;
+            }
+            // The attention wrote its output in bf16 too: the GEMM path (more than 8 rows) takes it as its
+            // bf16 input, the GEMV path beside the fp32 one.
+            mlp_and_attention_out(il, n, bf16_gemm_rows(n), -1, true);
         }
-        if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[2], main));
-        att.q = q.get();
-        att.k = layer_cache(il);
-        att.v = layer_cache(il) + kv_bytes(g.page_size * row());
-        att.elem_bytes = g.elem_bytes;
-        att.page_ids = att_lists.get();
-        att.n_pages = att_n_pages.get();
-        att.last_len = att_last_len.get();
-        att.out = attn.get();
-        att.out_bf16 = gemv_input_bf16();
-        att.n_seq = static_cast<int32_t>(n);
-        att.n_head = g.n_head;
-        att.n_head_kv = g.n_head_kv;
-        att.head_dim = g.head_dim;
-        att.page_size = g.page_size;
-        att.max_list = static_cast<int32_t>(max_list);
-        att.stride_seq = 0;
-        att.stride_page = g.slot_elems();
-        att.stride_tok = row();
-        cuda::attention_pages(att, main);
-        if (timing) FREEKV_CUDA_CHECK(cudaEventRecord(mk[3], main));
-        if (any_mass) {
-            // q rows of the listed sequences: gather them into q_side's scratch area of this layer.
-            float* mq = q_side.get() + il * max_batch * q_dim;
-            for (size_t i = 0; i < mass_rows.size(); ++i)
-                FREEKV_CUDA_CHECK(cudaMemcpyAsync(mq + static_cast<int64_t>(i) * q_dim, q.get() + mass_rows[i] * q_dim, sz(q_dim) * 4,
-                                                  cudaMemcpyDeviceToDevice, main));
-            cuda::MassArgs ma;
-            ma.q = mq;
-            ma.seq = mass_seq.get();
-            ma.n_tokens = mass_tokens.get();
-            ma.slot_of_page = layer_slot_of_page(il);
-            ma.layer_cache = layer_cache(il);
-            ma.cpu_chunks = chunk_table.get();
-            ma.pages_per_chunk = pages_per_chunk;
-            ma.cpu_page_of = cpu_page_of.get();
-            ma.il = static_cast<int32_t>(il);
-            ma.n_list = static_cast<int32_t>(mass_rows.size());
-            ma.n_sink_page = static_cast<int32_t>(budget.n_sink_page);
-            ma.n_recent_page = static_cast<int32_t>(budget.n_recent_page);
-            ma.current_slot = static_cast<int32_t>(budget.current_slot());
-            ma.scratch = mass_scratch.get();
-            ma.out = mass.get() + il * n * c.n_head;
-            cuda::mass_recall(ma, g, main);
-        }
-        if (any_test && speculative && tuning.diag_background != DiagBackground::kNone) {
-            // Sel_t of the unflagged heads, on the side stream, once this attention has read the slots.
-            float* qs = q_side.get() + il * max_batch * q_dim;
-            FREEKV_CUDA_CHECK(cudaMemcpyAsync(qs, q.get(), sz(n * q_dim) * 4, cudaMemcpyDeviceToDevice, main));
-            FREEKV_CUDA_CHECK(cudaEventRecord(attn_done[sz(il)], main));
-            FREEKV_CUDA_CHECK(cudaStreamWaitEvent(side, attn_done[sz(il)]));
-            bg_step[sz(il)] = decode_steps;  // before select_and_gather: the dma worker's ticket
-            select_and_gather(il, static_cast<int32_t>(n), qs, sel_n_pages->get(), flags.get() + il * n * n_kv, 0, 1, side);
-            if (!dma) FREEKV_CUDA_CHECK(cudaEventRecord(bg_done[sz(il)], side));  // dma: the worker records it
-            bg_pending[sz(il)] = true;
-        }
-        // The attention wrote its output in bf16 too: the GEMM path (more than 8 rows) takes it as its
-        // bf16 input, the GEMV path beside the fp32 one.
-        mlp_and_attention_out(il, n, bf16_gemm_rows(n), -1, true);
+        launch_output(out_rows);
+    };
+    const bool graphable = tuning.cuda_graphs && !timing && boundary.empty() && places.empty() && !any_select && !any_mass;
+    if (graphable) {
+        std::vector<int64_t> key{n, n_split, max_list, decode_steps % 2, top_k};
+        key.insert(key.end(), out_rows.begin(), out_rows.end());
+        for (const void* ptr : {static_cast<const void*>(x.get()), static_cast<const void*>(h.get()),
+                                static_cast<const void*>(qkv_rows.get()), static_cast<const void*>(attn.get()),
+                                static_cast<const void*>(proj.get()), static_cast<const void*>(gate_up_rows.get()),
+                                static_cast<const void*>(logits.get()), static_cast<const void*>(partial.get()),
+                                static_cast<const void*>(scratch_bf16.get()), static_cast<const void*>(ids.get()),
+                                static_cast<const void*>(positions.get()), static_cast<const void*>(att_lists.get()),
+                                static_cast<const void*>(att_n_pages.get()), static_cast<const void*>(att_last_len.get()),
+                                static_cast<const void*>(append_offset.get()), static_cast<const void*>(q_now.get()),
+                                static_cast<const void*>(top_scratch_values.get()), static_cast<const void*>(top_scratch_ids.get()),
+                                static_cast<const void*>(top_values.get()), static_cast<const void*>(top_ids_device.get())})
+            key.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(ptr)));
+        run_step_launches(key, launch_step);
+    } else {
+        launch_step();
     }
-    output_logits(out_rows, out);
+    finish_output(static_cast<int64_t>(out_rows.size()), out);
     host_issue_ms += std::chrono::duration<double, std::milli>(issued_at - step_start).count();
     timing_step = false;
     if (timing) {
@@ -309,6 +334,43 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         ++s.n_queries;
         s.forced = false;
     }
+}
+
+// A step's launches from its graph, or captured into one (see StepGraph), or run directly the first
+// time a shape is seen (one-time set-ups such as kernel attributes and cuBLAS state then happen
+// outside a capture).
+void GpuEngine::Impl::run_step_launches(const std::vector<int64_t>& key, const std::function<void()>& launch) {
+    for (const auto& g : step_graphs)
+        if (g->key == key) {
+            FREEKV_CUDA_CHECK(cudaGraphLaunch(g->exec, main));
+            ++graph_steps;
+            return;
+        }
+    if (std::find(step_shapes_seen.begin(), step_shapes_seen.end(), key) == step_shapes_seen.end()) {
+        step_shapes_seen.push_back(key);
+        if (step_shapes_seen.size() > 4 * kMaxStepGraphs) step_shapes_seen.pop_front();
+        launch();
+        return;
+    }
+    cudaGraph_t graph = nullptr;
+    FREEKV_CUDA_CHECK(cudaStreamBeginCapture(main, cudaStreamCaptureModeThreadLocal));
+    try {
+        launch();
+    } catch (...) {
+        if (cudaStreamEndCapture(main, &graph) == cudaSuccess && graph != nullptr) cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        throw;
+    }
+    FREEKV_CUDA_CHECK(cudaStreamEndCapture(main, &graph));
+    auto g = std::make_unique<StepGraph>();
+    g->key = key;
+    const cudaError_t made = cudaGraphInstantiate(&g->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    FREEKV_CUDA_CHECK(made);
+    FREEKV_CUDA_CHECK(cudaGraphLaunch(g->exec, main));
+    ++graph_steps;
+    step_graphs.push_back(std::move(g));
+    if (step_graphs.size() > kMaxStepGraphs) step_graphs.pop_front();
 }
 
 }  // namespace freekv::gpu

@@ -26,6 +26,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <deque>
+#include <functional>
 #include <numeric>
 #include <random>
 
@@ -188,7 +190,7 @@ struct GpuEngine::Impl {
     std::vector<cuda::Event> marks;  // [L][4]
     double select_ms = 0, recall_wait_ms = 0, attention_ms = 0;
     // Host time of the decode steps from their start until every launch of the step was issued
-    // (output_logits sets issued_at after its last kernel launch, before the copies to pageable memory that wait for the stream).
+    // (finish_output sets issued_at before the copies to pageable memory that wait for the stream).
     double host_issue_ms = 0;
     std::chrono::steady_clock::time_point issued_at;
     // Gather (or per-copy + scatter) kernel times, [2 step parity][L][2 kind][start, end]; an entry
@@ -229,6 +231,27 @@ struct GpuEngine::Impl {
     cuda::PinnedArray<uint8_t> host_flags;  // [max_batch][n_kv]
     std::vector<cuda::Event> flags_ready;   // one event when used
 
+    // --cuda-graphs: the decode step's launches (embedding to the LM head and top-k) as one CUDA
+    // graph, captured per launch shape (the key: rows, split-K, list length, step parity, k, output
+    // rows and every buffer the launches name) after one direct run of that shape, and replayed;
+    // only for steps with no selection, boundary, placement, mass recall or timing (budget-only,
+    // full, streaming between page boundaries). The most recent kMaxStepGraphs are kept.
+    struct StepGraph {
+        std::vector<int64_t> key;
+        cudaGraphExec_t exec = nullptr;
+        StepGraph() = default;
+        StepGraph(const StepGraph&) = delete;
+        StepGraph& operator=(const StepGraph&) = delete;
+        ~StepGraph() {
+            if (exec != nullptr) cudaGraphExecDestroy(exec);
+        }
+    };
+    static constexpr size_t kMaxStepGraphs = 8;
+    std::deque<std::unique_ptr<StepGraph>> step_graphs;
+    std::deque<std::vector<int64_t>> step_shapes_seen;  // run once directly, capture on the next
+    int64_t graph_steps = 0;                            // steps replayed from a graph
+    void run_step_launches(const std::vector<int64_t>& key, const std::function<void()>& launch);
+
     const GpuWeights::Impl& w() const { return weights->impl(); }
     int64_t row() const { return g.row(); }
     int64_t kv_bytes(int64_t elems) const { return elems * g.elem_bytes; }
@@ -263,7 +286,13 @@ struct GpuEngine::Impl {
                  std::vector<float>& logits);
     void decode(std::span<const int32_t> tokens, std::span<const SequenceSpan> spans, std::span<const int64_t> out_rows,
                 std::vector<float>& logits);
+    // The logits (or, while top_k > 0, their device top-k) of the listed rows: prepare_output sizes
+    // the buffers (no device work), launch_output only launches (capturable into a graph),
+    // finish_output copies to the host and waits; output_logits is the three.
     void output_logits(std::span<const int64_t> out_rows, std::vector<float>& logits);
+    void prepare_output(int64_t n_out);
+    void launch_output(std::span<const int64_t> out_rows);
+    void finish_output(int64_t n_out, std::vector<float>& logits);
     void select_and_gather(int64_t il, int32_t n_rows, const float* q_rows, const int32_t* n_pages_rows, const uint8_t* flag_rows,
                            uint8_t want, int kind, cudaStream_t s);
     const uint8_t* host_block(const cuda::GatherJob& job, int64_t il) const;  // a block in the pinned store

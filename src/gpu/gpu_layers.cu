@@ -94,40 +94,51 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
 }
 
 void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vector<float>& out) {
-    const auto n_out = static_cast<int64_t>(out_rows.size());
-    out.resize(sz(n_out * c.n_vocab));
-    if (n_out == 0) {
-        issued_at = std::chrono::steady_clock::now();
-        FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
-        return;
-    }
-    // Gather the wanted rows of x into proj, then norm and output head over them only.
-    for (int64_t i = 0; i < n_out; ++i)
-        FREEKV_CUDA_CHECK(cudaMemcpyAsync(proj.get() + i * c.n_embd, x.get() + out_rows[sz(i)] * c.n_embd,
-                                          sz(c.n_embd) * 4, cudaMemcpyDeviceToDevice, main));
+    prepare_output(static_cast<int64_t>(out_rows.size()));
+    launch_output(out_rows);
+    finish_output(static_cast<int64_t>(out_rows.size()), out);
+}
+
+void GpuEngine::Impl::prepare_output(int64_t n_out) {
+    if (n_out == 0) return;
     h.resize(n_out * c.n_embd);
     logits.resize(n_out * c.n_vocab);
     scratch_bf16.resize(n_out * c.n_embd);
-    uint16_t* hb = gemv_input_bf16();
-    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
-    cuda::matmul(h.get(), n_out, w().output.ref(), c.n_vocab, c.n_embd, logits.get(), {}, scratch_bf16.get(), main, false,
-                 hb != nullptr);
     if (top_k > 0) {
         const int64_t scratch = cuda::top_k_scratch_elems(static_cast<int32_t>(n_out), c.n_vocab, top_k);
         top_scratch_values.resize(scratch);
         top_scratch_ids.resize(scratch);
         top_values.resize(n_out * top_k);
         top_ids_device.resize(n_out * top_k);
+    }
+}
+
+void GpuEngine::Impl::launch_output(std::span<const int64_t> out_rows) {
+    const auto n_out = static_cast<int64_t>(out_rows.size());
+    if (n_out == 0) return;
+    // Gather the wanted rows of x into proj, then norm and output head over them only.
+    for (int64_t i = 0; i < n_out; ++i)
+        FREEKV_CUDA_CHECK(cudaMemcpyAsync(proj.get() + i * c.n_embd, x.get() + out_rows[sz(i)] * c.n_embd,
+                                          sz(c.n_embd) * 4, cudaMemcpyDeviceToDevice, main));
+    uint16_t* hb = gemv_input_bf16();
+    cuda::rms_norm(proj.get(), n_out, c.n_embd, w().output_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
+    cuda::matmul(h.get(), n_out, w().output.ref(), c.n_vocab, c.n_embd, logits.get(), {}, scratch_bf16.get(), main, false,
+                 hb != nullptr);
+    if (top_k > 0)
         cuda::top_k(logits.get(), static_cast<int32_t>(n_out), c.n_vocab, top_k, top_scratch_values.get(), top_scratch_ids.get(),
                     top_ids_device.get(), top_values.get(), main);
-        issued_at = std::chrono::steady_clock::now();  // before the copies into pageable memory, which wait for the stream
+}
+
+void GpuEngine::Impl::finish_output(int64_t n_out, std::vector<float>& out) {
+    issued_at = std::chrono::steady_clock::now();  // before the copies into pageable memory, which wait for the stream
+    if (n_out > 0 && top_k > 0) {
         out.resize(sz(n_out * top_k));
         top_ids->resize(sz(n_out * top_k));
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), top_values.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
         FREEKV_CUDA_CHECK(cudaMemcpyAsync(top_ids->data(), top_ids_device.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
     } else {
-        issued_at = std::chrono::steady_clock::now();
-        FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
+        out.resize(sz(n_out * c.n_vocab));
+        if (n_out > 0) FREEKV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.get(), out.size() * 4, cudaMemcpyDeviceToHost, main));
     }
     FREEKV_CUDA_CHECK(cudaStreamSynchronize(main));
 }
