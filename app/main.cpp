@@ -88,6 +88,10 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
                           "GPU decode: replay each step's launches from a CUDA graph where its shape repeats (steps without "
                           "selection or page boundaries: budget-only, full, streaming)")
         ->group(group);
+    cmd.add_flag_callback("--pdl", [&t] { t.pdl = true; },
+                          "GPU decode: launch the block-k GEMVs as programmatic dependents of the kernel before them, so that "
+                          "they stream their first weights while it ends")
+        ->group(group);
     cmd.add_option("--sync-gather-ctas", t.sync_gather_ctas, "GPU: thread blocks of the critical-path recall gather (32)")
         ->group(group)->check(CLI::Range(1, 528));
     cmd.add_option("--bg-gather-ctas", t.bg_gather_ctas, "GPU: thread blocks of FreeKV's background recall gather (12)")

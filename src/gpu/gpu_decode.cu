@@ -181,6 +181,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     // Every launch of the step from here to the logits (a graph's body under --cuda-graphs).
     auto launch_step = [&] {
         cuda::set_gemm_sm_target(gemm_sms);
+        cuda::set_gemv_pdl(tuning.pdl);
         cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
         for (int64_t il = 0; il < L; ++il) {
             const cuda::Event* mk = marks.data() + il * 4;
@@ -284,6 +285,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
             mlp_and_attention_out(il, n, bf16_gemm_rows(n), -1, true);
         }
         launch_output(out_rows);
+        cuda::set_gemv_pdl(false);  // decode only
     };
     const bool graphable = tuning.cuda_graphs && !timing && boundary.empty() && places.empty() && !any_select && !any_mass;
     if (graphable) {

@@ -31,6 +31,7 @@ struct GpuTuning {
     int32_t attn_min_split_tokens = 32;  // decode attention: least tokens per split-K block
     bool attn_staged = false;            // decode attention (bf16): K/V tiles staged in shared memory by cp.async
     bool cuda_graphs = false;            // replay the decode step's launches from CUDA graphs where its shape repeats
+    bool pdl = false;                    // decode GEMVs as programmatic dependent launches (weights streamed early)
     int32_t sync_gather_ctas = 32;       // thread blocks of the critical-path gather
     int32_t bg_gather_ctas = 12;         // thread blocks of FreeKV's background gather
     bool gemm_sm_reserve = true;         // cuBLAS leaves the background gather its SMs
@@ -48,9 +49,9 @@ struct GpuTuning {
                      prefill_install_ctas);
     }
     std::string describe() const {
-        return fmt::format("gpu tuning: attn-min-split-tokens {} | attn-staged {} | cuda-graphs {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
+        return fmt::format("gpu tuning: attn-min-split-tokens {} | attn-staged {} | cuda-graphs {} | pdl {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
                            "| prefill-install {} ({} ctas per KV head) | diag-background {}",
-                           attn_min_split_tokens, attn_staged ? "on" : "off", cuda_graphs ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
+                           attn_min_split_tokens, attn_staged ? "on" : "off", cuda_graphs ? "on" : "off", pdl ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
                            prefill_install_beside ? "beside" : "inline", prefill_install_ctas, diag_background_name(diag_background));
     }
 };

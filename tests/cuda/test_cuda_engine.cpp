@@ -437,7 +437,8 @@ TEST(GpuServingEngine, WhereTheInstallRunsChangesNoOutput) {
     for (size_t i = 1; i < runs.size(); ++i) EXPECT_LE(test::nmse(runs[i], runs[0]), 1e-9) << "placement " << i;
 }
 
-// --cuda-graphs replays the decode step's launches from a graph where its shape repeats: the
+// --cuda-graphs replays the decode step's launches from a graph where its shape repeats, and --pdl
+// launches the GEMVs as programmatic dependents (alone and inside the graphs): the
 // logits of 45 greedy steps after a 300-token prompt (page boundaries every 16 steps run directly,
 // the steps between them from graphs) equal those of direct launches, bit for bit, in budget-only
 // and full attention with bf16 weights (head_dim 128: the bf16 attention kernel).
@@ -448,9 +449,10 @@ TEST(GpuServingEngine, CudaGraphsReplayTheSameLogits) {
     const auto prompt = random_tokens(300, m.config.n_vocab, 91);
     for (KvMode kind : {KvMode::kBudgetOnly, KvMode::kFull}) {
         std::vector<std::vector<float>> runs;
-        for (bool graphs : {false, true}) {
+        for (int variant : {0, 1, 2, 3}) {  // direct; graphs; PDL; graphs with PDL
             gpu::GpuTuning tuning;
-            tuning.cuda_graphs = graphs;
+            tuning.cuda_graphs = variant % 2 == 1;
+            tuning.pdl = variant >= 2;
             gpu::GpuEngine engine(weights, mode_for(kind), 1, 400, tuning);
             const int32_t seq = engine.add_sequence();
             std::vector<float> logits, all;
@@ -466,10 +468,13 @@ TEST(GpuServingEngine, CudaGraphsReplayTheSameLogits) {
             }
             runs.push_back(std::move(all));
         }
-        ASSERT_EQ(runs[0].size(), runs[1].size());
-        size_t differ = 0;
-        for (size_t i = 0; i < runs[0].size(); ++i) differ += runs[0][i] != runs[1][i] ? 1 : 0;
-        EXPECT_EQ(differ, 0u) << kv_mode_name(kind) << ": logits from graphs differ from direct launches";
+        for (size_t v = 1; v < runs.size(); ++v) {
+            ASSERT_EQ(runs[0].size(), runs[v].size());
+            size_t differ = 0;
+            for (size_t i = 0; i < runs[0].size(); ++i) differ += runs[0][i] != runs[v][i] ? 1 : 0;
+            EXPECT_EQ(differ, 0u) << kv_mode_name(kind) << ": logits of variant " << v
+                                  << " (1 graphs, 2 PDL, 3 both) differ from direct launches";
+        }
     }
 }
 

@@ -615,6 +615,15 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
                                            false, dxb);
                         EXPECT_EQ(to_host(dy2, want.size()), to_host(dy, want.size()))
                             << "variant " << variant << " on bf16 x, " << m << "x" << n << "x" << k;
+                        // As a programmatic dependent launch right after the kernel that makes x (here
+                        // an upload of it): the same bits.
+                        cuda::set_gemv_pdl(true);
+                        ASSERT_EQ(cudaMemcpy(dxb, to_bf16(x).data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+                        cuda::gemv_block_k(dx, m, dw, n, k, dy2, with_bias ? db : nullptr, variant - 100, variant == 102 ? 2 : 1, nullptr,
+                                           false, dxb);
+                        cuda::set_gemv_pdl(false);
+                        EXPECT_EQ(to_host(dy2, want.size()), to_host(dy, want.size()))
+                            << "variant " << variant << " as a dependent launch, " << m << "x" << n << "x" << k;
                         cudaFree(dxb), cudaFree(dy2);
                     }
                     cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy);

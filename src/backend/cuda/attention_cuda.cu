@@ -18,6 +18,7 @@
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernel_smem.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/ops_cuda.cuh"
 
 namespace freekv::cuda {
@@ -496,6 +497,7 @@ void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
 constexpr int kMaxSplit = 256;
 constexpr int kCombineThreads = 128;  // >= head_dim
 __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(PagesAttentionArgs a) {
+    launch_dependents();  // the o GEMV may start streaming its weights (pdl.cuh)
     const int ikv = blockIdx.x, seq = blockIdx.y, g = blockIdx.z, group = a.n_head / a.n_head_kv;
     const int stride = group * (a.head_dim + 2);
     const float* parts = a.partial + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_split * stride;

@@ -14,6 +14,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gemv_chunk.cuh"
 #include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace freekv::cuda {
 
@@ -43,6 +44,9 @@ __global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const X
     for (int r = 0; r < RPW; ++r)
 #pragma unroll
         for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+    // Under programmatic dependent launch the first weights are in flight before the wait for the
+    // kernel that makes x (pdl.cuh); nothing before x and y is touched.
+    bool waited = false;
     for (int64_t c0 = warp * 32 + lane; c0 < chunks; c0 += kBlockKWarps * 32 * C) {
         uint4 wv[C][RPW];
 #pragma unroll
@@ -53,6 +57,10 @@ __global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const X
                 wv[h][r] = row0 + r < n && c < chunks ? __ldg(reinterpret_cast<const uint4*>(w + (row0 + r) * k) + c)
                                                       : make_uint4(0, 0, 0, 0);
             }
+        if (!waited) {
+            grid_dependency_wait();
+            waited = true;
+        }
 #pragma unroll
         for (int h = 0; h < C; ++h) {
             const int64_t c = c0 + kBlockKWarps * 32 * h;
@@ -60,6 +68,7 @@ __global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const X
             gemv_chunk<M, RPW>(wv[h], x, m, k, c, acc);
         }
     }
+    if (!waited) grid_dependency_wait();  // a thread with no chunk still writes y after the predecessor
 #pragma unroll
     for (int r = 0; r < RPW; ++r)
 #pragma unroll
@@ -85,12 +94,12 @@ __global__ void __launch_bounds__(kBlockKWarps * 32) gemv_block_k_kernel(const X
 template <int RPW, int C, class X>
 void launch_block_k(const X* x, int m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, bool acc,
                     cudaStream_t s) {
-    const auto grid = static_cast<unsigned>((n + RPW - 1) / RPW);
-    if (m == 1) gemv_block_k_kernel<1, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
-    else if (m == 2) gemv_block_k_kernel<2, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
-    else if (m <= 4) gemv_block_k_kernel<4, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
-    else gemv_block_k_kernel<8, RPW, C, X><<<grid, kBlockKWarps * 32, 0, s>>>(x, m, w, n, k, y, bias, acc);
-    FREEKV_CUDA_CHECK(cudaGetLastError());
+    const dim3 grid(static_cast<unsigned>((n + RPW - 1) / RPW)), block(kBlockKWarps * 32);
+    const bool pdl = gemv_pdl();
+    if (m == 1) launch_maybe_dependent(gemv_block_k_kernel<1, RPW, C, X>, grid, block, s, pdl, x, m, w, n, k, y, bias, acc);
+    else if (m == 2) launch_maybe_dependent(gemv_block_k_kernel<2, RPW, C, X>, grid, block, s, pdl, x, m, w, n, k, y, bias, acc);
+    else if (m <= 4) launch_maybe_dependent(gemv_block_k_kernel<4, RPW, C, X>, grid, block, s, pdl, x, m, w, n, k, y, bias, acc);
+    else launch_maybe_dependent(gemv_block_k_kernel<8, RPW, C, X>, grid, block, s, pdl, x, m, w, n, k, y, bias, acc);
 }
 
 template <int RPW, int C>
@@ -111,6 +120,13 @@ __global__ void fill_uniform_kernel(float* x, int64_t n, uint32_t seed) {
 }
 
 }  // namespace
+
+namespace {
+thread_local bool gemv_pdl_on = false;
+}  // namespace
+
+void set_gemv_pdl(bool on) { gemv_pdl_on = on; }
+bool gemv_pdl() { return gemv_pdl_on; }
 
 const char* gemv_kernel_name(GemvKernel kernel) {
     switch (kernel) {

@@ -11,6 +11,7 @@
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda.cuh"
+#include "backend/cuda/pdl.cuh"
 
 namespace freekv::cuda {
 
@@ -36,6 +37,7 @@ __device__ __forceinline__ void store_out4(uint16_t* p, float4 r) {
 
 template <class W, class O>
 __global__ void rms_norm_kernel(const float* x, int64_t n, const W* w, float eps, O* y, uint16_t* y_bf16) {
+    launch_dependents();  // a GEMV after it may start streaming its weights (pdl.cuh)
     const float* row = x + blockIdx.x * n;
     O* out = y + blockIdx.x * n;
     uint16_t* out_bf16 = y_bf16 != nullptr ? y_bf16 + blockIdx.x * n : nullptr;
@@ -101,6 +103,7 @@ __global__ void rope_kernel(float* x, int64_t n_tok, int64_t n_heads, int64_t he
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 __global__ void silu_mul_kernel(float* gate, const float* up, int64_t n, uint16_t* out_bf16) {
+    launch_dependents();  // the down GEMV may start streaming its weights (pdl.cuh)
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (i >= n) return;
     const float r = silu_times(gate[i], up[i]);

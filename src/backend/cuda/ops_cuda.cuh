@@ -67,6 +67,10 @@ void embedding(WeightRef table, const int32_t* ids, int64_t n_tok, int64_t n_emb
 /// background gather holds some SMs for the whole step leaves them out, so that a one-wave GEMM
 /// does not wait for the blocks that share an SM with the gather.
 void set_gemm_sm_target(int sms);
+/// This thread's block-k GEMVs launch as programmatic dependents of the kernel before them (they
+/// stream their first weights while it ends; pdl.cuh); off by default.
+void set_gemv_pdl(bool on);
+bool gemv_pdl();
 
 /// The prefill GEMM path (m > 8 rows, bf16 weights), where one bf16 copy of an activation feeds
 /// several products: rms_norm / silu_mul writing bf16 directly (rounded to nearest even, as
