@@ -208,7 +208,8 @@ GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int6
     const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
     for (int64_t m = 1; m <= max_rows; ++m) {
         const size_t i = static_cast<size_t>(m - 1);
-        const GemvKernel fallback = matmul_rows_use_gemm(m) ? GemvKernel::kCublas : GemvKernel::kSimt;
+        // The baseline a measured kernel must beat by kSwitchMargin: the SIMT GEMV for one row, cuBLAS for more.
+        const GemvKernel fallback = m == 1 ? GemvKernel::kSimt : GemvKernel::kCublas;
         out.kernel[i] = fallback;
         bool usable = aligned;
         for (const uint16_t* w : matrices) usable = usable && reinterpret_cast<uintptr_t>(w) % 16 == 0;

@@ -38,7 +38,9 @@ __global__ void add_bias_kernel(float* y, int64_t m, int64_t n, const W* bias) {
 // loads issued before any math); x is read through L1 (all warps of a block share the k chunk) and
 // rounded to bf16 as cuBLAS's input would be; fp32 accumulation, one warp reduction per row.
 constexpr int kGemvMaxRows = 8;
-constexpr int kGemvDefaultRows = 1;  // measured on the H100: see bench/results (batch 4 was faster through cuBLAS)
+// Rows the SIMT GEMV takes for a weight without a measured choice (GemvChoices): one; more go to
+// cuBLAS (measured on the H100: batch 4 was faster through cuBLAS than through this kernel).
+constexpr int kGemvDefaultRows = 1;
 constexpr int kGemvRowsPerWarp = 4;
 constexpr int kGemvWarps = 4;
 
@@ -178,24 +180,16 @@ void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k
 
 namespace {
 
-// Batch rows up to which the GEMV kernel replaces cuBLAS: FREEKV_GEMV_MAX_ROWS (0..8) overrides the
-// default, for measuring one against the other on the GPU machine.
-int64_t gemv_max_rows() {
-    static const int64_t rows = [] {
-        const char* env = std::getenv("FREEKV_GEMV_MAX_ROWS");
-        return env != nullptr ? std::clamp<int64_t>(std::atoll(env), 0, kGemvMaxRows) : int64_t{kGemvDefaultRows};
-    }();
-    return rows;
-}
-
 bool gemv_fits(const float* x, int64_t m, const uint16_t* w, int64_t k) {
-    return m >= 1 && m <= gemv_max_rows() && k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+    return m >= 1 && m <= kGemvDefaultRows && k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
            reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
 }  // namespace
 
-bool matmul_rows_use_gemm(int64_t m) { return m > gemv_max_rows(); }
+// Up to kGemvChoiceRows rows a forward is decode-sized: each product takes its weight's measured
+// choice for that many rows (cuBLAS among them); beyond, the prefill's GEMM path.
+bool matmul_rows_use_gemm(int64_t m) { return m > kGemvChoiceRows; }
 
 namespace {
 

@@ -77,8 +77,8 @@ bool gemv_pdl();
 /// matmul_bf16 rounds its input), to_bf16 for any other activation, and gemm_bf16 on a bf16 input:
 /// y[m, n] (+)= x_bf16[m, k] . w[n, k]^T (+ bias[n]), fp32 accumulation, y fp32; with accumulate the
 /// product is added to y (a residual connection) instead of replacing it.
-/// Whether matmul_bf16 takes cuBLAS (not the decode GEMV) for m rows: then the gemm_bf16 path below
-/// computes the same products.
+/// Whether m rows are past the decode GEMVs' measured choices (m > kGemvChoiceRows): matmul_bf16
+/// then takes cuBLAS, and the gemm_bf16 path below computes the same products.
 bool matmul_rows_use_gemm(int64_t m);
 void rms_norm_bf16(const float* x, int64_t m, int64_t n, WeightRef w, float eps, uint16_t* y, void* stream);
 void silu_mul_bf16(const float* gate, const float* up, int64_t n, uint16_t* out, void* stream);
@@ -96,7 +96,7 @@ void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_
 /// A tensor-core decode GEMV (measured slower than the SIMT one, kept with its test): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
 void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream,
               bool accumulate = false);
-/// The SIMT decode GEMV (matmul_bf16's default for m <= FREEKV_GEMV_MAX_ROWS; exposed for tests), with
+/// The SIMT decode GEMV (matmul_bf16's default for one row without a measured choice; exposed for tests), with
 /// `chunks` (2, 4 or 8) 16-byte loads per lane and row in flight; 1 <= m <= 8, k % 8 == 0.
 void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
                void* stream, bool accumulate = false);
