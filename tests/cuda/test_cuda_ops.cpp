@@ -481,9 +481,9 @@ TEST_F(CudaOps, FlashPrefillMatchesReferenceAcrossChunks) {
 
 TEST_F(CudaOps, MatmulBf16GemvAndCublas) {
     std::mt19937 rng(14);
-    // m <= 8 with k % 8 == 0 takes the GEMV kernel (row counts not a multiple of its 16 rows per
-    // block, k chunks not a multiple of 32 lanes, every row-count template 1, 2, 4, 8 with partial
-    // use); m > 8 or k % 8 != 0 goes through cuBLAS.
+    // Without a measured choice one row with k % 8 == 0 takes the SIMT GEMV (row counts not a
+    // multiple of its 16 rows per block, k chunks not a multiple of 32 lanes); more rows or
+    // k % 8 != 0 go through cuBLAS (DecodeGemvsMatchTheReference runs the GEMVs at every row count).
     for (auto [m, n, k] : {std::tuple{1, 7, 64}, std::tuple{3, 300, 96}, std::tuple{17, 1000, 512}, std::tuple{64, 1536, 512},
                            std::tuple{1, 1001, 4096}, std::tuple{2, 33, 136}, std::tuple{4, 517, 1032},
                            std::tuple{5, 129, 4096}, std::tuple{8, 250, 14336}, std::tuple{2, 40, 100}}) {
