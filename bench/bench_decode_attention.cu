@@ -21,6 +21,7 @@
 #include "backend/ops.h"
 #include "bench_args.h"
 #include "bench_cuda_check.h"
+#include "bench_timing.h"
 #include "core/dtype.h"
 
 namespace {
@@ -130,18 +131,9 @@ int main(int argc, char** argv) {
                         status = 1;
                         continue;
                     }
-                    cudaEvent_t e0, e1;
-                    CHECK(cudaEventCreate(&e0));
-                    CHECK(cudaEventCreate(&e1));
-                    CHECK(cudaEventRecord(e0));
-                    for (int i = 0; i < reps; ++i) run((i + 1) % copies);
-                    CHECK(cudaEventRecord(e1));
-                    CHECK(cudaEventSynchronize(e1));
-                    float ms = 0;
-                    CHECK(cudaEventElapsedTime(&ms, e0, e1));
-                    CHECK(cudaEventDestroy(e0));
-                    CHECK(cudaEventDestroy(e1));
-                    const double us = ms * 1e3 / reps, gbps = kv_bytes / (us * 1e3);
+                    int call = 0;  // the warm-up reads copy 0 again; the timed calls cycle from copy 1
+                    const double ms = time_ms([&] { run(call++ % copies); }, reps);
+                    const double us = ms * 1e3, gbps = kv_bytes / (us * 1e3);
                     std::printf("| %d | %d | %s | %d | %d | %.1f | %.0f | %.0f%% |\n", ctx, batch, name, floor, a.n_split, us, gbps,
                                 100.0 * gbps / bw);
                 }

@@ -26,6 +26,7 @@
 #include "backend/cuda/ops_cuda.cuh"
 #include "bench_args.h"
 #include "bench_cuda_check.h"
+#include "bench_timing.h"
 #include "core/dtype.h"
 
 namespace {
@@ -108,23 +109,6 @@ void candidate(const float* x, int m, const uint16_t* w, int64_t n, int64_t k, f
     else if (m == 2) launch_candidate<2, RPW, C>(x, m, w, n, k, y, part, splits, s);
     else if (m <= 4) launch_candidate<4, RPW, C>(x, m, w, n, k, y, part, splits, s);
     else launch_candidate<8, RPW, C>(x, m, w, n, k, y, part, splits, s);
-}
-
-template <class F>
-double time_ms(F&& f, int reps) {
-    cudaEvent_t a, b;
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
-    f();
-    CHECK(cudaEventRecord(a));
-    for (int r = 0; r < reps; ++r) f();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    CHECK(cudaEventDestroy(a));
-    CHECK(cudaEventDestroy(b));
-    return ms / reps;
 }
 
 struct Shape {

@@ -399,6 +399,26 @@ TEST(GpuServingEngine, ChunkedPrefillMatchesTheWholePrompt) {
     }
 }
 
+// The logits of a prompt's last token, then of `steps` greedy decode steps, concatenated (one
+// sequence in an empty engine).
+std::vector<float> greedy_logits(gpu::GpuEngine& engine, const std::vector<int32_t>& prompt, int steps) {
+    const int32_t seq = engine.add_sequence();
+    const auto n = static_cast<int64_t>(prompt.size());
+    std::vector<float> logits, all;
+    const SequenceSpan span{seq, 0, n, 0};
+    const int64_t last_row[1] = {n - 1};
+    engine.forward(prompt, std::span(&span, 1), last_row, logits);
+    all = logits;
+    for (int step = 0; step < steps; ++step) {
+        const int32_t t[1] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+        const int64_t row[1] = {0};
+        const SequenceSpan d{seq, engine.n_tokens(seq), 1, 0};
+        engine.forward(t, std::span(&d, 1), row, logits);
+        all.insert(all.end(), logits.begin(), logits.end());
+    }
+    return all;
+}
+
 // Where a prefilled layer's install runs (on the main stream after it, beside the next layer on
 // the second stream, or there on a small grid that walks the pages: 1 and 3 blocks per KV head)
 // changes no output: the install writes the same summaries, store blocks and slots either way.
@@ -417,20 +437,7 @@ TEST(GpuServingEngine, WhereTheInstallRunsChangesNoOutput) {
         tuning.prefill_install_beside = p.beside;
         tuning.prefill_install_ctas = p.ctas;
         gpu::GpuEngine engine(weights, mode_for(KvMode::kFreekv), 1, 320, tuning);
-        const int32_t seq = engine.add_sequence();
-        std::vector<float> logits, all;
-        const SequenceSpan span{seq, 0, 300, 0};
-        const int64_t last_row[1] = {299};
-        engine.forward(prompt, std::span(&span, 1), last_row, logits);
-        all = logits;
-        for (int step = 0; step < 6; ++step) {  // decode reads what the install wrote
-            const int32_t t[1] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
-            const int64_t row[1] = {0};
-            const SequenceSpan d{seq, engine.n_tokens(seq), 1, 0};
-            engine.forward(t, std::span(&d, 1), row, logits);
-            all.insert(all.end(), logits.begin(), logits.end());
-        }
-        runs.push_back(std::move(all));
+        runs.push_back(greedy_logits(engine, prompt, 6));  // decode reads what the install wrote
     }
     // NOTE: with a small grid cuBLAS runs on fewer SMs beside it and may sum in another order (f32
     // last bits, NMSE ~1e-12); a page installed wrong moves the logits by far more (NMSE ~1e-2).
@@ -454,19 +461,7 @@ TEST(GpuServingEngine, CudaGraphsReplayTheSameLogits) {
             tuning.cuda_graphs = variant % 2 == 1;
             tuning.pdl = variant >= 2;
             gpu::GpuEngine engine(weights, mode_for(kind), 1, 400, tuning);
-            const int32_t seq = engine.add_sequence();
-            std::vector<float> logits, all;
-            const SequenceSpan span{seq, 0, 300, 0};
-            const int64_t last_row[1] = {299};
-            engine.forward(prompt, std::span(&span, 1), last_row, logits);
-            for (int step = 0; step < 45; ++step) {
-                const int32_t t[1] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
-                const int64_t row[1] = {0};
-                const SequenceSpan d{seq, engine.n_tokens(seq), 1, 0};
-                engine.forward(t, std::span(&d, 1), row, logits);
-                all.insert(all.end(), logits.begin(), logits.end());
-            }
-            runs.push_back(std::move(all));
+            runs.push_back(greedy_logits(engine, prompt, 45));
         }
         for (size_t v = 1; v < runs.size(); ++v) {
             ASSERT_EQ(runs[0].size(), runs[v].size());

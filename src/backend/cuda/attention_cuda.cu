@@ -34,18 +34,41 @@ constexpr int kTile = 32;           // tokens per warp tile: one per lane while 
 constexpr int kVInFlight = 8;       // V rows loaded before they are used
 
 // 8 consecutive elements at p (16-byte aligned) widened to fp32.
-__device__ __forceinline__ void load8(const uint16_t* p, float out[8]) {
-    const uint4 w = *reinterpret_cast<const uint4*>(p);
-    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        out[2 * i] = __uint_as_float(u[i] << 16);
-        out[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
-}
+__device__ __forceinline__ void load8(const uint16_t* p, float out[8]) { unpack_bf16x8(*reinterpret_cast<const uint4*>(p), out); }
 __device__ __forceinline__ void load8(const float* p, float out[8]) {
     const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
     out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+// q[0, 8) . k[0, 8) (q in shared memory, 16-byte aligned).
+__device__ __forceinline__ float dot8(const float* q, const float k[8]) {
+    const float4 a = *reinterpret_cast<const float4*>(q), b = *reinterpret_cast<const float4*>(q + 4);
+    return a.x * k[0] + a.y * k[1] + a.z * k[2] + a.w * k[3] + b.x * k[4] + b.y * k[5] + b.z * k[6] + b.w * k[7];
+}
+
+// One tile's step of a warp's online softmax, per head g < group: the tile's maximum over kWidth
+// lanes (each lane scores one token, s[g] already scaled or not valid), the rescale of the running
+// state (m uniform over the lanes; l this lane's share, to which `counts` lanes add their weight;
+// acc the lane's D output dimensions) and the token's weight into p[g * p_stride] when `writes`.
+template <int G, int D, int kWidth>
+__device__ __forceinline__ void softmax_tile_step(const float (&s)[G], bool valid, int group, float (&m)[G], float (&l)[G],
+                                                  float (&acc)[G][kMaxDimsPerLane], float* p, int p_stride, bool counts,
+                                                  bool writes) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        if (g >= group) break;
+        const float sg = valid ? s[g] : -INFINITY;
+        float mx = sg;
+        for (int o = kWidth / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        const float m_new = fmaxf(m[g], mx);  // finite: the tile's first token is valid
+        const float correction = expf(m[g] - m_new);
+        const float pg = valid ? expf(sg - m_new) : 0.0f;
+        l[g] = l[g] * correction + (counts ? pg : 0.0f);
+#pragma unroll
+        for (int d = 0; d < D; ++d) acc[g][d] *= correction;
+        m[g] = m_new;
+        if (writes) p[g * p_stride] = pg;
+    }
 }
 
 // The block's end: its warps' partial softmax states (m, l, acc per head; acc holds the lane's
@@ -146,29 +169,14 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
 #pragma unroll
                 for (int g = 0; g < G; ++g) {
                     if (g >= group) break;
-                    const float4 qa = *reinterpret_cast<const float4*>(q_shared + g * hd + c);
-                    const float4 qb = *reinterpret_cast<const float4*>(q_shared + g * hd + c + 4);
-                    s[g] += qa.x * kv[0] + qa.y * kv[1] + qa.z * kv[2] + qa.w * kv[3] + qb.x * kv[4] + qb.y * kv[5] +
-                            qb.z * kv[6] + qb.w * kv[7];
+                    s[g] += dot8(q_shared + g * hd + c, kv);
                 }
             }
         }
         // The tile's maximum per head, the rescale of the running state, the weights.
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-            if (g >= group) break;
-            const float sg = valid ? s[g] * scale : -INFINITY;
-            float mx = sg;
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float m_new = fmaxf(m[g], mx);  // finite: lane 0's token is valid
-            const float correction = expf(m[g] - m_new);
-            const float p = valid ? expf(sg - m_new) : 0.0f;
-            l[g] = l[g] * correction + p;
-#pragma unroll
-            for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] *= correction;
-            m[g] = m_new;
-            p_shared[warp][g][lane] = p;
-        }
+        for (int g = 0; g < G; ++g) s[g] *= scale;
+        softmax_tile_step<G, kMaxDimsPerLane, 32>(s, valid, group, m, l, acc, &p_shared[warp][0][lane], kTile, true, true);
         __syncwarp();
         // Weighted V rows: the lane's `dims` output dimensions of each head, kVInFlight rows at a time.
         const int n_valid = min(kTile, j_end - t0);
@@ -258,37 +266,17 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_bf16_kernel(Pages
         for (int g = 0; g < G; ++g) s[g] = 0.0f;
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
-            const uint32_t u[4] = {kraw[c].x, kraw[c].y, kraw[c].z, kraw[c].w};
             float kv[8];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                kv[2 * i] = __uint_as_float(u[i] << 16);
-                kv[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-            }
+            unpack_bf16x8(kraw[c], kv);
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 if (g >= group) break;
-                const float4 qa = *reinterpret_cast<const float4*>(q_shared + g * HD + c * 8);
-                const float4 qb = *reinterpret_cast<const float4*>(q_shared + g * HD + c * 8 + 4);
-                s[g] += qa.x * kv[0] + qa.y * kv[1] + qa.z * kv[2] + qa.w * kv[3] + qb.x * kv[4] + qb.y * kv[5] + qb.z * kv[6] +
-                        qb.w * kv[7];
+                s[g] += dot8(q_shared + g * HD + c * 8, kv);
             }
         }
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-            if (g >= group) break;
-            const float sg = valid ? s[g] * scale : -INFINITY;
-            float mx = sg;
-            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float m_new = fmaxf(m[g], mx);  // finite: lane 0's token is valid
-            const float correction = expf(m[g] - m_new);
-            const float p = valid ? expf(sg - m_new) : 0.0f;
-            l[g] = l[g] * correction + p;
-#pragma unroll
-            for (int d = 0; d < kDims; ++d) acc[g][d] *= correction;
-            m[g] = m_new;
-            p_shared[warp][g][lane] = p;
-        }
+        for (int g = 0; g < G; ++g) s[g] *= scale;
+        softmax_tile_step<G, kDims, 32>(s, valid, group, m, l, acc, &p_shared[warp][0][lane], kTile, true, true);
         __syncwarp();
 #pragma unroll
         for (int t = 0; t < kTile; ++t) {
@@ -418,39 +406,21 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
         const uint16_t* krow = k_stage(st) + tok * L::kRowK + half * (HD / 2);
 #pragma unroll
         for (int c = 0; c < HD / 16; ++c) {
-            const uint4 w = *reinterpret_cast<const uint4*>(krow + c * 8);
-            const uint32_t u[4] = {w.x, w.y, w.z, w.w};
             float kv[8];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                kv[2 * i] = __uint_as_float(u[i] << 16);
-                kv[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-            }
+            unpack_bf16x8(*reinterpret_cast<const uint4*>(krow + c * 8), kv);
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 if (g >= group) break;
-                const float* qg = q_shared + g * HD + half * (HD / 2) + c * 8;
-                const float4 qa = *reinterpret_cast<const float4*>(qg), qb = *reinterpret_cast<const float4*>(qg + 4);
-                s[g] += qa.x * kv[0] + qa.y * kv[1] + qa.z * kv[2] + qa.w * kv[3] + qb.x * kv[4] + qb.y * kv[5] + qb.z * kv[6] +
-                        qb.w * kv[7];
+                s[g] += dot8(q_shared + g * HD + half * (HD / 2) + c * 8, kv);
             }
         }
 #pragma unroll
         for (int g = 0; g < G; ++g) {
             if (g >= group) break;
-            s[g] += __shfl_xor_sync(0xffffffffu, s[g], kStTile);  // the token's two halves
-            const float sg = valid ? s[g] * scale : -INFINITY;
-            float mx = sg;
-            for (int o = kStTile / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float m_new = fmaxf(m[g], mx);  // finite: the tile's first token is valid
-            const float correction = expf(m[g] - m_new);
-            const float p = valid ? expf(sg - m_new) : 0.0f;
-            l[g] = l[g] * correction + (half == 0 ? p : 0.0f);  // each token counted once
-#pragma unroll
-            for (int d = 0; d < kDims; ++d) acc[g][d] *= correction;
-            m[g] = m_new;
-            if (half == 0) p_shared[warp][g][tok] = p;
+            s[g] = (s[g] + __shfl_xor_sync(0xffffffffu, s[g], kStTile)) * scale;  // the token's two halves
         }
+        // Both lanes of a token hold its score; the first counts its weight and writes it.
+        softmax_tile_step<G, kDims, kStTile>(s, valid, group, m, l, acc, &p_shared[warp][0][tok], kStTile, half == 0, half == 0);
         __syncwarp();
         const uint16_t* vs = v_stage(st) + lane * kDims;
 #pragma unroll

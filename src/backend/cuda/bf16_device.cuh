@@ -35,6 +35,16 @@ __device__ __forceinline__ void load_bf16x4(const uint16_t* p, int dims, float o
     }
 }
 
+/// The 8 bf16 of a 16-byte load, widened to fp32 in order.
+__device__ __forceinline__ void unpack_bf16x8(uint4 w, float out[8]) {
+    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = __uint_as_float(u[i] << 16);
+        out[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
 __device__ __forceinline__ float to_f32(uint16_t b) { return bf16_to_float(b); }
 __device__ __forceinline__ float to_f32(float f) { return f; }
 template <class T>

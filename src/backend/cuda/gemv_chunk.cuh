@@ -8,7 +8,25 @@
 
 #include <cstdint>
 
+#include "backend/cuda/bf16_device.cuh"
+
 namespace freekv::cuda {
+
+/// acc[r][i] += xr . (the 8 bf16 of wv[r]) for every r < R, in element order.
+template <int M, int R>
+__device__ __forceinline__ void chunk_rows(const uint4 (&wv)[R], const float (&xr)[8], int i, float (&acc)[R][M]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const uint32_t parts[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+        float sum = acc[r][i];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
+            sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
+        }
+        acc[r][i] = sum;
+    }
+}
 
 /// acc[r][i] += bf16(x[i, 8c .. 8c + 8)) . (the 8 bf16 of wv[r]) for r < R and i < m (<= M).
 template <int M, int R>
@@ -23,17 +41,7 @@ __device__ __forceinline__ void gemv_chunk(const uint4 (&wv)[R], const float* __
         float xr[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) xr[e] = __bfloat162float(__float2bfloat16_rn(xs[e]));
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const uint32_t parts[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
-            float sum = acc[r][i];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
-                sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
-            }
-            acc[r][i] = sum;
-        }
+        chunk_rows<M, R>(wv, xr, i, acc);
     }
 }
 
@@ -45,25 +53,9 @@ __device__ __forceinline__ void gemv_chunk(const uint4 (&wv)[R], const uint16_t*
 #pragma unroll
     for (int i = 0; i < M; ++i) {
         if (i >= m) break;
-        const uint4 a = __ldg(reinterpret_cast<const uint4*>(x + i * k) + c);
-        const uint32_t xp[4] = {a.x, a.y, a.z, a.w};
         float xr[8];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            xr[2 * e] = __uint_as_float(xp[e] << 16);
-            xr[2 * e + 1] = __uint_as_float(xp[e] & 0xffff0000u);
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const uint32_t parts[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
-            float sum = acc[r][i];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                sum = fmaf(__uint_as_float(parts[e] << 16), xr[2 * e], sum);
-                sum = fmaf(__uint_as_float(parts[e] & 0xffff0000u), xr[2 * e + 1], sum);
-            }
-            acc[r][i] = sum;
-        }
+        unpack_bf16x8(__ldg(reinterpret_cast<const uint4*>(x + i * k) + c), xr);
+        chunk_rows<M, R>(wv, xr, i, acc);
     }
 }
 
