@@ -80,17 +80,16 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
     const char* group = "GPU tuning (measured defaults)";
     cmd.add_option("--attn-min-split-tokens", t.attn_min_split_tokens, "GPU decode attention: least tokens per split-K block (32)")
         ->group(group)->check(CLI::Range(16, 4096));
-    cmd.add_flag_callback("--attn-staged", [&t] { t.attn_staged = true; },
-                          "GPU decode attention with bf16 KV: stage each warp's K/V tiles in shared memory by cp.async "
-                          "(default: each tile's loads held in registers)")
+    cmd.add_option("--attn-split-blocks", t.attn_split_blocks,
+                   "GPU decode attention: thread blocks the split-K rule aims at over all (sequence, KV head) pairs (1056)")
+        ->group(group)->check(CLI::Range(1, 8192));
+    cmd.add_flag_callback("--no-cuda-graphs", [&t] { t.cuda_graphs = false; },
+                          "GPU decode: launch every step's kernels from the host (default: steps without selection or page "
+                          "boundaries, as in budget-only, full and streaming, replay a CUDA graph where their shape repeats)")
         ->group(group);
-    cmd.add_flag_callback("--cuda-graphs", [&t] { t.cuda_graphs = true; },
-                          "GPU decode: replay each step's launches from a CUDA graph where its shape repeats (steps without "
-                          "selection or page boundaries: budget-only, full, streaming)")
-        ->group(group);
-    cmd.add_flag_callback("--pdl", [&t] { t.pdl = true; },
-                          "GPU decode: launch the block-k GEMVs as programmatic dependents of the kernel before them, so that "
-                          "they stream their first weights while it ends")
+    cmd.add_flag_callback("--no-pdl", [&t] { t.pdl = false; },
+                          "GPU decode: launch the block-k GEMVs only after the kernel before them ends (default: as programmatic "
+                          "dependents that stream their first weights while it ends)")
         ->group(group);
     cmd.add_option("--sync-gather-ctas", t.sync_gather_ctas, "GPU: thread blocks of the critical-path recall gather (32)")
         ->group(group)->check(CLI::Range(1, 528));

@@ -1,8 +1,8 @@
 // bench_decode_attention.cu: one layer's decode attention at the Llama-3.1-8B shape (32 query heads,
 // 8 KV heads, head_dim 128, page 32, bf16 KV in the engine's slot layout: per page slot K rows then V
-// rows, each row every KV head's head_dim) for the contexts and batches given: both bf16 kernels
-// (tile loads held in registers; tiles staged in shared memory by cp.async, --attn-staged) at the
-// engine's split-K rule with token floors 32 and 128, beside the measured HBM read rate.
+// rows, each row every KV head's head_dim) for the contexts and batches given: the engine's bf16
+// kernel (tiles staged in shared memory by cp.async) at the engine's split-K rule with token floor
+// 128 for several block targets (--attn-split-blocks), beside the measured HBM read rate.
 // Validates before timing: each variant's output against the CPU reference (ref::attention_pages on
 // the same bf16 values; NMSE <= 1e-9). Layers are cycled through copies that together exceed the L2
 // three times, so that every timed call reads its K/V from HBM, as a decode step does.
@@ -30,10 +30,10 @@ constexpr int kHead = 32, kHeadKv = 8, kHeadDim = 128, kPage = 32;
 constexpr int64_t kRow = int64_t{kHeadKv} * kHeadDim;          // one token's K (or V) over every KV head
 constexpr int64_t kSlot = 2 * kPage * kRow;                    // one page slot: K rows, then V rows
 
-// The engine's split-K rule (gpu_tuning.cu, split_for): about 1056 blocks, at least `floor`
+// The engine's split-K rule (gpu_tuning.cu, split_for): about `target` blocks, at least `floor`
 // tokens each, at most 256 splits.
-int split_for(int64_t rows_heads, int64_t tokens, int64_t floor) {
-    const int64_t want = std::max<int64_t>(1, 1056 / std::max<int64_t>(1, rows_heads));
+int split_for(int64_t rows_heads, int64_t tokens, int64_t floor, int64_t target) {
+    const int64_t want = std::max<int64_t>(1, target / std::max<int64_t>(1, rows_heads));
     return static_cast<int>(std::clamp<int64_t>(std::min(want, (tokens + floor - 1) / floor), 1, 256));
 }
 
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
     CHECK(cudaGetDeviceProperties(&prop, 0));
     const double bw = freekv::cuda::measure_hbm_read_gbps();
     std::printf("device: %s, L2 %d MB; measured HBM read %.0f GB/s (2 GiB streamed)\n\n", prop.name, prop.l2CacheSize >> 20, bw);
-    std::printf("| context | batch | kernel | split floor | splits | us | KV GB/s | of measured |\n|---|---|---|---|---|---|---|---|\n");
+    std::printf("| context | batch | split blocks | splits | us | KV GB/s | of measured |\n|---|---|---|---|---|---|---|\n");
     std::mt19937 rng(3);
     std::normal_distribution<float> nd;
     int status = 0;
@@ -106,15 +106,13 @@ int main(int argc, char** argv) {
             CHECK(cudaMemcpy(dn, n_list.data(), n_list.size() * 4, cudaMemcpyHostToDevice));
             CHECK(cudaMemcpy(dlast, last_len.data(), last_len.size() * 4, cudaMemcpyHostToDevice));
             const double kv_bytes = static_cast<double>(batch) * ctx * kRow * 2 * 2;  // K and V of every attended token
-            for (bool staged : {false, true})
-                for (int floor : {32, 128}) {
+            for (int target : {1056, 792, 528, 396, 264}) {
                     freekv::cuda::PagesAttentionArgs a;
                     a.q = dq, a.page_ids = dlists, a.n_pages = dn, a.last_len = dlast, a.out = dout;
                     a.n_seq = batch, a.n_head = kHead, a.n_head_kv = kHeadKv, a.head_dim = kHeadDim, a.page_size = kPage;
                     a.max_list = n_pages, a.elem_bytes = 2, a.stride_seq = 0, a.stride_page = kSlot, a.stride_tok = kRow;
-                    a.n_split = split_for(int64_t{batch} * kHeadKv, ctx, floor);
+                    a.n_split = split_for(int64_t{batch} * kHeadKv, ctx, 128, target);
                     a.partial = dpart;
-                    a.staged = staged;
                     auto run = [&](int copy) {
                         a.k = layers[static_cast<size_t>(copy)];
                         a.v = layers[static_cast<size_t>(copy)] + kPage * kRow;
@@ -125,16 +123,15 @@ int main(int argc, char** argv) {
                     std::vector<float> got(q.size());
                     CHECK(cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost));
                     const double err = nmse(got, want);
-                    const char* name = staged ? "staged (cp.async)" : "registers";
                     if (!(err <= 1e-9)) {
-                        std::printf("| %d | %d | %s | %d | %d | WRONG (NMSE %.3g) | | |\n", ctx, batch, name, floor, a.n_split, err);
+                        std::printf("| %d | %d | %d | %d | WRONG (NMSE %.3g) | | |\n", ctx, batch, target, a.n_split, err);
                         status = 1;
                         continue;
                     }
                     int call = 0;  // the warm-up reads copy 0 again; the timed calls cycle from copy 1
                     const double ms = time_ms([&] { run(call++ % copies); }, reps);
                     const double us = ms * 1e3, gbps = kv_bytes / (us * 1e3);
-                    std::printf("| %d | %d | %s | %d | %d | %.1f | %.0f | %.0f%% |\n", ctx, batch, name, floor, a.n_split, us, gbps,
+                    std::printf("| %d | %d | %d | %d | %.1f | %.0f | %.0f%% |\n", ctx, batch, target, a.n_split, us, gbps,
                                 100.0 * gbps / bw);
                 }
             for (void* p : {static_cast<void*>(dq), static_cast<void*>(dout), static_cast<void*>(dpart), static_cast<void*>(dlists),

@@ -161,10 +161,9 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         mass.resize(L * n * c.n_head);
         mass_scratch.resize(n * c.n_head * max_pages * p);
     }
-    const int32_t n_split = split_for(n * n_kv, max_att_tokens, tuning.attn_min_split_tokens);
+    const int32_t n_split = split_for(n * n_kv, max_att_tokens, tuning.attn_min_split_tokens, tuning.attn_split_blocks);
     cuda::PagesAttentionArgs att;
     att.n_split = n_split;
-    att.staged = tuning.attn_staged;
     if (n_split > 1) {
         partial.resize(n * c.n_head * (c.head_dim + 2) * n_split);
         att.partial = partial.get();

@@ -59,7 +59,7 @@ using cuda::DeviceArray;
 inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
 // Launch shapes from the tuning options (gpu_tuning.cu).
-int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens);
+int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens, int64_t target_blocks);
 int gemm_sms_beside_gather(const GpuTuning& t);
 int gemm_sms_beside_install(const GpuTuning& t, int64_t n_head_kv);
 

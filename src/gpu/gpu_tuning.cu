@@ -5,13 +5,13 @@
 
 namespace freekv::gpu {
 
-// Token ranges per split-K block: about eight blocks of four warps per multiprocessor of the H100
-// (132), so that enough K/V loads are in flight to cover HBM latency, at least min_tokens each
+// Token ranges per split-K block: about target_blocks blocks over all (row, KV head) pairs
+// (--attn-split-blocks; 1056 = eight per multiprocessor of the H100), at least min_tokens each
 // (default 32 = 4 warps x 4 tokens in flight x 2 rounds: a budget-sized list of 2048 tokens then
 // makes 64 splits; 32 measured best of 16, 32 and 64, see bench/results), at most 256 splits (the
 // combine kernel's limit).
-int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens) {
-    const int64_t want = std::max<int64_t>(1, 1056 / std::max<int64_t>(1, n_rows_heads));
+int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens, int64_t target_blocks) {
+    const int64_t want = std::max<int64_t>(1, target_blocks / std::max<int64_t>(1, n_rows_heads));
     return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + min_tokens - 1) / min_tokens), 1, 256));
 }
 

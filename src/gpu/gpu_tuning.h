@@ -29,9 +29,9 @@ inline const char* diag_background_name(DiagBackground d) {
 
 struct GpuTuning {
     int32_t attn_min_split_tokens = 32;  // decode attention: least tokens per split-K block
-    bool attn_staged = false;            // decode attention (bf16): K/V tiles staged in shared memory by cp.async
-    bool cuda_graphs = false;            // replay the decode step's launches from CUDA graphs where its shape repeats
-    bool pdl = false;                    // decode GEMVs as programmatic dependent launches (weights streamed early)
+    int32_t attn_split_blocks = 1056;    // decode attention: blocks the split-K rule aims at
+    bool cuda_graphs = true;             // replay the decode step's launches from CUDA graphs where its shape repeats
+    bool pdl = true;                     // decode GEMVs as programmatic dependent launches (weights streamed early)
     int32_t sync_gather_ctas = 32;       // thread blocks of the critical-path gather
     int32_t bg_gather_ctas = 12;         // thread blocks of FreeKV's background gather
     bool gemm_sm_reserve = true;         // cuBLAS leaves the background gather its SMs
@@ -42,6 +42,8 @@ struct GpuTuning {
     void validate() const {
         FREEKV_CHECK(attn_min_split_tokens >= 16 && attn_min_split_tokens <= 4096,
                      "--attn-min-split-tokens {} must be in [16, 4096]", attn_min_split_tokens);
+        FREEKV_CHECK(attn_split_blocks >= 1 && attn_split_blocks <= 8192, "--attn-split-blocks {} must be in [1, 8192]",
+                     attn_split_blocks);
         FREEKV_CHECK(sync_gather_ctas >= 1 && sync_gather_ctas <= 528, "--sync-gather-ctas {} must be in [1, 528]",
                      sync_gather_ctas);
         FREEKV_CHECK(bg_gather_ctas >= 1 && bg_gather_ctas <= 132, "--bg-gather-ctas {} must be in [1, 132]", bg_gather_ctas);
@@ -49,9 +51,9 @@ struct GpuTuning {
                      prefill_install_ctas);
     }
     std::string describe() const {
-        return fmt::format("gpu tuning: attn-min-split-tokens {} | attn-staged {} | cuda-graphs {} | pdl {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
+        return fmt::format("gpu tuning: attn-min-split-tokens {} | attn-split-blocks {} | cuda-graphs {} | pdl {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
                            "| prefill-install {} ({} ctas per KV head) | diag-background {}",
-                           attn_min_split_tokens, attn_staged ? "on" : "off", cuda_graphs ? "on" : "off", pdl ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
+                           attn_min_split_tokens, attn_split_blocks, cuda_graphs ? "on" : "off", pdl ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
                            prefill_install_beside ? "beside" : "inline", prefill_install_ctas, diag_background_name(diag_background));
     }
 };

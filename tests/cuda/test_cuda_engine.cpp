@@ -444,7 +444,7 @@ TEST(GpuServingEngine, WhereTheInstallRunsChangesNoOutput) {
     for (size_t i = 1; i < runs.size(); ++i) EXPECT_LE(test::nmse(runs[i], runs[0]), 1e-9) << "placement " << i;
 }
 
-// --cuda-graphs replays the decode step's launches from a graph where its shape repeats, and --pdl
+// CUDA graphs (on by default; --no-cuda-graphs) replay the decode step's launches from a graph where its shape repeats, and --pdl
 // launches the GEMVs as programmatic dependents (alone and inside the graphs): the
 // logits of 45 greedy steps after a 300-token prompt (page boundaries every 16 steps run directly,
 // the steps between them from graphs) equal those of direct launches, bit for bit, in budget-only

@@ -4,9 +4,9 @@
 // warp takes the tile's maximum, and then every lane adds the tile's 32 V rows, weighted, into the
 // output dimensions it owns; each warp keeps an online softmax per query head, the warps merge
 // through shared memory, and split-K partials are combined by a second kernel.
-// bf16 KV at head_dim 64/128 with groups up to 8 takes a variant that issues a whole tile's loads
-// before using any. Invariants: K/V rows start on 16-byte boundaries (checked); a tile's tokens past
-// the list weigh 0.
+// bf16 KV at head_dim 64/128 with groups up to 8 takes a variant that stages each warp's tiles in
+// shared memory by cp.async (attention_pages_staged_kernel). Invariants: K/V rows start on 16-byte
+// boundaries (checked); a tile's tokens past the list weigh 0.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
@@ -212,99 +212,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
     merge_warps<G>(a, m, l, acc, smem, seq, ikv, group, hd);
 }
 
-// The bf16 kernel for head_dim 64 and 128 and groups up to 8 (every Llama-family shape): the same
-// tiles and arithmetic as attention_pages_kernel, but a tile's K rows (HD / 8 16-byte loads per
-// lane) and all 32 of its V rows (one load per lane each) are issued before any of them is used, so
-// that each warp has a whole tile (16 KiB at head_dim 128) in flight; the generic kernel waits for
-// its loads about six times per tile and stays latency-bound (ncu: 63% of its stalls).
-template <int G, int HD>
-__global__ void __launch_bounds__(kWarps * 32) attention_pages_bf16_kernel(PagesAttentionArgs a) {
-    constexpr int kChunks = HD / 8, kDims = HD / 32;  // K: 16-byte chunks per row; V: dims per lane
-    using VRaw = typename std::conditional<kDims == 4, uint2, uint32_t>::type;
-    const int ikv = blockIdx.x, seq = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int group = a.n_head / a.n_head_kv;
-    const float scale = rsqrtf(static_cast<float>(HD));
-    constexpr int kLoopFloats = G * HD + kWarps * G * kTile, kMergeFloats = kWarps * G * 128;
-    __shared__ __align__(16) float smem[kLoopFloats > kMergeFloats ? kLoopFloats : kMergeFloats];
-    float* q_shared = smem;
-    auto p_shared = reinterpret_cast<float(*)[G][kTile]>(smem + G * HD);
-    const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * HD;
-    for (int i = threadIdx.x; i < group * HD; i += blockDim.x) q_shared[i] = q[i];
-    __syncthreads();
-    const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
-    const int n_tokens = (a.n_pages[seq] - 1) * a.page_size + a.last_len[seq];
-    const int chunk = (n_tokens + static_cast<int>(gridDim.z) - 1) / static_cast<int>(gridDim.z);
-    const int j_begin = static_cast<int>(blockIdx.z) * chunk, j_end = min(n_tokens, j_begin + chunk);
-    const uint16_t* k_head = static_cast<const uint16_t*>(a.k) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
-    const uint16_t* v_head = static_cast<const uint16_t*>(a.v) + static_cast<int64_t>(seq) * a.stride_seq + static_cast<int64_t>(ikv) * HD;
-    float m[G], l[G], acc[G][kMaxDimsPerLane];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-        m[g] = -INFINITY;
-        l[g] = 0.0f;
-#pragma unroll
-        for (int d = 0; d < kMaxDimsPerLane; ++d) acc[g][d] = 0.0f;
-    }
-    for (int t0 = j_begin + warp * kTile; t0 < j_end; t0 += kWarps * kTile) {
-        const int j = t0 + lane, n_valid = min(kTile, j_end - t0);
-        const bool valid = j < j_end;
-        const int64_t my_row = valid ? static_cast<int64_t>(pages[j / a.page_size]) * a.stride_page + (j % a.page_size) * a.stride_tok : 0;
-        // Every load of the tile first: the lane's K row, then the 32 V rows' `kDims` dims of the lane.
-        uint4 kraw[kChunks];
-        const uint4* krow = reinterpret_cast<const uint4*>(k_head + my_row);
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c) kraw[c] = valid ? krow[c] : make_uint4(0, 0, 0, 0);
-        VRaw vraw[kTile];
-#pragma unroll
-        for (int t = 0; t < kTile; ++t) {
-            const int64_t row = __shfl_sync(0xffffffffu, my_row, t);
-            vraw[t] = t < n_valid ? *reinterpret_cast<const VRaw*>(v_head + row + lane * kDims) : VRaw{};
-        }
-        // Scores of the lane's token.
-        float s[G];
-#pragma unroll
-        for (int g = 0; g < G; ++g) s[g] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c) {
-            float kv[8];
-            unpack_bf16x8(kraw[c], kv);
-#pragma unroll
-            for (int g = 0; g < G; ++g) {
-                if (g >= group) break;
-                s[g] += dot8(q_shared + g * HD + c * 8, kv);
-            }
-        }
-#pragma unroll
-        for (int g = 0; g < G; ++g) s[g] *= scale;
-        softmax_tile_step<G, kDims, 32>(s, valid, group, m, l, acc, &p_shared[warp][0][lane], kTile, true, true);
-        __syncwarp();
-#pragma unroll
-        for (int t = 0; t < kTile; ++t) {
-            float vr[4];
-            if constexpr (kDims == 4) {
-                vr[0] = __uint_as_float(vraw[t].x << 16), vr[1] = __uint_as_float(vraw[t].x & 0xffff0000u);
-                vr[2] = __uint_as_float(vraw[t].y << 16), vr[3] = __uint_as_float(vraw[t].y & 0xffff0000u);
-            } else {
-                vr[0] = __uint_as_float(vraw[t] << 16), vr[1] = __uint_as_float(vraw[t] & 0xffff0000u);
-            }
-#pragma unroll
-            for (int g = 0; g < G; ++g) {
-                if (g >= group) break;
-                const float p = p_shared[warp][g][t];  // 0 past the list
-#pragma unroll
-                for (int d = 0; d < kDims; ++d) acc[g][d] += p * vr[d];
-            }
-        }
-        __syncwarp();  // every lane has read p_shared before the next tile writes it
-    }
-#pragma unroll
-    for (int g = 0; g < G; ++g)
-        for (int o = 16; o > 0; o >>= 1) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
-    __syncthreads();  // every warp is done with q_shared and p_shared
-    merge_warps<G>(a, m, l, acc, smem, seq, ikv, group, HD);
-}
-
-// The staged bf16 kernel (PagesAttentionArgs::staged): each warp takes tiles of 16 tokens and copies
+// The staged bf16 kernel (bf16 KV at head_dim 64/128, groups up to 8: every Llama-family shape):
+// each warp takes tiles of 16 tokens and copies
 // the next tile's K and V rows into its own shared-memory stage with cp.async (16 lanes per 256-byte
 // row: every fetched byte used, no registers held by loads in flight) while it computes the current
 // one. Two lanes score a token (half of its K row each, one shuffle); the block's page ids come to
@@ -519,17 +428,10 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
     if (a.elem_bytes == 2 && (a.head_dim == 64 || a.head_dim == 128) && group <= 8) {
         const auto launch = [&](auto hd_tag) {
             constexpr int HD = decltype(hd_tag)::value;
-            if (a.staged) {
-                if (group == 1) launch_staged<1, HD>(a, grid, s);
-                else if (group == 2) launch_staged<2, HD>(a, grid, s);
-                else if (group <= 4) launch_staged<4, HD>(a, grid, s);
-                else launch_staged<8, HD>(a, grid, s);
-                return;
-            }
-            if (group == 1) attention_pages_bf16_kernel<1, HD><<<grid, kWarps * 32, 0, s>>>(a);
-            else if (group == 2) attention_pages_bf16_kernel<2, HD><<<grid, kWarps * 32, 0, s>>>(a);
-            else if (group <= 4) attention_pages_bf16_kernel<4, HD><<<grid, kWarps * 32, 0, s>>>(a);
-            else attention_pages_bf16_kernel<8, HD><<<grid, kWarps * 32, 0, s>>>(a);
+            if (group == 1) launch_staged<1, HD>(a, grid, s);
+            else if (group == 2) launch_staged<2, HD>(a, grid, s);
+            else if (group <= 4) launch_staged<4, HD>(a, grid, s);
+            else launch_staged<8, HD>(a, grid, s);
         };
         if (a.head_dim == 64) launch(std::integral_constant<int, 64>{});
         else launch(std::integral_constant<int, 128>{});

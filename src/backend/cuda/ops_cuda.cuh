@@ -125,9 +125,6 @@ struct PagesAttentionArgs {
     // blocks and merged by a second kernel; `partial` is scratch of partial_floats() floats.
     int32_t n_split = 1;
     float* partial = nullptr;
-    // bf16 KV at head_dim 64/128 with groups up to 8: stage each warp's K/V tiles in shared memory
-    // with cp.async (double-buffered) instead of holding a whole tile's loads in registers.
-    bool staged = false;
     int64_t partial_floats() const {
         return static_cast<int64_t>(n_seq) * n_head * (head_dim + 2) * n_split;
     }
