@@ -42,7 +42,7 @@ std::shared_ptr<const gpu::GpuWeights> make_gpu_weights(const LoadedModel& m, co
     fmt::print(stderr, "gpu: {:.2f} GiB of {} weights on the device\n", static_cast<double>(w->bytes()) / (1 << 30),
                gpu::gpu_dtype_name(d));
     if (const std::string g = w->gemv_summary(); !g.empty())
-        fmt::print(stderr, "gpu: decode GEMV per shape, 1..8 rows (s simt, b2/b4/b8 block-k, c cuBLAS): {}\n", g);
+        fmt::print(stderr, "gpu: decode GEMV per shape, 1..8 rows (s simt, b2/b4/b8 block-k, m1/m2 tensor-core mma, c cuBLAS): {}\n", g);
     return w;
 }
 

@@ -1,5 +1,6 @@
 // bench_decode_gemv.cu: the decode GEMVs of the Llama-3.1-8B shape (issue 16) at small batches: the
-// engine's SIMT GEMV (16-byte chunks in flight per lane 2, 4, 8), cuBLAS on a bf16 input, and
+// engine's SIMT GEMV (16-byte chunks in flight per lane 2, 4, 8), cuBLAS on a bf16 input, the
+// measured choice's block-k and tensor-core (mma) kernels on fp32 and on bf16 x, and
 // candidate kernels that vary rows per warp, chunks in flight and split-K, each validated against a
 // CPU reference (double sums of bf16(x) . w) on the same random inputs before it is timed (the
 // candidates: one warp per row group with split-K across blocks, or a block's warps splitting k for
@@ -202,6 +203,16 @@ int main(int argc, char** argv) {
             add_block(2, 2, block_k<2, 2>);
             add_block(4, 1, block_k<4, 1>);
             add_block(8, 1, block_k<8, 1>);
+            // The library's kernels as the decode step runs them: on bf16(x) written by the kernel before.
+            for (auto [rpw, c] : {std::pair{2, 2}, std::pair{4, 1}, std::pair{8, 1}})
+                variants.push_back({"block-k " + std::to_string(rpw) + " rows/block, chunks " + std::to_string(c) + ", bf16 x",
+                                    [&, rpw, c](const uint16_t* w) {
+                                        freekv::cuda::gemv_block_k(dx, m, w, sh.n, sh.k, dy, nullptr, rpw, c, nullptr, false, dxb);
+                                    }});
+            for (int tiles : {1, 2})
+                variants.push_back({"tensor-core mma, " + std::to_string(16 * tiles) + " rows/warp, bf16 x", [&, tiles](const uint16_t* w) {
+                                        freekv::cuda::gemv_mma(dx, m, w, sh.n, sh.k, dy, nullptr, nullptr, false, tiles, dxb);
+                                    }});
             for (const Variant& v : variants) {
                 CHECK(cudaMemset(dy, 0xff, want.size() * 4));
                 v.run(w_dev[0]);

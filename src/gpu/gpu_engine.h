@@ -58,7 +58,8 @@ public:
     /// embedding table (one row per token).
     int64_t decode_read_bytes() const { return bytes_ - embedding_bytes_; }
     /// The decode GEMV measured for each bf16 matrix shape, per row count 1..8 (s simt, b2/b4/b8
-    /// block-k, c cuBLAS) and its one-row time against the default's; empty for f32 weights.
+    /// block-k, m1/m2 tensor-core mma, c cuBLAS) and its one- and four-row times against the
+    /// default's; empty for f32 weights.
     std::string gemv_summary() const;
     struct Impl;
     const Impl& impl() const { return *impl_; }

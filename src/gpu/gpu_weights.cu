@@ -136,6 +136,8 @@ std::string GpuWeights::gemv_summary() const {
             case cuda::GemvKernel::kBlockK2x2: return "b2";
             case cuda::GemvKernel::kBlockK4x1: return "b4";
             case cuda::GemvKernel::kBlockK8x1: return "b8";
+            case cuda::GemvKernel::kMma16: return "m1";
+            case cuda::GemvKernel::kMma32: return "m2";
             case cuda::GemvKernel::kCublas: return "c";
         }
         return "?";
@@ -144,7 +146,9 @@ std::string GpuWeights::gemv_summary() const {
     for (const auto& c : impl_->gemv_choices) {
         out += fmt::format("{}{} x {}:", out.empty() ? "" : "; ", c->n, c->k);
         for (int64_t i = 0; i < c->measured_rows; ++i) out += fmt::format(" {}", code(c->kernel[i]));
-        out += fmt::format(" (1 row {:.1f} us, default {:.1f})", c->us[0], c->default_us[0]);
+        out += fmt::format(" (1 row {:.1f} us, default {:.1f}", c->us[0], c->default_us[0]);
+        if (c->measured_rows >= 4) out += fmt::format("; 4 rows {:.1f} us, default {:.1f}", c->us[3], c->default_us[3]);
+        out += ")";
     }
     return out;
 }

@@ -573,17 +573,21 @@ TEST_F(CudaOps, PrefillGemmPathRoundsOnceAndAccumulates) {
 }
 
 // The decode GEMVs on their own, every variant the engine can pick: the SIMT one with 2, 4 and 8
-// chunks in flight, the tensor-core one (gemv_mma, not among the measured choices) and the block-k ones
-// the measured choice may take (2x2, 4x1, 8x1); every batch size 1..8, row counts not a multiple of
+// chunks in flight, and the ones the measured choice may take: the tensor-core one (gemv_mma, 16 and
+// 32 rows per warp) and block-k (2x2, 4x1, 8x1); every batch size 1..8, row counts not a multiple of
 // the rows per block, k from one 32-element chunk to 14336 (all but mma also k = 40, not a multiple of 32).
+// Those the choice takes also read bf16(x) as the decode step writes it, directly and as a
+// programmatic dependent launch: the same bits.
 TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
     std::mt19937 rng(15);
-    for (int variant : {0, 2, 4, 8, 102, 104, 108})  // 0: mma; 2..8: the SIMT kernel's chunks; 10R: block-k, R rows
+    // 0, 1: mma with 1 or 2 tiles of 16 rows per warp; 2..8: the SIMT kernel's chunks; 10R: block-k, R rows
+    for (int variant : {0, 1, 2, 4, 8, 102, 104, 108})
         for (auto [n, k] : {std::pair{7, 32}, std::pair{300, 96}, std::pair{1001, 4096}, std::pair{16, 1024}, std::pair{250, 14336},
                             std::pair{33, 40}})
             for (int m = 1; m <= 8; ++m)
                 for (bool with_bias : {false, true}) {
-                    if (variant == 0 && k % 32 != 0) continue;
+                    const bool mma = variant < 2;
+                    if (mma && k % 32 != 0) continue;
                     const auto x = randn(static_cast<size_t>(m * k), rng);
                     const auto w = to_bf16(randn(static_cast<size_t>(n * k), rng));
                     const auto bias = to_bf16(randn(static_cast<size_t>(n), rng));
@@ -591,9 +595,13 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
                     uint16_t* dw = to_device(w);
                     uint16_t* db = to_device(bias);
                     float* dy = poisoned(static_cast<size_t>(m * n));
-                    if (variant == 0) cuda::gemv_mma(dx, m, dw, n, k, dy, with_bias ? db : nullptr, nullptr);
-                    else if (variant > 100)
-                        cuda::gemv_block_k(dx, m, dw, n, k, dy, with_bias ? db : nullptr, variant - 100, variant == 102 ? 2 : 1, nullptr);
+                    // The kernels the measured choice takes, on fp32 x or on its bf16 (xb).
+                    auto chosen = [&](float* y, const uint16_t* xb) {
+                        if (mma) cuda::gemv_mma(dx, m, dw, n, k, y, with_bias ? db : nullptr, nullptr, false, variant + 1, xb);
+                        else cuda::gemv_block_k(dx, m, dw, n, k, y, with_bias ? db : nullptr, variant - 100, variant == 102 ? 2 : 1,
+                                                nullptr, false, xb);
+                    };
+                    if (mma || variant > 100) chosen(dy, nullptr);
                     else cuda::gemv_simt(dx, m, dw, n, k, dy, with_bias ? db : nullptr, variant, nullptr);
                     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
                     std::vector<float> xr(x.size());
@@ -603,19 +611,17 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
                     ref::matmul(xr.data(), m, wv, want.data(), with_bias ? &bv : nullptr);
                     EXPECT_LE(test::nmse(to_host(dy, want.size()), want), kNmse)
                         << "variant " << variant << " " << m << "x" << n << "x" << k << " bias " << with_bias;
-                    if (variant > 100) {  // block-k reading bf16(x) as the decode step writes it: the same bits
+                    if (mma || variant > 100) {  // reading bf16(x) as the decode step writes it: the same bits
                         uint16_t* dxb = to_device(to_bf16(x));
                         float* dy2 = poisoned(static_cast<size_t>(m * n));
-                        cuda::gemv_block_k(dx, m, dw, n, k, dy2, with_bias ? db : nullptr, variant - 100, variant == 102 ? 2 : 1, nullptr,
-                                           false, dxb);
+                        chosen(dy2, dxb);
                         EXPECT_EQ(to_host(dy2, want.size()), to_host(dy, want.size()))
                             << "variant " << variant << " on bf16 x, " << m << "x" << n << "x" << k;
                         // As a programmatic dependent launch right after the kernel that makes x (here
                         // an upload of it): the same bits.
                         cuda::set_gemv_pdl(true);
                         ASSERT_EQ(cudaMemcpy(dxb, to_bf16(x).data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-                        cuda::gemv_block_k(dx, m, dw, n, k, dy2, with_bias ? db : nullptr, variant - 100, variant == 102 ? 2 : 1, nullptr,
-                                           false, dxb);
+                        chosen(dy2, dxb);
                         cuda::set_gemv_pdl(false);
                         EXPECT_EQ(to_host(dy2, want.size()), to_host(dy, want.size()))
                             << "variant " << variant << " as a dependent launch, " << m << "x" << n << "x" << k;
@@ -624,6 +630,7 @@ TEST_F(CudaOps, DecodeGemvsMatchTheReference) {
                     cudaFree(dx), cudaFree(dw), cudaFree(db), cudaFree(dy);
                 }
     EXPECT_THROW(cuda::gemv_mma(nullptr, 9, nullptr, 16, 32, nullptr, nullptr, nullptr), Error);
+    EXPECT_THROW(cuda::gemv_mma(nullptr, 1, nullptr, 16, 32, nullptr, nullptr, nullptr, false, 3), Error);
     EXPECT_THROW(cuda::gemv_mma(nullptr, 1, nullptr, 16, 40, nullptr, nullptr, nullptr), Error);
     EXPECT_THROW(cuda::gemv_simt(nullptr, 1, nullptr, 16, 32, nullptr, nullptr, 3, nullptr), Error);
     EXPECT_THROW(cuda::gemv_block_k(nullptr, 1, nullptr, 16, 32, nullptr, nullptr, 4, 2, nullptr), Error);
@@ -667,13 +674,11 @@ TEST_F(CudaOps, GemvAccumulateAddsTheProductIntoY) {
             }
         };
         for (auto kernel : {cuda::GemvKernel::kSimt, cuda::GemvKernel::kBlockK2x2, cuda::GemvKernel::kBlockK4x1,
-                            cuda::GemvKernel::kBlockK8x1, cuda::GemvKernel::kCublas})
+                            cuda::GemvKernel::kBlockK8x1, cuda::GemvKernel::kMma16, cuda::GemvKernel::kMma32, cuda::GemvKernel::kCublas})
             check(cuda::gemv_kernel_name(kernel),
                   [&](float* y) { cuda::gemv_run(kernel, dx, m, dw, n, k, y, nullptr, scratch, nullptr); },
                   [&](float* y) { cuda::gemv_run(kernel, dx, m, dw, n, k, y, nullptr, scratch, nullptr, true); },
                   kernel != cuda::GemvKernel::kCublas);
-        check("mma", [&](float* y) { cuda::gemv_mma(dx, m, dw, n, k, y, nullptr, nullptr); },
-              [&](float* y) { cuda::gemv_mma(dx, m, dw, n, k, y, nullptr, nullptr, true); });
         check("fp32 cuBLAS", [&](float* y) { cuda::matmul(dx, m, cuda::WeightRef{dw32, true}, n, k, y, {}, nullptr, nullptr); },
               [&](float* y) { cuda::matmul(dx, m, cuda::WeightRef{dw32, true}, n, k, y, {}, nullptr, nullptr, true); }, false);
         EXPECT_THROW(cuda::gemv_run(cuda::GemvKernel::kSimt, dx, m, dw, n, k, dy, dw, scratch, nullptr, true), Error);

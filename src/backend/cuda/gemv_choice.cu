@@ -134,6 +134,8 @@ const char* gemv_kernel_name(GemvKernel kernel) {
         case GemvKernel::kBlockK2x2: return "block-k 2x2";
         case GemvKernel::kBlockK4x1: return "block-k 4x1";
         case GemvKernel::kBlockK8x1: return "block-k 8x1";
+        case GemvKernel::kMma16: return "mma 16";
+        case GemvKernel::kMma32: return "mma 32";
         case GemvKernel::kCublas: return "cublas";
     }
     return "?";
@@ -161,6 +163,8 @@ void gemv_run(GemvKernel kernel, const float* x, int64_t m, const uint16_t* w, i
         case GemvKernel::kBlockK2x2: gemv_block_k(x, m, w, n, k, y, bias, 2, 2, stream, accumulate, x_bf16_ready ? x_bf16 : nullptr); return;
         case GemvKernel::kBlockK4x1: gemv_block_k(x, m, w, n, k, y, bias, 4, 1, stream, accumulate, x_bf16_ready ? x_bf16 : nullptr); return;
         case GemvKernel::kBlockK8x1: gemv_block_k(x, m, w, n, k, y, bias, 8, 1, stream, accumulate, x_bf16_ready ? x_bf16 : nullptr); return;
+        case GemvKernel::kMma16: gemv_mma(x, m, w, n, k, y, bias, stream, accumulate, 1, x_bf16_ready ? x_bf16 : nullptr); return;
+        case GemvKernel::kMma32: gemv_mma(x, m, w, n, k, y, bias, stream, accumulate, 2, x_bf16_ready ? x_bf16 : nullptr); return;
         case GemvKernel::kCublas:
             FREEKV_CHECK(x_bf16 != nullptr, "gemv_run: cuBLAS needs the bf16 scratch for x");
             if (!x_bf16_ready) to_bf16(x, m * k, x_bf16, stream);
@@ -220,8 +224,10 @@ GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int6
         out.default_us[i] = static_cast<float>(best_us);
         out.us[i] = static_cast<float>(best_us);
         for (GemvKernel kernel : {GemvKernel::kSimt, GemvKernel::kBlockK2x2, GemvKernel::kBlockK4x1, GemvKernel::kBlockK8x1,
-                                  GemvKernel::kCublas}) {
+                                  GemvKernel::kMma16, GemvKernel::kMma32, GemvKernel::kCublas}) {
             if (kernel == fallback) continue;
+            const bool mma = kernel == GemvKernel::kMma16 || kernel == GemvKernel::kMma32;
+            if (mma && k % 32 != 0) continue;  // the tensor-core GEMV takes k in chunks of 32
             const double us = time_us(kernel, m);
             if (us < best_us && us < (1.0 - kSwitchMargin) * out.default_us[i]) {
                 best_us = us;

@@ -14,8 +14,9 @@ namespace freekv::cuda {
 
 /// The decode GEMV kernels matmul_bf16 can run for 1..kGemvChoiceRows rows of x (gemv_choice.cu):
 /// the SIMT one (a warp per 4 rows), block-k (a block's 8 warps split k for R rows, C 16-byte chunks
-/// per lane in flight: 2x2, 4x1, 8x1) and cuBLAS on a bf16 copy of x. All compute the same products.
-enum class GemvKernel : uint8_t { kSimt, kBlockK2x2, kBlockK4x1, kBlockK8x1, kCublas };
+/// per lane in flight: 2x2, 4x1, 8x1), the tensor-core one (gemv_mma: 16 or 32 rows per warp, k % 32
+/// == 0) and cuBLAS on a bf16 copy of x. All compute the same products.
+enum class GemvKernel : uint8_t { kSimt, kBlockK2x2, kBlockK4x1, kBlockK8x1, kMma16, kMma32, kCublas };
 constexpr int64_t kGemvChoiceRows = 8;
 const char* gemv_kernel_name(GemvKernel kernel);
 
@@ -93,9 +94,11 @@ void gemm_bf16(const uint16_t* x_bf16, int64_t m, const uint16_t* w, int64_t n, 
 void matmul_bf16(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias,
                  uint16_t* x_bf16, void* stream, const GemvChoices* choices = nullptr, bool accumulate = false,
                  bool x_bf16_ready = false);
-/// A tensor-core decode GEMV (measured slower than the SIMT one, kept with its test): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation; 1 <= m <= 8, k % 32 == 0.
+/// The tensor-core decode GEMV (gemv_mma.cu): y[m, n] = bf16(x) . w^T (+ bias), fp32 accumulation;
+/// 1 <= m <= 8, k % 32 == 0; `tiles` (1 or 2) tiles of 16 rows per warp. With x_bf16 (bf16(x),
+/// 16-byte aligned) it reads that instead of rounding x: the same products.
 void gemv_mma(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, void* stream,
-              bool accumulate = false);
+              bool accumulate = false, int tiles = 1, const uint16_t* x_bf16 = nullptr);
 /// The SIMT decode GEMV (matmul_bf16's default for one row without a measured choice; exposed for tests), with
 /// `chunks` (2, 4 or 8) 16-byte loads per lane and row in flight; 1 <= m <= 8, k % 8 == 0.
 void gemv_simt(const float* x, int64_t m, const uint16_t* w, int64_t n, int64_t k, float* y, const uint16_t* bias, int chunks,
