@@ -81,8 +81,9 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
     cmd.add_option("--attn-min-split-tokens", t.attn_min_split_tokens, "GPU decode attention: least tokens per split-K block (32)")
         ->group(group)->check(CLI::Range(16, 4096));
     cmd.add_option("--attn-split-blocks", t.attn_split_blocks,
-                   "GPU decode attention: thread blocks the split-K rule aims at over all (sequence, KV head) pairs (1056)")
-        ->group(group)->check(CLI::Range(1, 8192));
+                   "GPU decode attention: thread blocks the split-K rule aims at over all (sequence, KV head) pairs "
+                   "(0, the default: one full wave, the SMs times the kernel's resident blocks per SM)")
+        ->group(group)->check(CLI::Range(0, 8192));
     cmd.add_flag_callback("--no-cuda-graphs", [&t] { t.cuda_graphs = false; },
                           "GPU decode: launch every step's kernels from the host (default: steps without selection or page "
                           "boundaries, as in budget-only, full and streaming, replay a CUDA graph where their shape repeats)")

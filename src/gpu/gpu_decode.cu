@@ -161,7 +161,10 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         mass.resize(L * n * c.n_head);
         mass_scratch.resize(n * c.n_head * max_pages * p);
     }
-    const int32_t n_split = split_for(n * n_kv, max_att_tokens, tuning.attn_min_split_tokens, tuning.attn_split_blocks);
+    if (attention_wave == 0) attention_wave = cuda::attention_pages_wave(static_cast<int>(c.n_head), static_cast<int>(n_kv),
+                                                                         static_cast<int>(c.head_dim), static_cast<int>(g.elem_bytes));
+    const int64_t split_target = tuning.attn_split_blocks > 0 ? tuning.attn_split_blocks : attention_wave;
+    const int32_t n_split = split_for(n * n_kv, max_att_tokens, tuning.attn_min_split_tokens, split_target);
     cuda::PagesAttentionArgs att;
     att.n_split = n_split;
     if (n_split > 1) {

@@ -248,6 +248,7 @@ struct GpuEngine::Impl {
     };
     static constexpr size_t kMaxStepGraphs = 8;
     std::deque<std::unique_ptr<StepGraph>> step_graphs;
+    int64_t attention_wave = 0;  // the decode attention's blocks per full wave on this device (0: not yet asked)
     std::deque<std::vector<int64_t>> step_shapes_seen;  // run once directly, capture on the next
     int64_t graph_steps = 0;                            // steps replayed from a graph
     void run_step_launches(const std::vector<int64_t>& key, const std::function<void()>& launch);

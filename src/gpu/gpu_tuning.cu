@@ -6,10 +6,9 @@
 namespace freekv::gpu {
 
 // Token ranges per split-K block: about target_blocks blocks over all (row, KV head) pairs
-// (--attn-split-blocks; 1056 = eight per multiprocessor of the H100), at least min_tokens each
-// (default 32 = 4 warps x 4 tokens in flight x 2 rounds: a budget-sized list of 2048 tokens then
-// makes 64 splits; 32 measured best of 16, 32 and 64, see bench/results), at most 256 splits (the
-// combine kernel's limit).
+// (--attn-split-blocks; by default one full wave of the kernel, cuda::attention_pages_wave: a second,
+// partial wave measured 25-30% slower at 32K), at least min_tokens each (--attn-min-split-tokens),
+// at most 256 splits (the combine kernel's limit).
 int32_t split_for(int64_t n_rows_heads, int64_t max_tokens, int64_t min_tokens, int64_t target_blocks) {
     const int64_t want = std::max<int64_t>(1, target_blocks / std::max<int64_t>(1, n_rows_heads));
     return static_cast<int32_t>(std::clamp<int64_t>(std::min(want, (max_tokens + min_tokens - 1) / min_tokens), 1, 256));

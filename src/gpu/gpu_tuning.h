@@ -29,7 +29,7 @@ inline const char* diag_background_name(DiagBackground d) {
 
 struct GpuTuning {
     int32_t attn_min_split_tokens = 32;  // decode attention: least tokens per split-K block
-    int32_t attn_split_blocks = 1056;    // decode attention: blocks the split-K rule aims at
+    int32_t attn_split_blocks = 0;       // decode attention: blocks the split-K rule aims at (0: one full wave)
     bool cuda_graphs = true;             // replay the decode step's launches from CUDA graphs where its shape repeats
     bool pdl = true;                     // decode GEMVs as programmatic dependent launches (weights streamed early)
     int32_t sync_gather_ctas = 32;       // thread blocks of the critical-path gather
@@ -42,7 +42,7 @@ struct GpuTuning {
     void validate() const {
         FREEKV_CHECK(attn_min_split_tokens >= 16 && attn_min_split_tokens <= 4096,
                      "--attn-min-split-tokens {} must be in [16, 4096]", attn_min_split_tokens);
-        FREEKV_CHECK(attn_split_blocks >= 1 && attn_split_blocks <= 8192, "--attn-split-blocks {} must be in [1, 8192]",
+        FREEKV_CHECK(attn_split_blocks >= 0 && attn_split_blocks <= 8192, "--attn-split-blocks {} must be in [0, 8192]",
                      attn_split_blocks);
         FREEKV_CHECK(sync_gather_ctas >= 1 && sync_gather_ctas <= 528, "--sync-gather-ctas {} must be in [1, 528]",
                      sync_gather_ctas);

@@ -362,6 +362,15 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
 }
 
 template <int G, int HD>
+int staged_blocks_per_sm() {
+    constexpr int bytes = StagedLayout<G, HD>::bytes;
+    allow_dynamic_smem(attention_pages_staged_kernel<G, HD>, bytes);
+    int blocks = 0;
+    FREEKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_pages_staged_kernel<G, HD>, kWarps * 32, bytes));
+    return blocks;
+}
+
+template <int G, int HD>
 void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
     constexpr int bytes = StagedLayout<G, HD>::bytes;
     allow_dynamic_smem(attention_pages_staged_kernel<G, HD>, bytes);
@@ -409,6 +418,26 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(Page
 }
 
 }  // namespace
+
+int attention_pages_wave(int n_head, int n_head_kv, int head_dim, int elem_bytes) {
+    FREEKV_CHECK(n_head_kv > 0 && n_head % n_head_kv == 0, "attention_pages_wave: {} query heads on {} KV heads", n_head, n_head_kv);
+    const int group = n_head / n_head_kv;
+    int blocks = 0;
+    if (elem_bytes == 2 && (head_dim == 64 || head_dim == 128) && group <= 8) {
+        const auto per_sm = [&](auto hd_tag) {
+            constexpr int HD = decltype(hd_tag)::value;
+            return group == 1 ? staged_blocks_per_sm<1, HD>() : group == 2 ? staged_blocks_per_sm<2, HD>()
+                 : group <= 4 ? staged_blocks_per_sm<4, HD>() : staged_blocks_per_sm<8, HD>();
+        };
+        blocks = head_dim == 64 ? per_sm(std::integral_constant<int, 64>{}) : per_sm(std::integral_constant<int, 128>{});
+    } else {
+        blocks = 8;  // the generic kernel (static shared memory, 128 threads): about eight blocks per SM
+    }
+    int device = 0, sms = 0;
+    FREEKV_CUDA_CHECK(cudaGetDevice(&device));
+    FREEKV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return std::max(1, blocks) * sms;
+}
 
 void attention_pages(const PagesAttentionArgs& a, void* stream) {
     FREEKV_CHECK(a.head_dim % 32 == 0 && a.head_dim <= 128, "attention_pages: head_dim {} must be 32, 64, 96 or 128",

@@ -133,5 +133,8 @@ struct PagesAttentionArgs {
     }
 };
 void attention_pages(const PagesAttentionArgs& args, void* stream);
+/// Blocks of attention_pages's kernel for this shape that the current device holds at once (SMs x
+/// resident blocks per SM): the split-K rule's default target, one full wave.
+int attention_pages_wave(int n_head, int n_head_kv, int head_dim, int elem_bytes);
 
 }  // namespace freekv::cuda
