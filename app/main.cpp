@@ -89,7 +89,7 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
                           "boundaries, as in budget-only, full and streaming, replay a CUDA graph where their shape repeats)")
         ->group(group);
     cmd.add_flag_callback("--no-pdl", [&t] { t.pdl = false; },
-                          "GPU decode: launch the block-k GEMVs only after the kernel before them ends (default: as programmatic "
+                          "GPU decode: launch the block-k and tensor-core GEMVs only after the kernel before them ends (default: as programmatic "
                           "dependents that stream their first weights while it ends)")
         ->group(group);
     cmd.add_option("--sync-gather-ctas", t.sync_gather_ctas, "GPU: thread blocks of the critical-path recall gather (32)")
