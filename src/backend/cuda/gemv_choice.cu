@@ -212,8 +212,11 @@ GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int6
     const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0;
     for (int64_t m = 1; m <= max_rows; ++m) {
         const size_t i = static_cast<size_t>(m - 1);
-        // The baseline a measured kernel must beat by kSwitchMargin: the SIMT GEMV for one row, cuBLAS for more.
-        const GemvKernel fallback = m == 1 ? GemvKernel::kSimt : GemvKernel::kCublas;
+        // The baseline a measured kernel must beat by kSwitchMargin: the SIMT GEMV for one row; for
+        // more, the tensor-core GEMV where k allows it (it launches as a programmatic dependent, which
+        // cuBLAS cannot, and matched or beat cuBLAS at 4 rows on every Llama-3.1-8B shape:
+        // bench/results/2026-12-07-h100-decode-defaults-s18.md), else cuBLAS.
+        const GemvKernel fallback = m == 1 ? GemvKernel::kSimt : k % 32 == 0 ? GemvKernel::kMma16 : GemvKernel::kCublas;
         out.kernel[i] = fallback;
         bool usable = aligned;
         for (const uint16_t* w : matrices) usable = usable && reinterpret_cast<uintptr_t>(w) % 16 == 0;

@@ -39,7 +39,8 @@ struct WeightRef {
 
 /// Times every GemvKernel on `matrices` (all [n, k] bf16, used in turn so the calls read them as a
 /// decode step does) for 1..max_rows rows of random x and keeps, per row count, the fastest if it
-/// beats the default (the SIMT GEMV for one row, cuBLAS for more) by 3%. Synchronizes the device.
+/// beats the default (the SIMT GEMV for one row; for more the tensor-core one where k % 32 == 0, else
+/// cuBLAS) by 3%. Synchronizes the device.
 GemvChoices measure_gemv_choices(std::span<const uint16_t* const> matrices, int64_t n, int64_t k, int64_t max_rows);
 /// One GEMV by the given kernel: y[m, n] = bf16(x[m, :]) . w[n, :]^T (+ bias); x_bf16 (m * k
 /// elements) is needed by kCublas only, which rounds x into it first unless x_bf16_ready (the
