@@ -16,8 +16,8 @@
 #            FREEKV_PPL_CHUNKS the perplexity windows (2).
 # tests: the CUDA op tests, compute-sanitizer memcheck and racecheck on them, the GPU engine tests
 # (plus memcheck on the dense-regime one) and the recall micro-benchmark.
-# profile: Nsight Compute's device time per kernel (kernels serialized) over ~700 launches, about
-# one decode step of the profiled bench (default freekv:corr-off at 32K, batch 1), as a markdown
+# profile: Nsight Compute's device time per kernel (kernels serialized) over exactly one measured
+# decode step of the profiled bench (default freekv:corr-off at 32K, batch 1), as a markdown
 # table (scripts/ncu_kernel_table.py, run by the GPU machine's python3); prefill-profile: the same
 # over one 32K prefill (FREEKV_PREFILL_PROFILE_ARGS), in prefill_profile.md.
 # serve: `freekv serve --device cuda` for each mode of FREEKV_SERVE_MODES (freekv) with
@@ -108,12 +108,12 @@ if [[ " $parts " == *" profile "* ]]; then
         echo "ncu not found" | tee "$out/profile.md"
         status=1
     else
-        # About one step after ~3000 launches of set-up and warm-up (16 steps of ~700 launches run);
-        # every kernel the engine launches matches the regex.
+        # The bench's one measured step (-n 1) alone: freekv bench brackets its measured steps with
+        # cudaProfilerStart/Stop (gpu::profiler_range); every kernel the engine launches matches the regex.
         csv=/tmp/freekv-profile.csv
         # shellcheck disable=SC2086
         "$ncu" --clock-control none --metrics gpu__time_duration.sum,launch__grid_size -k regex:. \
-            --launch-skip 3000 --launch-count 700 --csv "$bin/freekv" bench $profile_args -n 12 \
+            --profile-from-start off --csv "$bin/freekv" bench $profile_args -n 1 --breakdown-steps 0 \
             --device cuda --no-progress > "$csv" 2> /dev/null || status=1
         python3 "$(dirname "$0")/ncu_kernel_table.py" "$csv" > "$out/profile.md" || status=1
         echo "== profile"; cat "$out/profile.md"

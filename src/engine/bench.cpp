@@ -145,7 +145,9 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     };
     KvStats before;
     engine.set_timing(false);  // the timed steps record no events
-    time_decode(c, lengths, seqs, p, step, [&] { return engine.stats(); }, out, before);
+    // The measured steps are what a profiler started with its capture off records (gpu::profiler_range).
+    time_decode(c, lengths, seqs, p, step, [&] { gpu::profiler_range(true); return engine.stats(); }, out, before);
+    gpu::profiler_range(false);
     out.stats = measured_part(engine.stats(), before);
     if (p.n_breakdown > 0) {  // then the breakdown, from steps that do
         std::vector<int64_t> later = lengths;

@@ -84,6 +84,11 @@ struct DeviceMemory {
 };
 DeviceMemory device_memory();
 
+/// Marks the start (on) or end (off) of the launches a profiler started with its capture off
+/// should record (cudaProfilerStart/Stop; `ncu --profile-from-start off`): freekv bench brackets
+/// its measured decode steps so. Nothing without a profiler attached, or without CUDA.
+void profiler_range(bool on);
+
 class GpuEngine {
 public:
     /// Reserves device and pinned host memory for max_batch sequences of max_tokens each; throws

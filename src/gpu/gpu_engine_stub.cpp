@@ -19,6 +19,8 @@ bool gpu_available(std::string* why) {
 
 DeviceMemory device_memory() { return {}; }
 
+void profiler_range(bool) {}
+
 GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&, GpuDtype) : config_(config) {
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);
 }

@@ -1,6 +1,9 @@
 // gpu_weights.cu: the model's weights uploaded to the device in the engine's dtype, the decode GEMV
-// measured per bf16 matrix shape once they are there, and the device probes (gpu_available, device_memory).
+// measured per bf16 matrix shape once they are there, the device probes (gpu_available,
+// device_memory) and the profiler range (profiler_range).
 #include "gpu/gpu_engine_impl.cuh"
+
+#include <cuda_profiler_api.h>
 
 #include <map>
 
@@ -163,6 +166,8 @@ DeviceMemory device_memory() {
     }
     return {static_cast<int64_t>(free), static_cast<int64_t>(total)};
 }
+
+void profiler_range(bool on) { FREEKV_CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop()); }
 
 bool gpu_available(std::string* why) {
     int n = 0;
