@@ -53,7 +53,7 @@ struct GpuTuning {
     std::string describe() const {
         return fmt::format("gpu tuning: attn-min-split-tokens {} | attn-split-blocks {} | cuda-graphs {} | pdl {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
                            "| prefill-install {} ({} ctas per KV head) | diag-background {}",
-                           attn_min_split_tokens, attn_split_blocks, cuda_graphs ? "on" : "off", pdl ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
+                           attn_min_split_tokens, attn_split_blocks > 0 ? std::to_string(attn_split_blocks) : std::string("one wave"), cuda_graphs ? "on" : "off", pdl ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
                            prefill_install_beside ? "beside" : "inline", prefill_install_ctas, diag_background_name(diag_background));
     }
 };
