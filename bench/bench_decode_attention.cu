@@ -2,8 +2,8 @@
 // 8 KV heads, head_dim 128, page 32, bf16 KV in the engine's slot layout: per page slot K rows then V
 // rows, each row every KV head's head_dim) for the contexts and batches given: the engine's bf16
 // kernel (tiles staged in shared memory by cp.async) at the engine's split-K rule with token floor
-// 128 for several block targets (--attn-split-blocks; first the default, one full wave), beside the
-// measured HBM read rate.
+// 128 for several block targets (--attn-split-blocks; first the default, one full wave, also with
+// the combine fused into each (row, KV head)'s last block), beside the measured HBM read rate.
 // Validates before timing: each variant's output against the CPU reference (ref::attention_pages on
 // the same bf16 values; NMSE <= 1e-9). Layers are cycled through copies that together exceed the L2
 // three times, so that every timed call reads its K/V from HBM, as a decode step does.
@@ -108,13 +108,21 @@ int main(int argc, char** argv) {
             CHECK(cudaMemcpy(dlast, last_len.data(), last_len.size() * 4, cudaMemcpyHostToDevice));
             const double kv_bytes = static_cast<double>(batch) * ctx * kRow * 2 * 2;  // K and V of every attended token
             const int wave = freekv::cuda::attention_pages_wave(kHead, kHeadKv, kHeadDim, 2);
-            for (int target : {wave, 1056, 792, 528, 264}) {
+            int32_t* counters = nullptr;  // the fused combine's, zero between calls
+            CHECK(cudaMalloc(&counters, static_cast<size_t>(batch) * kHeadKv * 4));
+            CHECK(cudaMemset(counters, 0, static_cast<size_t>(batch) * kHeadKv * 4));
+            // The default (one wave) with the combine kernel and fused into the last block, then other targets.
+            const std::vector<std::pair<int, bool>> variants{{wave, false}, {wave, true}, {1056, false}, {792, false},
+                                                             {528, false}, {264, false}};
+            for (auto [target, fused] : variants) {
+                    const std::string name = std::to_string(target) + (fused ? ", fused combine" : "");
                     freekv::cuda::PagesAttentionArgs a;
                     a.q = dq, a.page_ids = dlists, a.n_pages = dn, a.last_len = dlast, a.out = dout;
                     a.n_seq = batch, a.n_head = kHead, a.n_head_kv = kHeadKv, a.head_dim = kHeadDim, a.page_size = kPage;
                     a.max_list = n_pages, a.elem_bytes = 2, a.stride_seq = 0, a.stride_page = kSlot, a.stride_tok = kRow;
                     a.n_split = split_for(int64_t{batch} * kHeadKv, ctx, 128, target);
                     a.partial = dpart;
+                    a.split_counters = fused ? counters : nullptr;
                     auto run = [&](int copy) {
                         a.k = layers[static_cast<size_t>(copy)];
                         a.v = layers[static_cast<size_t>(copy)] + kPage * kRow;
@@ -126,21 +134,21 @@ int main(int argc, char** argv) {
                     CHECK(cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost));
                     const double err = nmse(got, want);
                     if (!(err <= 1e-9)) {
-                        std::printf("| %d | %d | %d | %d | WRONG (NMSE %.3g) | | |\n", ctx, batch, target, a.n_split, err);
+                        std::printf("| %d | %d | %s | %d | WRONG (NMSE %.3g) | | |\n", ctx, batch, name.c_str(), a.n_split, err);
                         status = 1;
                         continue;
                     }
                     int call = 0;  // the warm-up reads copy 0 again; the timed calls cycle from copy 1
                     const double ms = time_ms([&] { run(call++ % copies); }, reps);
                     const double us = ms * 1e3, gbps = kv_bytes / (us * 1e3);
-                    std::printf("| %d | %d | %d | %d | %.1f | %.0f | %.0f%% |\n", ctx, batch, target, a.n_split, us, gbps,
+                    std::printf("| %d | %d | %s | %d | %.1f | %.0f | %.0f%% |\n", ctx, batch, name.c_str(), a.n_split, us, gbps,
                                 100.0 * gbps / bw);
                 }
             for (void* p : {static_cast<void*>(dq), static_cast<void*>(dout), static_cast<void*>(dpart), static_cast<void*>(dlists),
-                            static_cast<void*>(dn), static_cast<void*>(dlast)})
+                            static_cast<void*>(dn), static_cast<void*>(dlast), static_cast<void*>(counters)})
                 CHECK(cudaFree(p));
             for (auto* p : layers) CHECK(cudaFree(p));
         }
-    std::printf("\nKV GB/s: K and V bytes of every attended token over the kernel time (combine kernel included).\n");
+    std::printf("\nKV GB/s: K and V bytes of every attended token over the kernel time (combine kernel or fused combine included).\n");
     return status;
 }

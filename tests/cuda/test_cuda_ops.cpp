@@ -291,6 +291,23 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
                 EXPECT_EQ(to_host(out_b, q.size()), to_host(conv, q.size())) << "out_bf16, split " << split;
                 a.out_bf16 = nullptr;
                 cudaFree(out_b), cudaFree(conv);
+                if (split > 1) {
+                    // The fused combine (split_counters; the staged kernel's shapes fuse, the others ignore
+                    // the counters): the same bits as the combine kernel, twice in a row (the second call
+                    // needs the counters the first left at zero), and the counters zero afterwards.
+                    const std::vector<int32_t> zeros(static_cast<size_t>(n_seq * n_head_kv), 0);
+                    int32_t* counters = to_device(zeros);
+                    float* fused = poisoned(q.size());
+                    float* unfused = a.out;
+                    a.split_counters = counters, a.out = fused;
+                    cuda::attention_pages(a, nullptr);
+                    cuda::attention_pages(a, nullptr);
+                    EXPECT_EQ(to_host(fused, q.size()), got) << "fused combine, split " << split << " group " << group
+                                                            << " head_dim " << head_dim << " elem_bytes " << elem_bytes;
+                    EXPECT_EQ(to_host(counters, zeros.size()), zeros) << "split counters after the call, split " << split;
+                    a.split_counters = nullptr, a.out = unfused;
+                    cudaFree(counters), cudaFree(fused);
+                }
                 cudaFree(partial);
                 for (int s = 0; s < n_seq; ++s) {
                     PagedKvView view{k32.data() + s * stride_seq, v32.data() + s * stride_seq,

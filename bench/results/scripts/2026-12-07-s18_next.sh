@@ -5,7 +5,10 @@
 #    with --profile-from-start off), at batch 4 and at batch 1 beside it (kernels serialized: the sums
 #    are the step without overlap; compare them with the bench's own ms/step);
 # 2. on an H200: the 32K prefill against the HF sdpa peer in the same call (issue 14: <= 1.3 s);
-# 3. the decode defaults at 32K b1/b4 (every mode) on whatever card came, with the memory-floor line.
+# 3. the fused split-K combine (PagesAttentionArgs::split_counters, built in session 18, not run, off in the
+#    engine): its op test (bitwise against the combine kernel) and bench_decode_attention (wave with and
+#    without it); if it is faster, the engine should pass counters (a [max_batch][n_kv] buffer, zeroed once);
+# 4. the decode defaults at 32K b1/b4 (every mode) on whatever card came, with the memory-floor line.
 # Carry .devpack/bins.tar.xz (cmake --build --preset cuda-release && scripts/pack_device_bins.sh).
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B
 export LD_LIBRARY_PATH=$B:/usr/local/cuda/lib64
@@ -23,6 +26,8 @@ if grep -q H200 $OUT/machine.txt; then
   grep -oE '"prefill_tokens_per_s":[0-9.]*' $OUT/prefill.jsonl
   timeout 100 python3 scripts/hf_prefill_peer.py --lengths 32768 --reps 3 > $OUT/hf.jsonl 2> $OUT/hf.log; echo "hf rc $?"; cat $OUT/hf.jsonl
 fi
+timeout 100 $B/test_cuda_ops --gtest_filter='*DecodeAttention*' 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which|fused" | head -12
+timeout 60 $B/bench_decode_attention 2048,32768 1,4 10 > $OUT/attn.md 2>&1; echo "bench_decode_attention rc $?"; grep -E "^\| [0-9]" $OUT/attn.md | head -30
 if [ $SECONDS -lt 450 ]; then
   timeout 130 $B/freekv bench --shape llama-3.1-8b -d 32768 -n 32 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda \
     -b 1,4 --kv-mode budget-only,full,freekv > $OUT/decode.md 2> /dev/null; echo "decode rc $?"

@@ -5,8 +5,10 @@
 // output dimensions it owns; each warp keeps an online softmax per query head, the warps merge
 // through shared memory, and split-K partials are combined by a second kernel.
 // bf16 KV at head_dim 64/128 with groups up to 8 takes a variant that stages each warp's tiles in
-// shared memory by cp.async (attention_pages_staged_kernel). Invariants: K/V rows start on 16-byte
-// boundaries (checked); a tile's tokens past the list weigh 0.
+// shared memory by cp.async (attention_pages_staged_kernel), which can also merge the split-K
+// partials in the last block of each (sequence, KV head) when given counters (not yet measured; the
+// engine runs the combine kernel). Invariants: K/V rows start on 16-byte boundaries (checked); a
+// tile's tokens past the list weigh 0; split counters are zero between calls.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
@@ -212,6 +214,47 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_kernel(PagesAtten
     merge_warps<G>(a, m, l, acc, smem, seq, ikv, group, hd);
 }
 
+// The split-K merge, shared by the combine kernel and the staged kernel's fused combine (the last
+// block of a (sequence, KV head) merges its splits itself): the same arithmetic in the same order,
+// so both give the same bits. Partials are read through L2 (__ldcg): other blocks wrote them.
+constexpr int kMaxSplit = 256;
+constexpr int kCombineThreads = 128;  // >= head_dim
+
+__device__ __forceinline__ const float* split_parts(const PagesAttentionArgs& a, int seq, int ikv) {
+    const int group = a.n_head / a.n_head_kv;
+    return a.partial + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_split * group * (a.head_dim + 2);
+}
+
+// weight[z] = exp(m_z - m) / l of head g for every split z, by one warp (lane = this thread's lane).
+__device__ __forceinline__ void split_weights(const PagesAttentionArgs& a, const float* parts, int g, float* weight, int lane) {
+    const int group = a.n_head / a.n_head_kv, stride = group * (a.head_dim + 2);
+    float m_all = -INFINITY;
+    for (int z = lane; z < a.n_split; z += 32) m_all = fmaxf(m_all, __ldcg(parts + z * stride + group * a.head_dim + g));
+    for (int o = 16; o > 0; o >>= 1) m_all = fmaxf(m_all, __shfl_xor_sync(0xffffffffu, m_all, o));
+    float l_all = 0.0f;
+    for (int z = lane; z < a.n_split; z += 32) {
+        const float m = __ldcg(parts + z * stride + group * a.head_dim + g);
+        const float f = m == -INFINITY ? 0.0f : expf(m - m_all);  // an empty split weighs nothing
+        weight[z] = f;
+        l_all += __ldcg(parts + z * stride + group * a.head_dim + group + g) * f;
+    }
+    for (int o = 16; o > 0; o >>= 1) l_all += __shfl_xor_sync(0xffffffffu, l_all, o);
+    const float inv = 1.0f / l_all;
+    for (int z = lane; z < a.n_split; z += 32) weight[z] *= inv;
+}
+
+// Output element i (< head_dim) of head g: the splits' partial outputs weighted, in split order.
+__device__ __forceinline__ void combine_output(const PagesAttentionArgs& a, const float* parts, int seq, int ikv, int g, int i,
+                                               const float* weight) {
+    const int group = a.n_head / a.n_head_kv, stride = group * (a.head_dim + 2);
+    float o = 0.0f;
+#pragma unroll 8
+    for (int z = 0; z < a.n_split; ++z) o += __ldcg(parts + z * stride + g * a.head_dim + i) * weight[z];
+    const int64_t at = (static_cast<int64_t>(seq) * a.n_head + ikv * group + g) * a.head_dim + i;
+    a.out[at] = o;
+    if (a.out_bf16 != nullptr) a.out_bf16[at] = float_to_bf16(o);
+}
+
 // The staged bf16 kernel (bf16 KV at head_dim 64/128, groups up to 8: every Llama-family shape):
 // each warp takes tiles of 16 tokens and copies
 // the next tile's K and V rows into its own shared-memory stage with cp.async (16 lanes per 256-byte
@@ -359,6 +402,25 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
         for (int o = 16; o > 0; o >>= 1) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
     __syncthreads();  // every warp is done with its stages
     merge_warps<G>(a, m, l, acc, reinterpret_cast<float*>(st_smem), seq, ikv, group, HD);
+    if (gridDim.z == 1 || a.split_counters == nullptr) return;
+    // Fused combine: the block that completes a (sequence, KV head) merges its splits.
+    __threadfence();  // this thread's partials are visible device-wide before the block counts as done
+    __syncthreads();
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+        int32_t* counter = a.split_counters + static_cast<int64_t>(seq) * a.n_head_kv + ikv;
+        last = atomicAdd(counter, 1) == static_cast<int>(gridDim.z) - 1;
+        if (last) *counter = 0;  // no other block of this launch touches it again: zero for the next call
+    }
+    __syncthreads();
+    launch_dependents();  // the o GEMV may start streaming its weights (pdl.cuh)
+    if (!last) return;
+    __threadfence();
+    float* weight = reinterpret_cast<float*>(st_smem);  // [group][n_split], free after the merge
+    const float* parts = split_parts(a, seq, ikv);
+    for (int g = warp; g < group; g += kWarps) split_weights(a, parts, g, weight + g * a.n_split, lane);
+    __syncthreads();
+    for (int i = threadIdx.x; i < group * HD; i += blockDim.x) combine_output(a, parts, seq, ikv, i / HD, i % HD, weight + (i / HD) * a.n_split);
 }
 
 template <int G, int HD>
@@ -382,39 +444,14 @@ void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
 // with the lanes over the splits (independent loads, shuffle reductions), then every thread sums
 // one output element's n_split partials. (One thread per head looping over the splits made a
 // chain of dependent loads: ~22 us per layer at 32 splits.)
-constexpr int kMaxSplit = 256;
-constexpr int kCombineThreads = 128;  // >= head_dim
 __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(PagesAttentionArgs a) {
     launch_dependents();  // the o GEMV may start streaming its weights (pdl.cuh)
-    const int ikv = blockIdx.x, seq = blockIdx.y, g = blockIdx.z, group = a.n_head / a.n_head_kv;
-    const int stride = group * (a.head_dim + 2);
-    const float* parts = a.partial + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.n_split * stride;
     __shared__ float weight[kMaxSplit];
-    if (threadIdx.x < 32) {
-        const int lane = threadIdx.x;
-        float m_all = -INFINITY;
-        for (int z = lane; z < a.n_split; z += 32) m_all = fmaxf(m_all, parts[z * stride + group * a.head_dim + g]);
-        for (int o = 16; o > 0; o >>= 1) m_all = fmaxf(m_all, __shfl_xor_sync(0xffffffffu, m_all, o));
-        float l_all = 0.0f;
-        for (int z = lane; z < a.n_split; z += 32) {
-            const float m = parts[z * stride + group * a.head_dim + g];
-            const float f = m == -INFINITY ? 0.0f : expf(m - m_all);  // an empty split weighs nothing
-            weight[z] = f;
-            l_all += parts[z * stride + group * a.head_dim + group + g] * f;
-        }
-        for (int o = 16; o > 0; o >>= 1) l_all += __shfl_xor_sync(0xffffffffu, l_all, o);
-        const float inv = 1.0f / l_all;
-        for (int z = lane; z < a.n_split; z += 32) weight[z] *= inv;
-    }
+    const int ikv = blockIdx.x, seq = blockIdx.y, g = blockIdx.z;
+    const float* parts = split_parts(a, seq, ikv);
+    if (threadIdx.x < 32) split_weights(a, parts, g, weight, threadIdx.x);
     __syncthreads();
-    const int i = threadIdx.x;
-    if (i >= a.head_dim) return;
-    float o = 0.0f;
-#pragma unroll 8
-    for (int z = 0; z < a.n_split; ++z) o += parts[z * stride + g * a.head_dim + i] * weight[z];
-    const int64_t at = (static_cast<int64_t>(seq) * a.n_head + ikv * group + g) * a.head_dim + i;
-    a.out[at] = o;
-    if (a.out_bf16 != nullptr) a.out_bf16[at] = float_to_bf16(o);
+    if (static_cast<int>(threadIdx.x) < a.head_dim) combine_output(a, parts, seq, ikv, g, threadIdx.x, weight);
 }
 
 }  // namespace
@@ -454,7 +491,8 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
     const int group = a.n_head / a.n_head_kv;
     cudaStream_t s = as_stream(stream);
     FREEKV_CHECK(a.elem_bytes == 2 || a.elem_bytes == 4, "attention_pages: element size {} must be 2 or 4", a.elem_bytes);
-    if (a.elem_bytes == 2 && (a.head_dim == 64 || a.head_dim == 128) && group <= 8) {
+    const bool staged = a.elem_bytes == 2 && (a.head_dim == 64 || a.head_dim == 128) && group <= 8;
+    if (staged) {
         const auto launch = [&](auto hd_tag) {
             constexpr int HD = decltype(hd_tag)::value;
             if (group == 1) launch_staged<1, HD>(a, grid, s);
@@ -475,7 +513,7 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
         });
     }
     FREEKV_CUDA_CHECK(cudaGetLastError());
-    if (a.n_split > 1) {
+    if (a.n_split > 1 && !(staged && a.split_counters != nullptr)) {
         attention_combine_kernel<<<dim3(grid.x, grid.y, static_cast<unsigned>(group)), kCombineThreads, 0, as_stream(stream)>>>(a);
         FREEKV_CUDA_CHECK(cudaGetLastError());
     }

@@ -129,6 +129,10 @@ struct PagesAttentionArgs {
     // blocks and merged by a second kernel; `partial` is scratch of partial_floats() floats.
     int32_t n_split = 1;
     float* partial = nullptr;
+    // Optional, with split-K on the staged kernel's shapes (bf16, head_dim 64/128, groups <= 8):
+    // [n_seq][n_head_kv] counters, zero before the call and zero again after it; the last block of
+    // each (sequence, KV head) then merges the splits itself instead of a second kernel (same bits).
+    int32_t* split_counters = nullptr;
     int64_t partial_floats() const {
         return static_cast<int64_t>(n_seq) * n_head * (head_dim + 2) * n_split;
     }
