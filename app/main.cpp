@@ -84,6 +84,10 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
                    "GPU decode attention: thread blocks the split-K rule aims at over all (sequence, KV head) pairs "
                    "(0, the default: one full wave, the SMs times the kernel's resident blocks per SM)")
         ->group(group)->check(CLI::Range(0, 8192));
+    cmd.add_flag_callback("--attn-fused-combine", [&t] { t.attn_fused_combine = true; },
+                          "GPU decode attention (bf16 KV): the last block of each (sequence, KV head) merges the split-K "
+                          "partials instead of a second kernel (default: the combine kernel)")
+        ->group(group);
     cmd.add_flag_callback("--no-cuda-graphs", [&t] { t.cuda_graphs = false; },
                           "GPU decode: launch every step's kernels from the host (default: steps without selection or page "
                           "boundaries, as in budget-only, full and streaming, replay a CUDA graph where their shape repeats)")

@@ -170,6 +170,13 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     if (n_split > 1) {
         partial.resize(n * c.n_head * (c.head_dim + 2) * n_split);
         att.partial = partial.get();
+        if (tuning.attn_fused_combine) {
+            if (split_counters.size() == 0) {  // once, outside any capture (a shape's first step runs directly)
+                split_counters.resize(max_batch * n_kv);
+                FREEKV_CUDA_CHECK(cudaMemsetAsync(split_counters.get(), 0, static_cast<size_t>(split_counters.bytes()), main));
+            }
+            att.split_counters = split_counters.get();
+        }
     }
     const int64_t q_dim = c.n_head * c.head_dim;
 

@@ -154,6 +154,7 @@ struct GpuEngine::Impl {
     DeviceArray<float> gate_up_rows;  // gate ([n][n_ff]) then up: one row's [gate | up] is the fused product's row
     ActivationPart gate, up;
     DeviceArray<float> x, h, attn, proj, logits, partial, last_q;
+    DeviceArray<int32_t> split_counters;  // --attn-fused-combine: [max_batch][n_kv], zero between launches
     DeviceArray<uint16_t> scratch_bf16;  // GEMM inputs rounded to bf16 (bf16 weights only)
     DeviceArray<uint8_t> hist_k, hist_v;  // a prefill's K/V as stored
     DeviceArray<float> prefill_k, prefill_v, prefill_scores;  // prefill attention's fp32 K/V and scores

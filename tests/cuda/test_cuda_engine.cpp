@@ -444,8 +444,9 @@ TEST(GpuServingEngine, WhereTheInstallRunsChangesNoOutput) {
     for (size_t i = 1; i < runs.size(); ++i) EXPECT_LE(test::nmse(runs[i], runs[0]), 1e-9) << "placement " << i;
 }
 
-// CUDA graphs (on by default; --no-cuda-graphs) replay the decode step's launches from a graph where its shape repeats, and --pdl
-// launches the GEMVs as programmatic dependents (alone and inside the graphs): the
+// CUDA graphs (on by default; --no-cuda-graphs) replay the decode step's launches from a graph where its shape repeats, PDL
+// (on by default; --no-pdl) launches the GEMVs as programmatic dependents (alone and inside the graphs), and
+// --attn-fused-combine merges the attention's split-K partials in its last blocks (the prompt makes ~11 splits): the
 // logits of 45 greedy steps after a 300-token prompt (page boundaries every 16 steps run directly,
 // the steps between them from graphs) equal those of direct launches, bit for bit, in budget-only
 // and full attention with bf16 weights (head_dim 128: the bf16 attention kernel).
@@ -456,10 +457,11 @@ TEST(GpuServingEngine, CudaGraphsReplayTheSameLogits) {
     const auto prompt = random_tokens(300, m.config.n_vocab, 91);
     for (KvMode kind : {KvMode::kBudgetOnly, KvMode::kFull}) {
         std::vector<std::vector<float>> runs;
-        for (int variant : {0, 1, 2, 3}) {  // direct; graphs; PDL; graphs with PDL
+        for (int variant : {0, 1, 2, 3, 4}) {  // direct; graphs; PDL; graphs with PDL; that with the fused combine
             gpu::GpuTuning tuning;
-            tuning.cuda_graphs = variant % 2 == 1;
+            tuning.cuda_graphs = variant % 2 == 1 || variant == 4;
             tuning.pdl = variant >= 2;
+            tuning.attn_fused_combine = variant == 4;
             gpu::GpuEngine engine(weights, mode_for(kind), 1, 400, tuning);
             runs.push_back(greedy_logits(engine, prompt, 45));
         }
@@ -468,7 +470,7 @@ TEST(GpuServingEngine, CudaGraphsReplayTheSameLogits) {
             size_t differ = 0;
             for (size_t i = 0; i < runs[0].size(); ++i) differ += runs[0][i] != runs[v][i] ? 1 : 0;
             EXPECT_EQ(differ, 0u) << kv_mode_name(kind) << ": logits of variant " << v
-                                  << " (1 graphs, 2 PDL, 3 both) differ from direct launches";
+                                  << " (1 graphs, 2 PDL, 3 both, 4 both + fused combine) differ from direct launches";
         }
     }
 }
