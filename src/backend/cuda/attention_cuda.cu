@@ -258,8 +258,9 @@ __device__ __forceinline__ void combine_output(const PagesAttentionArgs& a, cons
 // The staged bf16 kernel (bf16 KV at head_dim 64/128, groups up to 8: every Llama-family shape):
 // each warp takes tiles of 16 tokens and copies the next tile's K and V rows into its own
 // shared-memory stage with cp.async (16 lanes per 256-byte row: every fetched byte used, no
-// registers held by loads in flight) while it computes the current one. Two lanes score a token (half of its K row each, one shuffle); the block's page ids come to
-// shared memory first when they fit. Same softmax and merge as the kernels above.
+// registers held by loads in flight) while it computes the current one. Two lanes score a token
+// (half of its K row each, one shuffle); the block's page ids come to shared memory first when they
+// fit. Same softmax and merge as the generic kernel.
 constexpr int kStTile = 16;        // tokens per warp tile
 constexpr int kStPages = 512;      // page ids held in shared memory (beyond: read from the list)
 template <int G, int HD>
