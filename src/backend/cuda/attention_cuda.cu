@@ -21,6 +21,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernel_smem.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/ptx_ops.cuh"
 #include "backend/cuda/ops_cuda.cuh"
 
 namespace freekv::cuda {
@@ -275,14 +276,6 @@ struct StagedLayout {  // dynamic shared memory, in bytes from its start
     static_assert(bytes >= kWarps * G * 128 * 4, "the merge reuses the same memory");
 };
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool copy) {
-    const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    const int n = copy ? 16 : 0;  // 0: the 16 bytes are zero-filled
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 template <int G, int HD>
 __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(PagesAttentionArgs a) {
@@ -329,8 +322,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
         for (int i = 0; i < kCopies; ++i) {
             const int ci = i * 32 + lane, r = ci / kRowChunks, cc = ci % kRowChunks;
             const int64_t row = __shfl_sync(0xffffffffu, my_row, r);
-            cp_async16(ks + r * L::kRowK + cc * 8, k_head + row + cc * 8, r < nv);
-            cp_async16(vs + r * HD + cc * 8, v_head + row + cc * 8, r < nv);
+            cp_async_16(ks + r * L::kRowK + cc * 8, k_head + row + cc * 8, r < nv);
+            cp_async_16(vs + r * HD + cc * 8, v_head + row + cc * 8, r < nv);
         }
         cp_async_commit();
     };

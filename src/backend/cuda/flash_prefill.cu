@@ -14,6 +14,7 @@
 #include "backend/cuda/flash_prefill.cuh"
 #include "backend/cuda/flash_prefill_device.cuh"
 #include "backend/cuda/flash_prefill_wgmma.cuh"
+#include "backend/cuda/ptx_ops.cuh"
 #include "core/error.h"
 
 namespace freekv::cuda {
@@ -21,8 +22,6 @@ namespace freekv::cuda {
 namespace {
 
 using flash::fast_exp2;
-using flash::pack_bf16x2;
-using flash::smem_addr;
 using flash::store_output_pair;
 
 constexpr int kKeys = 64;
@@ -39,22 +38,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* p) 
                  : "r"(smem_addr(p)));
 }
 
-// d += a (16x16 bf16, row) * b (16x8 bf16, col), fp32 accumulators.
-__device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 16 bytes global -> shared, zero-filled when !valid (src is then not read).
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 template <int D, int MT, int W>
 struct Tile {

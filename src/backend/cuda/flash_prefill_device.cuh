@@ -1,6 +1,6 @@
 // flash_prefill_device.cuh: device helpers both flash prefill kernels (flash_prefill.cu, mma.sync;
-// flash_prefill_wgmma.cu, wgmma) share: shared-memory addresses, 2^x on the special-function unit,
-// bf16 pairs, and the store of one output pair in the output's dtype.
+// flash_prefill_wgmma.cu, wgmma) share beside ptx_ops.cuh: 2^x on the special-function unit and
+// the store of one output pair in the output's dtype.
 // Invariant: the output store rounds exactly as to_bf16 does (round to nearest even), so out_bf16
 // is the fp32 output rounded once.
 #pragma once
@@ -10,21 +10,15 @@
 #include <cstdint>
 
 #include "backend/cuda/flash_prefill.cuh"
+#include "backend/cuda/ptx_ops.cuh"
 
 namespace freekv::cuda::flash {
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
 // 2^x on the special-function unit (one instruction; exp2f adds range fix-ups around it). -inf -> 0.
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&p);
 }
 
 // Output elements at, at + 1 (an even element offset): bf16 into out_bf16 when set, else fp32 into out.

@@ -28,8 +28,6 @@ namespace freekv::cuda {
 namespace {
 
 using flash::fast_exp2;
-using flash::pack_bf16x2;
-using flash::smem_addr;
 using flash::store_output_pair;
 
 constexpr int kDim = 128;      // head_dim

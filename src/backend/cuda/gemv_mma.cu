@@ -16,6 +16,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/ops_cuda.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/ptx_ops.cuh"
 
 namespace freekv::cuda {
 
@@ -23,18 +24,6 @@ namespace {
 
 constexpr int kMmaWarps = 8;
 constexpr int kChunksInFlight = 4;
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                               uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 // The lane's 8 activations of a chunk as 4 bf16 pairs: read as they are, or rounded from fp32.
 __device__ __forceinline__ uint4 load_x8(const uint16_t* x) { return __ldg(reinterpret_cast<const uint4*>(x)); }
@@ -94,8 +83,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(const X* __res
 #pragma unroll
             for (int t = 0; t < MT; ++t) {
                 // The first mma reads elements 8c..8c+3 as its k positions (2c, 2c+1, 2c+8, 2c+9), the second 8c+4..8c+7.
-                mma_bf16_16816(acc[t], wv[u][t][0].x, wv[u][t][1].x, wv[u][t][0].y, wv[u][t][1].y, xv[u].x, xv[u].y);
-                mma_bf16_16816(acc[t], wv[u][t][0].z, wv[u][t][1].z, wv[u][t][0].w, wv[u][t][1].w, xv[u].z, xv[u].w);
+                const uint32_t lo[4] = {wv[u][t][0].x, wv[u][t][1].x, wv[u][t][0].y, wv[u][t][1].y};
+                const uint32_t hi[4] = {wv[u][t][0].z, wv[u][t][1].z, wv[u][t][0].w, wv[u][t][1].w};
+                mma_bf16(acc[t], lo, xv[u].x, xv[u].y);
+                mma_bf16(acc[t], hi, xv[u].z, xv[u].w);
             }
     }
     if (!waited) grid_dependency_wait();  // a warp with no chunk still writes y after the predecessor
