@@ -194,8 +194,8 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
         for (int64_t il = 0; il < L; ++il) {
             const cuda::Event* mk = marks.data() + il * 4;
-            qkv(il, n, false);
             cuda::RopeAppendArgs ra;  // RoPE, the K/V append and the query ring store in one launch
+            ra.qkv = qkv_for_append(il, n);
             ra.q = q.get();
             ra.k = k.get();
             ra.v = v.get();
