@@ -5,7 +5,7 @@
 #    combine of session 18, attention, flash prefill, GEMVs) and the engine tests;
 # 2. decode at 32K b1/b4, budget-only and full, the previous commit's binary (freekv_prev, 7798e81:
 #    separate q, k, v and gate, up GEMVs for 2-8 rows) beside this one, same machine, one after the other;
-# 3. Nsight Compute's device time per kernel over one measured budget-only b4 step (this build);
+# 3. compute-sanitizer memcheck of the changed and new kernels' op tests; Nsight Compute's device time per kernel over one measured budget-only b4 step (this build);
 # 4. decode with --attn-fused-combine (session 18's, off by default) and the freekv mode.
 # Carry .devpack/bins.tar.xz and .devpack/prev.tar.xz (freekv_prev).
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B && tar -xJf .devpack/prev.tar.xz -C $B
@@ -21,6 +21,10 @@ for bin in freekv_prev freekv; do
 done
 grep -E "decode GEMV" /tmp/decode-freekv.log | cut -c1-900
 echo "decode done at ${SECONDS} s"
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+timeout 100 $CS --tool memcheck $B/test_cuda_ops --gtest_filter='*RopeAppend*:*ElementwiseAndNorms*:*DecodeAttention*' 2>&1 | \
+  grep -E "ERROR SUMMARY|PASSED|FAIL" | head -4
+echo "memcheck done at ${SECONDS} s"
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 timeout 120 $NCU --clock-control none --metrics gpu__time_duration.sum,launch__grid_size -k regex:. --profile-from-start off --csv \
   $B/freekv bench --shape llama-3.1-8b -d 32768 -b 4 -r 1 -n 1 --breakdown-steps 0 --kv-budget 2048 --kv-sink 512 --kv-recent 512 \
