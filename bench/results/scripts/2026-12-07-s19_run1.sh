@@ -6,7 +6,8 @@
 # 2. decode at 32K b1/b4, budget-only and full, the previous commit's binary (freekv_prev, 7798e81:
 #    separate q, k, v and gate, up GEMVs for 2-8 rows) beside this one, same machine, one after the other;
 # 3. compute-sanitizer memcheck of the changed and new kernels' op tests; Nsight Compute's device time per kernel over one measured budget-only b4 step (this build);
-# 4. decode with --attn-fused-combine (session 18's, off by default) and the freekv mode.
+# 4. on an H200 only: the 32K prefill against the HF sdpa peer (issue 14);
+# 5. decode with --attn-fused-combine (session 18's, off by default) and the freekv mode.
 # Carry .devpack/bins.tar.xz and .devpack/prev.tar.xz (freekv_prev).
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B && tar -xJf .devpack/prev.tar.xz -C $B
 export LD_LIBRARY_PATH=$B:/usr/local/cuda/lib64
@@ -21,6 +22,12 @@ for bin in freekv_prev freekv; do
 done
 grep -E "decode GEMV" /tmp/decode-freekv.log | cut -c1-900
 echo "decode done at ${SECONDS} s"
+if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then  # issue 14's H200 cell: 32K prefill beside HF sdpa
+  P="--shape llama-3.1-8b -d 32768 -b 1 -n 4 -r 3 --breakdown-steps 0 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --kv-mode budget-only --kv-fill prefill --device cuda -o json --prefill-install-ctas 2"
+  timeout 80 $B/freekv bench $P > $OUT/prefill.jsonl 2> /dev/null; echo "prefill rc $?"
+  grep -oE '"prefill_tokens_per_s":[0-9.]*' $OUT/prefill.jsonl
+  timeout 100 python3 scripts/hf_prefill_peer.py --lengths 32768 --reps 3 > $OUT/hf.jsonl 2> /dev/null; echo "hf rc $?"; cat $OUT/hf.jsonl
+fi
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 timeout 100 $CS --tool memcheck $B/test_cuda_ops --gtest_filter='*RopeAppend*:*ElementwiseAndNorms*:*DecodeAttention*' 2>&1 | \
   grep -E "ERROR SUMMARY|PASSED|FAIL" | head -4
