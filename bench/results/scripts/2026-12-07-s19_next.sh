@@ -9,7 +9,10 @@
 #   revert), fused = s19-fused-gemv-rows.
 # Each: the two failing engine tests with PDL (their default) and freekv's b4 recall volume; then main's
 # engine tests whole and its decode defaults. Carry .devpack/bins.tar.xz (main, scripts/pack_device_bins.sh)
-# and .devpack/bisect.tar.xz (test_cuda_engine_{a80,fused}, freekv_{a80,fused}).
+# and .devpack/bisect.tar.xz (test_cuda_engine_{a80,fused}, freekv_{a80,fused}); to remake the latter:
+#   git worktree add /work/wt-a80 a80e71a; git worktree add /work/wt-fused s19-fused-gemv-rows; in each:
+#   cmake --preset cuda-release && cmake --build --preset cuda-release --target freekv test_cuda_engine; then strip
+#   them into one folder as test_cuda_engine_{a80,fused} and freekv_{a80,fused} and tar -cJf .devpack/bisect.tar.xz.
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B && tar -xJf .devpack/bisect.tar.xz -C $B
 export LD_LIBRARY_PATH=$B:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
@@ -22,6 +25,9 @@ for v in a80 main fused; do
   timeout 60 $B/freekv_$v bench --shape llama-3.1-8b -d 32768 -n 8 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda \
     -b 4 --kv-mode freekv 2> /dev/null | grep -E "^\| llama" | cut -d'|' -f3,5,7,10-15
 done
+echo "== fused, --no-pdl (freekv steps have no graphs: PDL is the only difference)"
+timeout 60 $B/freekv_fused bench --shape llama-3.1-8b -d 32768 -n 8 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda \
+  -b 4 --kv-mode freekv --no-pdl 2> /dev/null | grep -E "^\| llama" | cut -d'|' -f3,5,7,10-15
 echo "bisect done at ${SECONDS} s"
 timeout 90 $B/test_cuda_engine 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which|differ" | head -8
 timeout 90 $B/test_cuda_ops 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which" | head -8
