@@ -7,8 +7,8 @@
 # s19-fused-gemv-rows). Three builds side by side, the same machine:
 #   a80 = a80e71a (session 18 run 3: the engine tests passed), main = 7798e81's sources (main after the
 #   revert), fused = s19-fused-gemv-rows.
-# Each: the two failing engine tests with PDL (their default) and freekv's b4 recall volume; then main's
-# engine tests whole and its decode defaults. Carry .devpack/bins.tar.xz (main, scripts/pack_device_bins.sh)
+# Each: the two failing engine tests with PDL (their default) and freekv's b4 recall volume; then the staged
+# attention kernel's stall reasons at 2K x 4 (Nsight Compute) and main's GPU tests whole. Carry .devpack/bins.tar.xz (main, scripts/pack_device_bins.sh)
 # and .devpack/bisect.tar.xz (test_cuda_engine_{a80,fused}, freekv_{a80,fused}); to remake the latter:
 #   git worktree add /work/wt-a80 a80e71a; git worktree add /work/wt-fused s19-fused-gemv-rows; in each:
 #   cmake --preset cuda-release && cmake --build --preset cuda-release --target freekv test_cuda_engine; then strip
@@ -29,6 +29,12 @@ echo "== fused, --no-pdl (freekv steps have no graphs: PDL is the only differenc
 timeout 60 $B/freekv_fused bench --shape llama-3.1-8b -d 32768 -n 8 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda \
   -b 4 --kv-mode freekv --no-pdl 2> /dev/null | grep -E "^\| llama" | cut -d'|' -f3,5,7,10-15
 echo "bisect done at ${SECONDS} s"
+# Why a 2K list at b4 takes 25.4 us of attention for 10.8 us of K/V (session 19's profile): one staged launch
+# at 2048 tokens x 4 rows, its stall reasons and memory throughput.
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+timeout 90 $NCU --clock-control none -k regex:staged --launch-skip 3 --launch-count 1 --section SpeedOfLight \
+  --section WarpStateStats --section Occupancy --section LaunchStats $B/bench_decode_attention 2048 4 3 2>&1 | \
+  grep -E "Duration|DRAM Throughput|Memory Throughput|Stall|Achieved Occupancy|Registers|Block Limit|Warp Cycles" | head -30
 timeout 90 $B/test_cuda_engine 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which|differ" | head -8
 timeout 90 $B/test_cuda_ops 2>&1 | grep -E "FAIL|PASSED|Failure|Expected|Which" | head -8
 echo "done at ${SECONDS} s"
