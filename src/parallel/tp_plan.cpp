@@ -24,12 +24,12 @@ std::vector<TpRange> split_aligned(int64_t n, int parts) {
 }  // namespace
 
 TpPlan make_tp_plan(const ModelConfig& c, int n) {
-    if (n < 1) FREEKV_FAIL("--tensor-parallel {}: the number of GPUs must be at least 1", n);
+    if (n < 1) FREEKV_FAIL("tensor parallelism over {} GPUs: the number of GPUs must be at least 1", n);
     if (c.n_head_kv % n != 0)
-        FREEKV_FAIL("--tensor-parallel {}: the model's {} KV heads do not divide among {} GPUs; use a divisor of {}", n,
-                    c.n_head_kv, n, c.n_head_kv);
+        FREEKV_FAIL("tensor parallelism over {} GPUs: the model's {} KV heads do not divide among {} GPUs; use a divisor of {}",
+                    n, c.n_head_kv, n, c.n_head_kv);
     if (c.n_ff < n * kTpAlign || c.n_vocab < n * kTpAlign)
-        FREEKV_FAIL("--tensor-parallel {}: the model is too small to split (feed-forward width {}, vocabulary {}; each GPU "
+        FREEKV_FAIL("tensor parallelism over {} GPUs: the model is too small to split (feed-forward width {}, vocabulary {}; each GPU "
                     "needs at least {} of each)", n, c.n_ff, c.n_vocab, kTpAlign);
     TpPlan plan;
     plan.n_ranks = n;

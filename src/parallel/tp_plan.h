@@ -33,7 +33,7 @@ struct TpPlan {
     std::vector<TpRank> ranks;
 };
 
-/// The split of `config` over n_ranks; throws Error (naming --tensor-parallel) when the model's KV
+/// The split of `config` over n_ranks; throws Error (saying how many GPUs and why) when the model's KV
 /// heads do not divide among the ranks or a rank would get no feed-forward or vocabulary rows.
 TpPlan make_tp_plan(const ModelConfig& config, int n_ranks);
 
