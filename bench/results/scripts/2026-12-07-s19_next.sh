@@ -29,6 +29,14 @@ echo "== fused, --no-pdl (freekv steps have no graphs: PDL is the only differenc
 timeout 60 $B/freekv_fused bench --shape llama-3.1-8b -d 32768 -n 8 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda \
   -b 4 --kv-mode freekv --no-pdl 2> /dev/null | grep -E "^\| llama" | cut -d'|' -f3,5,7,10-15
 echo "bisect done at ${SECONDS} s"
+# Whichever build fails: out-of-bounds or uninitialized reads in its engine test (a latent overrun would
+# land in whatever buffer lies next, and PDL's overlap decides when), kernels serialized by the tool.
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+for tool in memcheck initcheck; do
+  timeout 120 $CS --tool $tool --print-limit 5 $B/test_cuda_engine_fused --gtest_filter='*CudaGraphs*' 2>&1 | \
+    grep -E "ERROR SUMMARY|Invalid|Uninitialized|at 0x|by thread|PASSED|FAILED" | head -10
+done
+echo "sanitizers done at ${SECONDS} s"
 # Why a 2K list at b4 takes 25.4 us of attention for 10.8 us of K/V (session 19's profile): one staged launch
 # at 2048 tokens x 4 rows, its stall reasons and memory throughput.
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
