@@ -6,11 +6,11 @@
 # build with session 18's unrun changes (7798e81) plus the fused q|k|v and gate|up rows (branch
 # s19-fused-gemv-rows). Three builds side by side, the same machine:
 #   a80 = a80e71a (session 18 run 3: the engine tests passed), main = 7798e81's sources (main after the
-#   revert), fused = s19-fused-gemv-rows.
+#   revert), fused = 4509974 (branch s19-fused-gemv-rows; on main: git revert 8b16bf9).
 # Each: the two failing engine tests with PDL (their default) and freekv's b4 recall volume; then the staged
 # attention kernel's stall reasons at 2K x 4 (Nsight Compute) and main's GPU tests whole. Carry .devpack/bins.tar.xz (main, scripts/pack_device_bins.sh)
 # and .devpack/bisect.tar.xz (test_cuda_engine_{a80,fused}, freekv_{a80,fused}); to remake the latter:
-#   git worktree add /work/wt-a80 a80e71a; git worktree add /work/wt-fused s19-fused-gemv-rows; in each:
+#   git worktree add /work/wt-a80 a80e71a; git worktree add /work/wt-fused 4509974; in each:
 #   cmake --preset cuda-release && cmake --build --preset cuda-release --target freekv test_cuda_engine; then strip
 #   them into one folder as test_cuda_engine_{a80,fused} and freekv_{a80,fused} and tar -cJf .devpack/bisect.tar.xz.
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B && tar -xJf .devpack/bisect.tar.xz -C $B
