@@ -10,7 +10,7 @@
 # Each: the two failing engine tests with PDL (their default) and freekv's b4 recall volume; then the staged
 # attention kernel's stall reasons at 2K x 4 (Nsight Compute) and main's GPU tests whole. Carry .devpack/bins.tar.xz (main, scripts/pack_device_bins.sh)
 # and .devpack/bisect.tar.xz (test_cuda_engine_{a80,fused}, freekv_{a80,fused}); to remake the latter:
-#   git worktree add /work/wt-a80 a80e71a; git worktree add /work/wt-fused 4509974; in each:
+#   git worktree prune; git worktree add /work/wt-a80 a80e71a; git worktree add /work/wt-fused 4509974; in each:
 #   cmake --preset cuda-release && cmake --build --preset cuda-release --target freekv test_cuda_engine; then strip
 #   them into one folder as test_cuda_engine_{a80,fused} and freekv_{a80,fused} and tar -cJf .devpack/bisect.tar.xz.
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B && tar -xJf .devpack/bisect.tar.xz -C $B
