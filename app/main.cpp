@@ -188,7 +188,22 @@ int main(int argc, char** argv) {
     add("serve", "an HTTP server with the OpenAI completions and chat APIs, batching concurrent requests", register_serve);
     add("bench-serve", "load generator for a running server: concurrent streams, TTFT / TPOT / ITL, tokens/s",
         register_bench_serve);
-    CLI11_PARSE(app, argc, argv);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ExtrasError& e) {
+        // A word with no flag before it ("freekv generate -m model 'Once upon'"): say where it goes.
+        const CLI::App* sub = nullptr;
+        for (const auto& [s, run] : commands)
+            if (s->parsed()) sub = s;
+        std::string hint = "every value follows its flag";
+        if (sub != nullptr && sub->get_option_no_throw("--prompt") != nullptr)
+            hint = "a prompt goes after -p/--prompt (or in a file given with -f/--file)";
+        fmt::print(stderr, "error: {}; {}; see `freekv {}--help`\n", e.what(), hint,
+                   sub != nullptr ? sub->get_name() + " " : std::string());
+        return e.get_exit_code();
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
     try {
         for (auto& [sub, run] : commands)
             if (sub->parsed()) return run();

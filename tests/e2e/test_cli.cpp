@@ -48,6 +48,19 @@ TEST(Cli, MissingModelPathIsAClearError) {
     EXPECT_NE(r.output.find("-m"), std::string::npos) << r.output;
 }
 
+// A stray word (a prompt without -p) says where it belongs, naming flags that exist.
+TEST(Cli, AStrayWordSaysWhereItGoes) {
+    const Result r = run("generate -m /nonexistent/model 'Once upon a time'");
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.output.find("Once upon a time"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("-p/--prompt"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("freekv generate --help"), std::string::npos) << r.output;
+    const Result b = run("bench --shape tiny extra");  // bench takes no prompt
+    EXPECT_NE(b.code, 0);
+    EXPECT_NE(b.output.find("every value follows its flag"), std::string::npos) << b.output;
+    EXPECT_EQ(b.output.find("--prompt"), std::string::npos) << b.output;
+}
+
 TEST(Cli, FolderWithoutConfigIsAClearError) {
     test::TempDir dir("freekv-cli");
     const Result r = run("inspect -m " + dir.path.string());
