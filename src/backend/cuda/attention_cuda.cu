@@ -7,8 +7,9 @@
 // bf16 KV at head_dim 64/128 with groups up to 8 takes a variant that stages each warp's tiles in
 // shared memory by cp.async (attention_pages_staged_kernel), which can also merge the split-K
 // partials in the last block of each (sequence, KV head) when given counters (the engine's
-// --attn-fused-combine, off by default until measured; otherwise the combine kernel). Invariants: K/V rows start on 16-byte boundaries (checked); a
-// tile's tokens past the list weigh 0; split counters are zero between calls.
+// --attn-fused-combine, off by default: it measured slower; otherwise the combine kernel).
+// Invariants: K/V rows start on 16-byte boundaries (checked); a tile's tokens past the list weigh 0;
+// split counters are zero between calls.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
