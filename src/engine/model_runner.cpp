@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "engine/retrieval_kv.h"
 #include "engine/sampler.h"
+#include "engine/tensor_parallel_runner.h"
 #include "kv/full_attention_kv.h"
 #include "kv/paged_kv_cache.h"
 
@@ -100,7 +101,7 @@ class CpuModelRunner final : public ModelRunner {
 public:
     CpuModelRunner(const LoadedModel& m, const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens,
                    const FaultInjection& faults)
-        : model_(*m.model), n_vocab_(m.config.n_vocab), max_batch_(max_batch), max_tokens_(max_tokens),
+        : model_(*m.model), n_vocab_(m.model->n_logits()), max_batch_(max_batch), max_tokens_(max_tokens),
           live_(static_cast<size_t>(max_batch), false), faults_(faults, max_batch) {
         FREEKV_CHECK(max_batch >= 1 && max_tokens >= 1, "runner: batch {} and context {} must be positive", max_batch,
                      max_tokens);
@@ -322,7 +323,14 @@ private:
 
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu,
-                                               const gpu::GpuTuning& tuning, const FaultInjection& faults) {
+                                               const gpu::GpuTuning& tuning, const FaultInjection& faults, int tensor_parallel) {
+    FREEKV_CHECK(tensor_parallel >= 1, "--tensor-parallel must be at least 1, got {}", tensor_parallel);
+    if (tensor_parallel > 1) {
+        if (gpu)
+            FREEKV_FAIL("--tensor-parallel {} runs on the CPU only so far (the GPU ranks over NCCL are not built yet): use "
+                        "--device cpu, or --tensor-parallel 1 on the GPU", tensor_parallel);
+        return make_tensor_parallel_runner(model, mode, max_batch, max_tokens, tensor_parallel, faults);
+    }
     if (gpu) return std::make_unique<GpuModelRunner>(model.config, std::move(gpu), mode, max_batch, max_tokens, tuning, faults);
     return std::make_unique<CpuModelRunner>(model, mode, max_batch, max_tokens, faults);
 }

@@ -71,9 +71,11 @@ public:
 
 /// A runner for `mode` with max_batch slots of max_tokens tokens: on the GPU when `gpu` weights
 /// are given, else on the CPU with the model's own weights. Throws Error naming the flag to change
-/// when the memory does not fit. `faults`: planted failures (tests only).
+/// when the memory does not fit. `faults`: planted failures (tests only). tensor_parallel > 1: the
+/// model split over that many ranks (tensor_parallel_runner.h; the CPU only, so far).
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu = nullptr,
-                                               const gpu::GpuTuning& tuning = {}, const FaultInjection& faults = {});
+                                               const gpu::GpuTuning& tuning = {}, const FaultInjection& faults = {},
+                                               int tensor_parallel = 1);
 
 }  // namespace freekv

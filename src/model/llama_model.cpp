@@ -42,6 +42,13 @@ struct Ops {
 LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, OpsImpl impl)
     : config_(std::move(config)), weights_(std::move(weights)), impl_(impl), inv_freq_(config_.rope_inv_freq()) {}
 
+void LlamaModel::set_tensor_parallel(const TensorParallelRank& rank) {
+    FREEKV_CHECK(rank.peers != nullptr && rank.vocab_begin >= 0 && rank.vocab_begin + config_.n_vocab <= rank.n_vocab,
+                 "a tensor-parallel rank's vocabulary rows [{}, {}) must lie in the vocabulary of {}", rank.vocab_begin,
+                 rank.vocab_begin + config_.n_vocab, rank.n_vocab);
+    tp_ = rank;
+}
+
 void LlamaModel::forward(std::span<const int32_t> tokens, int32_t seq, PagedKvCache& kv, int64_t n_out,
                          std::vector<float>& logits) const {
     const auto n_tok = static_cast<int64_t>(tokens.size());
@@ -81,8 +88,27 @@ void LlamaModel::forward_batch(std::span<const int32_t> tokens, std::span<const 
     std::vector<int64_t> groups;
     for (const auto& s : spans) groups.push_back(s.n_tok);
 
+    // On a rank: the products of a row-parallel matrix (o, down) summed over the ranks before they
+    // join the residual, which stays the same on every rank.
+    auto sum_over_ranks = [&](std::vector<float>& part) {
+        if (tp_.peers != nullptr) tp_.peers->all_reduce_sum(part.data(), static_cast<int64_t>(part.size()));
+    };
+
     kv.begin_forward(spans);
-    ops.embedding(weights_.token_embd, tokens.data(), n_tok, x.data());
+    if (tp_.peers == nullptr) {
+        ops.embedding(weights_.token_embd, tokens.data(), n_tok, x.data());
+    } else {  // this rank's vocabulary rows; the others' tokens are zero here, their rank's rows there
+        std::vector<int32_t> local(tokens.size());
+        for (size_t t = 0; t < tokens.size(); ++t) {
+            const int64_t id = tokens[t] - tp_.vocab_begin;
+            local[t] = id >= 0 && id < c.n_vocab ? static_cast<int32_t>(id) : 0;
+        }
+        ops.embedding(weights_.token_embd, local.data(), n_tok, x.data());
+        for (size_t t = 0; t < tokens.size(); ++t)
+            if (tokens[t] < tp_.vocab_begin || tokens[t] >= tp_.vocab_begin + c.n_vocab)
+                std::fill_n(x.begin() + static_cast<std::ptrdiff_t>(t) * c.n_embd, c.n_embd, 0.0f);
+        sum_over_ranks(x);
+    }
     for (int64_t il = 0; il < c.n_layer; ++il) {
         const LlamaLayerWeights& w = weights_.layers[static_cast<size_t>(il)];
         // ---- attention ----
@@ -94,6 +120,7 @@ void LlamaModel::forward_batch(std::span<const int32_t> tokens, std::span<const 
         ops.rope(k.data(), n_tok, c.n_head_kv, c.head_dim, positions.data(), inv_freq_, c.rope_style);
         kv.attend(il, spans, q.data(), k.data(), v.data(), attn.data());
         ops.matmul(attn.data(), groups, w.wo, proj.data());
+        sum_over_ranks(proj);
         for (int64_t i = 0; i < n_tok * c.n_embd; ++i) x[static_cast<size_t>(i)] += proj[static_cast<size_t>(i)];
         // ---- feed-forward ----
         ops.rms_norm(x.data(), n_tok, c.n_embd, w.ffn_norm, c.rms_norm_eps, h.data());
@@ -101,6 +128,7 @@ void LlamaModel::forward_batch(std::span<const int32_t> tokens, std::span<const 
         ops.matmul(h.data(), groups, w.w_up, up.data());
         ops.silu_mul(gate.data(), up.data(), n_tok * c.n_ff);
         ops.matmul(gate.data(), groups, w.w_down, proj.data());
+        sum_over_ranks(proj);
         for (int64_t i = 0; i < n_tok * c.n_embd; ++i) x[static_cast<size_t>(i)] += proj[static_cast<size_t>(i)];
     }
     kv.end_forward(spans);
@@ -121,8 +149,15 @@ void LlamaModel::forward_batch(std::span<const int32_t> tokens, std::span<const 
         prev_span = is;
     }
     ops.rms_norm(selected.data(), n_out, c.n_embd, weights_.output_norm, c.rms_norm_eps, selected.data());
-    logits.resize(static_cast<size_t>(n_out * c.n_vocab));
-    ops.matmul(selected.data(), out_groups, weights_.output, logits.data());
+    if (tp_.peers == nullptr) {
+        logits.resize(static_cast<size_t>(n_out * c.n_vocab));
+        ops.matmul(selected.data(), out_groups, weights_.output, logits.data());
+        return;
+    }
+    std::vector<float> columns = buf(n_out * c.n_vocab);  // this rank's vocabulary rows' logits
+    ops.matmul(selected.data(), out_groups, weights_.output, columns.data());
+    logits.resize(static_cast<size_t>(n_out * tp_.n_vocab));
+    tp_.peers->gather_columns(columns.data(), n_out, tp_.vocab_begin, c.n_vocab, logits.data(), tp_.n_vocab);
 }
 
 }  // namespace freekv

@@ -1,0 +1,261 @@
+// test_tensor_parallel_runner.cpp: tensor parallelism on the CPU, end to end. The host collectives
+// (parallel/host_collective.h) sum in rank order with the same bits on every rank, gather columns,
+// survive many back-to-back calls and wake every waiting rank when one fails; the tensor-parallel
+// runner (engine/tensor_parallel_runner.h) with 2 and 4 ranks decodes the same greedy tokens as one
+// rank in every KV mode, batched and prefilled in chunks, its logits equal up to summation order,
+// its per-head recall counters in the whole model's head order; errors say what was wrong.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <thread>
+
+#include "core/error.h"
+#include "engine/model_runner.h"
+#include "engine/tensor_parallel_runner.h"
+#include "model/model_loader.h"
+#include "model/synthetic_model.h"
+#include "parallel/host_collective.h"
+#include "test_util.h"
+
+namespace freekv {
+namespace {
+
+// Runs fn(rank) on n threads at once.
+template <class F>
+void on_threads(int n, F fn) {
+    std::vector<std::thread> threads;
+    for (int r = 0; r < n; ++r) threads.emplace_back(fn, r);
+    for (auto& t : threads) t.join();
+}
+
+TEST(HostCollective, SumsInRankOrderWithTheSameBitsOnEveryRank) {
+    const int n = 3;
+    HostCollective group(n);
+    for (int64_t len : {int64_t{1}, int64_t{2}, int64_t{1000}, int64_t{0}}) {
+        for (int round = 0; round < 50; ++round) {  // back-to-back calls: the barriers keep them apart
+            std::vector<std::vector<float>> data(n);
+            for (int r = 0; r < n; ++r)
+                for (int64_t i = 0; i < len; ++i)  // magnitudes far apart: the order of the sum shows in the bits
+                    data[static_cast<size_t>(r)].push_back(std::ldexp(1.0f + 0.001f * static_cast<float>(i + round), 12 * r - 12) *
+                                                          (r == 1 ? -1.0f : 1.0f));
+            std::vector<float> want(static_cast<size_t>(len));
+            for (int64_t i = 0; i < len; ++i) {
+                const auto k = static_cast<size_t>(i);
+                want[k] = (data[0][k] + data[1][k]) + data[2][k];
+            }
+            on_threads(n, [&](int r) { group.rank(r).all_reduce_sum(data[static_cast<size_t>(r)].data(), len); });
+            for (int r = 0; r < n; ++r)
+                for (int64_t i = 0; i < len; ++i)
+                    ASSERT_EQ(data[static_cast<size_t>(r)][static_cast<size_t>(i)], want[static_cast<size_t>(i)])
+                        << "rank " << r << " element " << i << " of " << len;
+        }
+    }
+}
+
+TEST(HostCollective, GathersEveryRanksColumns) {
+    const int n = 3;
+    HostCollective group(n);
+    const int64_t rows = 4, cols[3] = {2, 5, 1}, col0[3] = {0, 2, 7}, total = 8;
+    std::vector<std::vector<float>> parts(n), outs(n, std::vector<float>(static_cast<size_t>(rows * total), -1.0f));
+    for (int r = 0; r < n; ++r)
+        for (int64_t row = 0; row < rows; ++row)
+            for (int64_t c = 0; c < cols[r]; ++c) parts[static_cast<size_t>(r)].push_back(static_cast<float>(100 * row + col0[r] + c));
+    on_threads(n, [&](int r) {
+        group.rank(r).gather_columns(parts[static_cast<size_t>(r)].data(), rows, col0[r], cols[r], outs[static_cast<size_t>(r)].data(),
+                                     total);
+    });
+    for (int r = 0; r < n; ++r)
+        for (int64_t row = 0; row < rows; ++row)
+            for (int64_t c = 0; c < total; ++c)
+                EXPECT_EQ(outs[static_cast<size_t>(r)][static_cast<size_t>(row * total + c)], static_cast<float>(100 * row + c))
+                    << "rank " << r << " row " << row << " column " << c;
+}
+
+TEST(HostCollective, AFailedRankWakesItsPeersAndResetRecovers) {
+    const int n = 3;
+    HostCollective group(n);
+    std::vector<std::string> errors(n);
+    std::vector<float> data(10, 1.0f);
+    on_threads(n, [&](int r) {
+        if (r == 2) {  // fails before its first collective: ranks 0 and 1 would wait forever
+            group.fail("rank 2 ran out of memory");
+            return;
+        }
+        std::vector<float> mine = data;
+        try {
+            group.rank(r).all_reduce_sum(mine.data(), 10);
+        } catch (const Error& e) {
+            errors[static_cast<size_t>(r)] = e.what();
+        }
+    });
+    for (int r = 0; r < 2; ++r) EXPECT_NE(errors[static_cast<size_t>(r)].find("rank 2 ran out of memory"), std::string::npos) << r;
+    // Later calls fail at once until reset; then the group works again.
+    EXPECT_THROW(group.rank(0).all_reduce_sum(data.data(), 10), Error);
+    group.reset();
+    std::vector<std::vector<float>> all(n, data);
+    on_threads(n, [&](int r) { group.rank(r).all_reduce_sum(all[static_cast<size_t>(r)].data(), 10); });
+    for (int r = 0; r < n; ++r) EXPECT_EQ(all[static_cast<size_t>(r)][9], 3.0f) << r;
+}
+
+KvModeConfig mode_for(KvMode kind) {
+    KvModeConfig c = full_kv_mode();
+    c.page_size = 16;
+    if (kind == KvMode::kFull) return c;
+    c.mode = kind;
+    c.budget = 128;  // 8 pages: 2 sink, 4 selected, 2 recent: prompts over 128 tokens run sparse
+    c.sink = 32;
+    c.recent = 32;
+    c.attention_mass_recall = true;
+    return c;
+}
+
+struct Decoded {
+    std::vector<std::vector<int32_t>> tokens;  // per sequence
+    std::vector<float> logits;                 // every step's rows, in order
+    KvStats stats;
+};
+
+// Two sequences (prompts of 150 and 190 tokens, prefilled in chunks of 64) then 24 greedy steps of
+// both together.
+Decoded decode_two(const LoadedModel& m, const KvModeConfig& mode, int tensor_parallel) {
+    auto runner = make_model_runner(m, mode, 2, 240, nullptr, {}, {}, tensor_parallel);
+    Decoded out;
+    const std::vector<int64_t> lengths = {150, 190};
+    std::vector<int32_t> seqs, next;
+    std::vector<int64_t> held;
+    std::vector<float> logits;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+        const int32_t seq = runner->add_sequence();
+        seqs.push_back(seq);
+        const auto prompt = test::random_tokens(lengths[i], m.config.n_vocab, 500 + static_cast<uint32_t>(i));
+        for (int64_t at = 0; at < lengths[i]; at += 64) {
+            const int64_t n = std::min<int64_t>(64, lengths[i] - at);
+            const SequenceSpan span{seq, at, n, 0};
+            const int64_t last = n - 1;
+            runner->forward(std::span(prompt).subspan(static_cast<size_t>(at), static_cast<size_t>(n)), std::span(&span, 1),
+                            std::span(&last, 1), logits);
+        }
+        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
+        next.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+        held.push_back(lengths[i]);
+        out.tokens.push_back({next.back()});
+    }
+    for (int step = 0; step < 24; ++step) {
+        std::vector<SequenceSpan> spans;
+        std::vector<int64_t> rows;
+        for (size_t i = 0; i < seqs.size(); ++i) {
+            spans.push_back({seqs[i], held[i], 1, static_cast<int64_t>(i)});
+            rows.push_back(static_cast<int64_t>(i));
+        }
+        runner->forward(next, spans, rows, logits);
+        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
+        const auto width = static_cast<std::ptrdiff_t>(m.config.n_vocab);
+        for (size_t i = 0; i < seqs.size(); ++i) {
+            const auto row = logits.begin() + static_cast<std::ptrdiff_t>(i) * width;
+            next[i] = static_cast<int32_t>(std::max_element(row, row + width) - row);
+            out.tokens[i].push_back(next[i]);
+            ++held[i];
+        }
+    }
+    out.stats = runner->stats();
+    return out;
+}
+
+LoadedModel random_model() {  // 4 KV heads (TP up to 4), biases, uneven feed-forward and vocabulary splits
+    ModelConfig c = named_shape("tiny");
+    c.n_head = 8, c.n_head_kv = 4, c.n_ff = 100, c.n_vocab = 500, c.qkv_bias = true;
+    return make_synthetic_model(c, "tp-random");
+}
+
+TEST(TensorParallelRunner, RanksDecodeTheTokensOfOneRankInEveryMode) {
+    const LoadedModel random = random_model();
+    const LoadedModel mistral = load_model((test::source_dir() / "tests/fixtures/models/mistral-g2-f32").string());
+    for (const auto& [m, ranks] : {std::pair{&random, std::vector<int>{2, 4}}, std::pair{&mistral, std::vector<int>{2}}}) {
+        for (KvMode kind : {KvMode::kFull, KvMode::kFreekv, KvMode::kQuest, KvMode::kStreaming}) {
+            const std::string what = fmt::format("{}, {}", m->config.arch, kv_mode_name(kind));
+            const Decoded one = decode_two(*m, mode_for(kind), 1);
+            for (int n : ranks) {
+                const Decoded split = decode_two(*m, mode_for(kind), n);
+                EXPECT_EQ(split.tokens, one.tokens) << what << ", " << n << " ranks";
+                ASSERT_EQ(split.logits.size(), one.logits.size());
+                // Each rank's partial products add up in another order than one rank's sums: fp32 rounding only.
+                EXPECT_LE(test::nmse(split.logits, one.logits), 1e-10) << what << ", " << n << " ranks";
+                if (kind == KvMode::kFull) continue;
+                // Every KV head selects and recalls on its own, so the per-head counters are one rank's, in head order.
+                EXPECT_EQ(split.stats.recalled_sync, one.stats.recalled_sync) << what << ", " << n << " ranks";
+                EXPECT_EQ(split.stats.recalled_background, one.stats.recalled_background) << what << ", " << n << " ranks";
+                EXPECT_EQ(split.stats.head_tests, one.stats.head_tests) << what;
+                EXPECT_EQ(split.stats.head_flags, one.stats.head_flags) << what;
+                EXPECT_EQ(split.stats.transfer.sync_bytes + split.stats.transfer.background_bytes,
+                          one.stats.transfer.sync_bytes + one.stats.transfer.background_bytes) << what;
+                ASSERT_EQ(split.stats.mass_recall.size(), one.stats.mass_recall.size()) << what;
+                ASSERT_FALSE(one.stats.mass_recall.empty()) << what << ": the prompts must run sparse";
+                for (size_t i = 0; i < one.stats.mass_recall.size(); ++i)
+                    ASSERT_NEAR(split.stats.mass_recall[i], one.stats.mass_recall[i], 1e-5) << what << " value " << i;
+            }
+        }
+    }
+}
+
+TEST(TensorParallelRunner, ErrorsSayWhatWasWrong) {
+    const LoadedModel random = random_model();
+    // 4 KV heads do not split over 3 GPUs: make_tp_plan's refusal.
+    try {
+        make_model_runner(random, mode_for(KvMode::kFull), 1, 64, nullptr, {}, {}, 3);
+        FAIL() << "4 KV heads over 3 ranks";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("4 KV heads"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(make_model_runner(random, mode_for(KvMode::kFull), 1, 64, nullptr, {}, {}, 0), Error);
+    // A span past the context fails on every rank with the one-rank runner's message, and the ranks go on.
+    auto runner = make_model_runner(random, mode_for(KvMode::kFreekv), 1, 160, nullptr, {}, {}, 2);
+    const int32_t seq = runner->add_sequence();
+    const auto prompt = test::random_tokens(170, random.config.n_vocab, 3);
+    std::vector<float> logits;
+    const int64_t last = 169;
+    SequenceSpan span{seq, 0, 170, 0};
+    try {
+        runner->forward(prompt, std::span(&span, 1), std::span(&last, 1), logits);
+        FAIL() << "170 tokens in a context of 160";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("-c/--ctx-size"), std::string::npos) << e.what();
+    }
+    span.n_tok = 40;
+    const int64_t last40 = 39;
+    runner->forward(std::span(prompt).first(40), std::span(&span, 1), std::span(&last40, 1), logits);
+    EXPECT_EQ(logits.size(), static_cast<size_t>(random.config.n_vocab));
+}
+
+// merge_rank_stats puts per-head counters back in head order and keeps what every rank counts once.
+TEST(TensorParallelRunner, MergedCountersAreInTheWholeModelsHeadOrder) {
+    KvStats a, b;
+    for (KvStats* s : {&a, &b}) {
+        s->decode_steps = 5;
+        s->sparse_pairs = {4, 4};
+        s->forced_pairs = {1, 1};
+        s->head_tests = {4, 4};
+    }
+    a.corrected_pairs = {1, 3}, b.corrected_pairs = {2, 0};
+    a.head_flags = {1, 3}, b.head_flags = {2, 0};
+    a.recalled_sync = {1, 2, 3, 4};           // 2 layers x rank 0's 2 KV heads
+    b.recalled_sync = {10, 30};               // 2 layers x rank 1's 1 KV head
+    a.recalled_background = {0, 0, 0, 0}, b.recalled_background = {7, 8};
+    a.mass_recall = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};  // 2 entries x 4 query heads
+    b.mass_recall = {0.9f, 1.0f};                                      // 2 entries x 1 query head
+    a.attention_ms = 3, b.attention_ms = 5;
+    a.store_bytes_per_token = 100, b.store_bytes_per_token = 50;
+    const KvStats m = merge_rank_stats({a, b}, {2, 1}, {4, 1}, 2);
+    EXPECT_EQ(m.decode_steps, 5);
+    EXPECT_EQ(m.sparse_pairs, (std::vector<int64_t>{4, 4}));
+    EXPECT_EQ(m.head_tests, (std::vector<int64_t>{8, 8}));
+    EXPECT_EQ(m.head_flags, (std::vector<int64_t>{3, 3}));
+    EXPECT_EQ(m.corrected_pairs, (std::vector<int64_t>{2, 3}));
+    EXPECT_EQ(m.recalled_sync, (std::vector<int64_t>{1, 2, 10, 3, 4, 30}));
+    EXPECT_EQ(m.recalled_background, (std::vector<int64_t>{0, 0, 7, 0, 0, 8}));
+    EXPECT_EQ(m.mass_recall, (std::vector<float>{0.1f, 0.2f, 0.3f, 0.4f, 0.9f, 0.5f, 0.6f, 0.7f, 0.8f, 1.0f}));
+    EXPECT_EQ(m.attention_ms, 5);
+    EXPECT_EQ(m.store_bytes_per_token, 150);
+}
+
+}  // namespace
+}  // namespace freekv
