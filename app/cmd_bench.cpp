@@ -51,6 +51,9 @@ Command register_bench(CLI::App& cmd) {
     add_gpu_tuning_flags(cmd, f->tuning, f->diag);
     return [f]() -> int {
         f->run.apply();
+        if (f->run.tensor_parallel > 1)
+            FREEKV_FAIL("freekv bench measures one GPU or the CPU whole so far; --tensor-parallel {} runs with generate, "
+                        "perplexity, needle and serve (on the CPU)", f->run.tensor_parallel);
         finish_gpu_tuning(f->tuning, f->diag);
         const bool synthetic = f->model.empty();
         LoadedModel m = synthetic ? make_synthetic_model(f->shape) : load_model(f->model);

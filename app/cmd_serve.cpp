@@ -76,6 +76,7 @@ Command register_serve(CLI::App& cmd) {
         fmt::print(stderr, "{}\n", m.summary());
         serve::ServerOptions options;
         options.engine.gpu = f->run.gpu_weights(m);
+        options.engine.tensor_parallel = f->run.tensor_parallel;
         options.engine.n_ctx = f->n_ctx;
         options.engine.kv_mode = f->kv.resolve();
         options.engine.max_batch = f->max_batch;

@@ -33,6 +33,8 @@ CLI::Option* add_threads_flag(CLI::App& cmd, int& threads);
 void apply_threads(int threads);
 /// Adds --device auto|cpu|cuda[:N].
 CLI::Option* add_device_flag(CLI::App& cmd, std::string& device);
+/// Adds --tensor-parallel N (ranks the model is split over; 1 by default).
+CLI::Option* add_tensor_parallel_flag(CLI::App& cmd, int& n_ranks);
 /// Adds --gpu-dtype bf16|f32.
 CLI::Option* add_gpu_dtype_flag(CLI::App& cmd, std::string& dtype);
 /// The model's weights on the GPU in `dtype` (bf16 or f32), with one line on stderr saying how much.
@@ -41,9 +43,11 @@ std::shared_ptr<const gpu::GpuWeights> make_gpu_weights(const LoadedModel& m, co
 /// answers and otherwise prints one line and continues on the CPU; cuda without a GPU fails with a
 /// message naming the flag.
 std::string resolve_device(const std::string& device);
-/// The flags every running command shares: -t/--threads, --device, --gpu-dtype, --no-progress.
+/// The flags every running command shares: -t/--threads, --device, --gpu-dtype, --tensor-parallel,
+/// --no-progress.
 struct RunFlags {
     int threads = 0;
+    int tensor_parallel = 1;
     std::string device = "auto";
     std::string gpu_dtype = "bf16";
     bool no_progress = false;

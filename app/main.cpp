@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/mapped_file.h"
 #include "core/progress.h"
+#include "engine/tensor_parallel_runner.h"
 
 namespace freekv::app {
 
@@ -122,16 +123,26 @@ void finish_gpu_tuning(gpu::GpuTuning& t, const std::string& diag) {
     t.validate();
 }
 
+CLI::Option* add_tensor_parallel_flag(CLI::App& cmd, int& n_ranks) {
+    return cmd.add_option("--tensor-parallel", n_ranks,
+                          "split the model over N ranks, each with its own KV heads (1); on the CPU the ranks are threads "
+                          "of this process (a check of the split, not a speed-up); the GPU ranks are not built yet")
+        ->envname("FREEKV_ARG_TENSOR_PARALLEL")
+        ->check(CLI::Range(1, 64));
+}
+
 void RunFlags::add_to(CLI::App& cmd) {
     add_threads_flag(cmd, threads);
     add_device_flag(cmd, device);
     add_gpu_dtype_flag(cmd, gpu_dtype);
+    add_tensor_parallel_flag(cmd, tensor_parallel);
     cmd.add_flag("--no-progress", no_progress, "no progress line");
 }
 
 void RunFlags::apply() {
     apply_threads(threads);
     backend = resolve_device(device);
+    check_tensor_parallel(tensor_parallel, backend == "cuda");  // before any weights go to a GPU
     ProgressLine::set_enabled(!no_progress);
 }
 

@@ -17,6 +17,7 @@
 #include "gpu/gpu_memory_plan.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
+#include "engine/tensor_parallel_runner.h"
 
 namespace freekv {
 
@@ -371,8 +372,9 @@ Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_
     if (c.prefill_chunk <= 0) c.prefill_chunk = c.gpu ? kGpuPrefillChunk : kCpuPrefillChunk;
     FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
     FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
+    check_tensor_parallel(c.tensor_parallel, c.gpu != nullptr);
     if (c.gpu) m.memory_plan = size_gpu_batch(model.config, c);
-    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning, c.faults);
+    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning, c.faults, c.tensor_parallel);
     SchedulerConfig sc{c.step_tokens, c.prefill_chunk, m.runner->whole_prompt_prefill()};
     if (m.runner->on_gpu()) sc.max_prefilling = 1;  // the GPU engine stages one prompt's K/V at a time
     m.scheduler = Scheduler(sc);

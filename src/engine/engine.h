@@ -44,6 +44,7 @@ struct EngineConfig {
     double gpu_memory_gib = 0;  // cap on the GPU memory the engine uses, weights included; 0: what is free
     double cpu_kv_gib = 0;      // cap on the pinned CPU store; 0: half of the system's RAM
     FaultInjection faults;      // planted failures, for tests (engine/fault_injection.h)
+    int tensor_parallel = 1;    // ranks the model is split over (engine/tensor_parallel_runner.h; the CPU only, so far)
 };
 
 /// submit() when max_waiting requests wait already: try again later (the server answers 429).

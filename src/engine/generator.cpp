@@ -37,6 +37,7 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     config.prefill_chunk = params.prefill_chunk;  // 0: the backend's default
     if (params.prefill_chunk > 0) config.step_tokens = params.prefill_chunk;
     config.gpu = params.gpu;
+    config.tensor_parallel = params.tensor_parallel;
     Engine engine(m, config);
     GenerateStats stats;
     stats.n_prompt = n_prompt;

@@ -23,6 +23,7 @@ struct GenerateParams {
     SamplingParams sampling;
     bool progress = true;
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
+    int tensor_parallel = 1;                     // ranks the model is split over (--tensor-parallel)
 };
 
 struct GenerateStats {

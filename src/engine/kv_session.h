@@ -15,8 +15,9 @@ namespace freekv {
 
 class KvSession {
 public:
+    /// tensor_parallel > 1: the model split over that many ranks (make_model_runner).
     KvSession(const LoadedModel& model, const KvModeConfig& mode, int64_t max_tokens,
-              std::shared_ptr<const gpu::GpuWeights> gpu = nullptr);
+              std::shared_ptr<const gpu::GpuWeights> gpu = nullptr, int tensor_parallel = 1);
 
     /// Runs `tokens` through the model; logits: [n_vocab] of the last token.
     void forward(std::span<const int32_t> tokens, std::vector<float>& logits);

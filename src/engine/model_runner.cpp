@@ -324,13 +324,8 @@ private:
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu,
                                                const gpu::GpuTuning& tuning, const FaultInjection& faults, int tensor_parallel) {
-    FREEKV_CHECK(tensor_parallel >= 1, "--tensor-parallel must be at least 1, got {}", tensor_parallel);
-    if (tensor_parallel > 1) {
-        if (gpu)
-            FREEKV_FAIL("--tensor-parallel {} runs on the CPU only so far (the GPU ranks over NCCL are not built yet): use "
-                        "--device cpu, or --tensor-parallel 1 on the GPU", tensor_parallel);
-        return make_tensor_parallel_runner(model, mode, max_batch, max_tokens, tensor_parallel, faults);
-    }
+    check_tensor_parallel(tensor_parallel, gpu != nullptr);
+    if (tensor_parallel > 1) return make_tensor_parallel_runner(model, mode, max_batch, max_tokens, tensor_parallel, faults);
     if (gpu) return std::make_unique<GpuModelRunner>(model.config, std::move(gpu), mode, max_batch, max_tokens, tuning, faults);
     return std::make_unique<CpuModelRunner>(model, mode, max_batch, max_tokens, faults);
 }

@@ -48,6 +48,7 @@ struct NeedleParams {
     uint64_t seed = 1234;
     KvModeConfig mode;
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
+    int tensor_parallel = 1;                     // ranks the model is split over (--tensor-parallel)
 };
 
 struct NeedleCell {

@@ -25,6 +25,7 @@ struct PerplexityParams {
     std::vector<KvModeConfig> modes;  // all run in lockstep on the same tokens and weights
     std::vector<std::string> labels;  // one per mode, for reports
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run every mode (and the reference) on the GPU when set
+    int tensor_parallel = 1;                     // ranks the model is split over (--tensor-parallel)
 };
 
 struct PerplexityResult {

@@ -276,8 +276,16 @@ KvStats merge_rank_stats(const std::vector<KvStats>& ranks, const std::vector<in
     return out;
 }
 
+void check_tensor_parallel(int n_ranks, bool on_gpu) {
+    FREEKV_CHECK(n_ranks >= 1, "--tensor-parallel must be at least 1, got {}", n_ranks);
+    if (n_ranks > 1 && on_gpu)
+        FREEKV_FAIL("--tensor-parallel {} runs on the CPU only so far (the GPU ranks over NCCL are not built yet): add "
+                    "--device cpu, or leave --tensor-parallel at 1 on the GPU", n_ranks);
+}
+
 std::unique_ptr<ModelRunner> make_tensor_parallel_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                          int64_t max_tokens, int n_ranks, const FaultInjection& faults) {
+    check_tensor_parallel(n_ranks, false);
     return std::make_unique<TensorParallelRunner>(model, mode, max_batch, max_tokens, n_ranks, faults);
 }
 

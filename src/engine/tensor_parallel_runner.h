@@ -21,6 +21,10 @@ namespace freekv {
 std::unique_ptr<ModelRunner> make_tensor_parallel_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                          int64_t max_tokens, int n_ranks, const FaultInjection& faults = {});
 
+/// Throws Error naming --tensor-parallel when n_ranks is below 1, or above 1 on the GPU (the GPU
+/// ranks over NCCL are not built yet).
+void check_tensor_parallel(int n_ranks, bool on_gpu);
+
 /// The ranks' counters as the whole model's (exposed for tests): per-head counters in head order,
 /// bytes summed, per-(step, sequence) counts from rank 0, times the slowest rank's. No rank knows
 /// whether another flagged a head of the same (step, sequence) pair, so corrected_pairs is the most

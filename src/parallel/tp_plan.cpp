@@ -1,6 +1,8 @@
 // tp_plan.cpp: see tp_plan.h.
 #include "parallel/tp_plan.h"
 
+#include <string>
+
 #include "core/error.h"
 
 namespace freekv {
@@ -24,13 +26,17 @@ std::vector<TpRange> split_aligned(int64_t n, int parts) {
 }  // namespace
 
 TpPlan make_tp_plan(const ModelConfig& c, int n) {
-    if (n < 1) FREEKV_FAIL("tensor parallelism over {} GPUs: the number of GPUs must be at least 1", n);
-    if (c.n_head_kv % n != 0)
-        FREEKV_FAIL("tensor parallelism over {} GPUs: the model's {} KV heads do not divide among {} GPUs; use a divisor of {}",
-                    n, c.n_head_kv, n, c.n_head_kv);
+    if (n < 1) FREEKV_FAIL("--tensor-parallel {}: the model must be split over at least 1 rank", n);
+    if (c.n_head_kv % n != 0) {
+        std::string divisors;
+        for (int64_t d = 1; d <= c.n_head_kv; ++d)
+            if (c.n_head_kv % d == 0) divisors += (divisors.empty() ? "" : ", ") + std::to_string(d);
+        FREEKV_FAIL("--tensor-parallel {}: the model's {} KV heads do not divide among {} ranks (each rank holds whole KV "
+                    "heads); use one of {}", n, c.n_head_kv, n, divisors);
+    }
     if (c.n_ff < n * kTpAlign || c.n_vocab < n * kTpAlign)
-        FREEKV_FAIL("tensor parallelism over {} GPUs: the model is too small to split (feed-forward width {}, vocabulary {}; each GPU "
-                    "needs at least {} of each)", n, c.n_ff, c.n_vocab, kTpAlign);
+        FREEKV_FAIL("--tensor-parallel {}: the model is too small to split so (feed-forward width {}, vocabulary {}; each "
+                    "rank needs at least {} of each); use fewer ranks", n, c.n_ff, c.n_vocab, kTpAlign);
     TpPlan plan;
     plan.n_ranks = n;
     const int64_t kv_per = c.n_head_kv / n, group = c.group_size();

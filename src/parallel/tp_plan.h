@@ -33,8 +33,9 @@ struct TpPlan {
     std::vector<TpRank> ranks;
 };
 
-/// The split of `config` over n_ranks; throws Error (saying how many GPUs and why) when the model's KV
-/// heads do not divide among the ranks or a rank would get no feed-forward or vocabulary rows.
+/// The split of `config` over n_ranks; throws Error (naming --tensor-parallel and what would work)
+/// when the model's KV heads do not divide among the ranks or a rank would get too few
+/// feed-forward or vocabulary rows.
 TpPlan make_tp_plan(const ModelConfig& config, int n_ranks);
 
 /// The config of one rank's shard: its heads, feed-forward width and vocabulary rows.

@@ -102,6 +102,28 @@ TEST(Cli, GenerateOnReferenceModel) {
     EXPECT_NE(r.output.find("load: arch llama | n_layer 8"), std::string::npos);
 }
 
+// The model split over 2 ranks (threads on the CPU) prints the same golden continuation; splits the
+// model cannot take, and commands that cannot run ranks yet, are refused naming what would work.
+TEST(Cli, TensorParallelGenerateOnReferenceModel) {
+    auto dir = test::ref_model_dir();
+    if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";
+    const Result r = run("generate -m " + dir->string() +
+                         " -p 'And it came to pass, when the king had heard these words, that he' -n 32 --temp 0 --no-progress "
+                         "--device cpu --tensor-parallel 2");
+    EXPECT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find(" said unto him, What is the matter with you?\nAnd he said, What is the matter with you? "
+                            "And he said, I know that the king"),
+              std::string::npos)
+        << r.output;
+    const Result three = run("generate -m " + dir->string() + " -p 'one two' -n 2 --device cpu --tensor-parallel 3");
+    EXPECT_EQ(three.code, 1);
+    EXPECT_NE(three.output.find("2 KV heads do not divide among 3 ranks"), std::string::npos) << three.output;
+    EXPECT_NE(three.output.find("use one of 1, 2"), std::string::npos) << three.output;
+    const Result bench = run("bench --shape tiny -d 256 --device cpu --tensor-parallel 2");
+    EXPECT_EQ(bench.code, 1);
+    EXPECT_NE(bench.output.find("--tensor-parallel 2 runs with generate"), std::string::npos) << bench.output;
+}
+
 TEST(Cli, PromptLongerThanContextIsRefused) {
     auto dir = test::ref_model_dir();
     if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";

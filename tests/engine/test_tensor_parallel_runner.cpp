@@ -7,9 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "core/error.h"
+#include "engine/engine.h"
 #include "engine/model_runner.h"
 #include "engine/tensor_parallel_runner.h"
 #include "model/model_loader.h"
@@ -197,14 +200,61 @@ TEST(TensorParallelRunner, RanksDecodeTheTokensOfOneRankInEveryMode) {
     }
 }
 
+// Three requests at once through the engine (scheduler, chunked prefill, batched decode) with
+// --tensor-parallel 2: each request's greedy tokens are those of one rank.
+std::vector<std::vector<int32_t>> serve_three(const LoadedModel& m, int tensor_parallel) {
+    EngineConfig config;
+    config.kv_mode = mode_for(KvMode::kFreekv);
+    config.n_ctx = 256;
+    config.max_batch = 3;
+    config.prefill_chunk = 64;
+    config.tensor_parallel = tensor_parallel;
+    std::vector<std::vector<int32_t>> out(3);
+    std::mutex mutex;
+    std::condition_variable cv;
+    int done = 0;
+    {
+        Engine engine(m, config);
+        for (int i = 0; i < 3; ++i) {
+            EngineRequest r;
+            r.prompt = test::random_tokens(100 + 40 * i, m.config.n_vocab, 70 + static_cast<uint32_t>(i));
+            r.max_tokens = 20;
+            r.sampling.temperature = 0.0f;
+            r.on_token = [&, i](int32_t id) {
+                std::lock_guard lock(mutex);
+                out[static_cast<size_t>(i)].push_back(id);
+                return true;
+            };
+            r.on_done = [&](const RequestOutcome& o) {
+                EXPECT_EQ(o.reason, FinishReason::kLength) << o.error;
+                std::lock_guard lock(mutex);
+                ++done;
+                cv.notify_all();
+            };
+            engine.submit(std::move(r));
+        }
+        std::unique_lock lock(mutex);
+        cv.wait(lock, [&] { return done == 3; });
+    }
+    return out;
+}
+
+TEST(TensorParallelRunner, TheEngineServesRanksLikeOne) {
+    const LoadedModel random = random_model();
+    const auto one = serve_three(random, 1), two = serve_three(random, 2);
+    EXPECT_EQ(one[2].size(), 20u);
+    EXPECT_EQ(two, one);
+}
+
 TEST(TensorParallelRunner, ErrorsSayWhatWasWrong) {
     const LoadedModel random = random_model();
-    // 4 KV heads do not split over 3 GPUs: make_tp_plan's refusal.
+    // 4 KV heads do not split over 3 ranks: make_tp_plan's refusal.
     try {
         make_model_runner(random, mode_for(KvMode::kFull), 1, 64, nullptr, {}, {}, 3);
         FAIL() << "4 KV heads over 3 ranks";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("4 KV heads"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("--tensor-parallel 3"), std::string::npos) << e.what();
     }
     EXPECT_THROW(make_model_runner(random, mode_for(KvMode::kFull), 1, 64, nullptr, {}, {}, 0), Error);
     // A span past the context fails on every rank with the one-rank runner's message, and the ranks go on.

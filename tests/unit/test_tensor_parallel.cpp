@@ -92,9 +92,10 @@ TEST(TpPlan, RanksHoldTheWeightsOnceAndTheNormsEach) {
 TEST(TpPlan, RefusesSplitsTheModelCannotTake) {
     try {
         make_tp_plan(shape(8, 2, 128, 512), 4);
-        FAIL() << "2 KV heads over 4 GPUs";
+        FAIL() << "2 KV heads over 4 ranks";
     } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("over 4 GPUs"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("--tensor-parallel 4"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("use one of 1, 2"), std::string::npos) << e.what();
         EXPECT_NE(std::string(e.what()).find("2 KV heads"), std::string::npos) << e.what();
     }
     EXPECT_THROW(make_tp_plan(shape(8, 2, 128, 512), 0), Error);
