@@ -24,7 +24,7 @@ Command register_bench(CLI::App& cmd) {
     auto f = std::make_shared<Flags>();
     f->kv.mode = "full,budget-only,streaming,quest,arkvale,freekv,freekv:corr-off,freekv:no-spec";
     cmd.add_option("-m,--model", f->model, "model folder or .gguf (default: a synthetic --shape)")->envname("FREEKV_ARG_MODEL");
-    cmd.add_option("--shape", f->shape, "synthetic weights of a named shape: tiny, llama-3.1-8b, qwen2.5-7b (tiny)");
+    cmd.add_option("--shape", f->shape, fmt::format("synthetic weights of a named shape: {} (tiny)", kNamedShapes));
     cmd.add_option("-d,--depth", f->depths, "context depths, comma-separated (4096)");
     cmd.add_option("-b,--batch", f->batches, "batch sizes, comma-separated (1,2)");
     cmd.add_option("--breakdown-steps", f->breakdown_steps,

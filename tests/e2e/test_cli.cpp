@@ -124,6 +124,21 @@ TEST(Cli, TensorParallelGenerateOnReferenceModel) {
     EXPECT_NE(bench.output.find("--tensor-parallel 2 runs with generate"), std::string::npos) << bench.output;
 }
 
+// inspect --memory-plan needs no model file: each GPU's share of the 70B shape over 4 GPUs and the
+// sequences that fit; one 80 GiB GPU cannot hold its weights; a bare --shape is refused.
+TEST(Cli, InspectPrintsEachGpusMemoryPlan) {
+    const Result r = run("inspect --shape llama-3.1-70b --memory-plan -c 32768 --tensor-parallel 4 --gpu-memory-gib 80");
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(count_of(r.output, " of 4 (KV heads "), 4) << r.output;
+    EXPECT_NE(r.output.find("weights 32.86 GiB"), std::string::npos) << r.output;  // (80 layers' slices + vocab) / 4
+    EXPECT_NE(r.output.find("fits "), std::string::npos) << r.output;
+    const Result one = run("inspect --shape llama-3.1-70b --memory-plan -c 32768 --gpu-memory-gib 80");
+    EXPECT_NE(one.output.find("fits 0 sequences"), std::string::npos) << one.output;
+    const Result bare = run("inspect --shape tiny");
+    EXPECT_EQ(bare.code, 1);
+    EXPECT_NE(bare.output.find("--memory-plan"), std::string::npos) << bare.output;
+}
+
 TEST(Cli, PromptLongerThanContextIsRefused) {
     auto dir = test::ref_model_dir();
     if (!dir) GTEST_SKIP() << "../shared/models/freekv-ref-28m not found";

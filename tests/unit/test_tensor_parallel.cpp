@@ -18,6 +18,7 @@
 #include "kv/paged_kv_cache.h"
 #include "model/model_loader.h"
 #include "model/synthetic_model.h"
+#include "parallel/tp_memory_plan.h"
 #include "parallel/tp_plan.h"
 #include "parallel/tp_shard.h"
 #include "test_util.h"
@@ -87,6 +88,44 @@ TEST(TpPlan, RanksHoldTheWeightsOnceAndTheNormsEach) {
     EXPECT_EQ(whole, loaded);
     const ModelConfig b8 = named_shape("llama-3.1-8b");
     EXPECT_EQ(tp_weight_bytes(b8, make_tp_plan(b8, 1).ranks[0], 2), int64_t{16060522496});
+}
+
+// Each GPU's plan is its shard's: one rank's is the whole model's plan; the ranks' pinned stores add
+// up to the whole model's, their device bytes per sequence too but for the rows every rank keeps
+// whole; the sequence count is the tightest GPU's, or the
+// host's when all ranks' pinned stores together are the limit.
+TEST(TpMemoryPlan, EachGpuHoldsItsShareAndTheCountIsTheTightest) {
+    const ModelConfig c = named_shape("llama-3.1-70b");
+    KvModeConfig freekv;  // freekv, budget 2048
+    const int64_t ctx = 32768;
+    const gpu::GpuMemoryPlan whole = gpu::plan_gpu_memory(c, freekv, 2, tp_weight_bytes(c, make_tp_plan(c, 1).ranks[0], 2), ctx, 2048);
+    const TpMemoryPlan one = plan_tp_memory(c, freekv, 2, 1, ctx, 2048);
+    ASSERT_EQ(one.ranks.size(), 1u);
+    EXPECT_EQ(one.ranks[0].weight_bytes, whole.weight_bytes);
+    EXPECT_EQ(one.ranks[0].device_per_sequence, whole.device_per_sequence);
+    EXPECT_EQ(one.ranks[0].host_per_sequence, whole.host_per_sequence);
+    const TpMemoryPlan four = plan_tp_memory(c, freekv, 2, 4, ctx, 2048);
+    ASSERT_EQ(four.ranks.size(), 4u);
+    int64_t device = 0;
+    for (const gpu::GpuMemoryPlan& p : four.ranks) {
+        device += p.device_per_sequence;
+        EXPECT_EQ(p.store_bytes_per_token * 4, whole.store_bytes_per_token);
+    }
+    EXPECT_EQ(four.host_per_sequence(), whole.host_per_sequence);
+    // The KV, summaries and maps split by head; each rank also keeps its own residual-width
+    // decode rows (n_embd floats, replicated by design): under 1 MiB more in all, of ~1 GB.
+    EXPECT_GE(device, whole.device_per_sequence);
+    EXPECT_LT(device - whole.device_per_sequence, int64_t{1} << 20);
+    const int64_t gib = int64_t{1} << 30;
+    // 80 GiB per GPU: the GPUs alone fit (80 GiB - weights - fixed - prefill) / per-sequence each.
+    const int64_t by_gpu = four.ranks[0].max_sequences(80 * gib, 0);
+    EXPECT_GT(by_gpu, 100);
+    EXPECT_EQ(four.max_sequences(80 * gib, 0), by_gpu);
+    // A pinned cap of 10 sequences' stores (all ranks') binds first.
+    EXPECT_EQ(four.max_sequences(80 * gib, 10 * four.host_per_sequence() + 1), 10);
+    // The 70B shape's 131 GiB of bf16 weights do not fit one 80 GiB GPU.
+    EXPECT_EQ(one.max_sequences(80 * gib, 0), 0);
+    EXPECT_NE(four.describe().find("rank 3 of 4 (KV heads 6-7"), std::string::npos) << four.describe();
 }
 
 TEST(TpPlan, RefusesSplitsTheModelCannotTake) {
