@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build/cuda-release
 rm -rf .devbin && mkdir -p .devbin .devpack
-for b in app/freekv tests/test_cuda_ops tests/test_cuda_model tests/test_cuda_engine tests/test_cli bench/bench_prefill_attention \
+for b in app/freekv tests/test_cuda_ops tests/test_cuda_model tests/test_cuda_engine tests/test_cuda_tensor_parallel tests/test_cli bench/bench_prefill_attention \
          bench/bench_recall bench/bench_decode_gemv bench/bench_decode_attention; do
     [ -f "$build/$b" ] && strip -o ".devbin/$(basename "$b")" "$build/$b"
 done

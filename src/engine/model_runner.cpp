@@ -195,11 +195,16 @@ private:
 
 class GpuModelRunner final : public ModelRunner {
 public:
+    // rank.peers set: one rank of a tensor-parallel group (its vocabulary slice's logits; a chunk that
+    // fails throws, since its peers' collectives wait for it).
     GpuModelRunner(const ModelConfig& c, std::shared_ptr<const gpu::GpuWeights> weights, const KvModeConfig& mode,
-                   int64_t max_batch, int64_t max_tokens, const gpu::GpuTuning& tuning, const FaultInjection& faults)
+                   int64_t max_batch, int64_t max_tokens, const gpu::GpuTuning& tuning, const FaultInjection& faults,
+                   const gpu::GpuRank& rank = {})
         : engine_(std::move(weights), mode, max_batch, max_tokens, tuning), n_vocab_(c.n_vocab), max_batch_(max_batch),
-          max_tokens_(max_tokens), full_mode_(mode.mode == KvMode::kFull), live_(static_cast<size_t>(max_batch), false),
-          prompt_(static_cast<size_t>(max_batch), 0), faults_(faults, max_batch) {}
+          max_tokens_(max_tokens), full_mode_(mode.mode == KvMode::kFull), isolate_chunks_(rank.peers == nullptr),
+          live_(static_cast<size_t>(max_batch), false), prompt_(static_cast<size_t>(max_batch), 0), faults_(faults, max_batch) {
+        if (rank.peers != nullptr) engine_.set_tensor_parallel(rank);
+    }
     int64_t max_batch() const override { return max_batch_; }
     int64_t max_tokens() const override { return max_tokens_; }
     bool whole_prompt_prefill() const override { return !engine_.chunked_prefill(); }
@@ -295,7 +300,7 @@ private:
                 run(std::span<const int32_t>(p.tokens), std::span<const SequenceSpan>(p.spans), std::span<const int64_t>(p.rows),
                     &p.into);
             };
-            if (ip == 0) {
+            if (ip == 0 || !isolate_chunks_) {
                 run_part();
                 continue;
             }
@@ -311,7 +316,7 @@ private:
 
     gpu::GpuEngine engine_;
     int64_t n_vocab_, max_batch_, max_tokens_;
-    bool full_mode_;
+    bool full_mode_, isolate_chunks_;
     std::vector<bool> live_;
     std::vector<int64_t> prompt_;  // begin_prompt's length per slot (0: not announced)
     PlantedFaults faults_;
@@ -320,6 +325,12 @@ private:
 };
 
 }  // namespace
+
+std::unique_ptr<ModelRunner> make_gpu_rank_runner(const ModelConfig& shard, std::shared_ptr<const gpu::GpuWeights> weights,
+                                                  const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens,
+                                                  const gpu::GpuTuning& tuning, const gpu::GpuRank& rank) {
+    return std::make_unique<GpuModelRunner>(shard, std::move(weights), mode, max_batch, max_tokens, tuning, FaultInjection{}, rank);
+}
 
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu,

@@ -78,4 +78,12 @@ std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const K
                                                const gpu::GpuTuning& tuning = {}, const FaultInjection& faults = {},
                                                int tensor_parallel = 1);
 
+/// One rank of a tensor-parallel group on the GPU (engine/gpu_tensor_parallel_runner.h): a GPU
+/// runner over the shard's weights (`shard`: its tp_rank_config), made and called on the rank's
+/// thread with its device current. Its logits are its vocabulary slice's; forward_top's ids index
+/// the slice; a prompt chunk that fails throws instead of failing alone.
+std::unique_ptr<ModelRunner> make_gpu_rank_runner(const ModelConfig& shard, std::shared_ptr<const gpu::GpuWeights> weights,
+                                                  const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens,
+                                                  const gpu::GpuTuning& tuning, const gpu::GpuRank& rank);
+
 }  // namespace freekv

@@ -5,19 +5,14 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <numeric>
-#include <thread>
 #include <type_traits>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "core/error.h"
+#include "engine/rank_threads.h"
 #include "parallel/host_collective.h"
 #include "parallel/tp_plan.h"
 #include "parallel/tp_shard.h"
@@ -25,76 +20,6 @@
 namespace freekv {
 
 namespace {
-
-// One thread per rank, kept for the runner's life (a rank's OpenMP team lives on its thread), each
-// with an equal share of the OpenMP threads.
-class RankThreads {
-public:
-    explicit RankThreads(int n) : errors_(static_cast<size_t>(n)) {
-        int share = 1;
-#ifdef _OPENMP
-        share = std::max(1, omp_get_max_threads() / n);
-#endif
-        for (int r = 0; r < n; ++r) threads_.emplace_back([this, r, share] { loop(r, share); });
-    }
-    ~RankThreads() {
-        {
-            std::lock_guard lock(mutex_);
-            stopping_ = true;
-        }
-        start_.notify_all();
-        for (auto& t : threads_) t.join();
-    }
-    /// Runs job(rank) on every rank's thread at once; returns when all are done, with each rank's
-    /// exception (null where it succeeded).
-    std::vector<std::exception_ptr> run(const std::function<void(int)>& job) {
-        std::unique_lock lock(mutex_);
-        job_ = &job;
-        running_ = static_cast<int>(threads_.size());
-        std::fill(errors_.begin(), errors_.end(), nullptr);
-        ++generation_;
-        start_.notify_all();
-        done_.wait(lock, [&] { return running_ == 0; });
-        job_ = nullptr;
-        return errors_;
-    }
-
-private:
-    void loop(int rank, [[maybe_unused]] int share) {
-#ifdef _OPENMP
-        omp_set_num_threads(share);
-#endif
-        uint64_t seen = 0;
-        for (;;) {
-            const std::function<void(int)>* job = nullptr;
-            {
-                std::unique_lock lock(mutex_);
-                start_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-                if (stopping_) return;
-                seen = generation_;
-                job = job_;
-            }
-            std::exception_ptr error;
-            try {
-                (*job)(rank);
-            } catch (...) {
-                error = std::current_exception();
-            }
-            std::lock_guard lock(mutex_);
-            errors_[static_cast<size_t>(rank)] = error;
-            if (--running_ == 0) done_.notify_one();
-        }
-    }
-
-    std::vector<std::thread> threads_;
-    std::mutex mutex_;
-    std::condition_variable start_, done_;
-    const std::function<void(int)>* job_ = nullptr;
-    uint64_t generation_ = 0;
-    int running_ = 0;
-    bool stopping_ = false;
-    std::vector<std::exception_ptr> errors_;
-};
 
 class TensorParallelRunner final : public ModelRunner {
 public:

@@ -192,6 +192,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         cuda::set_gemm_sm_target(gemm_sms);
         cuda::set_gemv_pdl(tuning.pdl);
         cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
+        sum_over_ranks(x.get(), n * c.n_embd);  // a rank looks up its vocabulary rows only
         for (int64_t il = 0; il < L; ++il) {
             const cuda::Event* mk = marks.data() + il * 4;
             qkv(il, n, false);
@@ -296,7 +297,8 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         launch_output(out_rows);
         cuda::set_gemv_pdl(false);  // decode only
     };
-    const bool graphable = tuning.cuda_graphs && !timing && boundary.empty() && places.empty() && !any_select && !any_mass;
+    const bool graphable = tuning.cuda_graphs && !timing && boundary.empty() && places.empty() && !any_select && !any_mass &&
+                           (tp.peers == nullptr || tp.peers->capturable());
     if (graphable) {
         std::vector<int64_t> key{n, n_split, max_list, decode_steps % 2, top_k};
         key.insert(key.end(), out_rows.begin(), out_rows.end());

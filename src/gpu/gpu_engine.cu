@@ -205,7 +205,17 @@ void GpuEngine::forward(std::span<const int32_t> tokens, std::span<const Sequenc
         total += s.n_tok;
     }
     FREEKV_CHECK(total == static_cast<int64_t>(tokens.size()), "spans cover {} tokens, {} given", total, tokens.size());
-    for (int32_t id : tokens) FREEKV_CHECK(id >= 0 && id < m.c.n_vocab, "token {} is outside the vocabulary of {}", id, m.c.n_vocab);
+    const int64_t n_vocab = m.tp.peers != nullptr ? m.tp.n_vocab : m.c.n_vocab;
+    for (int32_t id : tokens) FREEKV_CHECK(id >= 0 && id < n_vocab, "token {} is outside the vocabulary of {}", id, n_vocab);
+    std::vector<int32_t> local;
+    if (m.tp.peers != nullptr) {  // a rank's own rows of the embedding table; -1: another rank's token (a zero row here)
+        local.resize(tokens.size());
+        for (size_t i = 0; i < tokens.size(); ++i) {
+            const int64_t id = tokens[i] - m.tp.vocab_begin;
+            local[i] = id >= 0 && id < m.c.n_vocab ? static_cast<int32_t>(id) : -1;
+        }
+        tokens = local;
+    }
     for (int64_t r : out_rows) FREEKV_CHECK(r >= 0 && r < total, "output row {} is outside the batch of {}", r, total);
     if (spans.size() == 1 && (spans[0].pos0 == 0 || m.stage.seq == spans[0].seq)) {
         m.prefill(tokens, spans[0], out_rows, logits);
@@ -235,6 +245,14 @@ void GpuEngine::forward_top(std::span<const int32_t> tokens, std::span<const Seq
         }
     } reset{m};
     forward(tokens, spans, out_rows, values);
+}
+
+void GpuEngine::set_tensor_parallel(const GpuRank& rank) {
+    Impl& m = *impl_;
+    FREEKV_CHECK(rank.peers != nullptr && rank.vocab_begin >= 0 && rank.vocab_begin + m.c.n_vocab <= rank.n_vocab,
+                 "a tensor-parallel rank's vocabulary rows [{}, {}) must lie in the vocabulary of {}", rank.vocab_begin,
+                 rank.vocab_begin + m.c.n_vocab, rank.n_vocab);
+    m.tp = rank;
 }
 
 KvStats GpuEngine::stats() {

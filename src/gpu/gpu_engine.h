@@ -25,6 +25,7 @@
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
 #include "engine/step_plan.h"
+#include "gpu/gpu_rank.h"
 #include "gpu/gpu_tuning.h"
 #include "model/attention_kv.h"
 #include "model/llama_weights.h"
@@ -134,6 +135,11 @@ public:
     /// installed exactly as a prefill of that length would be (summaries, offload, budget cache,
     /// first selection), without running the model.
     void fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed);
+
+    /// Makes this engine (over a shard's weights) one rank of a tensor-parallel group (gpu_rank.h):
+    /// forwards take ids of the whole vocabulary and give the logits of the rank's slice (forward_top:
+    /// the slice's own ids); every rank's forward must run at the same time, on its own thread.
+    void set_tensor_parallel(const GpuRank& rank);
 
     /// Times the phases of the decode step with events (select, recall wait, attention).
     void set_timing(bool on);

@@ -97,6 +97,7 @@ struct GpuEngine::Impl {
     ModelConfig c;
     KvModeConfig mode;
     GpuTuning tuning;
+    GpuRank tp;  // tp.peers == nullptr: the whole model (gpu_rank.h)
     KvBudget budget;
     bool dense_only = false;   // full: every page in its own slot, no store
     bool selects = false, speculative = false, offloads = false;
@@ -276,6 +277,11 @@ struct GpuEngine::Impl {
     // Where a decode-sized forward's activations also go in bf16 beside their fp32 (scratch_bf16), for
     // a GEMV through cuBLAS; nullptr for f32 engines, whose products take fp32 inputs.
     uint16_t* gemv_input_bf16() const;
+    // Tensor parallelism: x[0, n) summed over the ranks (nothing for the whole model); whether this
+    // rank adds its row-parallel products (o, down) into the residual (rank 0) or writes them (the
+    // others), so that the sum adds the residual once.
+    void sum_over_ranks(float* data, int64_t n);
+    bool adds_residual() const { return tp.peers == nullptr || tp.rank == 0; }
     // rope false: the caller rotates q and k (decode does it with the append, cuda::rope_append).
     void qkv(int64_t il, int64_t n, bool rope = true);
     // beside: the page install runs on `side` (see prefill_installed); otherwise all on main.

@@ -1,6 +1,7 @@
 // gpu_engine_stub.cpp: the GPU engine in a build without CUDA: gpu_available() says why and every
 // constructor throws Error pointing at --device cpu.
 #include "core/error.h"
+#include "gpu/gpu_collectives.h"
 #include "gpu/gpu_engine.h"
 
 namespace freekv::gpu {
@@ -20,6 +21,10 @@ bool gpu_available(std::string* why) {
 DeviceMemory device_memory() { return {}; }
 
 void profiler_range(bool) {}
+
+std::unique_ptr<DeviceCollectiveGroup> make_device_collectives(const std::vector<int>&) { FREEKV_FAIL("{}; use --device cpu", kNoCuda); }
+void set_device(int) { FREEKV_FAIL("{}; use --device cpu", kNoCuda); }
+int device_count() { return 0; }
 
 GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&, GpuDtype) : config_(config) {
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);
@@ -46,6 +51,7 @@ void GpuEngine::forward_top(std::span<const int32_t>, std::span<const SequenceSp
     FREEKV_FAIL("{}", kNoCuda);
 }
 void GpuEngine::fill_synthetic(int32_t, int64_t, uint64_t) { FREEKV_FAIL("{}", kNoCuda); }
+void GpuEngine::set_tensor_parallel(const GpuRank&) { FREEKV_FAIL("{}", kNoCuda); }
 void GpuEngine::set_timing(bool) {}
 KvStats GpuEngine::stats() { return {}; }
 int64_t GpuEngine::device_bytes() const { return 0; }

@@ -64,13 +64,15 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
     if (bf16_gemm_rows(n)) {
         uint16_t* b = scratch_bf16.get();
         if (!attn_in_scratch) cuda::to_bf16(attn.get(), n * q_dim, b, main);
-        cuda::gemm_bf16(b, n, bf16_of(lw.wo.ref()), c.n_embd, q_dim, x.get(), nullptr, true, main);
+        cuda::gemm_bf16(b, n, bf16_of(lw.wo.ref()), c.n_embd, q_dim, x.get(), nullptr, adds_residual(), main);
+        sum_over_ranks(x.get(), n * c.n_embd);
         cuda::rms_norm_bf16(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, b, main);
         cuda::gemm_bf16(b, n, bf16_of(lw.w_gate.ref()), c.n_ff, c.n_embd, gate.get(), nullptr, false, main);
         if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
         cuda::gemm_bf16(b, n, bf16_of(lw.w_up.ref()), c.n_ff, c.n_embd, up.get(), nullptr, false, main);
         cuda::silu_mul_bf16(gate.get(), up.get(), n * c.n_ff, b, main);
-        cuda::gemm_bf16(b, n, bf16_of(lw.w_down.ref()), c.n_embd, c.n_ff, x.get(), nullptr, true, main);
+        cuda::gemm_bf16(b, n, bf16_of(lw.w_down.ref()), c.n_embd, c.n_ff, x.get(), nullptr, adds_residual(), main);
+        sum_over_ranks(x.get(), n * c.n_embd);
         return;
     }
     FREEKV_CHECK(!attn_in_scratch, "the attention output is in bf16 only on the bf16 GEMM path");
@@ -78,8 +80,9 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
     // by the kernel that made them) spare a conversion kernel where cuBLAS was chosen.
     uint16_t* hb = gemv_input_bf16();
     const bool ready = hb != nullptr;
-    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, x.get(), {}, scratch_bf16.get(), main, true,
+    cuda::matmul(attn.get(), n, lw.wo.ref(), c.n_embd, q_dim, x.get(), {}, scratch_bf16.get(), main, adds_residual(),
                  attn_bf16_too && ready);  // x += o
+    sum_over_ranks(x.get(), n * c.n_embd);
     cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
     if (n == 1 && !lw.w_gate_up.empty()) {  // one row: gate and up are the fused product's row
         cuda::matmul(h.get(), n, lw.w_gate_up.ref(), 2 * c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main, false, ready);
@@ -90,7 +93,13 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
         cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main, false, ready);
     }
     cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main, hb);
-    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, true, ready);  // x += down
+    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, adds_residual(),
+                 ready);  // x += down
+    sum_over_ranks(x.get(), n * c.n_embd);
+}
+
+void GpuEngine::Impl::sum_over_ranks(float* data, int64_t n) {
+    if (tp.peers != nullptr) tp.peers->all_reduce_sum(data, n, main);
 }
 
 void GpuEngine::Impl::output_logits(std::span<const int64_t> out_rows, std::vector<float>& out) {

@@ -152,6 +152,7 @@ void GpuEngine::Impl::prefill(std::span<const int32_t> tokens, const SequenceSpa
         prefill_v.resize(n * row());
     }
     cuda::embedding(w().token_embd.ref(), ids.get(), n, c.n_embd, x.get(), main);
+    sum_over_ranks(x.get(), n * c.n_embd);  // a rank looks up its vocabulary rows only
     for (int64_t il = 0; il < c.n_layer; ++il) {
         qkv(il, n);
         uint8_t* k_layer = use_stage ? stage.k.get() + kv_bytes(il * n_total * row()) : hist_k.get();

@@ -28,7 +28,7 @@ public:
             g.sum_[static_cast<size_t>(i)] = s;
         }
         g.arrive();  // the whole sum built; no rank reads its data any more
-        std::memcpy(data, g.sum_.data(), static_cast<size_t>(n) * sizeof(float));
+        if (n > 0) std::memcpy(data, g.sum_.data(), static_cast<size_t>(n) * sizeof(float));
         g.arrive();  // every rank copied it out: sum_ and posted_ are free for the next call
     }
 
@@ -42,8 +42,9 @@ public:
         for (int r = 0; r < g.n_ranks_; ++r) {
             const auto [c0, n] = g.col_ranges_[static_cast<size_t>(r)];
             const float* src = g.posted_[static_cast<size_t>(r)];
-            for (int64_t row = 0; row < rows; ++row)
-                std::memcpy(out + row * total_cols + c0, src + row * n, static_cast<size_t>(n) * sizeof(float));
+            if (n > 0)
+                for (int64_t row = 0; row < rows; ++row)
+                    std::memcpy(out + row * total_cols + c0, src + row * n, static_cast<size_t>(n) * sizeof(float));
         }
         g.arrive();  // no rank reads another's part any more
     }

@@ -9,11 +9,14 @@
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/gpu_tensor_parallel_runner.h"
 #include "engine/model_runner.h"
+#include "engine/sampler.h"
 #include "engine/tensor_parallel_runner.h"
 #include "model/model_loader.h"
 #include "model/synthetic_model.h"
@@ -274,6 +277,49 @@ TEST(TensorParallelRunner, ErrorsSayWhatWasWrong) {
     const int64_t last40 = 39;
     runner->forward(std::span(prompt).first(40), std::span(&span, 1), std::span(&last40, 1), logits);
     EXPECT_EQ(logits.size(), static_cast<size_t>(random.config.n_vocab));
+}
+
+// The GPU ranks' top candidates of their vocabulary slices, merged, are the whole row's top-k in
+// Sampler::top_candidates' order, ties (lower id first) across slice borders included.
+TEST(TensorParallelRunner, MergedSliceTopsAreTheWholeRowsTop) {
+    const int64_t rows = 3, n_vocab = 50;
+    const std::vector<int64_t> begin = {0, 16, 40}, count = {16, 24, 10};
+    std::mt19937 rng(4);
+    std::normal_distribution<float> normal;
+    std::vector<float> logits(static_cast<size_t>(rows * n_vocab));
+    for (float& v : logits) v = normal(rng);
+    for (int64_t r = 0; r < rows; ++r) {  // ties inside a slice and across slices
+        float* row = logits.data() + r * n_vocab;
+        row[3] = row[20] = row[45] = 5.0f;
+        row[17] = row[18] = 4.0f;
+    }
+    for (int32_t k : {1, 3, 6, 10}) {
+        std::vector<std::vector<int32_t>> ids(3);
+        std::vector<std::vector<float>> values(3);
+        std::vector<int32_t> k_of(3);
+        for (size_t s = 0; s < 3; ++s) {
+            k_of[s] = static_cast<int32_t>(std::min<int64_t>(k, count[s]));
+            for (int64_t r = 0; r < rows; ++r) {
+                std::vector<int32_t> i;
+                std::vector<float> v;
+                Sampler::top_candidates(std::span(logits).subspan(static_cast<size_t>(r * n_vocab + begin[s]), static_cast<size_t>(count[s])),
+                                        k_of[s], i, v);
+                ids[s].insert(ids[s].end(), i.begin(), i.end());
+                values[s].insert(values[s].end(), v.begin(), v.end());
+            }
+        }
+        std::vector<int32_t> got_ids;
+        std::vector<float> got_values;
+        merge_rank_tops(ids, values, k_of, begin, rows, k, got_ids, got_values);
+        for (int64_t r = 0; r < rows; ++r) {
+            std::vector<int32_t> want_ids;
+            std::vector<float> want_values;
+            Sampler::top_candidates(std::span(logits).subspan(static_cast<size_t>(r * n_vocab), static_cast<size_t>(n_vocab)), k,
+                                    want_ids, want_values);
+            EXPECT_EQ(std::vector<int32_t>(got_ids.begin() + r * k, got_ids.begin() + (r + 1) * k), want_ids) << "k " << k << " row " << r;
+            EXPECT_EQ(std::vector<float>(got_values.begin() + r * k, got_values.begin() + (r + 1) * k), want_values) << "k " << k;
+        }
+    }
 }
 
 // merge_rank_stats puts per-head counters back in head order and keeps what every rank counts once.

@@ -126,7 +126,12 @@ __global__ void silu_mul_bf16_x4_kernel(const float* gate, const float* up, int6
 
 template <class W>
 __global__ void embedding_kernel(const W* table, const int32_t* ids, int64_t n_embd, float* out) {
-    const W* row = table + static_cast<int64_t>(ids[blockIdx.x]) * n_embd;
+    const int32_t id = ids[blockIdx.x];
+    if (id < 0) {  // a token of another tensor-parallel rank's vocabulary rows
+        for (int64_t i = threadIdx.x; i < n_embd; i += blockDim.x) out[blockIdx.x * n_embd + i] = 0.0f;
+        return;
+    }
+    const W* row = table + static_cast<int64_t>(id) * n_embd;
     for (int64_t i = threadIdx.x; i < n_embd; i += blockDim.x) out[blockIdx.x * n_embd + i] = to_f32(row[i]);
 }
 

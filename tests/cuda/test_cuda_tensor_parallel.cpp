@@ -1,0 +1,170 @@
+// test_cuda_tensor_parallel.cpp: tensor parallelism on the GPU (engine/gpu_tensor_parallel_runner.h).
+// On one GPU, 2 and 4 ranks sharing it (sums staged through host memory) decode the tokens of the
+// unsplit GPU runner in full, freekv and budget-only (f32 weights: the numbers of one rank up to
+// summation order; bf16: within its rounding), with the per-head recall counters of one rank in head
+// order; a group of every visible GPU sums with NCCL (one GPU: one rank, whose logits must be the
+// unsplit runner's bit for bit, its CUDA graphs capturing the all-reduce).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+
+#include "core/error.h"
+#include "engine/gpu_tensor_parallel_runner.h"
+#include "engine/model_runner.h"
+#include "gpu/gpu_collectives.h"
+#include "gpu/gpu_engine.h"
+#include "model/synthetic_model.h"
+#include "test_util.h"
+
+namespace freekv {
+namespace {
+
+bool have_gpu() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+// 4 KV heads (up to 4 ranks), head_dim 128 (the flash prefill and the staged decode attention).
+LoadedModel split_model() {
+    ModelConfig c = named_shape("tiny");
+    c.n_layer = 2, c.n_embd = 512, c.n_ff = 1024, c.n_head = 8, c.n_head_kv = 4, c.head_dim = 128, c.n_vocab = 1024;
+    c.n_ctx_train = 4096;
+    return make_synthetic_model(c, "gpu-tp");
+}
+
+KvModeConfig mode_for(KvMode kind) {
+    KvModeConfig c = full_kv_mode();
+    c.page_size = 16;
+    if (kind == KvMode::kFull) return c;
+    c.mode = kind;
+    c.budget = 128;  // 8 pages: 2 sink, 4 selected, 2 recent: the prompts run sparse
+    c.sink = 32;
+    c.recent = 32;
+    return c;
+}
+
+struct Decoded {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<float> logits;
+    KvStats stats;
+};
+
+// Two sequences (prompts of 150 and 190 tokens, each prefilled whole), then 24 greedy steps of both.
+Decoded decode_two(ModelRunner& runner, int64_t n_vocab) {
+    Decoded out;
+    const std::vector<int64_t> lengths = {150, 190};
+    std::vector<int32_t> seqs, next;
+    std::vector<int64_t> held;
+    std::vector<float> logits;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+        const int32_t seq = runner.add_sequence();
+        seqs.push_back(seq);
+        const auto prompt = test::random_tokens(lengths[i], n_vocab, 900 + static_cast<uint32_t>(i));
+        const SequenceSpan span{seq, 0, lengths[i], 0};
+        const int64_t last = lengths[i] - 1;
+        runner.forward(prompt, std::span(&span, 1), std::span(&last, 1), logits);
+        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
+        next.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+        out.tokens.push_back({next.back()});
+        held.push_back(lengths[i]);
+    }
+    for (int step = 0; step < 24; ++step) {
+        std::vector<SequenceSpan> spans;
+        std::vector<int64_t> rows;
+        for (size_t i = 0; i < seqs.size(); ++i) {
+            spans.push_back({seqs[i], held[i], 1, static_cast<int64_t>(i)});
+            rows.push_back(static_cast<int64_t>(i));
+        }
+        runner.forward(next, spans, rows, logits);
+        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
+        for (size_t i = 0; i < seqs.size(); ++i) {
+            const auto row = logits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<size_t>(n_vocab));
+            next[i] = static_cast<int32_t>(std::max_element(row, row + n_vocab) - row);
+            out.tokens[i].push_back(next[i]);
+            ++held[i];
+        }
+    }
+    out.stats = runner.stats();
+    return out;
+}
+
+Decoded unsplit(const LoadedModel& m, KvMode kind, gpu::GpuDtype dtype) {
+    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), dtype);
+    auto runner = make_model_runner(m, mode_for(kind), 2, 240, weights);
+    return decode_two(*runner, m.config.n_vocab);
+}
+
+TEST(GpuTensorParallel, RanksSharingOneGpuDecodeTheUnsplitTokens) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = split_model();
+    for (KvMode kind : {KvMode::kFull, KvMode::kFreekv, KvMode::kBudgetOnly}) {
+        const Decoded one = unsplit(m, kind, gpu::GpuDtype::kF32);
+        for (int n : {2, 4}) {
+            const std::string what = fmt::format("{}, {} ranks on GPU 0, f32", kv_mode_name(kind), n);
+            auto runner = make_gpu_tensor_parallel_runner(m, mode_for(kind), 2, 240, gpu::GpuDtype::kF32, {},
+                                                          std::vector<int>(static_cast<size_t>(n), 0));
+            const Decoded split = decode_two(*runner, m.config.n_vocab);
+            EXPECT_EQ(split.tokens, one.tokens) << what;
+            ASSERT_EQ(split.logits.size(), one.logits.size()) << what;
+            // The ranks' partial products are added in another order than one GEMV's: fp32 rounding.
+            EXPECT_LE(test::nmse(split.logits, one.logits), 1e-9) << what;
+            if (kind == KvMode::kFull) continue;
+            EXPECT_EQ(split.stats.recalled_sync, one.stats.recalled_sync) << what;
+            EXPECT_EQ(split.stats.recalled_background, one.stats.recalled_background) << what;
+            EXPECT_EQ(split.stats.head_flags, one.stats.head_flags) << what;
+        }
+    }
+    // bf16 weights and KV: the split rounds its partial products to bf16 inputs at other points than
+    // one rank does, so only closeness is asserted (the f32 runs above are the exact check).
+    const Decoded one = unsplit(m, KvMode::kFreekv, gpu::GpuDtype::kBF16);
+    auto runner = make_gpu_tensor_parallel_runner(m, mode_for(KvMode::kFreekv), 2, 240, gpu::GpuDtype::kBF16, {}, {0, 0});
+    const Decoded split = decode_two(*runner, m.config.n_vocab);
+    ASSERT_EQ(split.logits.size(), one.logits.size());
+    EXPECT_LE(test::nmse(split.logits, one.logits), 1e-3) << "freekv, 2 ranks on GPU 0, bf16";
+}
+
+TEST(GpuTensorParallel, EveryVisibleGpuSumsWithNccl) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = split_model();
+    const int n = std::min(gpu::device_count(), 4) == 3 ? 2 : std::min(gpu::device_count(), 4);  // a divisor of 4 KV heads
+    std::vector<int> devices(static_cast<size_t>(n));
+    for (int d = 0; d < n; ++d) devices[static_cast<size_t>(d)] = d;
+    std::unique_ptr<ModelRunner> runner;
+    try {
+        runner = make_gpu_tensor_parallel_runner(m, mode_for(KvMode::kFreekv), 2, 240, gpu::GpuDtype::kF32, {}, devices);
+    } catch (const Error& e) {
+        if (std::string(e.what()).find("libnccl.so.2") != std::string::npos) GTEST_SKIP() << e.what();
+        throw;
+    }
+    const Decoded split = decode_two(*runner, m.config.n_vocab);
+    const Decoded one = unsplit(m, KvMode::kFreekv, gpu::GpuDtype::kF32);
+    EXPECT_EQ(split.tokens, one.tokens) << n << " GPUs";
+    if (n == 1) {
+        // One rank: NCCL's sum of one is the identity, so nothing may differ.
+        EXPECT_EQ(split.logits, one.logits);
+    } else {
+        EXPECT_LE(test::nmse(split.logits, one.logits), 1e-9) << n << " GPUs";
+    }
+}
+
+TEST(GpuTensorParallel, ASplitTheGpusCannotTakeIsRefused) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = split_model();
+    try {
+        make_gpu_tensor_parallel_runner(m, mode_for(KvMode::kFull), 1, 64, gpu::GpuDtype::kF32, {}, {0, 0, 0});
+        FAIL() << "4 KV heads over 3 ranks";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("--tensor-parallel 3"), std::string::npos) << e.what();
+    }
+    try {
+        make_gpu_tensor_parallel_runner(m, mode_for(KvMode::kFull), 1, 64, gpu::GpuDtype::kF32, {}, {0, 99});
+        FAIL() << "GPU 99";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("GPU 99 does not exist"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+}  // namespace freekv
