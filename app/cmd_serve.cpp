@@ -101,7 +101,10 @@ Command register_serve(CLI::App& cmd) {
         const EngineConfig& e = server.engine().config();
         if (!server.engine().memory_plan().empty()) fmt::print(stderr, "serve: {}\n", server.engine().memory_plan());
         fmt::print(stderr, "serve: {} on http://{}:{} | {} | {} slots of {} tokens, queue {} | chat format {}\n",
-                   options.model_name, f->host, port, server.engine().on_gpu() ? "cuda" : "cpu", e.max_batch, e.n_ctx,
+                   options.model_name, f->host, port,
+                   fmt::format("{}{}", server.engine().on_gpu() ? "cuda" : "cpu",
+                               e.tensor_parallel > 1 ? fmt::format(" x {} tensor-parallel ranks", e.tensor_parallel) : ""),
+                   e.max_batch, e.n_ctx,
                    e.max_waiting, server.chat_format());
         server.run();
         return 0;
