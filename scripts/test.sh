@@ -16,11 +16,12 @@ cmake --build --preset cpu-debug
 status=0
 ctest --preset cpu-debug "$@" || status=$?
 # The tests that start threads again under ThreadSanitizer: the engine's (test_engine), the
-# server's and its clients' (test_serve), the CPU transfer engine's (test_retrieval_kv) and the
-# recall worker's (test_recall_worker); OpenMP runs one thread there (libgomp is not instrumented
-# and its barriers would read as races). The other suites are single-threaded, so TSan would only
-# make them slower (the preset builds and runs these four; test_cli and test_ref_model start the
-# same threads on the 28M model and are left to the ASan pass).
+# server's and its clients' (test_serve), the CPU transfer engine's (test_retrieval_kv), the
+# recall worker's (test_recall_worker) and the tensor-parallel ranks' with their collectives
+# (test_tensor_parallel_runner); OpenMP runs one thread there (libgomp is not instrumented and its
+# barriers would read as races). The other suites are single-threaded, so TSan would only make them
+# slower (the preset builds and runs these five; test_cli and test_ref_model start the same threads
+# on the 28M model and are left to the ASan pass).
 cmake --preset cpu-tsan >/dev/null
 cmake --build --preset cpu-tsan
 ctest --preset cpu-tsan || status=$?
@@ -29,7 +30,8 @@ ctest --preset cpu-tsan || status=$?
 scripts/fuzz.sh 30 || status=$?
 # The CUDA backend is compiled wherever nvcc is (CI machines have CUDA 13 in /usr/local/cuda), the
 # binary, the GPU tests, the CLI tests and test_serve unsanitized (its resident-set check needs a
-# build without sanitizers; the CPU suites ran above, with them): its
+# build without sanitizers; the CPU suites ran above, with them), and the slow model cases the
+# sanitizer pass left out (label slow: seconds here, minutes under ASan): its
 # GPU tests skip without a device, and the CLI tests then check that the CUDA build falls back to
 # the CPU with a message (--device auto) or stops with one (--device cuda).
 if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then
@@ -38,6 +40,11 @@ if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then
     ctest --preset cuda-release || status=$?
 else
     echo "test.sh: nvcc not found: the CUDA backend was not compiled (install CUDA 13 to check it)"
+    # The slow model cases (label slow: the needle grids, the CLI's perplexity and needle runs) that
+    # the sanitizer pass leaves to an optimized build run in cpu-release instead.
+    cmake --preset cpu-release >/dev/null
+    cmake --build --preset cpu-release --target freekv test_cli test_needle_model
+    ctest --preset cpu-release -L slow || status=$?
 fi
 # A 60-second soak of the server (scripts/soak.sh; the record in tests/results runs 10 minutes):
 # load, malformed requests and dropped streams together; fails on an unexpected answer or on
