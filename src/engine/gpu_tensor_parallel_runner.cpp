@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/numa_node.h"
 #include "engine/rank_threads.h"
 #include "engine/tensor_parallel_runner.h"
 #include "gpu/gpu_collectives.h"
@@ -38,8 +39,11 @@ public:
         runners_.resize(n);
         threads_ = std::make_unique<RankThreads>(static_cast<int>(n));
         try {
+            const bool several_nodes = numa_node_count() > 1;
             on_every_rank([&](int r) {
                 const auto i = static_cast<size_t>(r);
+                // The rank's pinned store and host buffers on its GPU's NUMA node: this thread allocates them.
+                if (several_nodes) (void)prefer_numa_node(numa_node_of_pci(gpu::pci_bus_id(devices_[i])));
                 const TpShard& s = *shards_[i];
                 weights_[i] = std::make_shared<const gpu::GpuWeights>(s.config, s.weights, dtype);
                 const gpu::GpuRank rank{&group_->rank(r), r, plan_.ranks[i].vocab.begin, n_vocab_};

@@ -3,7 +3,8 @@
 // GPU, its own GpuEngine (its KV heads' budget, summaries, selection, pinned store and recall), the
 // ranks' residual sums through gpu_collectives.h (NCCL across GPUs; through host memory when they
 // share one GPU, to test the split on a one-GPU machine). Logits come back per vocabulary slice and
-// are put together here; forward_top merges each rank's top candidates of its slice.
+// are put together here; forward_top merges each rank's top candidates of its slice. On a host with
+// several NUMA nodes each rank's thread prefers its GPU's node, so its pinned store lies there.
 // Invariants: every CUDA call of a rank runs on its thread; every rank runs every call, with the same
 // spans; the ranks hold the same slots; a call that fails on one rank fails on all (the collectives
 // are stopped, then made anew) and throws the first rank's error.

@@ -184,6 +184,15 @@ std::unique_ptr<DeviceCollectiveGroup> make_device_collectives(const std::vector
 
 void set_device(int device) { FREEKV_CUDA_CHECK(cudaSetDevice(device)); }
 
+std::string pci_bus_id(int device) {
+    char id[32] = {};
+    if (cudaDeviceGetPCIBusId(id, static_cast<int>(sizeof(id)), device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return {};
+    }
+    return id;
+}
+
 int device_count() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -35,5 +35,7 @@ std::unique_ptr<DeviceCollectiveGroup> make_device_collectives(const std::vector
 void set_device(int device);
 /// CUDA devices this process sees (0 without CUDA).
 int device_count();
+/// A device's PCI bus id ("0000:3B:00.0"), for its NUMA node (core/numa_node.h); empty if unknown.
+std::string pci_bus_id(int device);
 
 }  // namespace freekv::gpu

@@ -25,6 +25,7 @@ void profiler_range(bool) {}
 std::unique_ptr<DeviceCollectiveGroup> make_device_collectives(const std::vector<int>&) { FREEKV_FAIL("{}; use --device cpu", kNoCuda); }
 void set_device(int) { FREEKV_FAIL("{}; use --device cpu", kNoCuda); }
 int device_count() { return 0; }
+std::string pci_bus_id(int) { return {}; }
 
 GpuWeights::GpuWeights(const ModelConfig& config, const LlamaWeights&, GpuDtype) : config_(config) {
     FREEKV_FAIL("{}; use --device cpu", kNoCuda);
