@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
 #include <numeric>
 
 #include "core/error.h"
@@ -126,30 +125,17 @@ private:
     // Runs fn(rank) on every rank's thread with its GPU current. A rank that fails stops its peers'
     // sums; the group is made anew and the first rank's error thrown once all have returned.
     void on_every_rank(const std::function<void(int)>& fn) {
-        std::atomic<int> first_failed{-1};
-        const std::function<void(int)> job = [&](int r) {
-            try {
+        threads_->run_all(
+            [&](int r) {
                 gpu::set_device(devices_[static_cast<size_t>(r)]);
                 fn(r);
-            } catch (...) {
-                int none = -1;
-                if (first_failed.compare_exchange_strong(none, r)) {
-                    std::string what = "an unknown error";
-                    try {
-                        throw;
-                    } catch (const std::exception& e) {
-                        what = e.what();
-                    } catch (...) {
-                    }
-                    if (group_) group_->fail(fmt::format("tensor-parallel rank {} of {} failed: {}", r, plan_.n_ranks, what));
-                }
-                throw;
-            }
-        };
-        const std::vector<std::exception_ptr> errors = threads_->run(job);
-        if (first_failed.load() < 0) return;
-        if (group_) group_->reset();
-        std::rethrow_exception(errors[static_cast<size_t>(first_failed.load())]);
+            },
+            [&](const std::string& why) {
+                if (group_) group_->fail(why);
+            },
+            [&] {
+                if (group_) group_->reset();
+            });
     }
 
     // Each rank's engine and weights are freed on its thread, with its GPU current.

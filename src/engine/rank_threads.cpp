@@ -1,7 +1,10 @@
 // rank_threads.cpp: see rank_threads.h.
 #include "engine/rank_threads.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <atomic>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,6 +39,34 @@ std::vector<std::exception_ptr> RankThreads::run(const std::function<void(int)>&
     done_.wait(lock, [&] { return running_ == 0; });
     job_ = nullptr;
     return errors_;
+}
+
+void RankThreads::run_all(const std::function<void(int)>& job, const std::function<void(const std::string&)>& stop_peers,
+                          const std::function<void()>& recover) {
+    std::atomic<int> first_failed{-1};
+    const auto n = static_cast<int>(threads_.size());
+    const std::function<void(int)> guarded = [&](int r) {
+        try {
+            job(r);
+        } catch (...) {
+            int none = -1;
+            if (first_failed.compare_exchange_strong(none, r)) {
+                std::string what = "an unknown error";
+                try {
+                    throw;
+                } catch (const std::exception& e) {
+                    what = e.what();
+                } catch (...) {
+                }
+                stop_peers(fmt::format("tensor-parallel rank {} of {} failed: {}", r, n, what));
+            }
+            throw;
+        }
+    };
+    const std::vector<std::exception_ptr> errors = run(guarded);
+    if (first_failed.load() < 0) return;
+    recover();
+    std::rethrow_exception(errors[static_cast<size_t>(first_failed.load())]);
 }
 
 void RankThreads::loop(int rank, [[maybe_unused]] int omp_share) {

@@ -9,6 +9,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -24,6 +25,11 @@ public:
     /// Runs job(rank) on every rank's thread at once; returns when all are done, with each rank's
     /// exception (null where it succeeded).
     std::vector<std::exception_ptr> run(const std::function<void(int)>& job);
+    /// Runs job(rank) on every rank; the first rank that throws calls stop_peers with "tensor-parallel
+    /// rank R of N failed: WHAT" (so that peers waiting on it in a collective return), and once all
+    /// have returned, recover() runs and that first error is rethrown.
+    void run_all(const std::function<void(int)>& job, const std::function<void(const std::string&)>& stop_peers,
+                 const std::function<void()>& recover);
 
 private:
     void loop(int rank, int omp_share);

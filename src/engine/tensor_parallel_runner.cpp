@@ -4,8 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
-#include <exception>
 #include <functional>
 #include <mutex>
 #include <numeric>
@@ -100,29 +98,7 @@ private:
     // Runs fn(rank) on every rank at once. A rank that fails stops its peers' collectives; the
     // first rank's error is thrown once all have returned.
     void on_every_rank(const std::function<void(int)>& fn) {
-        std::atomic<int> first_failed{-1};
-        const std::function<void(int)> job = [&](int r) {
-            try {
-                fn(r);
-            } catch (...) {
-                int none = -1;
-                if (first_failed.compare_exchange_strong(none, r)) {
-                    std::string what = "an unknown error";
-                    try {
-                        throw;
-                    } catch (const std::exception& e) {
-                        what = e.what();
-                    } catch (...) {
-                    }
-                    collective_.fail(fmt::format("tensor-parallel rank {} of {} failed: {}", r, plan_.n_ranks, what));
-                }
-                throw;
-            }
-        };
-        const std::vector<std::exception_ptr> errors = threads_->run(job);
-        if (first_failed.load() < 0) return;
-        collective_.reset();
-        std::rethrow_exception(errors[static_cast<size_t>(first_failed.load())]);
+        threads_->run_all(fn, [&](const std::string& why) { collective_.fail(why); }, [&] { collective_.reset(); });
     }
 
     TpPlan plan_;
