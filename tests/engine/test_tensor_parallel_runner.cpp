@@ -16,6 +16,7 @@
 #include "engine/engine.h"
 #include "engine/gpu_tensor_parallel_runner.h"
 #include "engine/model_runner.h"
+#include "engine/rank_threads.h"
 #include "engine/sampler.h"
 #include "engine/tensor_parallel_runner.h"
 #include "model/model_loader.h"
@@ -101,6 +102,31 @@ TEST(HostCollective, AFailedRankWakesItsPeersAndResetRecovers) {
     std::vector<std::vector<float>> all(n, data);
     on_threads(n, [&](int r) { group.rank(r).all_reduce_sum(all[static_cast<size_t>(r)].data(), 10); });
     for (int r = 0; r < n; ++r) EXPECT_EQ(all[static_cast<size_t>(r)][9], 3.0f) << r;
+}
+
+// A rank that fails while its peers wait in a sum: the peers are woken, the failing rank's own error
+// comes back (not a peer's "another rank failed"), and the group works again after recovery.
+TEST(RankThreads, AFailingRankStopsItsPeersAndItsErrorComesBack) {
+    const int n = 3;
+    HostCollective group(n);
+    RankThreads threads(n);
+    const auto stop = [&](const std::string& why) { group.fail(why); };
+    const auto recover = [&] { group.reset(); };
+    try {
+        threads.run_all(
+            [&](int r) {
+                if (r == 1) FREEKV_FAIL("rank one ran out of memory");
+                std::vector<float> v(8, 1.0f);
+                group.rank(r).all_reduce_sum(v.data(), 8);  // waits for rank 1 forever unless woken
+            },
+            stop, recover);
+        FAIL() << "rank 1 failed";
+    } catch (const Error& e) {
+        EXPECT_STREQ(e.what(), "rank one ran out of memory");
+    }
+    std::vector<std::vector<float>> all(n, std::vector<float>(8, 2.0f));
+    threads.run_all([&](int r) { group.rank(r).all_reduce_sum(all[static_cast<size_t>(r)].data(), 8); }, stop, recover);
+    for (int r = 0; r < n; ++r) EXPECT_EQ(all[static_cast<size_t>(r)][7], 6.0f) << r;
 }
 
 KvModeConfig mode_for(KvMode kind) {
