@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <utility>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -90,7 +91,7 @@ void RankThreads::loop(int rank, [[maybe_unused]] int omp_share) {
             error = std::current_exception();
         }
         std::lock_guard lock(mutex_);
-        errors_[static_cast<size_t>(rank)] = error;
+        errors_[static_cast<size_t>(rank)] = std::move(error);  // this thread keeps no reference: the caller frees it
         if (--running_ == 0) done_.notify_one();
     }
 }
