@@ -15,9 +15,12 @@
 #include "core/log.h"
 #include "core/system_memory.h"
 #include "gpu/gpu_memory_plan.h"
+#include "engine/gpu_tensor_parallel_runner.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
 #include "engine/tensor_parallel_runner.h"
+#include "gpu/gpu_collectives.h"
+#include "parallel/tp_memory_plan.h"
 
 namespace freekv {
 
@@ -363,18 +366,76 @@ std::string size_gpu_batch(const ModelConfig& model, EngineConfig& c) {
     return words;
 }
 
+// The same for tensor-parallel ranks on c.gpu_devices: every GPU must hold the weights, fixed and
+// prefill bytes and max_batch sequences of each of its ranks (tests put several ranks on one GPU),
+// and the pinned host memory every rank's store.
+std::string size_gpu_ranks_batch(const ModelConfig& model, EngineConfig& c) {
+    const int elem_bytes = c.gpu_dtype == gpu::GpuDtype::kF32 ? 4 : 2;
+    const int64_t chunk = gpu::prefill_can_chunk(elem_bytes, model.head_dim) ? c.prefill_chunk : 0;
+    const TpMemoryPlan plan = plan_tp_memory(model, c.kv_mode, elem_bytes, c.tensor_parallel, c.n_ctx, chunk);
+    int64_t fits = INT64_MAX;
+    std::string limit;
+    std::vector<int> devices = c.gpu_devices;
+    std::sort(devices.begin(), devices.end());
+    devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
+    for (int d : devices) {
+        gpu::set_device(d);
+        const gpu::DeviceMemory dev = gpu::device_memory();
+        int64_t cap = dev.free - kDeviceReserve;
+        if (c.gpu_memory_gib > 0) cap = std::min(cap, static_cast<int64_t>(c.gpu_memory_gib * static_cast<double>(kGiB)));
+        int64_t fixed = 0, per_sequence = 0;
+        for (size_t r = 0; r < c.gpu_devices.size(); ++r)
+            if (c.gpu_devices[r] == d) {
+                const gpu::GpuMemoryPlan& p = plan.ranks[r];
+                fixed += p.weight_bytes + p.device_fixed + p.prefill_bytes;
+                per_sequence += p.device_per_sequence;
+            }
+        const int64_t n = cap > fixed && per_sequence > 0 ? (cap - fixed) / per_sequence : 0;
+        if (n < fits) {
+            fits = n;
+            limit = fmt::format("GPU {}: {:.1f} GiB{}", d, gib(cap), c.gpu_memory_gib > 0 ? " (--gpu-memory-gib)" : " free");
+        }
+    }
+    gpu::set_device(c.gpu_devices[0]);
+    const int64_t host_cap =
+        c.cpu_kv_gib > 0 ? static_cast<int64_t>(c.cpu_kv_gib * static_cast<double>(kGiB)) : system_memory().total / 2;
+    const int64_t host = plan.host_per_sequence();
+    if (host > 0 && host_cap / host < fits) {
+        fits = host_cap / host;
+        limit = fmt::format("{:.1f} GiB of pinned CPU memory{}", gib(host_cap), c.cpu_kv_gib > 0 ? " (--cpu-kv-gib)" : "");
+    }
+    if (fits < 1)
+        FREEKV_FAIL("{}; not one sequence of {} tokens fits on every rank ({}); lower -c/--ctx-size, raise --gpu-memory-gib or "
+                    "--cpu-kv-gib, or split over more GPUs (--tensor-parallel)",
+                    plan.describe(), c.n_ctx, limit);
+    std::string words = plan.describe();
+    if (fits < c.max_batch) {
+        words += fmt::format("\nonly {} of --max-batch {} sequences fit ({}): the others wait in the queue", fits, c.max_batch, limit);
+        c.max_batch = fits;
+    }
+    return words;
+}
+
 }  // namespace
 
 Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_unique<Impl>(model, std::move(config))) {
     Impl& m = *impl_;
     EngineConfig& c = m.config;
     if (c.n_ctx <= 0) c.n_ctx = model.config.n_ctx_train;
-    if (c.prefill_chunk <= 0) c.prefill_chunk = c.gpu ? kGpuPrefillChunk : kCpuPrefillChunk;
+    const bool gpu_ranks = c.tensor_parallel > 1 && !c.gpu_devices.empty();
+    if (c.prefill_chunk <= 0) c.prefill_chunk = c.gpu || gpu_ranks ? kGpuPrefillChunk : kCpuPrefillChunk;
     FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
     FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
     check_tensor_parallel(c.tensor_parallel, c.gpu != nullptr);
-    if (c.gpu) m.memory_plan = size_gpu_batch(model.config, c);
-    m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning, c.faults, c.tensor_parallel);
+    if (gpu_ranks) {
+        FREEKV_CHECK(static_cast<int>(c.gpu_devices.size()) == c.tensor_parallel, "--tensor-parallel {} needs a GPU per rank, {} given",
+                     c.tensor_parallel, c.gpu_devices.size());
+        m.memory_plan = size_gpu_ranks_batch(model.config, c);
+        m.runner = make_gpu_tensor_parallel_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu_dtype, c.gpu_tuning, c.gpu_devices);
+    } else {
+        if (c.gpu) m.memory_plan = size_gpu_batch(model.config, c);
+        m.runner = make_model_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu, c.gpu_tuning, c.faults, c.tensor_parallel);
+    }
     SchedulerConfig sc{c.step_tokens, c.prefill_chunk, m.runner->whole_prompt_prefill()};
     if (m.runner->on_gpu()) sc.max_prefilling = 1;  // the GPU engine stages one prompt's K/V at a time
     m.scheduler = Scheduler(sc);

@@ -44,7 +44,11 @@ struct EngineConfig {
     double gpu_memory_gib = 0;  // cap on the GPU memory the engine uses, weights included; 0: what is free
     double cpu_kv_gib = 0;      // cap on the pinned CPU store; 0: half of the system's RAM
     FaultInjection faults;      // planted failures, for tests (engine/fault_injection.h)
-    int tensor_parallel = 1;    // ranks the model is split over (engine/tensor_parallel_runner.h; the CPU only, so far)
+    int tensor_parallel = 1;    // ranks the model is split over (engine/tensor_parallel_runner.h)
+    // With tensor_parallel > 1 on GPUs (engine/gpu_tensor_parallel_runner.h; gpu stays null): rank r on
+    // gpu_devices[r], its shard's weights made there in gpu_dtype; the caps above apply per GPU.
+    std::vector<int> gpu_devices;
+    gpu::GpuDtype gpu_dtype = gpu::GpuDtype::kBF16;
 };
 
 /// submit() when max_waiting requests wait already: try again later (the server answers 429).

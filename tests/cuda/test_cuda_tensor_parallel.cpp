@@ -3,14 +3,18 @@
 // unsplit GPU runner in full, freekv and budget-only (f32 weights: the numbers of one rank up to
 // summation order; bf16: within its rounding), with the per-head recall counters of one rank in head
 // order; a group of every visible GPU sums with NCCL (one GPU: one rank, whose logits must be the
-// unsplit runner's bit for bit, its CUDA graphs capturing the all-reduce).
+// unsplit runner's bit for bit, its CUDA graphs capturing the all-reduce); the engine serves
+// concurrent requests with 2 ranks as the unsplit engine does.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <string>
 
 #include "core/error.h"
+#include "engine/engine.h"
 #include "engine/gpu_tensor_parallel_runner.h"
 #include "engine/model_runner.h"
 #include "gpu/gpu_collectives.h"
@@ -147,6 +151,58 @@ TEST(GpuTensorParallel, EveryVisibleGpuSumsWithNccl) {
     } else {
         EXPECT_LE(test::nmse(split.logits, one.logits), 1e-9) << n << " GPUs";
     }
+}
+
+// Three requests at once through the engine (scheduler, chunked prefill between decode steps, the
+// batch sized per GPU) with 2 ranks sharing GPU 0: each request's greedy tokens are the unsplit GPU
+// engine's (f32).
+std::vector<std::vector<int32_t>> serve_three(const LoadedModel& m, EngineConfig config) {
+    config.kv_mode = mode_for(KvMode::kFreekv);
+    config.n_ctx = 512;
+    config.max_batch = 3;
+    config.prefill_chunk = 128;
+    std::vector<std::vector<int32_t>> out(3);
+    std::mutex mutex;
+    std::condition_variable cv;
+    int done = 0;
+    {
+        Engine engine(m, config);
+        for (int i = 0; i < 3; ++i) {
+            EngineRequest r;
+            r.prompt = test::random_tokens(150 + 60 * i, m.config.n_vocab, 70 + static_cast<uint32_t>(i));
+            r.max_tokens = 20;
+            r.sampling.temperature = 0.0f;
+            r.on_token = [&, i](int32_t id) {
+                std::lock_guard lock(mutex);
+                out[static_cast<size_t>(i)].push_back(id);
+                return true;
+            };
+            r.on_done = [&](const RequestOutcome& o) {
+                EXPECT_EQ(o.reason, FinishReason::kLength) << o.error;
+                std::lock_guard lock(mutex);
+                ++done;
+                cv.notify_all();
+            };
+            engine.submit(std::move(r));
+        }
+        std::unique_lock lock(mutex);
+        cv.wait(lock, [&] { return done == 3; });
+    }
+    return out;
+}
+
+TEST(GpuTensorParallel, TheEngineServesRanksLikeTheUnsplitEngine) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = split_model();
+    EngineConfig whole;
+    whole.gpu = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kF32);
+    EngineConfig ranks;
+    ranks.tensor_parallel = 2;
+    ranks.gpu_devices = {0, 0};
+    ranks.gpu_dtype = gpu::GpuDtype::kF32;
+    const auto one = serve_three(m, whole), two = serve_three(m, ranks);
+    EXPECT_EQ(one[2].size(), 20u);
+    EXPECT_EQ(two, one);
 }
 
 TEST(GpuTensorParallel, ASplitTheGpusCannotTakeIsRefused) {
