@@ -6,7 +6,8 @@
 // Invariants: every rank runs every forward, with the same spans, at the same time; the ranks hold
 // the same sequence slots; all ranks get the same logits (rank 0's are returned); a forward that
 // fails on one rank fails on all and throws the first rank's error; stats() puts the ranks' per-head
-// counters back in the whole model's head order.
+// counters back in the whole model's head order. Only --force-corr-rate (a benchmark knob) differs
+// from one rank: each rank draws its heads' flags from its own random stream.
 #pragma once
 
 #include <memory>
