@@ -27,6 +27,7 @@
 #include "gpu/gpu_memory_plan.h"
 #include "model/model_loader.h"
 #include "model/synthetic_model.h"
+#include "decode_helpers.h"
 #include "test_util.h"
 
 namespace freekv {
@@ -39,16 +40,8 @@ bool have_gpu() {
 
 using test::random_tokens;
 
-KvModeConfig mode_for(KvMode kind) {
-    KvModeConfig c = full_kv_mode();
-    c.page_size = 16;
-    if (kind == KvMode::kFull) return c;
-    c.mode = kind;
-    c.budget = 128;  // 8 slots: 2 sink, 4 selected, 2 recent: prompts over 128 tokens run sparse
-    c.sink = 32;
-    c.recent = 32;
-    return c;
-}
+// 8 slots of 16: 2 sink, 4 selected, 2 recent: prompts over 128 tokens run sparse.
+KvModeConfig mode_for(KvMode kind) { return test::small_budget_mode(kind); }
 
 class Waiter {
 public:

@@ -9,8 +9,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <condition_variable>
-#include <mutex>
 #include <string>
 
 #include "core/error.h"
@@ -20,6 +18,7 @@
 #include "gpu/gpu_collectives.h"
 #include "gpu/gpu_engine.h"
 #include "model/synthetic_model.h"
+#include "decode_helpers.h"
 #include "test_util.h"
 
 namespace freekv {
@@ -38,63 +37,12 @@ LoadedModel split_model() {
     return make_synthetic_model(c, "gpu-tp");
 }
 
-KvModeConfig mode_for(KvMode kind) {
-    KvModeConfig c = full_kv_mode();
-    c.page_size = 16;
-    if (kind == KvMode::kFull) return c;
-    c.mode = kind;
-    c.budget = 128;  // 8 pages: 2 sink, 4 selected, 2 recent: the prompts run sparse
-    c.sink = 32;
-    c.recent = 32;
-    return c;
-}
+KvModeConfig mode_for(KvMode kind) { return test::small_budget_mode(kind); }
 
-struct Decoded {
-    std::vector<std::vector<int32_t>> tokens;
-    std::vector<float> logits;
-    KvStats stats;
-};
+// Two sequences, each prompt prefilled whole, then 24 greedy steps of both (decode_helpers.h).
+test::Decoded decode_two(ModelRunner& runner, int64_t n_vocab) { return test::decode_two(runner, n_vocab, 900, 0); }
 
-// Two sequences (prompts of 150 and 190 tokens, each prefilled whole), then 24 greedy steps of both.
-Decoded decode_two(ModelRunner& runner, int64_t n_vocab) {
-    Decoded out;
-    const std::vector<int64_t> lengths = {150, 190};
-    std::vector<int32_t> seqs, next;
-    std::vector<int64_t> held;
-    std::vector<float> logits;
-    for (size_t i = 0; i < lengths.size(); ++i) {
-        const int32_t seq = runner.add_sequence();
-        seqs.push_back(seq);
-        const auto prompt = test::random_tokens(lengths[i], n_vocab, 900 + static_cast<uint32_t>(i));
-        const SequenceSpan span{seq, 0, lengths[i], 0};
-        const int64_t last = lengths[i] - 1;
-        runner.forward(prompt, std::span(&span, 1), std::span(&last, 1), logits);
-        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
-        next.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-        out.tokens.push_back({next.back()});
-        held.push_back(lengths[i]);
-    }
-    for (int step = 0; step < 24; ++step) {
-        std::vector<SequenceSpan> spans;
-        std::vector<int64_t> rows;
-        for (size_t i = 0; i < seqs.size(); ++i) {
-            spans.push_back({seqs[i], held[i], 1, static_cast<int64_t>(i)});
-            rows.push_back(static_cast<int64_t>(i));
-        }
-        runner.forward(next, spans, rows, logits);
-        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
-        for (size_t i = 0; i < seqs.size(); ++i) {
-            const auto row = logits.begin() + static_cast<std::ptrdiff_t>(i * static_cast<size_t>(n_vocab));
-            next[i] = static_cast<int32_t>(std::max_element(row, row + n_vocab) - row);
-            out.tokens[i].push_back(next[i]);
-            ++held[i];
-        }
-    }
-    out.stats = runner.stats();
-    return out;
-}
-
-Decoded unsplit(const LoadedModel& m, KvMode kind, gpu::GpuDtype dtype) {
+test::Decoded unsplit(const LoadedModel& m, KvMode kind, gpu::GpuDtype dtype) {
     auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), dtype);
     auto runner = make_model_runner(m, mode_for(kind), 2, 240, weights);
     return decode_two(*runner, m.config.n_vocab);
@@ -104,12 +52,12 @@ TEST(GpuTensorParallel, RanksSharingOneGpuDecodeTheUnsplitTokens) {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
     const LoadedModel m = split_model();
     for (KvMode kind : {KvMode::kFull, KvMode::kFreekv, KvMode::kBudgetOnly}) {
-        const Decoded one = unsplit(m, kind, gpu::GpuDtype::kF32);
+        const test::Decoded one = unsplit(m, kind, gpu::GpuDtype::kF32);
         for (int n : {2, 4}) {
             const std::string what = fmt::format("{}, {} ranks on GPU 0, f32", kv_mode_name(kind), n);
             auto runner = make_gpu_tensor_parallel_runner(m, mode_for(kind), 2, 240, gpu::GpuDtype::kF32, {},
                                                           std::vector<int>(static_cast<size_t>(n), 0));
-            const Decoded split = decode_two(*runner, m.config.n_vocab);
+            const test::Decoded split = decode_two(*runner, m.config.n_vocab);
             EXPECT_EQ(split.tokens, one.tokens) << what;
             ASSERT_EQ(split.logits.size(), one.logits.size()) << what;
             // The ranks' partial products are added in another order than one GEMV's: fp32 rounding.
@@ -122,9 +70,9 @@ TEST(GpuTensorParallel, RanksSharingOneGpuDecodeTheUnsplitTokens) {
     }
     // bf16 weights and KV: the split rounds its partial products to bf16 inputs at other points than
     // one rank does, so only closeness is asserted (the f32 runs above are the exact check).
-    const Decoded one = unsplit(m, KvMode::kFreekv, gpu::GpuDtype::kBF16);
+    const test::Decoded one = unsplit(m, KvMode::kFreekv, gpu::GpuDtype::kBF16);
     auto runner = make_gpu_tensor_parallel_runner(m, mode_for(KvMode::kFreekv), 2, 240, gpu::GpuDtype::kBF16, {}, {0, 0});
-    const Decoded split = decode_two(*runner, m.config.n_vocab);
+    const test::Decoded split = decode_two(*runner, m.config.n_vocab);
     ASSERT_EQ(split.logits.size(), one.logits.size());
     EXPECT_LE(test::nmse(split.logits, one.logits), 1e-3) << "freekv, 2 ranks on GPU 0, bf16";
 }
@@ -142,8 +90,8 @@ TEST(GpuTensorParallel, EveryVisibleGpuSumsWithNccl) {
         if (std::string(e.what()).find("libnccl.so.2") != std::string::npos) GTEST_SKIP() << e.what();
         throw;
     }
-    const Decoded split = decode_two(*runner, m.config.n_vocab);
-    const Decoded one = unsplit(m, KvMode::kFreekv, gpu::GpuDtype::kF32);
+    const test::Decoded split = decode_two(*runner, m.config.n_vocab);
+    const test::Decoded one = unsplit(m, KvMode::kFreekv, gpu::GpuDtype::kF32);
     EXPECT_EQ(split.tokens, one.tokens) << n << " GPUs";
     if (n == 1) {
         // One rank: NCCL's sum of one is the identity, so nothing may differ.
@@ -161,34 +109,9 @@ std::vector<std::vector<int32_t>> serve_three(const LoadedModel& m, EngineConfig
     config.n_ctx = 512;
     config.max_batch = 3;
     config.prefill_chunk = 128;
-    std::vector<std::vector<int32_t>> out(3);
-    std::mutex mutex;
-    std::condition_variable cv;
-    int done = 0;
-    {
-        Engine engine(m, config);
-        for (int i = 0; i < 3; ++i) {
-            EngineRequest r;
-            r.prompt = test::random_tokens(150 + 60 * i, m.config.n_vocab, 70 + static_cast<uint32_t>(i));
-            r.max_tokens = 20;
-            r.sampling.temperature = 0.0f;
-            r.on_token = [&, i](int32_t id) {
-                std::lock_guard lock(mutex);
-                out[static_cast<size_t>(i)].push_back(id);
-                return true;
-            };
-            r.on_done = [&](const RequestOutcome& o) {
-                EXPECT_EQ(o.reason, FinishReason::kLength) << o.error;
-                std::lock_guard lock(mutex);
-                ++done;
-                cv.notify_all();
-            };
-            engine.submit(std::move(r));
-        }
-        std::unique_lock lock(mutex);
-        cv.wait(lock, [&] { return done == 3; });
-    }
-    return out;
+    std::vector<std::vector<int32_t>> prompts;
+    for (uint32_t i = 0; i < 3; ++i) prompts.push_back(test::random_tokens(150 + 60 * i, m.config.n_vocab, 70 + i));
+    return test::serve_greedy(m, config, prompts, 20);
 }
 
 TEST(GpuTensorParallel, TheEngineServesRanksLikeTheUnsplitEngine) {

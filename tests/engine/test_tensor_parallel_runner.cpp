@@ -7,8 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <condition_variable>
-#include <mutex>
 #include <random>
 #include <thread>
 
@@ -22,6 +20,7 @@
 #include "model/model_loader.h"
 #include "model/synthetic_model.h"
 #include "parallel/host_collective.h"
+#include "decode_helpers.h"
 #include "test_util.h"
 
 namespace freekv {
@@ -130,67 +129,15 @@ TEST(RankThreads, AFailingRankStopsItsPeersAndItsErrorComesBack) {
 }
 
 KvModeConfig mode_for(KvMode kind) {
-    KvModeConfig c = full_kv_mode();
-    c.page_size = 16;
-    if (kind == KvMode::kFull) return c;
-    c.mode = kind;
-    c.budget = 128;  // 8 pages: 2 sink, 4 selected, 2 recent: prompts over 128 tokens run sparse
-    c.sink = 32;
-    c.recent = 32;
-    c.attention_mass_recall = true;
+    KvModeConfig c = test::small_budget_mode(kind);
+    if (kind != KvMode::kFull) c.attention_mass_recall = true;
     return c;
 }
 
-struct Decoded {
-    std::vector<std::vector<int32_t>> tokens;  // per sequence
-    std::vector<float> logits;                 // every step's rows, in order
-    KvStats stats;
-};
-
-// Two sequences (prompts of 150 and 190 tokens, prefilled in chunks of 64) then 24 greedy steps of
-// both together.
-Decoded decode_two(const LoadedModel& m, const KvModeConfig& mode, int tensor_parallel) {
+// Two sequences prefilled in chunks of 64 (decode_helpers.h), then 24 greedy steps of both.
+test::Decoded decode_two(const LoadedModel& m, const KvModeConfig& mode, int tensor_parallel) {
     auto runner = make_model_runner(m, mode, 2, 240, nullptr, {}, {}, tensor_parallel);
-    Decoded out;
-    const std::vector<int64_t> lengths = {150, 190};
-    std::vector<int32_t> seqs, next;
-    std::vector<int64_t> held;
-    std::vector<float> logits;
-    for (size_t i = 0; i < lengths.size(); ++i) {
-        const int32_t seq = runner->add_sequence();
-        seqs.push_back(seq);
-        const auto prompt = test::random_tokens(lengths[i], m.config.n_vocab, 500 + static_cast<uint32_t>(i));
-        for (int64_t at = 0; at < lengths[i]; at += 64) {
-            const int64_t n = std::min<int64_t>(64, lengths[i] - at);
-            const SequenceSpan span{seq, at, n, 0};
-            const int64_t last = n - 1;
-            runner->forward(std::span(prompt).subspan(static_cast<size_t>(at), static_cast<size_t>(n)), std::span(&span, 1),
-                            std::span(&last, 1), logits);
-        }
-        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
-        next.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-        held.push_back(lengths[i]);
-        out.tokens.push_back({next.back()});
-    }
-    for (int step = 0; step < 24; ++step) {
-        std::vector<SequenceSpan> spans;
-        std::vector<int64_t> rows;
-        for (size_t i = 0; i < seqs.size(); ++i) {
-            spans.push_back({seqs[i], held[i], 1, static_cast<int64_t>(i)});
-            rows.push_back(static_cast<int64_t>(i));
-        }
-        runner->forward(next, spans, rows, logits);
-        out.logits.insert(out.logits.end(), logits.begin(), logits.end());
-        const auto width = static_cast<std::ptrdiff_t>(m.config.n_vocab);
-        for (size_t i = 0; i < seqs.size(); ++i) {
-            const auto row = logits.begin() + static_cast<std::ptrdiff_t>(i) * width;
-            next[i] = static_cast<int32_t>(std::max_element(row, row + width) - row);
-            out.tokens[i].push_back(next[i]);
-            ++held[i];
-        }
-    }
-    out.stats = runner->stats();
-    return out;
+    return test::decode_two(*runner, m.config.n_vocab, 500, 64);
 }
 
 LoadedModel random_model() {  // 4 KV heads (TP up to 4), biases, uneven feed-forward and vocabulary splits
@@ -205,9 +152,9 @@ TEST(TensorParallelRunner, RanksDecodeTheTokensOfOneRankInEveryMode) {
     for (const auto& [m, ranks] : {std::pair{&random, std::vector<int>{2, 4}}, std::pair{&mistral, std::vector<int>{2}}}) {
         for (KvMode kind : {KvMode::kFull, KvMode::kFreekv, KvMode::kQuest, KvMode::kStreaming}) {
             const std::string what = fmt::format("{}, {}", m->config.arch, kv_mode_name(kind));
-            const Decoded one = decode_two(*m, mode_for(kind), 1);
+            const test::Decoded one = decode_two(*m, mode_for(kind), 1);
             for (int n : ranks) {
-                const Decoded split = decode_two(*m, mode_for(kind), n);
+                const test::Decoded split = decode_two(*m, mode_for(kind), n);
                 EXPECT_EQ(split.tokens, one.tokens) << what << ", " << n << " ranks";
                 ASSERT_EQ(split.logits.size(), one.logits.size());
                 // Each rank's partial products add up in another order than one rank's sums: fp32 rounding only.
@@ -238,34 +185,9 @@ std::vector<std::vector<int32_t>> serve_three(const LoadedModel& m, int tensor_p
     config.max_batch = 3;
     config.prefill_chunk = 64;
     config.tensor_parallel = tensor_parallel;
-    std::vector<std::vector<int32_t>> out(3);
-    std::mutex mutex;
-    std::condition_variable cv;
-    int done = 0;
-    {
-        Engine engine(m, config);
-        for (int i = 0; i < 3; ++i) {
-            EngineRequest r;
-            r.prompt = test::random_tokens(100 + 40 * i, m.config.n_vocab, 70 + static_cast<uint32_t>(i));
-            r.max_tokens = 20;
-            r.sampling.temperature = 0.0f;
-            r.on_token = [&, i](int32_t id) {
-                std::lock_guard lock(mutex);
-                out[static_cast<size_t>(i)].push_back(id);
-                return true;
-            };
-            r.on_done = [&](const RequestOutcome& o) {
-                EXPECT_EQ(o.reason, FinishReason::kLength) << o.error;
-                std::lock_guard lock(mutex);
-                ++done;
-                cv.notify_all();
-            };
-            engine.submit(std::move(r));
-        }
-        std::unique_lock lock(mutex);
-        cv.wait(lock, [&] { return done == 3; });
-    }
-    return out;
+    std::vector<std::vector<int32_t>> prompts;
+    for (uint32_t i = 0; i < 3; ++i) prompts.push_back(test::random_tokens(100 + 40 * i, m.config.n_vocab, 70 + i));
+    return test::serve_greedy(m, config, prompts, 20);
 }
 
 TEST(TensorParallelRunner, TheEngineServesRanksLikeOne) {
