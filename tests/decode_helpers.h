@@ -39,8 +39,11 @@ struct Decoded {
 };
 
 /// Two sequences (random prompts of 150 and 190 tokens from seed, seed + 1), each prefilled in
-/// chunks of prefill_chunk tokens (0: whole), then `steps` greedy steps of both together.
-inline Decoded decode_two(ModelRunner& runner, int64_t n_vocab, uint32_t seed, int64_t prefill_chunk, int steps = 24) {
+/// chunks of prefill_chunk tokens (0: whole), then `steps` greedy steps of both together. With
+/// `forced` (another run's Decoded::tokens) each step feeds those tokens instead of its own argmax,
+/// so that two runs whose roundings differ compare logits of the same inputs even past a near tie.
+inline Decoded decode_two(ModelRunner& runner, int64_t n_vocab, uint32_t seed, int64_t prefill_chunk, int steps = 24,
+                          const std::vector<std::vector<int32_t>>* forced = nullptr) {
     Decoded out;
     const std::vector<int64_t> lengths = {150, 190};
     std::vector<int32_t> seqs, next;
@@ -64,6 +67,8 @@ inline Decoded decode_two(ModelRunner& runner, int64_t n_vocab, uint32_t seed, i
         held.push_back(lengths[i]);
     }
     for (int step = 0; step < steps; ++step) {
+        if (forced != nullptr)
+            for (size_t i = 0; i < seqs.size(); ++i) next[i] = (*forced)[i][static_cast<size_t>(step)];
         std::vector<SequenceSpan> spans;
         std::vector<int64_t> rows;
         for (size_t i = 0; i < seqs.size(); ++i) {

@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <condition_variable>
 #include <mutex>
 #include <random>
@@ -476,6 +478,83 @@ TEST(GpuServingEngine, CudaGraphsReplayTheSameLogits) {
                                   << first / vocab << ", largest difference " << worst << ", NMSE " << test::nmse(runs[v], runs[0]);
         }
     }
+}
+
+// The prompt (whole, or in chunks of 64 against the staged K/V) and then `steps` greedy decode
+// steps; every step's logits, the prompt's last first.
+std::vector<float> prompt_then_decode(gpu::GpuEngine& engine, const std::vector<int32_t>& prompt, bool chunked, int steps) {
+    if (!chunked) return greedy_logits(engine, prompt, steps);
+    const int32_t seq = engine.add_sequence();
+    const auto n = static_cast<int64_t>(prompt.size());
+    std::vector<float> logits, all;
+    engine.begin_prompt(seq, n);
+    for (int64_t pos0 = 0; pos0 < n; pos0 += 64) {
+        const int64_t len = std::min<int64_t>(64, n - pos0);
+        const SequenceSpan chunk{seq, pos0, len, 0};
+        const int64_t row[1] = {len - 1};
+        engine.forward(std::span(prompt).subspan(static_cast<size_t>(pos0), static_cast<size_t>(len)), std::span(&chunk, 1),
+                       pos0 + len == n ? std::span<const int64_t>(row) : std::span<const int64_t>(), logits);
+    }
+    all = logits;
+    for (int step = 0; step < steps; ++step) {
+        const int32_t t[1] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+        const int64_t row[1] = {0};
+        const SequenceSpan d{seq, engine.n_tokens(seq), 1, 0};
+        engine.forward(t, std::span(&d, 1), row, logits);
+        all.insert(all.end(), logits.begin(), logits.end());
+    }
+    return all;
+}
+
+// A run is a function of its inputs: bf16 engines repeated in every launch variant (CUDA graphs,
+// PDL, the prefill's install beside the next layer or inline) after a whole or a chunked prompt
+// give the logits of the most serialized variant (no graphs, no PDL, install inline) bit for bit,
+// in full and freekv. A race between kernels shows as runs that differ from it now and then, so
+// each variant runs several times and the table of differing runs is printed.
+TEST(GpuServingEngine, RepeatedRunsAreBitIdenticalInEveryLaunchVariant) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = load_model((test::source_dir() / "tests/fixtures/models/llama31-hd128-f16").string());
+    auto weights = std::make_shared<const gpu::GpuWeights>(m.config, m.model->weights(), gpu::GpuDtype::kBF16);
+    const auto prompt = random_tokens(300, m.config.n_vocab, 77);
+    const size_t vocab = static_cast<size_t>(m.config.n_vocab);
+    struct Variant {
+        const char* name;
+        bool graphs, pdl, beside;
+    };
+    const Variant variants[] = {{"serial", false, false, false}, {"default (graphs, pdl, install beside)", true, true, true},
+                                {"pdl", false, true, false},     {"graphs", true, false, false},
+                                {"install beside", false, false, true}};
+    constexpr int kRepeats = 4;
+    for (KvMode kind : {KvMode::kFull, KvMode::kFreekv})
+        for (bool chunked : {false, true}) {
+            std::vector<float> reference;
+            for (const Variant& v : variants) {
+                int differing = 0;
+                size_t first = SIZE_MAX;
+                double worst = 0.0;
+                for (int r = 0; r < kRepeats; ++r) {
+                    gpu::GpuTuning tuning;
+                    tuning.cuda_graphs = v.graphs;
+                    tuning.pdl = v.pdl;
+                    tuning.prefill_install_beside = v.beside;
+                    gpu::GpuEngine engine(weights, mode_for(kind), 1, 400, tuning);
+                    const std::vector<float> run = prompt_then_decode(engine, prompt, chunked, 24);
+                    if (reference.empty()) reference = run;
+                    ASSERT_EQ(run.size(), reference.size());
+                    for (size_t i = 0; i < run.size(); ++i)
+                        if (run[i] != reference[i]) {
+                            first = std::min(first, i / vocab);
+                            ++differing;
+                            worst = std::max(worst, test::nmse(run, reference));
+                            break;
+                        }
+                }
+                std::printf("%s, %s prompt, %s: %d of %d runs differ from the serial run%s\n", kv_mode_name(kind),
+                            chunked ? "chunked" : "whole", v.name, differing, kRepeats,
+                            differing > 0 ? fmt::format(" (first at logits row {}, NMSE up to {:.3g})", first, worst).c_str() : "");
+                EXPECT_EQ(differing, 0) << kv_mode_name(kind) << (chunked ? ", chunked prompt, " : ", whole prompt, ") << v.name;
+            }
+        }
 }
 
 TEST(GpuServingEngine, AMemoryCapLowersTheBatchOrRefusesWithTheFlags) {
