@@ -53,7 +53,7 @@ Command register_bench(CLI::App& cmd) {
         f->run.apply();
         if (f->run.tensor_parallel > 1)
             FREEKV_FAIL("freekv bench measures one GPU or the CPU whole so far; --tensor-parallel {} runs with generate, "
-                        "perplexity, needle and serve (on the CPU)", f->run.tensor_parallel);
+                        "perplexity, needle and serve", f->run.tensor_parallel);
         finish_gpu_tuning(f->tuning, f->diag);
         const bool synthetic = f->model.empty();
         LoadedModel m = synthetic ? make_synthetic_model(f->shape) : load_model(f->model);

@@ -20,6 +20,7 @@ struct GenerateFlags {
     int64_t n_predict = 128, n_ctx = 0;
     float temp = -1, top_p = -1;
     int top_k = -1, threads = 0, tensor_parallel = 1;
+    std::string tp_gpus;
     int64_t seed = -1;
     bool no_progress = false, kv_stats = false;
     KvFlags kv;
@@ -63,7 +64,7 @@ Command register_generate(CLI::App& cmd) {
     cmd.add_flag("--kv-stats", f->kv_stats, "print correction and recall counters at the end");
     cmd.add_flag("--no-progress", f->no_progress, "no progress line");
     add_threads_flag(cmd, f->threads);
-    add_tensor_parallel_flag(cmd, f->tensor_parallel);
+    add_tensor_parallel_flag(cmd, f->tensor_parallel, &f->tp_gpus);
     add_device_flag(cmd, f->device);
     add_gpu_dtype_flag(cmd, f->gpu_dtype);
     cmd.add_option("--rope-freq-dtype", f->rope_freq_dtype,
@@ -73,7 +74,8 @@ Command register_generate(CLI::App& cmd) {
     return [f]() -> int {
         apply_threads(f->threads);
         const std::string backend = resolve_device(f->device);
-        check_tensor_parallel(f->tensor_parallel, backend == "cuda");  // before any weights go to a GPU
+        const GpuRanks gpu_ranks = resolve_gpu_ranks(f->tensor_parallel, backend, f->tp_gpus, f->gpu_dtype);  // before any weights go to a GPU
+        check_tensor_parallel(f->tensor_parallel, false, gpu_ranks.devices.size());
         ProgressLine::set_enabled(!f->no_progress);
         if (f->prompt.empty() && f->file.empty()) FREEKV_FAIL("no prompt: pass -p TEXT or -f FILE");
         const std::string text = read_prompt(f->prompt, f->file);
@@ -83,8 +85,9 @@ Command register_generate(CLI::App& cmd) {
         fmt::print(stderr, "{}\n", m.summary());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json; freekv needs it to turn the prompt into tokens", f->model);
         GenerateParams params;
-        if (backend == "cuda") params.gpu = make_gpu_weights(m, f->gpu_dtype);
+        if (backend == "cuda" && gpu_ranks.devices.empty()) params.gpu = make_gpu_weights(m, f->gpu_dtype);
         params.tensor_parallel = f->tensor_parallel;
+        params.gpu_ranks = gpu_ranks;
         params.n_ctx = f->n_ctx;
         params.n_predict = f->n_predict;
         params.kv_mode = f->kv.resolve();

@@ -52,6 +52,7 @@ Command register_needle(CLI::App& cmd) {
         NeedleParams params;
         params.gpu = f->run.gpu_weights(m);
         params.tensor_parallel = f->run.tensor_parallel;
+        params.gpu_ranks = f->run.gpu_ranks;
         const int64_t ctx = m.config.n_ctx_train;
         const int64_t answer = std::find(tasks.begin(), tasks.end(), NeedleTask::kKeyValue) != tasks.end() ? 48 : 16;
         params.lengths = f->lengths.empty() ? std::vector<int64_t>{ctx / 8, ctx / 4, ctx / 2, ctx - answer}

@@ -45,6 +45,7 @@ Command register_perplexity(CLI::App& cmd) {
         fmt::print(stderr, "{}\n", m.summary());
         params.gpu = f->run.gpu_weights(m);
         params.tensor_parallel = f->run.tensor_parallel;
+        params.gpu_ranks = f->run.gpu_ranks;
         for (size_t i = 0; i < params.modes.size(); ++i) fmt::print(stderr, "{}: {}\n", params.labels[i], params.modes[i].describe());
         if (!m.tokenizer) FREEKV_FAIL("{} has no tokenizer.json", f->model);
         const std::vector<int32_t> tokens = m.tokenizer->encode(read_prompt("", f->file));

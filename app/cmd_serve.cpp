@@ -77,6 +77,8 @@ Command register_serve(CLI::App& cmd) {
         serve::ServerOptions options;
         options.engine.gpu = f->run.gpu_weights(m);
         options.engine.tensor_parallel = f->run.tensor_parallel;
+        options.engine.gpu_devices = f->run.gpu_ranks.devices;
+        options.engine.gpu_dtype = f->run.gpu_ranks.dtype;
         options.engine.n_ctx = f->n_ctx;
         options.engine.kv_mode = f->kv.resolve();
         options.engine.max_batch = f->max_batch;

@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "engine/gpu_ranks.h"
 #include "gpu/gpu_engine.h"
 #include "model/model_loader.h"
 
@@ -33,8 +34,12 @@ CLI::Option* add_threads_flag(CLI::App& cmd, int& threads);
 void apply_threads(int threads);
 /// Adds --device auto|cpu|cuda[:N].
 CLI::Option* add_device_flag(CLI::App& cmd, std::string& device);
-/// Adds --tensor-parallel N (ranks the model is split over; 1 by default).
-CLI::Option* add_tensor_parallel_flag(CLI::App& cmd, int& n_ranks);
+/// Adds --tensor-parallel N (ranks the model is split over; 1 by default) and --tp-gpus LIST.
+CLI::Option* add_tensor_parallel_flag(CLI::App& cmd, int& n_ranks, std::string* tp_gpus = nullptr);
+/// The GPUs of --tensor-parallel N ranks on the cuda backend: --tp-gpus's list when given, else GPUs
+/// 0..N-1; Error naming both flags when a GPU is missing or the list's length is not N. Empty on the
+/// CPU or with one rank (the engine then holds the whole model on its GPU).
+GpuRanks resolve_gpu_ranks(int n_ranks, const std::string& backend, const std::string& tp_gpus, const std::string& gpu_dtype);
 /// Adds --gpu-dtype bf16|f32.
 CLI::Option* add_gpu_dtype_flag(CLI::App& cmd, std::string& dtype);
 /// The model's weights on the GPU in `dtype` (bf16 or f32), with one line on stderr saying how much.
@@ -48,15 +53,18 @@ std::string resolve_device(const std::string& device);
 struct RunFlags {
     int threads = 0;
     int tensor_parallel = 1;
+    std::string tp_gpus;
     std::string device = "auto";
     std::string gpu_dtype = "bf16";
     bool no_progress = false;
     std::string backend = "cpu";  // set by apply()
+    GpuRanks gpu_ranks;           // set by apply(): the ranks' GPUs (resolve_gpu_ranks)
     void add_to(CLI::App& cmd);
     /// Applies the thread count, resolves the device (printing the CPU fallback line) and the
     /// progress setting.
     void apply();
-    /// The model's weights on the GPU when the backend is cuda, else nullptr.
+    /// The model's weights on the GPU when the backend is cuda with one rank, else nullptr (GPU
+    /// ranks make their shards' weights themselves).
     std::shared_ptr<const gpu::GpuWeights> gpu_weights(const LoadedModel& m) const;
 };
 

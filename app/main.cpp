@@ -11,6 +11,7 @@
 #include "core/mapped_file.h"
 #include "core/progress.h"
 #include "engine/tensor_parallel_runner.h"
+#include "gpu/gpu_collectives.h"
 
 namespace freekv::app {
 
@@ -123,31 +124,64 @@ void finish_gpu_tuning(gpu::GpuTuning& t, const std::string& diag) {
     t.validate();
 }
 
-CLI::Option* add_tensor_parallel_flag(CLI::App& cmd, int& n_ranks) {
+CLI::Option* add_tensor_parallel_flag(CLI::App& cmd, int& n_ranks, std::string* tp_gpus) {
+    if (tp_gpus != nullptr)
+        cmd.add_option("--tp-gpus", *tp_gpus,
+                       "the GPU of each --tensor-parallel rank, comma-separated (default 0..N-1); a GPU named twice is "
+                       "shared by those ranks, their sums going through host memory (a check of the split, not a speed-up)")
+            ->envname("FREEKV_ARG_TP_GPUS");
     return cmd.add_option("--tensor-parallel", n_ranks,
-                          "split the model over N ranks, each with its own KV heads (1); on the CPU the ranks are threads "
-                          "of this process (a check of the split, not a speed-up); the GPU ranks are not built yet")
+                          "split the model over N ranks, each with its own KV heads (1); on the GPU one rank per GPU "
+                          "summing over NCCL (--tp-gpus), on the CPU threads of this process (a check of the split, not a "
+                          "speed-up)")
         ->envname("FREEKV_ARG_TENSOR_PARALLEL")
         ->check(CLI::Range(1, 64));
+}
+
+GpuRanks resolve_gpu_ranks(int n_ranks, const std::string& backend, const std::string& tp_gpus, const std::string& gpu_dtype) {
+    GpuRanks out;
+    if (backend != "cuda") {
+        FREEKV_CHECK(tp_gpus.empty(), "--tp-gpus places tensor-parallel ranks on GPUs; the CPU backend runs them as threads: drop "
+                     "--tp-gpus or run with --device cuda");
+        return out;
+    }
+    if (n_ranks <= 1) {
+        FREEKV_CHECK(tp_gpus.empty(), "--tp-gpus {} names GPUs for tensor-parallel ranks, but --tensor-parallel is 1", tp_gpus);
+        return out;
+    }
+    const int visible = gpu::device_count();
+    if (tp_gpus.empty()) {
+        FREEKV_CHECK(visible >= n_ranks, "--tensor-parallel {} puts one rank on each of GPUs 0..{}, but {} GPU{} visible: lower "
+                     "--tensor-parallel, or name the GPUs with --tp-gpus (e.g. --tp-gpus {} to share GPU 0)", n_ranks,
+                     n_ranks - 1, visible, visible == 1 ? " is" : "s are", fmt::join(std::vector<int>(static_cast<size_t>(n_ranks), 0), ","));
+        for (int r = 0; r < n_ranks; ++r) out.devices.push_back(r);
+    } else {
+        for (int64_t d : parse_int_list(tp_gpus, "--tp-gpus", 0, std::max(visible - 1, 0))) out.devices.push_back(static_cast<int>(d));
+        FREEKV_CHECK(static_cast<int>(out.devices.size()) == n_ranks, "--tp-gpus {} names {} GPU{} for --tensor-parallel {}: give one per rank",
+                     tp_gpus, out.devices.size(), out.devices.size() == 1 ? "" : "s", n_ranks);
+    }
+    out.dtype = gpu::parse_gpu_dtype(gpu_dtype);
+    return out;
 }
 
 void RunFlags::add_to(CLI::App& cmd) {
     add_threads_flag(cmd, threads);
     add_device_flag(cmd, device);
     add_gpu_dtype_flag(cmd, gpu_dtype);
-    add_tensor_parallel_flag(cmd, tensor_parallel);
+    add_tensor_parallel_flag(cmd, tensor_parallel, &tp_gpus);
     cmd.add_flag("--no-progress", no_progress, "no progress line");
 }
 
 void RunFlags::apply() {
     apply_threads(threads);
     backend = resolve_device(device);
-    check_tensor_parallel(tensor_parallel, backend == "cuda");  // before any weights go to a GPU
+    gpu_ranks = resolve_gpu_ranks(tensor_parallel, backend, tp_gpus, gpu_dtype);  // before any weights go to a GPU
+    check_tensor_parallel(tensor_parallel, false, gpu_ranks.devices.size());
     ProgressLine::set_enabled(!no_progress);
 }
 
 std::shared_ptr<const gpu::GpuWeights> RunFlags::gpu_weights(const LoadedModel& m) const {
-    if (backend != "cuda") return nullptr;
+    if (backend != "cuda" || tensor_parallel > 1) return nullptr;
     return make_gpu_weights(m, gpu_dtype);
 }
 

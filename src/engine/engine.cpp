@@ -426,10 +426,8 @@ Engine::Engine(const LoadedModel& model, EngineConfig config) : impl_(std::make_
     if (c.prefill_chunk <= 0) c.prefill_chunk = c.gpu || gpu_ranks ? kGpuPrefillChunk : kCpuPrefillChunk;
     FREEKV_CHECK(c.max_batch >= 1, "the engine needs at least one sequence slot (--max-batch), got {}", c.max_batch);
     FREEKV_CHECK(c.max_waiting >= 0, "the queue length (--max-queue) must be >= 0, got {}", c.max_waiting);
-    check_tensor_parallel(c.tensor_parallel, c.gpu != nullptr);
+    check_tensor_parallel(c.tensor_parallel, c.gpu != nullptr, c.gpu_devices.size());
     if (gpu_ranks) {
-        FREEKV_CHECK(static_cast<int>(c.gpu_devices.size()) == c.tensor_parallel, "--tensor-parallel {} needs a GPU per rank, {} given",
-                     c.tensor_parallel, c.gpu_devices.size());
         m.memory_plan = size_gpu_ranks_batch(model.config, c);
         m.runner = make_gpu_tensor_parallel_runner(model, c.kv_mode, c.max_batch, c.n_ctx, c.gpu_dtype, c.gpu_tuning, c.gpu_devices);
     } else {

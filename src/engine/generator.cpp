@@ -38,6 +38,8 @@ GenerateStats generate(const LoadedModel& m, const std::vector<int32_t>& prompt,
     if (params.prefill_chunk > 0) config.step_tokens = params.prefill_chunk;
     config.gpu = params.gpu;
     config.tensor_parallel = params.tensor_parallel;
+    config.gpu_devices = params.gpu_ranks.devices;
+    config.gpu_dtype = params.gpu_ranks.dtype;
     Engine engine(m, config);
     GenerateStats stats;
     stats.n_prompt = n_prompt;

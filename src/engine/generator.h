@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "engine/gpu_ranks.h"
 #include "engine/kv_mode.h"
 #include "engine/retrieval_kv.h"
 #include "engine/sampler.h"
@@ -24,6 +25,7 @@ struct GenerateParams {
     bool progress = true;
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
     int tensor_parallel = 1;                     // ranks the model is split over (--tensor-parallel)
+    GpuRanks gpu_ranks;                          // the ranks' GPUs when they run there (--tp-gpus)
 };
 
 struct GenerateStats {

@@ -6,8 +6,9 @@
 namespace freekv {
 
 KvSession::KvSession(const LoadedModel& model, const KvModeConfig& mode, int64_t max_tokens,
-                     std::shared_ptr<const gpu::GpuWeights> gpu, int tensor_parallel)
-    : runner_(make_model_runner(model, mode, 1, max_tokens, std::move(gpu), {}, {}, tensor_parallel)), full_mode_(mode.mode == KvMode::kFull) {
+                     std::shared_ptr<const gpu::GpuWeights> gpu, int tensor_parallel, const GpuRanks& gpu_ranks)
+    : runner_(make_model_runner(model, mode, 1, max_tokens, std::move(gpu), {}, {}, tensor_parallel, gpu_ranks)),
+      full_mode_(mode.mode == KvMode::kFull) {
     seq_ = runner_->add_sequence();
 }
 

@@ -15,9 +15,10 @@ namespace freekv {
 
 class KvSession {
 public:
-    /// tensor_parallel > 1: the model split over that many ranks (make_model_runner).
+    /// tensor_parallel > 1: the model split over that many ranks, on gpu_ranks' GPUs when it names
+    /// them (make_model_runner).
     KvSession(const LoadedModel& model, const KvModeConfig& mode, int64_t max_tokens,
-              std::shared_ptr<const gpu::GpuWeights> gpu = nullptr, int tensor_parallel = 1);
+              std::shared_ptr<const gpu::GpuWeights> gpu = nullptr, int tensor_parallel = 1, const GpuRanks& gpu_ranks = {});
 
     /// Runs `tokens` through the model; logits: [n_vocab] of the last token.
     void forward(std::span<const int32_t> tokens, std::vector<float>& logits);

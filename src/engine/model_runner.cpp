@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "engine/retrieval_kv.h"
 #include "engine/sampler.h"
+#include "engine/gpu_tensor_parallel_runner.h"
 #include "engine/tensor_parallel_runner.h"
 #include "kv/full_attention_kv.h"
 #include "kv/paged_kv_cache.h"
@@ -334,8 +335,11 @@ std::unique_ptr<ModelRunner> make_gpu_rank_runner(const ModelConfig& shard, std:
 
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu,
-                                               const gpu::GpuTuning& tuning, const FaultInjection& faults, int tensor_parallel) {
-    check_tensor_parallel(tensor_parallel, gpu != nullptr);
+                                               const gpu::GpuTuning& tuning, const FaultInjection& faults, int tensor_parallel,
+                                               const GpuRanks& gpu_ranks) {
+    check_tensor_parallel(tensor_parallel, gpu != nullptr, gpu_ranks.devices.size());
+    if (!gpu_ranks.devices.empty())
+        return make_gpu_tensor_parallel_runner(model, mode, max_batch, max_tokens, gpu_ranks.dtype, tuning, gpu_ranks.devices);
     if (tensor_parallel > 1) return make_tensor_parallel_runner(model, mode, max_batch, max_tokens, tensor_parallel, faults);
     if (gpu) return std::make_unique<GpuModelRunner>(model.config, std::move(gpu), mode, max_batch, max_tokens, tuning, faults);
     return std::make_unique<CpuModelRunner>(model, mode, max_batch, max_tokens, faults);

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "engine/fault_injection.h"
+#include "engine/gpu_ranks.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
 #include "engine/step_plan.h"
@@ -72,11 +73,12 @@ public:
 /// A runner for `mode` with max_batch slots of max_tokens tokens: on the GPU when `gpu` weights
 /// are given, else on the CPU with the model's own weights. Throws Error naming the flag to change
 /// when the memory does not fit. `faults`: planted failures (tests only). tensor_parallel > 1: the
-/// model split over that many ranks (tensor_parallel_runner.h; the CPU only, so far).
+/// model split over that many ranks, on the GPUs of gpu_ranks when it names them (one per rank;
+/// `gpu` is then null), else as CPU threads (tensor_parallel_runner.h).
 std::unique_ptr<ModelRunner> make_model_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                int64_t max_tokens, std::shared_ptr<const gpu::GpuWeights> gpu = nullptr,
                                                const gpu::GpuTuning& tuning = {}, const FaultInjection& faults = {},
-                                               int tensor_parallel = 1);
+                                               int tensor_parallel = 1, const GpuRanks& gpu_ranks = {});
 
 /// One rank of a tensor-parallel group on the GPU (engine/gpu_tensor_parallel_runner.h): a GPU
 /// runner over the shard's weights (`shard`: its tp_rank_config), made and called on the rank's

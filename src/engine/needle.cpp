@@ -137,7 +137,7 @@ std::vector<NeedleCell> run_needle(const LoadedModel& model, const std::vector<i
                 const NeedleCase c = params.task == NeedleTask::kPasskey
                                          ? make_passkey_case(tok, haystack, length, depth / 100.0, rng)
                                          : make_kv_case(tok, length, depth / 100.0, rng);
-                KvSession session(model, params.mode, length + max_new, params.gpu, params.tensor_parallel);
+                KvSession session(model, params.mode, length + max_new, params.gpu, params.tensor_parallel, params.gpu_ranks);
                 std::vector<float> logits;
                 session.forward(c.prompt, logits);
                 std::vector<int32_t> answer;

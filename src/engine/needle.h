@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/gpu_ranks.h"
 #include "engine/kv_mode.h"
 #include "engine/kv_stats.h"
 #include "gpu/gpu_engine.h"
@@ -49,6 +50,7 @@ struct NeedleParams {
     KvModeConfig mode;
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
     int tensor_parallel = 1;                     // ranks the model is split over (--tensor-parallel)
+    GpuRanks gpu_ranks;                          // the ranks' GPUs when they run there (--tp-gpus)
 };
 
 struct NeedleCell {

@@ -71,9 +71,9 @@ std::vector<PerplexityResult> run_perplexity(const LoadedModel& model, const std
     for (int64_t w = 0; w < n_windows; ++w) {
         const std::span<const int32_t> window(tokens.data() + w * params.n_ctx, static_cast<size_t>(params.n_ctx));
         std::vector<std::unique_ptr<KvSession>> runners;
-        for (const auto& m : modes) runners.push_back(std::make_unique<KvSession>(model, m, params.n_ctx, params.gpu, params.tensor_parallel));
+        for (const auto& m : modes) runners.push_back(std::make_unique<KvSession>(model, m, params.n_ctx, params.gpu, params.tensor_parallel, params.gpu_ranks));
         std::unique_ptr<KvSession> reference;
-        if (params.compare_full) reference = std::make_unique<KvSession>(model, full_mode, params.n_ctx, params.gpu, params.tensor_parallel);
+        if (params.compare_full) reference = std::make_unique<KvSession>(model, full_mode, params.n_ctx, params.gpu, params.tensor_parallel, params.gpu_ranks);
         const auto prompt = window.first(static_cast<size_t>(params.prefix));
         for (size_t i = 0; i < n_modes; ++i) runners[i]->forward(prompt, logits[i]);
         if (reference) reference->forward(prompt, full_logits);

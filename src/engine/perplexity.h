@@ -10,6 +10,7 @@
 #include <functional>
 #include <vector>
 
+#include "engine/gpu_ranks.h"
 #include "engine/kv_mode.h"
 #include "engine/retrieval_kv.h"
 #include "gpu/gpu_engine.h"
@@ -26,6 +27,7 @@ struct PerplexityParams {
     std::vector<std::string> labels;  // one per mode, for reports
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run every mode (and the reference) on the GPU when set
     int tensor_parallel = 1;                     // ranks the model is split over (--tensor-parallel)
+    GpuRanks gpu_ranks;                          // the ranks' GPUs when they run there (--tp-gpus)
 };
 
 struct PerplexityResult {

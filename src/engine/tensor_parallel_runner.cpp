@@ -176,16 +176,17 @@ KvStats merge_rank_stats(const std::vector<KvStats>& ranks, const std::vector<in
     return out;
 }
 
-void check_tensor_parallel(int n_ranks, bool on_gpu) {
+void check_tensor_parallel(int n_ranks, bool whole_model_on_gpu, size_t gpu_rank_devices) {
     FREEKV_CHECK(n_ranks >= 1, "--tensor-parallel must be at least 1, got {}", n_ranks);
-    if (n_ranks > 1 && on_gpu)
-        FREEKV_FAIL("--tensor-parallel {} runs on the CPU only so far (the GPU ranks over NCCL are not built yet): add "
-                    "--device cpu, or leave --tensor-parallel at 1 on the GPU", n_ranks);
+    FREEKV_CHECK(!(n_ranks > 1 && whole_model_on_gpu), "--tensor-parallel {} on the GPU places each rank's shard on its own GPU, "
+                 "not the whole model's weights (an internal error: the caller passed both)", n_ranks);
+    FREEKV_CHECK(gpu_rank_devices == 0 || static_cast<int>(gpu_rank_devices) == n_ranks,
+                 "--tensor-parallel {} needs one GPU per rank, {} given (--tp-gpus)", n_ranks, gpu_rank_devices);
 }
 
 std::unique_ptr<ModelRunner> make_tensor_parallel_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                          int64_t max_tokens, int n_ranks, const FaultInjection& faults) {
-    check_tensor_parallel(n_ranks, false);
+    check_tensor_parallel(n_ranks, false, 0);
     return std::make_unique<TensorParallelRunner>(model, mode, max_batch, max_tokens, n_ranks, faults);
 }
 

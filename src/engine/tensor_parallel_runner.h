@@ -22,9 +22,10 @@ namespace freekv {
 std::unique_ptr<ModelRunner> make_tensor_parallel_runner(const LoadedModel& model, const KvModeConfig& mode, int64_t max_batch,
                                                          int64_t max_tokens, int n_ranks, const FaultInjection& faults = {});
 
-/// Throws Error naming --tensor-parallel when n_ranks is below 1, or above 1 on the GPU (the GPU
-/// ranks over NCCL are not built yet).
-void check_tensor_parallel(int n_ranks, bool on_gpu);
+/// Throws Error naming the flag when n_ranks is below 1, when the whole model's GPU weights come
+/// with several ranks (each GPU rank makes its shard's), or when GPUs are named for the ranks
+/// (gpu_rank_devices > 0) but not one per rank.
+void check_tensor_parallel(int n_ranks, bool whole_model_on_gpu, size_t gpu_rank_devices);
 
 /// The ranks' counters as the whole model's (exposed for tests): per-head counters in head order,
 /// bytes summed, per-(step, sequence) counts from rank 0, times the slowest rank's. No rank knows

@@ -17,4 +17,5 @@ echo "tp done at ${SECONDS} s"
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 timeout 120 $CS --tool initcheck --print-limit 3 $B/test_cuda_engine --gtest_filter='*CudaGraphs*' > $OUT/initcheck.txt 2>&1
 grep -vE "^\[ |^Running|^$" $OUT/initcheck.txt | head -40
+timeout 20 $B/freekv generate -m none -p hi --device cuda --tensor-parallel 2 2>&1 | tail -1
 echo "done at ${SECONDS} s"
