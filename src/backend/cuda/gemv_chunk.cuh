@@ -1,7 +1,10 @@
 // gemv_chunk.cuh: the inner step of the decode GEMVs (matmul_cuda.cu's kernel and the variants
 // bench_decode_gemv measures against it): one 16-byte chunk of k for R weight rows and up to M
 // activation rows, x rounded to bf16 as cuBLAS's input would be, fp32 accumulation.
-// Invariant: chunk c covers k elements [8c, 8c + 8); x rows are k apart and 16-byte aligned.
+// Invariants: chunk c covers k elements [8c, 8c + 8); x rows are k apart and 16-byte aligned; x is
+// read through L2 (ld.global.cg), never the read-only path (__ldg): under programmatic dependent
+// launch (pdl.cuh) the kernel that writes x may still run when this one starts, and a read-only
+// load may then be served stale data or be scheduled before the dependency wait.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -35,8 +38,8 @@ __device__ __forceinline__ void gemv_chunk(const uint4 (&wv)[R], const float* __
 #pragma unroll
     for (int i = 0; i < M; ++i) {
         if (i >= m) break;
-        const float4 a = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
-        const float4 b = __ldg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
+        const float4 a = __ldcg(reinterpret_cast<const float4*>(x + i * k) + 2 * c);
+        const float4 b = __ldcg(reinterpret_cast<const float4*>(x + i * k) + 2 * c + 1);
         const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
         float xr[8];
 #pragma unroll
@@ -54,7 +57,7 @@ __device__ __forceinline__ void gemv_chunk(const uint4 (&wv)[R], const uint16_t*
     for (int i = 0; i < M; ++i) {
         if (i >= m) break;
         float xr[8];
-        unpack_bf16x8(__ldg(reinterpret_cast<const uint4*>(x + i * k) + c), xr);
+        unpack_bf16x8(__ldcg(reinterpret_cast<const uint4*>(x + i * k) + c), xr);
         chunk_rows<M, R>(wv, xr, i, acc);
     }
 }

@@ -25,10 +25,11 @@ namespace {
 constexpr int kMmaWarps = 8;
 constexpr int kChunksInFlight = 4;
 
-// The lane's 8 activations of a chunk as 4 bf16 pairs: read as they are, or rounded from fp32.
-__device__ __forceinline__ uint4 load_x8(const uint16_t* x) { return __ldg(reinterpret_cast<const uint4*>(x)); }
+// The lane's 8 activations of a chunk as 4 bf16 pairs: read as they are, or rounded from fp32. Read
+// through L2, not the read-only path: x is the output of the kernel this one may overlap (pdl.cuh).
+__device__ __forceinline__ uint4 load_x8(const uint16_t* x) { return __ldcg(reinterpret_cast<const uint4*>(x)); }
 __device__ __forceinline__ uint4 load_x8(const float* x) {
-    const float4 a = __ldg(reinterpret_cast<const float4*>(x)), b = __ldg(reinterpret_cast<const float4*>(x) + 1);
+    const float4 a = __ldcg(reinterpret_cast<const float4*>(x)), b = __ldcg(reinterpret_cast<const float4*>(x) + 1);
     return make_uint4(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w), pack_bf16x2(b.x, b.y), pack_bf16x2(b.z, b.w));
 }
 
