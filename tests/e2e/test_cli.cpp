@@ -122,6 +122,10 @@ TEST(Cli, TensorParallelGenerateOnReferenceModel) {
     const Result bench = run("bench --shape tiny -d 256 --device cpu --tensor-parallel 2");
     EXPECT_EQ(bench.code, 1);
     EXPECT_NE(bench.output.find("--tensor-parallel 2 runs with generate"), std::string::npos) << bench.output;
+    // --tp-gpus places GPU ranks: on the CPU it is refused, naming what to do (before the model loads).
+    const Result gpus = run("perplexity -m " + dir->string() + " -f /dev/null --device cpu --tensor-parallel 2 --tp-gpus 0,0");
+    EXPECT_EQ(gpus.code, 1);
+    EXPECT_NE(gpus.output.find("--tp-gpus places tensor-parallel ranks on GPUs"), std::string::npos) << gpus.output;
 }
 
 // inspect --memory-plan needs no model file: each GPU's share of the 70B shape over 4 GPUs and the
