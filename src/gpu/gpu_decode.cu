@@ -195,8 +195,8 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         sum_over_ranks(x.get(), n * c.n_embd);  // a rank looks up its vocabulary rows only
         for (int64_t il = 0; il < L; ++il) {
             const cuda::Event* mk = marks.data() + il * 4;
-            qkv(il, n, false);
             cuda::RopeAppendArgs ra;  // RoPE, the K/V append and the query ring store in one launch
+            ra.qkv = qkv_for_append(il, n);
             ra.q = q.get();
             ra.k = k.get();
             ra.v = v.get();
@@ -311,7 +311,8 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
                                 static_cast<const void*>(att_n_pages.get()), static_cast<const void*>(att_last_len.get()),
                                 static_cast<const void*>(append_offset.get()), static_cast<const void*>(q_now.get()),
                                 static_cast<const void*>(top_scratch_values.get()), static_cast<const void*>(top_scratch_ids.get()),
-                                static_cast<const void*>(top_values.get()), static_cast<const void*>(top_ids_device.get())})
+                                static_cast<const void*>(top_values.get()), static_cast<const void*>(top_ids_device.get()),
+                                static_cast<const void*>(qkv_fused.get()), static_cast<const void*>(ffn_act.get())})
             key.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(ptr)));
         run_step_launches(key, launch_step);
     } else {

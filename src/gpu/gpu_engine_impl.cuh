@@ -154,6 +154,9 @@ struct GpuEngine::Impl {
     ActivationPart q, k, v;
     DeviceArray<float> gate_up_rows;  // gate ([n][n_ff]) then up: one row's [gate | up] is the fused product's row
     ActivationPart gate, up;
+    // The GEMV rows of the fused products, interleaved as they come out: [n][q | k | v] (decode's
+    // qkv_for_append) and silu(gate) * up of the [n][gate | up] rows in gate_up_rows.
+    DeviceArray<float> qkv_fused, ffn_act;
     DeviceArray<float> x, h, attn, proj, logits, partial, last_q;
     DeviceArray<int32_t> split_counters;  // --attn-fused-combine: [max_batch][n_kv], zero between launches
     DeviceArray<uint16_t> scratch_bf16;  // GEMM inputs rounded to bf16 (bf16 weights only)
@@ -284,6 +287,9 @@ struct GpuEngine::Impl {
     bool adds_residual() const { return tp.peers == nullptr || tp.rank == 0; }
     // rope false: the caller rotates q and k (decode does it with the append, cuda::rope_append).
     void qkv(int64_t il, int64_t n, bool rope = true);
+    // Decode's q, k and v unrotated, for cuda::rope_append: with the fused weight on the GEMV path, one
+    // product whose rows land in qkv_fused (returned, RopeAppendArgs::qkv); else qkv(il, n, false) and nullptr.
+    const float* qkv_for_append(int64_t il, int64_t n);
     // beside: the page install runs on `side` (see prefill_installed); otherwise all on main.
     void install_layer(int64_t il, int32_t seq, int64_t n_tokens, const float* q_last, const void* k_hist, const void* v_hist,
                        bool beside = false);

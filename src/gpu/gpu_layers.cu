@@ -18,6 +18,10 @@ void GpuEngine::Impl::ensure_activations(int64_t n) {
     gate.p = gate_up_rows.get();
     up.p = gate.p + n * c.n_ff;
     scratch_bf16.resize(n * std::max({c.n_embd, q_dim, c.n_ff}));
+    if (!w().layers[0]->wqkv.empty() && !bf16_gemm_rows(n)) {  // the fused products' GEMV rows
+        qkv_fused.resize(n * (q_dim + 2 * row()));
+        ffn_act.resize(n * c.n_ff);
+    }
 }
 
 // Prefill-sized forwards with bf16 weights round each activation to bf16 once, in the kernel that
@@ -55,6 +59,22 @@ void GpuEngine::Impl::qkv(int64_t il, int64_t n, bool rope) {
     cuda::rope(k.get(), n, c.n_head_kv, c.head_dim, positions.get(), w().inv_freq.get(), neox, main);
 }
 
+const float* GpuEngine::Impl::qkv_for_append(int64_t il, int64_t n) {
+    const auto& lw = *w().layers[sz(il)];
+    if (lw.wqkv.empty() || bf16_gemm_rows(n)) {
+        qkv(il, n, false);
+        return nullptr;
+    }
+    // One GEMV instead of three: for several rows its output interleaves them ([n][q | k | v]),
+    // which rope_append reads as it is.
+    const int64_t width = c.n_head * c.head_dim + 2 * row();
+    uint16_t* hb = gemv_input_bf16();
+    cuda::rms_norm(x.get(), n, c.n_embd, lw.attn_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
+    cuda::matmul(h.get(), n, lw.wqkv.ref(), width, c.n_embd, qkv_fused.get(), lw.bqkv.ref(), scratch_bf16.get(), main, false,
+                 hb != nullptr);
+    return qkv_fused.get();
+}
+
 uint16_t* GpuEngine::Impl::gemv_input_bf16() const { return w().layers[0]->wq.ref().f32 ? nullptr : scratch_bf16.get(); }
 
 void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_scratch, int gemm_sms_after_gate,
@@ -84,16 +104,20 @@ void GpuEngine::Impl::mlp_and_attention_out(int64_t il, int64_t n, bool attn_in_
                  attn_bf16_too && ready);  // x += o
     sum_over_ranks(x.get(), n * c.n_embd);
     cuda::rms_norm(x.get(), n, c.n_embd, lw.ffn_norm.ref(), c.rms_norm_eps, h.get(), main, hb);
-    if (n == 1 && !lw.w_gate_up.empty()) {  // one row: gate and up are the fused product's row
-        cuda::matmul(h.get(), n, lw.w_gate_up.ref(), 2 * c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main, false, ready);
+    const float* act = gate.get();  // silu(gate) * up, the down projection's input
+    if (!lw.w_gate_up.empty()) {  // one GEMV for gate and up: its rows are [gate | up], interleaved for several rows
+        cuda::matmul(h.get(), n, lw.w_gate_up.ref(), 2 * c.n_ff, c.n_embd, gate_up_rows.get(), {}, scratch_bf16.get(), main, false,
+                     ready);
         if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
+        cuda::silu_mul_rows(gate_up_rows.get(), n, c.n_ff, ffn_act.get(), main, hb);
+        act = ffn_act.get();
     } else {
         cuda::matmul(h.get(), n, lw.w_gate.ref(), c.n_ff, c.n_embd, gate.get(), {}, scratch_bf16.get(), main, false, ready);
         if (gemm_sms_after_gate >= 0) cuda::set_gemm_sm_target(gemm_sms_after_gate);
         cuda::matmul(h.get(), n, lw.w_up.ref(), c.n_ff, c.n_embd, up.get(), {}, scratch_bf16.get(), main, false, ready);
+        cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main, hb);
     }
-    cuda::silu_mul(gate.get(), up.get(), n * c.n_ff, main, hb);
-    cuda::matmul(gate.get(), n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, adds_residual(),
+    cuda::matmul(act, n, lw.w_down.ref(), c.n_embd, c.n_ff, x.get(), {}, scratch_bf16.get(), main, adds_residual(),
                  ready);  // x += down
     sum_over_ranks(x.get(), n * c.n_embd);
 }

@@ -15,6 +15,7 @@ namespace {
 constexpr int64_t kGatherJobBytes = 16;              // cuda::GatherJob: 4 x int32
 constexpr int64_t kPrefillScoresBytes = int64_t{512} << 20;  // prefill attention's score chunk cap
 constexpr int64_t kSplitRowsHeads = 1056;            // decode attention splits: rows x heads x splits <= this
+constexpr int64_t kGemvRows = 8;                     // cuda::kGemvChoiceRows: forwards of up to this many rows take the GEMVs
 
 double gib(int64_t b) { return static_cast<double>(b) / static_cast<double>(int64_t{1} << 30); }
 
@@ -58,6 +59,7 @@ GpuMemoryPlan plan_gpu_memory(const ModelConfig& c, const KvModeConfig& mode, in
     }
     plan.device_per_sequence = seq;
     plan.device_fixed = kSplitRowsHeads * (c.n_head / std::max<int64_t>(kv, 1)) * (d + 2) * 4 + (int64_t{16} << 20);
+    plan.device_fixed += kGemvRows * (q_dim + 2 * row + c.n_ff) * 4;  // the fused products' GEMV rows (qkv_fused, ffn_act)
     // One prefill forward of n rows (the whole prompt, or one chunk): activations, bf16 GEMM
     // inputs, the stored history of a prompt done in one forward and, on the cuBLAS path, the
     // attention's fp32 K/V and score chunk (over up to max_tokens keys).

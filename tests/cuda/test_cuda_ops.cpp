@@ -146,6 +146,27 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
         EXPECT_EQ(to_host(gb, g.size()), to_host(conv, g.size())) << "silu_mul's out_bf16";
         cudaFree(gb), cudaFree(conv), cudaFree(dg2);
     }
+    {  // silu_mul_rows over interleaved [gate | up] rows: each row as silu_mul makes it, bf16 beside
+        const int64_t rows = 5, width = 1003;
+        const auto gu = randn(static_cast<size_t>(rows * 2 * width), rng);
+        std::vector<float> want(static_cast<size_t>(rows * width));
+        for (int64_t r = 0; r < rows; ++r) {
+            float* rg = to_device(std::vector<float>(gu.begin() + r * 2 * width, gu.begin() + r * 2 * width + width));
+            float* ru = to_device(std::vector<float>(gu.begin() + r * 2 * width + width, gu.begin() + (r + 1) * 2 * width));
+            cuda::silu_mul(rg, ru, width, nullptr);
+            const auto row = to_host(rg, static_cast<size_t>(width));
+            std::copy(row.begin(), row.end(), want.begin() + r * width);
+            cudaFree(rg), cudaFree(ru);
+        }
+        float* dgu = to_device(gu);
+        float* out = poisoned(want.size());
+        uint16_t* ob = to_device(std::vector<uint16_t>(want.size(), 0xffff));
+        cuda::silu_mul_rows(dgu, rows, width, out, nullptr, ob);
+        EXPECT_EQ(to_host(out, want.size()), want) << "silu_mul_rows";
+        EXPECT_EQ(to_host(ob, want.size()), to_bf16(want)) << "silu_mul_rows's out_bf16";
+        EXPECT_EQ(to_host(dgu, gu.size()), gu) << "silu_mul_rows wrote into its input";
+        cudaFree(dgu), cudaFree(out), cudaFree(ob);
+    }
     // embedding
     const auto table = to_bf16(randn(1000 * 200, rng));
     const std::vector<int32_t> ids{999, 0, 17, 17, 512};
@@ -171,14 +192,16 @@ TEST_F(CudaOps, ElementwiseAndNorms) {
 // The decode step's fused RoPE + K/V append + query-ring store against its three parts: q and k
 // rotated bit for bit as cuda::rope rotates them, the ring copy equal to the rotated q, the cache
 // holding the rotated k and the unrotated v (rounded to the element type) at each row's offset, and
-// nothing else in the cache touched. Both RoPE styles, head_dim 64 and 128, bf16 and fp32 caches.
+// nothing else in the cache touched. Both RoPE styles, head_dim 64 and 128, bf16 and fp32 caches,
+// q, k and v apart or as the fused product's interleaved rows (RopeAppendArgs::qkv).
 TEST_F(CudaOps, RopeAppendEqualsRopeThenAppendThenStore) {
     std::mt19937 rng(41);
     const int n_seq = 3, n_head = 8, n_head_kv = 2, page_size = 16, n_slots = 4;
     const std::vector<int32_t> pos{5, 4095, 131071};
     for (int head_dim : {64, 128})
     for (int elem_bytes : {2, 4})
-    for (bool neox : {true, false}) {
+    for (bool neox : {true, false})
+    for (bool fused : {false, true}) {
         cuda::KvGeometry g;
         g.n_layer = 1, g.max_batch = n_seq, g.n_slots = n_slots, g.max_pages = 8, g.page_size = page_size;
         g.n_head = n_head, g.n_head_kv = n_head_kv, g.head_dim = head_dim, g.elem_bytes = elem_bytes;
@@ -196,12 +219,21 @@ TEST_F(CudaOps, RopeAppendEqualsRopeThenAppendThenStore) {
         float* dinv = to_device(inv);
         int64_t* doff = to_device(offset);
         uint8_t* dcache = to_device(cache_init);
-        float *dq = to_device(q), *dk = to_device(k), *dv = to_device(v), *ring = poisoned(static_cast<size_t>(n_seq * q_dim));
+        // fused: q, k and v read from the interleaved rows of the fused product ([n_seq][q | k | v]).
+        std::vector<float> qkv;
+        for (int s = 0; s < n_seq; ++s) {
+            qkv.insert(qkv.end(), q.begin() + s * q_dim, q.begin() + (s + 1) * q_dim);
+            qkv.insert(qkv.end(), k.begin() + s * row, k.begin() + (s + 1) * row);
+            qkv.insert(qkv.end(), v.begin() + s * row, v.begin() + (s + 1) * row);
+        }
+        float* dqkv = fused ? to_device(qkv) : nullptr;
+        float *dq = fused ? poisoned(q.size()) : to_device(q), *dk = fused ? poisoned(k.size()) : to_device(k),
+              *dv = fused ? nullptr : to_device(v), *ring = poisoned(static_cast<size_t>(n_seq * q_dim));
         std::vector<float*> ring_rows(n_seq);
         for (int s = 0; s < n_seq; ++s) ring_rows[static_cast<size_t>(s)] = ring + s * q_dim;
         float** dring = to_device(ring_rows);
         cuda::RopeAppendArgs a;
-        a.q = dq, a.k = dk, a.v = dv, a.n_seq = n_seq, a.positions = dpos, a.inv_freq = dinv, a.neox = neox;
+        a.q = dq, a.k = dk, a.v = dv, a.qkv = dqkv, a.n_seq = n_seq, a.positions = dpos, a.inv_freq = dinv, a.neox = neox;
         a.dst_offset = doff, a.layer_cache = dcache, a.q_dst = dring;
         cuda::rope_append(a, g, nullptr);
         // The parts: cuda::rope on copies of q and k.
@@ -209,7 +241,8 @@ TEST_F(CudaOps, RopeAppendEqualsRopeThenAppendThenStore) {
         cuda::rope(wq, n_seq, n_head, head_dim, dpos, dinv, neox, nullptr);
         cuda::rope(wk, n_seq, n_head_kv, head_dim, dpos, dinv, neox, nullptr);
         const auto want_q = to_host(wq, q.size()), want_k = to_host(wk, k.size());
-        const std::string what = fmt::format("head_dim {} elem_bytes {} {}", head_dim, elem_bytes, neox ? "neox" : "interleaved");
+        const std::string what = fmt::format("head_dim {} elem_bytes {} {}{}", head_dim, elem_bytes, neox ? "neox" : "interleaved",
+                                             fused ? " fused rows" : "");
         EXPECT_EQ(to_host(dq, q.size()), want_q) << what;
         EXPECT_EQ(to_host(ring, q.size()), want_q) << what << ": the ring copy";
         EXPECT_EQ(to_host(dk, k.size()), want_k) << what;
@@ -230,7 +263,7 @@ TEST_F(CudaOps, RopeAppendEqualsRopeThenAppendThenStore) {
         EXPECT_EQ(to_host(dcache, want_cache.size()), want_cache) << what << ": the cache";
         for (void* p : {static_cast<void*>(dpos), static_cast<void*>(dinv), static_cast<void*>(doff), static_cast<void*>(dcache),
                         static_cast<void*>(dq), static_cast<void*>(dk), static_cast<void*>(dv), static_cast<void*>(ring),
-                        static_cast<void*>(dring), static_cast<void*>(wq), static_cast<void*>(wk)})
+                        static_cast<void*>(dring), static_cast<void*>(wq), static_cast<void*>(wk), static_cast<void*>(dqkv)})
             cudaFree(p);
     }
 }

@@ -33,9 +33,11 @@ __global__ void rope_append_kernel(RopeAppendArgs a, KvGeometry g) {
     sincos(static_cast<double>(angle), &sn, &cs);  // as rope_kernel
     const float c = static_cast<float>(cs), sf = static_cast<float>(sn);
     const int ea = a.neox ? i : 2 * i, eb = a.neox ? i + half : 2 * i + 1;
+    const int64_t fused_row = static_cast<int64_t>(g.n_head + 2 * g.n_head_kv) * g.head_dim;  // a.qkv's row
     if (h < g.n_head) {
         float* x = a.q + (static_cast<int64_t>(s) * g.n_head + h) * g.head_dim;
-        const float x0 = x[ea], x1 = x[eb];
+        const float* src = a.qkv != nullptr ? a.qkv + s * fused_row + static_cast<int64_t>(h) * g.head_dim : x;
+        const float x0 = src[ea], x1 = src[eb];
         const float r0 = x0 * c - x1 * sf, r1 = x1 * c + x0 * sf;
         x[ea] = r0;
         x[eb] = r1;
@@ -48,13 +50,14 @@ __global__ void rope_append_kernel(RopeAppendArgs a, KvGeometry g) {
     }
     const int64_t e = static_cast<int64_t>(h - g.n_head) * g.head_dim;  // the head's offset in the row
     float* x = a.k + s * g.row() + e;
-    const float x0 = x[ea], x1 = x[eb];
+    const float* src = a.qkv != nullptr ? a.qkv + s * fused_row + static_cast<int64_t>(g.n_head) * g.head_dim + e : x;
+    const float x0 = src[ea], x1 = src[eb];
     const float r0 = x0 * c - x1 * sf, r1 = x1 * c + x0 * sf;
     x[ea] = r0;
     x[eb] = r1;
     T* dst = static_cast<T*>(a.layer_cache) + a.dst_offset[s] + e;
     const int64_t v_delta = g.page_size * g.row();
-    const float* v = a.v + s * g.row() + e;
+    const float* v = a.qkv != nullptr ? src + g.row() : a.v + s * g.row() + e;
     dst[ea] = from_f32<T>(r0);
     dst[eb] = from_f32<T>(r1);
     dst[v_delta + ea] = from_f32<T>(v[ea]);

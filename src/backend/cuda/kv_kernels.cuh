@@ -52,6 +52,9 @@ struct RopeAppendArgs {
     float* q = nullptr;
     float* k = nullptr;
     const float* v = nullptr;
+    // Optional: the rows of the fused q|k|v product ([n_seq][(n_head + 2 n_head_kv) head_dim]), read
+    // instead of q, k and v; the rotated q and k are written to q and k all the same (v is unused).
+    const float* qkv = nullptr;
     int32_t n_seq = 0;
     const int32_t* positions = nullptr;  // [n_seq]
     const float* inv_freq = nullptr;     // [head_dim / 2]

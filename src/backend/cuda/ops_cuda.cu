@@ -102,13 +102,17 @@ __global__ void rope_kernel(float* x, int64_t n_tok, int64_t n_heads, int64_t he
 
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
-__global__ void silu_mul_kernel(float* gate, const float* up, int64_t n, uint16_t* out_bf16) {
+// Element i of out is row i / width, column i % width; that row's gate and up elements lie
+// in_stride apart (0: one row of n elements).
+__global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, int64_t width, int64_t in_stride, float* out,
+                                uint16_t* out_bf16) {
     launch_dependents();  // the down GEMV may start streaming its weights (pdl.cuh)
     const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (i >= n) return;
-    const float r = silu_times(gate[i], up[i]);
-    gate[i] = r;
-    if (out_bf16 != nullptr) store_out(out_bf16 + i, r);
+    const int64_t r = i / width, at = r * in_stride + (i - r * width);
+    const float v = silu_times(gate[at], up[at]);
+    out[i] = v;
+    if (out_bf16 != nullptr) store_out(out_bf16 + i, v);
 }
 
 __global__ void silu_mul_bf16_kernel(const float* gate, const float* up, int64_t n, uint16_t* out) {
@@ -169,7 +173,16 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int3
 }
 
 void silu_mul(float* gate, const float* up, int64_t n, void* stream, uint16_t* out_bf16) {
-    silu_mul_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n, out_bf16);
+    if (n == 0) return;
+    silu_mul_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate, up, n, n, 0, gate, out_bf16);
+    FREEKV_CUDA_CHECK(cudaGetLastError());
+}
+
+void silu_mul_rows(const float* gate_up, int64_t rows, int64_t width, float* out, void* stream, uint16_t* out_bf16) {
+    const int64_t n = rows * width;
+    if (n == 0) return;
+    silu_mul_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, as_stream(stream)>>>(gate_up, gate_up + width, n, width,
+                                                                                           2 * width, out, out_bf16);
     FREEKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -61,6 +61,9 @@ void rope(float* x, int64_t n_tok, int64_t n_heads, int64_t head_dim, const int3
           bool neox, void* stream);
 /// gate[i] = silu(gate[i]) * up[i]; with out_bf16, also its bf16 there (as rms_norm's y_bf16).
 void silu_mul(float* gate, const float* up, int64_t n, void* stream, uint16_t* out_bf16 = nullptr);
+/// The same over the rows of a fused [gate | up] product (gate_up: [rows][2 width]), into
+/// out[rows][width] (not aliasing gate_up); out_bf16 as above.
+void silu_mul_rows(const float* gate_up, int64_t rows, int64_t width, float* out, void* stream, uint16_t* out_bf16 = nullptr);
 /// out[n_tok, n_embd] = bf16 rows `ids` of table[n_vocab, n_embd], widened to fp32; a negative id
 /// gives a zero row (a token another tensor-parallel rank looks up).
 void embedding(const uint16_t* table, const int32_t* ids, int64_t n_tok, int64_t n_embd, float* out, void* stream);
