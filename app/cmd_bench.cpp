@@ -51,9 +51,9 @@ Command register_bench(CLI::App& cmd) {
     add_gpu_tuning_flags(cmd, f->tuning, f->diag);
     return [f]() -> int {
         f->run.apply();
-        if (f->run.tensor_parallel > 1)
-            FREEKV_FAIL("freekv bench measures one GPU or the CPU whole so far; --tensor-parallel {} runs with generate, "
-                        "perplexity, needle and serve", f->run.tensor_parallel);
+        if (f->run.tensor_parallel > 1 && f->run.backend != "cuda")
+            FREEKV_FAIL("freekv bench runs --tensor-parallel {} on GPUs only (--device cuda); on the CPU the ranks run with "
+                        "generate, perplexity, needle and serve", f->run.tensor_parallel);
         finish_gpu_tuning(f->tuning, f->diag);
         const bool synthetic = f->model.empty();
         LoadedModel m = synthetic ? make_synthetic_model(f->shape) : load_model(f->model);
@@ -66,9 +66,13 @@ Command register_bench(CLI::App& cmd) {
         p.n_breakdown = f->breakdown_steps;
         p.reps = f->reps;
         p.gpu = f->run.gpu_weights(m);
+        p.gpu_ranks = f->run.gpu_ranks;
         p.gpu_tuning = f->tuning;
-        if (p.gpu) fmt::print(stderr, "bench: {}\n", f->tuning.describe());
-        p.synthetic_kv = p.gpu && (f->kv_fill == "synthetic" || (f->kv_fill == "auto" && synthetic));
+        const bool on_gpu = p.gpu != nullptr || !p.gpu_ranks.devices.empty();
+        if (on_gpu) fmt::print(stderr, "bench: {}\n", f->tuning.describe());
+        if (!p.gpu_ranks.devices.empty())
+            fmt::print(stderr, "bench: {} tensor-parallel ranks on GPUs {}\n", p.gpu_ranks.devices.size(), fmt::join(p.gpu_ranks.devices, ","));
+        p.synthetic_kv = on_gpu && (f->kv_fill == "synthetic" || (f->kv_fill == "auto" && synthetic));
         if (p.synthetic_kv) fmt::print(stderr, "bench: context filled with pseudo-random K/V (--kv-fill synthetic), no prefill\n");
         const float rate = f->force_corr_rate >= 0 ? f->force_corr_rate : (synthetic ? 0.5f : -1.0f);
         for (auto& [label, mode] : f->kv.resolve_all()) {
@@ -79,14 +83,15 @@ Command register_bench(CLI::App& cmd) {
         }
         const auto rows = run_bench(m, p, [](const std::string& what) { fmt::print(stderr, "bench: {}\n", what); });
         const std::string name = (synthetic ? f->shape + " (synthetic bf16)" : m.path) +
-                                 (f->run.backend == "cuda" ? (f->run.gpu_dtype == "f32" ? " cuda f32" : " cuda") : " cpu");
+                                 (f->run.backend == "cuda" ? (f->run.gpu_dtype == "f32" ? " cuda f32" : " cuda") : " cpu") +
+                                 (f->run.tensor_parallel > 1 ? fmt::format(" tp{}", f->run.tensor_parallel) : "");
         if (f->output == "json") {
             for (const auto& r : rows)
                 fmt::print("{{\"model\":\"{}\",\"kv_mode\":\"{}\",\"depth\":{},\"depth_min\":{},\"batch\":{},\"oom\":{},\"tokens_per_s\":{:.3f},"
                            "\"tokens_per_s_std\":{:.3f},\"step_ms\":{:.4f},\"step_ms_p99\":{:.4f},\"floor_ratio\":{:.4f},"
                            "\"select_ms\":{:.4f},\"recall_wait_ms\":{:.4f},\"attention_ms\":{:.4f},\"rest_ms\":{:.4f},"
                            "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f},\"backend\":\"{}\","
-                           "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"recall_gbps\":{:.2f},\"recall_sync_ms\":{:.4f},"
+                           "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"tensor_parallel\":{},\"recall_gbps\":{:.2f},\"recall_gbps_per_gpu\":{:.2f},\"recall_sync_ms\":{:.4f},"
                            "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{},"
                            "\"attn_min_split_tokens\":{},\"attn_split_blocks\":{},\"attn_fused_combine\":{},\"cuda_graphs\":{},\"pdl\":{},\"sync_gather_ctas\":{},\"bg_gather_ctas\":{},\"gemm_sm_reserve\":{},"
                            "\"prefill_install_beside\":{},\"prefill_install_ctas\":{},\"diag_background\":\"{}\",\"host_issue_ms\":{:.4f},"
@@ -94,7 +99,7 @@ Command register_bench(CLI::App& cmd) {
                            name, r.label, r.depth, r.depth_min, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
                            r.step_ms_median, r.step_ms_p99, r.floor_ratio, r.select_ms, r.recall_wait_ms, r.attention_ms,
                            r.rest_ms, r.pages_per_step, r.correction_rate, r.prefill_tokens_per_s, f->run.backend, r.device_mib,
-                           r.host_mib, r.recall_gbps, r.recall_sync_ms, r.recall_background_ms, r.prefill_tflops,
+                           r.host_mib, f->run.tensor_parallel, r.recall_gbps, r.recall_gbps_per_gpu, r.recall_sync_ms, r.recall_background_ms, r.prefill_tflops,
                            recall_impl_name(r.recall_impl), r.force_corr_rate >= 0 ? fmt::format("{:.3f}", r.force_corr_rate) : "null",
                            p.gpu_tuning.attn_min_split_tokens, p.gpu_tuning.attn_split_blocks, p.gpu_tuning.attn_fused_combine ? "true" : "false",
                            p.gpu_tuning.cuda_graphs ? "true" : "false", p.gpu_tuning.pdl ? "true" : "false",
@@ -137,13 +142,23 @@ Command register_bench(CLI::App& cmd) {
                        "rest: ms per step on the critical path{}. recall GB/s: recalled bytes over the device time of the recall kernels "
                        "inside the decode loop (GPU). KV GPU/host MiB: the engine's KV, maps and scratch on the GPU "
                        "(weights excluded) and its pinned CPU store. Excluded: tokenization and sampling (random token ids).{}{}\n",
-                       p.reps, p.n_gen, p.n_warmup, p.gpu ? fmt::format(" (GPU: event times of the main stream over {} further steps, so that the timed steps record no "
+                       p.reps, p.n_gen, p.n_warmup, on_gpu ? fmt::format(" (GPU: event times of the main stream over {} further steps, so that the timed steps record no "
                                           "events; prefill t/s 0 = synthetic K/V fill)", p.n_breakdown)
                              : std::string(),
                        std::string(p.synthetic_kv ? " Context: pseudo-random K/V, no prefill." : "") +
                            (p.ragged_min > 0 ? " Ragged batches: depth shortest-longest, lengths spread evenly." : ""),
                        rate >= 0 ? fmt::format(" FreeKV correction is forced at rate {:.2f} (random weights).", rate)
                                  : std::string());
+        if (!csv && !p.gpu_ranks.devices.empty()) {  // the recall rate per GPU beside the table's sum
+            std::string line;
+            for (const auto& r : rows)
+                if (!r.oom && r.recall_gbps > 0)
+                    line += fmt::format("{}{} d{} b{} {:.1f} GB/s per GPU ({:.1f} in all)", line.empty() ? "" : "; ", r.label, r.depth,
+                                        r.batch, r.recall_gbps_per_gpu, r.recall_gbps);
+            fmt::print("\n{} tensor-parallel ranks: the step is every rank's (they run together); recall GB/s sums the ranks' bytes "
+                       "over the slowest rank's recall time; KV MiB sum every GPU and rank store.{}{}\n",
+                       p.gpu_ranks.devices.size(), line.empty() ? "" : " Recall: ", line);
+        }
         if (!csv && p.gpu) {  // whether the host's launches keep ahead of the device
             std::string line;
             for (const auto& r : rows)

@@ -16,6 +16,7 @@
 #include "backend/cuda/cuda_device.h"
 #include "core/system_memory.h"
 #include "gpu/gpu_memory_plan.h"
+#include "engine/gpu_tensor_parallel_runner.h"
 #include "engine/retrieval_kv.h"
 #include "kv/full_attention_kv.h"
 
@@ -81,16 +82,12 @@ void time_decode(const ModelConfig& c, const std::vector<int64_t>& lengths, cons
 // Prompt tokens of all sequences of a cell.
 int64_t total_length(const std::vector<int64_t>& lengths) { return std::accumulate(lengths.begin(), lengths.end(), int64_t{0}); }
 
-CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const std::vector<int64_t>& lengths, const BenchParams& p,
-                        const std::vector<int32_t>& prompt) {
-    using clock = std::chrono::steady_clock;
-    const ModelConfig& c = m.config;
-    const auto batch = static_cast<int64_t>(lengths.size());
-    const int64_t max_tokens = *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + p.n_breakdown + 1;
-    // The start-up plan first, and a store that the machine's RAM cannot hold is refused before it
-    // is pinned (pinning past the free RAM gets the process killed, not an error).
-    const int elem_bytes = p.gpu->dtype() == gpu::GpuDtype::kF32 ? 4 : 2;
-    const gpu::GpuMemoryPlan plan = gpu::plan_gpu_memory(c, mode, elem_bytes, p.gpu->bytes(), max_tokens);
+// Refuses a pinned store that the machine's RAM cannot hold before it is pinned (pinning past
+// the free RAM gets the process killed, not an error). weight_bytes: one GPU's weights (0 for
+// tensor-parallel ranks; the host plan does not depend on them).
+void check_host_store(const ModelConfig& c, const KvModeConfig& mode, int elem_bytes, int64_t weight_bytes, int64_t batch,
+                      int64_t max_tokens) {
+    const gpu::GpuMemoryPlan plan = gpu::plan_gpu_memory(c, mode, elem_bytes, weight_bytes, max_tokens);
     const auto gib = [](int64_t b) { return static_cast<double>(b) / static_cast<double>(int64_t{1} << 30); };
     FREEKV_LOG_INFO("bench: batch {}: {}; pinned store of the batch {:.2f} GiB", batch, plan.describe(), gib(plan.host_bytes(batch)));
     const SystemMemory sys = system_memory();
@@ -100,14 +97,22 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
             KvModeConfig coded = mode;
             coded.store_code = KvCode::kInt8;
             hint = fmt::format(", or keep it in 8 bits (--kv-store-dtype int8: {} bytes per token instead of {})",
-                               gpu::plan_gpu_memory(c, coded, elem_bytes, p.gpu->bytes(), max_tokens).store_bytes_per_token,
+                               gpu::plan_gpu_memory(c, coded, elem_bytes, weight_bytes, max_tokens).store_bytes_per_token,
                                plan.store_bytes_per_token);
         }
         FREEKV_FAIL("bench: the pinned CPU store of {} sequences of {} tokens needs {:.1f} GiB, more than the {:.1f} GiB of "
                     "RAM available; lower -b/--batch or -d/--depth{}",
                     batch, max_tokens, gib(plan.host_bytes(batch)), gib(sys.available), hint);
     }
-    gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens, p.gpu_tuning);
+}
+
+// One GPU cell on `engine`: a GpuEngine (one GPU) or the tensor-parallel ranks' ModelRunner, which
+// offer the same calls.
+template <class Engine>
+CellResult run_cell_on(Engine& engine, const ModelConfig& c, const KvModeConfig& mode, int elem_bytes, const std::vector<int64_t>& lengths,
+                       const BenchParams& p, const std::vector<int32_t>& prompt) {
+    using clock = std::chrono::steady_clock;
+    const auto batch = static_cast<int64_t>(lengths.size());
     std::vector<int32_t> seqs;
     for (int64_t b = 0; b < batch; ++b) seqs.push_back(engine.add_sequence());
     CellResult out;
@@ -141,7 +146,7 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     // engine copies no logits; the measured tokens stay random, see time_decode).
     std::vector<int32_t> top_ids;
     auto step = [&](const std::vector<int32_t>& tokens, const std::vector<SequenceSpan>& spans, const std::vector<int64_t>& rows) {
-        engine.forward_top(tokens, spans, rows, 1, top_ids, logits);
+        (void)engine.forward_top(tokens, spans, rows, 1, top_ids, logits);
     };
     KvStats before;
     engine.set_timing(false);  // the timed steps record no events
@@ -166,6 +171,32 @@ CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const st
     out.kv_read_bytes = static_cast<double>(attended_kv_bytes(engine.last_decode_plan(), mode.page_size, c, elem_bytes));
     out.host_mib = static_cast<double>(engine.host_bytes()) / 1048576.0;
     return out;
+}
+
+int64_t max_cell_tokens(const std::vector<int64_t>& lengths, const BenchParams& p) {
+    return *std::max_element(lengths.begin(), lengths.end()) + p.n_warmup + p.n_gen + p.n_breakdown + 1;
+}
+
+CellResult run_cell_gpu(const LoadedModel& m, const KvModeConfig& mode, const std::vector<int64_t>& lengths, const BenchParams& p,
+                        const std::vector<int32_t>& prompt) {
+    const auto batch = static_cast<int64_t>(lengths.size());
+    const int64_t max_tokens = max_cell_tokens(lengths, p);
+    const int elem_bytes = p.gpu->dtype() == gpu::GpuDtype::kF32 ? 4 : 2;
+    check_host_store(m.config, mode, elem_bytes, p.gpu->bytes(), batch, max_tokens);
+    gpu::GpuEngine engine(p.gpu, mode, batch, max_tokens, p.gpu_tuning);
+    return run_cell_on(engine, m.config, mode, elem_bytes, lengths, p, prompt);
+}
+
+// The same on tensor-parallel ranks, one per GPU of p.gpu_ranks: recall volume and times are the
+// ranks' merged counters (bytes summed, times of the slowest rank).
+CellResult run_cell_gpu_ranks(const LoadedModel& m, const KvModeConfig& mode, const std::vector<int64_t>& lengths,
+                              const BenchParams& p, const std::vector<int32_t>& prompt) {
+    const auto batch = static_cast<int64_t>(lengths.size());
+    const int64_t max_tokens = max_cell_tokens(lengths, p);
+    const int elem_bytes = p.gpu_ranks.dtype == gpu::GpuDtype::kF32 ? 4 : 2;
+    check_host_store(m.config, mode, elem_bytes, 0, batch, max_tokens);
+    const auto runner = make_gpu_tensor_parallel_runner(m, mode, batch, max_tokens, p.gpu_ranks.dtype, p.gpu_tuning, p.gpu_ranks.devices);
+    return run_cell_on(*runner, m.config, mode, elem_bytes, lengths, p, prompt);
 }
 
 CellResult run_cell(const LoadedModel& m, const KvModeConfig& mode, const std::vector<int64_t>& lengths, const BenchParams& p,
@@ -247,10 +278,11 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                                 const std::function<void(const std::string&)>& progress) {
     std::vector<BenchRow> rows;
     // The decode floor's denominator: measured once, before any engine holds device memory.
-    const double hbm_gbps = p.gpu ? cuda::measure_hbm_read_gbps() : 0.0;
+    const bool on_gpu = p.gpu != nullptr || !p.gpu_ranks.devices.empty();
+    const double hbm_gbps = on_gpu ? cuda::measure_hbm_read_gbps() : 0.0;
     std::mt19937 rng(static_cast<uint32_t>(p.seed));
     for (int64_t depth : p.depths) {  // every depth is checked before the first one runs
-        const int64_t breakdown = p.gpu ? p.n_breakdown : 0;
+        const int64_t breakdown = on_gpu ? p.n_breakdown : 0;
         const int64_t extra = p.n_warmup + p.n_gen + breakdown;
         if (depth + extra + 1 > m.config.n_ctx_train)
             FREEKV_FAIL("-d {} plus {} generated tokens ({} warm-up, {} measured (-n), {} for the GPU breakdown "
@@ -274,8 +306,9 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                     if (!errors[i].empty()) continue;
                     if (progress) progress(fmt::format("{} d{} b{} rep {}", p.labels[i], depth, batch, rep + 1));
                     try {
-                        results[i].push_back(p.gpu ? run_cell_gpu(m, p.modes[i], lengths, p, prompt)
-                                               : run_cell(m, p.modes[i], lengths, p, prompt));
+                        results[i].push_back(!p.gpu_ranks.devices.empty() ? run_cell_gpu_ranks(m, p.modes[i], lengths, p, prompt)
+                                             : p.gpu                        ? run_cell_gpu(m, p.modes[i], lengths, p, prompt)
+                                                                            : run_cell(m, p.modes[i], lengths, p, prompt));
                     } catch (const std::bad_alloc&) {
                         errors[i] = "out of memory";
                     } catch (const Error& e) {
@@ -328,6 +361,7 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                 const double recall_ms = bd.gather_sync_ms + bd.gather_background_ms;
                 const double recall_bytes = static_cast<double>(bd.transfer.sync_bytes + bd.transfer.background_bytes);
                 row.recall_gbps = recall_ms > 0 && recall_bytes > 0 ? recall_bytes / (recall_ms * 1e6) : 0.0;
+                row.recall_gbps_per_gpu = row.recall_gbps / static_cast<double>(std::max<size_t>(p.gpu_ranks.devices.size(), 1));
                 row.recall_sync_ms = bd.gather_sync_ms / n_bd;
                 row.recall_background_ms = bd.gather_background_ms / n_bd;
                 row.host_issue_ms = s.host_issue_ms / n_steps;
@@ -336,7 +370,7 @@ std::vector<BenchRow> run_bench(const LoadedModel& m, const BenchParams& p,
                 flops /= static_cast<double>(total_length(lengths));
                 row.prefill_tflops = row.prefill_tokens_per_s * flops / 1e12;
                 row.device_mib = results[i].back().device_mib;
-                if (hbm_gbps > 0) {
+                if (hbm_gbps > 0 && p.gpu) {  // one GPU: its whole step's floor (ranks: not computed)
                     row.hbm_gbps = hbm_gbps;
                     row.roofline_ms = (static_cast<double>(p.gpu->decode_read_bytes()) + results[i].back().kv_read_bytes) /
                                       (hbm_gbps * 1e6);

@@ -1,7 +1,8 @@
 // bench.h: the side-by-side decode benchmark (design doc 6.2): every KV mode on the same model,
 // depths and batch sizes in one process; per cell tokens/s, ms per decode step (median and p99),
 // the ratio to the budget-only floor, a critical-path breakdown, recall volume and correction rate;
-// optionally ragged batches (sequences of one batch at different context lengths).
+// optionally ragged batches (sequences of one batch at different context lengths). On GPUs a
+// cell runs one GpuEngine, or tensor-parallel ranks (gpu_ranks) through their ModelRunner.
 // Invariants: a cell that cannot be allocated is reported as out of memory, never a crash; every
 // mode of a cell sees the same prompt tokens; modes rotate order between repetitions.
 #pragma once
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/gpu_ranks.h"
 #include "engine/kv_mode.h"
 #include "engine/step_plan.h"
 #include "gpu/gpu_engine.h"
@@ -32,6 +34,7 @@ struct BenchParams {
     int reps = 2;
     uint64_t seed = 7;
     std::shared_ptr<const gpu::GpuWeights> gpu;  // run on the GPU engine when set
+    GpuRanks gpu_ranks;  // devices set: run tensor-parallel ranks there instead (gpu stays null)
     gpu::GpuTuning gpu_tuning;
     // GPU only: give each sequence `depth` tokens of pseudo-random K/V instead of a prefill (random
     // weights make prefilled K/V no more meaningful, and it skips minutes of prefill at 128K).
@@ -58,7 +61,9 @@ struct BenchRow {
     double pages_per_step = 0, correction_rate = 0;
     // GPU: recalled bytes / device time of the recall kernels inside the decode loop (0: none),
     // and that time per step on the critical path and in the background.
-    double recall_gbps = 0, recall_sync_ms = 0, recall_background_ms = 0;
+    // Tensor-parallel ranks recall at the same time: recall_gbps is their sum (bytes of every rank
+    // over the slowest rank's time), recall_gbps_per_gpu that over the ranks (equal to it on one GPU).
+    double recall_gbps = 0, recall_gbps_per_gpu = 0, recall_sync_ms = 0, recall_background_ms = 0;
     double host_issue_ms = 0;  // GPU: host time per step until its last launch is issued (KvStats::host_issue_ms)
     // GPU: the step's memory floor, (weights a decode step reads + the K/V its attention read) /
     // the measured HBM read rate (hbm_gbps), in ms; 0 without a GPU.

@@ -119,6 +119,14 @@ public:
         return merge_rank_stats(ranks, kv_heads_, q_heads_, n_layer_);
     }
     std::vector<RowPlan> last_decode_plan() const override { return runners_[0]->last_decode_plan(); }
+    void fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed) override {
+        on_every_rank([&](int r) { runners_[static_cast<size_t>(r)]->fill_synthetic(seq, n_tokens, seed); });
+    }
+    void set_timing(bool on) override {
+        on_every_rank([&](int r) { runners_[static_cast<size_t>(r)]->set_timing(on); });
+    }
+    int64_t device_bytes() const override { return sum_over_ranks(&ModelRunner::device_bytes); }
+    int64_t host_bytes() const override { return sum_over_ranks(&ModelRunner::host_bytes); }
 
 private:
     // Runs fn(rank) on every rank's thread with its GPU current. A rank that fails stops its peers'
@@ -135,6 +143,12 @@ private:
             [&] {
                 if (group_) group_->reset();
             });
+    }
+
+    int64_t sum_over_ranks(int64_t (ModelRunner::*bytes)() const) const {
+        int64_t total = 0;
+        for (const auto& r : runners_) total += (*r.*bytes)();
+        return total;
     }
 
     // Each rank's engine and weights are freed on its thread, with its GPU current.

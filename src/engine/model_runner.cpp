@@ -260,6 +260,10 @@ public:
     }
     KvStats stats() override { return full_mode_ ? KvStats{} : engine_.stats(); }
     std::vector<RowPlan> last_decode_plan() const override { return engine_.last_decode_plan(); }
+    void fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed) override { engine_.fill_synthetic(seq, n_tokens, seed); }
+    void set_timing(bool on) override { engine_.set_timing(on); }
+    int64_t device_bytes() const override { return engine_.device_bytes(); }
+    int64_t host_bytes() const override { return engine_.host_bytes(); }
 
 private:
 
@@ -326,6 +330,11 @@ private:
 };
 
 }  // namespace
+
+void ModelRunner::fill_synthetic(int32_t, int64_t, uint64_t) { FREEKV_FAIL("a synthetic K/V fill needs a GPU runner (--device cuda)"); }
+void ModelRunner::set_timing(bool) { FREEKV_FAIL("per-phase event timing needs a GPU runner (--device cuda)"); }
+int64_t ModelRunner::device_bytes() const { return 0; }
+int64_t ModelRunner::host_bytes() const { return 0; }
 
 std::unique_ptr<ModelRunner> make_gpu_rank_runner(const ModelConfig& shard, std::shared_ptr<const gpu::GpuWeights> weights,
                                                   const KvModeConfig& mode, int64_t max_batch, int64_t max_tokens,

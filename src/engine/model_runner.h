@@ -68,6 +68,15 @@ public:
     virtual KvStats stats() = 0;
     /// The host plan of the last decode step's rows (engine/step_plan.h); empty for full on the CPU.
     virtual std::vector<RowPlan> last_decode_plan() const = 0;
+
+    // The GPU bench's hooks (engine/bench.cpp); runners off the GPU refuse them.
+    /// Gives sequence `seq` n_tokens of pseudo-random K/V instead of a prefill (GpuEngine::fill_synthetic).
+    virtual void fill_synthetic(int32_t seq, int64_t n_tokens, uint64_t seed);
+    /// Whether decode steps record events for the per-phase breakdown (GpuEngine::set_timing).
+    virtual void set_timing(bool on);
+    /// KV, maps and scratch on the GPUs (weights excluded), and the pinned CPU stores, over every rank.
+    virtual int64_t device_bytes() const;
+    virtual int64_t host_bytes() const;
 };
 
 /// A runner for `mode` with max_batch slots of max_tokens tokens: on the GPU when `gpu` weights

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "engine/bench.h"
 #include "engine/engine.h"
 #include "engine/gpu_tensor_parallel_runner.h"
 #include "engine/model_runner.h"
@@ -128,6 +129,37 @@ TEST(GpuTensorParallel, TheEngineServesRanksLikeTheUnsplitEngine) {
     const auto one = serve_three(m, whole), two = serve_three(m, ranks);
     EXPECT_EQ(one[2].size(), 20u);
     EXPECT_EQ(two, one);
+}
+
+// freekv bench on 2 ranks sharing GPU 0 (p.gpu_ranks): every cell runs, its counters are the ranks'
+// merged ones (recall happens, the pinned stores of both ranks are counted), its step time is there.
+TEST(GpuTensorParallel, TheBenchRunsRanks) {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const LoadedModel m = split_model();
+    BenchParams p;
+    p.labels = {"budget-only", "freekv"};
+    p.modes = {mode_for(KvMode::kBudgetOnly), mode_for(KvMode::kFreekv)};
+    p.depths = {600};
+    p.batches = {1, 2};
+    p.n_gen = 4;
+    p.n_breakdown = 4;
+    p.reps = 1;
+    p.synthetic_kv = true;
+    p.gpu_ranks.devices = {0, 0};
+    p.gpu_ranks.dtype = gpu::GpuDtype::kBF16;
+    const std::vector<BenchRow> rows = run_bench(m, p);
+    ASSERT_EQ(rows.size(), 4u);
+    for (const BenchRow& r : rows) {
+        const std::string what = fmt::format("{} b{}", r.label, r.batch);
+        EXPECT_FALSE(r.oom) << what << ": " << r.error;
+        EXPECT_GT(r.step_ms_median, 0.0) << what;
+        EXPECT_GT(r.host_mib, 0.0) << what;
+        if (r.label == "freekv") {
+            EXPECT_GT(r.pages_per_step, 0.0) << what;
+            EXPECT_GT(r.recall_gbps, 0.0) << what;
+            EXPECT_DOUBLE_EQ(r.recall_gbps_per_gpu, r.recall_gbps / 2) << what;
+        }
+    }
 }
 
 TEST(GpuTensorParallel, ASplitTheGpusCannotTakeIsRefused) {

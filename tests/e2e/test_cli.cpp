@@ -121,7 +121,7 @@ TEST(Cli, TensorParallelGenerateOnReferenceModel) {
     EXPECT_NE(three.output.find("use one of 1, 2"), std::string::npos) << three.output;
     const Result bench = run("bench --shape tiny -d 256 --device cpu --tensor-parallel 2");
     EXPECT_EQ(bench.code, 1);
-    EXPECT_NE(bench.output.find("--tensor-parallel 2 runs with generate"), std::string::npos) << bench.output;
+    EXPECT_NE(bench.output.find("--tensor-parallel 2 on GPUs only (--device cuda)"), std::string::npos) << bench.output;
     // --tp-gpus places GPU ranks: on the CPU it is refused, naming what to do (before the model loads).
     const Result gpus = run("perplexity -m " + dir->string() + " -f /dev/null --device cpu --tensor-parallel 2 --tp-gpus 0,0");
     EXPECT_EQ(gpus.code, 1);
