@@ -167,6 +167,7 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
     const int32_t n_split = split_for(n * n_kv, max_att_tokens, tuning.attn_min_split_tokens, split_target);
     cuda::PagesAttentionArgs att;
     att.n_split = n_split;
+    att.pdl = tuning.attn_pdl;
     if (n_split > 1) {
         partial.resize(n * c.n_head * (c.head_dim + 2) * n_split);
         att.partial = partial.get();

@@ -507,7 +507,7 @@ std::vector<float> prompt_then_decode(gpu::GpuEngine& engine, const std::vector<
 }
 
 // A run is a function of its inputs: bf16 engines repeated in every launch variant (CUDA graphs,
-// PDL, the prefill's install beside the next layer or inline) after a whole or a chunked prompt
+// PDL of the GEMVs and of the attention, the prefill's install beside the next layer or inline) after a whole or a chunked prompt
 // give the logits of the most serialized variant (no graphs, no PDL, install inline) bit for bit,
 // in full and freekv. A race between kernels shows as runs that differ from it now and then, so
 // each variant runs several times and the table of differing runs is printed.
@@ -519,11 +519,15 @@ TEST(GpuServingEngine, RepeatedRunsAreBitIdenticalInEveryLaunchVariant) {
     const size_t vocab = static_cast<size_t>(m.config.n_vocab);
     struct Variant {
         const char* name;
-        bool graphs, pdl, beside;
+        bool graphs, pdl, beside, attn_pdl = false;
     };
-    const Variant variants[] = {{"serial", false, false, false}, {"default (graphs, pdl, install beside)", true, true, true},
-                                {"pdl", false, true, false},     {"graphs", true, false, false},
-                                {"install beside", false, false, true}};
+    const Variant variants[] = {{"serial", false, false, false},
+                                {"default (graphs, pdl, install beside)", true, true, true},
+                                {"pdl", false, true, false},
+                                {"graphs", true, false, false},
+                                {"install beside", false, false, true},
+                                {"attention pdl (--attn-pdl)", false, false, false, true},
+                                {"default with --attn-pdl", true, true, true, true}};
     constexpr int kRepeats = 4;
     for (KvMode kind : {KvMode::kFull, KvMode::kFreekv})
         for (bool chunked : {false, true}) {
@@ -537,6 +541,7 @@ TEST(GpuServingEngine, RepeatedRunsAreBitIdenticalInEveryLaunchVariant) {
                     tuning.cuda_graphs = v.graphs;
                     tuning.pdl = v.pdl;
                     tuning.prefill_install_beside = v.beside;
+                    tuning.attn_pdl = v.attn_pdl;
                     gpu::GpuEngine engine(weights, mode_for(kind), 1, 400, tuning);
                     const std::vector<float> run = prompt_then_decode(engine, prompt, chunked, 24);
                     if (reference.empty()) reference = run;

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # session 22, device call 1 (prepared in session 21): the tensor-parallel bench test (built, not run),
-# every GPU suite whole on main (fused rows + the PDL fix), a GPU tensor-parallel bench on one GPU
-# through the CLI, the decode table at 32K for the README (this card, every default), memcheck of
-# the engine tests, and on an H200 the 32K prefill beside HF. Carry .devpack/bins.tar.xz (main's
-# cuda-release build, scripts/pack_device_bins.sh).
+# every GPU suite whole on main (fused rows + the PDL fix; the determinism table now has --attn-pdl),
+# a GPU tensor-parallel bench on one GPU through the CLI, --attn-pdl against the default (budget-only
+# 32K b1/b4), memcheck of the engine tests. Call 2 (s22_run2.sh): the decode table and the H200
+# prefill. Carry .devpack/bins.tar.xz (main's cuda-release build, scripts/pack_device_bins.sh).
 B=/tmp/b; mkdir -p $B && tar -xJf .devpack/bins.tar.xz -C $B
 NCCL=$(ls /usr/lib/x86_64-linux-gnu/libnccl.so.2 /usr/local/cuda/lib64/libnccl.so.2 2>/dev/null | head -1)
 export LD_LIBRARY_PATH=$B:/usr/local/cuda/lib64${NCCL:+:$(dirname "$NCCL")}
@@ -17,16 +17,13 @@ timeout 90 $B/freekv bench --shape llama-3.1-8b -d 8192 -n 8 -r 1 --kv-budget 20
   -b 1 --kv-mode budget-only,freekv --tensor-parallel 2 --tp-gpus 0,0 > $OUT/bench_tp2.txt 2> $OUT/bench_tp2.err; echo "tp2 bench rc $?"
 grep -E "^\| llama|tensor-parallel ranks" $OUT/bench_tp2.txt | cut -c1-220; tail -2 $OUT/bench_tp2.err
 echo "tp bench done at ${SECONDS} s"
-timeout 200 $B/freekv bench --shape llama-3.1-8b -d 32768 -n 32 -r 2 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda \
-  -b 1,4 --kv-mode budget-only,full,freekv > $OUT/decode.txt 2> /dev/null; echo "decode rc $?"
-grep -E "^\| llama|Memory floor" $OUT/decode.txt | cut -d'|' -f3,5,7,8,9,10,11,12,13,14,15
-echo "decode done at ${SECONDS} s"
+for extra in "" "--attn-pdl" "" "--attn-pdl"; do  # --attn-pdl against the default, twice each, same process order
+  echo "== budget-only ${extra:-default}"
+  timeout 60 $B/freekv bench --shape llama-3.1-8b -d 32768 -n 32 -r 1 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --device cuda \
+    -b 1,4 --kv-mode budget-only $extra 2> /dev/null | grep -E "^\| llama" | cut -d"|" -f3,5,7,8,12,13
+done
+echo "attn-pdl done at ${SECONDS} s"
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 timeout 100 $CS --tool memcheck --print-limit 5 $B/test_cuda_engine --gtest_filter='*CudaGraphs*:*ChunkedPrefill*' 2>&1 | \
   grep -E "ERROR SUMMARY|Invalid|at 0x|PASSED|FAILED" | head -8
-if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
-  P="--shape llama-3.1-8b -d 32768 -b 1 -n 4 -r 3 --breakdown-steps 0 --kv-budget 2048 --kv-sink 512 --kv-recent 512 --kv-mode budget-only --kv-fill prefill --device cuda -o json --prefill-install-ctas 2"
-  timeout 80 $B/freekv bench $P > $OUT/prefill.jsonl 2> /dev/null; grep -oE '"prefill_tokens_per_s":[0-9.]*' $OUT/prefill.jsonl
-  timeout 100 python3 scripts/hf_prefill_peer.py --lengths 32768 --reps 3 > $OUT/hf.jsonl 2> /dev/null; cat $OUT/hf.jsonl
-fi
 echo "done at ${SECONDS} s"

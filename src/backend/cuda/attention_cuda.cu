@@ -292,6 +292,10 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
     auto v_stage = [&](int st) { return stage_base + st * (L::kStageBytes / 2) + kStTile * L::kRowK; };
     const int group = a.n_head / a.n_head_kv;
     const float scale = rsqrtf(static_cast<float>(HD));
+    // Under PDL (a.pdl) everything this kernel reads may come from the kernel before it: q and the
+    // appended K/V from RoPE + append, page lists from a selection; the combine may launch early.
+    grid_dependency_wait();
+    if (a.pdl) launch_dependents();
     const float* q = a.q + (static_cast<int64_t>(seq) * a.n_head + ikv * group) * HD;
     for (int i = threadIdx.x; i < group * HD; i += blockDim.x) q_shared[i] = q[i];
     const int32_t* pages = a.page_ids + (static_cast<int64_t>(seq) * a.n_head_kv + ikv) * a.max_list;
@@ -430,7 +434,7 @@ template <int G, int HD>
 void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
     constexpr int bytes = StagedLayout<G, HD>::bytes;
     allow_dynamic_smem(attention_pages_staged_kernel<G, HD>, bytes);
-    attention_pages_staged_kernel<G, HD><<<grid, kWarps * 32, bytes, s>>>(a);
+    launch_maybe_dependent_smem(attention_pages_staged_kernel<G, HD>, grid, dim3(kWarps * 32), bytes, s, a.pdl, a);
 }
 
 // Merges the n_split partial states of each (sequence, query head) into the output. One block per
@@ -440,6 +444,7 @@ void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
 // chain of dependent loads: ~22 us per layer at 32 splits.)
 __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(PagesAttentionArgs a) {
     launch_dependents();  // the o GEMV may start streaming its weights (pdl.cuh)
+    grid_dependency_wait();  // launched as a dependent (a.pdl): the partials are the attention's
     __shared__ float weight[kMaxSplit];
     const int ikv = blockIdx.x, seq = blockIdx.y, g = blockIdx.z;
     const float* parts = split_parts(a, seq, ikv);
@@ -508,7 +513,8 @@ void attention_pages(const PagesAttentionArgs& a, void* stream) {
     }
     FREEKV_CUDA_CHECK(cudaGetLastError());
     if (a.n_split > 1 && !(staged && a.split_counters != nullptr)) {
-        attention_combine_kernel<<<dim3(grid.x, grid.y, static_cast<unsigned>(group)), kCombineThreads, 0, as_stream(stream)>>>(a);
+        launch_maybe_dependent(attention_combine_kernel, dim3(grid.x, grid.y, static_cast<unsigned>(group)), dim3(kCombineThreads), s,
+                               a.pdl, a);
         FREEKV_CUDA_CHECK(cudaGetLastError());
     }
 }

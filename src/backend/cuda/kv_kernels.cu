@@ -7,6 +7,7 @@
 #include "backend/cuda/bf16_device.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gather_pages.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/kv_block_code.cuh"
 #include "backend/cuda/kv_kernels.cuh"
 
@@ -22,6 +23,7 @@ unsigned blocks(int64_t n) { return static_cast<unsigned>((n + 255) / 256); }
 // same two elements of v.
 template <class T>
 __global__ void rope_append_kernel(RopeAppendArgs a, KvGeometry g) {
+    launch_dependents();  // the decode attention may launch (--attn-pdl; it waits for this kernel, pdl.cuh)
     const int half = g.head_dim / 2, heads = g.n_head + g.n_head_kv;
     const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (idx >= static_cast<int64_t>(a.n_seq) * heads * half) return;

@@ -137,6 +137,10 @@ struct PagesAttentionArgs {
     // [n_seq][n_head_kv] counters, zero before the call and zero again after it; the last block of
     // each (sequence, KV head) then merges the splits itself instead of a second kernel (same bits).
     int32_t* split_counters = nullptr;
+    // The staged kernel and the combine kernel as programmatic dependent launches (pdl.cuh, the
+    // engine's --attn-pdl): each waits for the kernel before it before reading anything and lets
+    // the next one launch early; without it, plain launches.
+    bool pdl = false;
     int64_t partial_floats() const {
         return static_cast<int64_t>(n_seq) * n_head * (head_dim + 2) * n_split;
     }
