@@ -93,7 +93,7 @@ Command register_bench(CLI::App& cmd) {
                            "\"pages_per_step\":{:.2f},\"correction_rate\":{:.4f},\"prefill_tokens_per_s\":{:.1f},\"backend\":\"{}\","
                            "\"kv_gpu_mib\":{:.1f},\"kv_host_mib\":{:.1f},\"tensor_parallel\":{},\"recall_gbps\":{:.2f},\"recall_gbps_per_gpu\":{:.2f},\"recall_sync_ms\":{:.4f},"
                            "\"recall_background_ms\":{:.4f},\"prefill_tflops\":{:.2f},\"recall_impl\":\"{}\",\"force_corr_rate\":{},"
-                           "\"attn_min_split_tokens\":{},\"attn_split_blocks\":{},\"attn_fused_combine\":{},\"attn_pdl\":{},\"cuda_graphs\":{},\"pdl\":{},\"sync_gather_ctas\":{},\"bg_gather_ctas\":{},\"gemm_sm_reserve\":{},"
+                           "\"attn_min_split_tokens\":{},\"attn_split_blocks\":{},\"attn_fused_combine\":{},\"attn_pdl\":{},\"attn_v_registers\":{},\"cuda_graphs\":{},\"pdl\":{},\"sync_gather_ctas\":{},\"bg_gather_ctas\":{},\"gemm_sm_reserve\":{},"
                            "\"prefill_install_beside\":{},\"prefill_install_ctas\":{},\"diag_background\":\"{}\",\"host_issue_ms\":{:.4f},"
                            "\"roofline_ms\":{:.4f},\"hbm_gbps\":{:.1f}}}\n",
                            name, r.label, r.depth, r.depth_min, r.batch, r.oom ? "true" : "false", r.tokens_per_s, r.tokens_per_s_std,
@@ -102,7 +102,7 @@ Command register_bench(CLI::App& cmd) {
                            r.host_mib, f->run.tensor_parallel, r.recall_gbps, r.recall_gbps_per_gpu, r.recall_sync_ms, r.recall_background_ms, r.prefill_tflops,
                            recall_impl_name(r.recall_impl), r.force_corr_rate >= 0 ? fmt::format("{:.3f}", r.force_corr_rate) : "null",
                            p.gpu_tuning.attn_min_split_tokens, p.gpu_tuning.attn_split_blocks, p.gpu_tuning.attn_fused_combine ? "true" : "false",
-                           p.gpu_tuning.attn_pdl ? "true" : "false",
+                           p.gpu_tuning.attn_pdl ? "true" : "false", p.gpu_tuning.attn_v_registers ? "true" : "false",
                            p.gpu_tuning.cuda_graphs ? "true" : "false", p.gpu_tuning.pdl ? "true" : "false",
                            p.gpu_tuning.sync_gather_ctas, p.gpu_tuning.bg_gather_ctas,
                            p.gpu_tuning.gemm_sm_reserve ? "true" : "false", p.gpu_tuning.prefill_install_beside ? "true" : "false",

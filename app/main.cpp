@@ -94,6 +94,10 @@ void add_gpu_tuning_flags(CLI::App& cmd, gpu::GpuTuning& t, std::string& diag) {
                           "GPU decode attention (bf16 KV): launch it and its split-K combine as programmatic dependents of the "
                           "kernel before each, so that their launch overlaps it (default: plain launches)")
         ->group(group);
+    cmd.add_flag_callback("--attn-v-registers", [&t] { t.attn_v_registers = true; },
+                          "GPU decode attention (bf16 KV): read V rows into registers instead of staging them in shared "
+                          "memory, so that more blocks fit on an SM (default: staged)")
+        ->group(group);
     cmd.add_flag_callback("--no-cuda-graphs", [&t] { t.cuda_graphs = false; },
                           "GPU decode: launch every step's kernels from the host (default: steps without selection or page "
                           "boundaries, as in budget-only, full and streaming, replay a CUDA graph where their shape repeats)")

@@ -3,7 +3,8 @@
 // rows, each row every KV head's head_dim) for the contexts and batches given: the engine's bf16
 // kernel (tiles staged in shared memory by cp.async) at the engine's split-K rule with token floor
 // 128 for several block targets (--attn-split-blocks; first the default, one full wave, also with
-// the combine fused into each (row, KV head)'s last block), beside the measured HBM read rate.
+// the combine fused into each (row, KV head)'s last block, and with V rows in registers at that
+// variant's own wave, --attn-v-registers), beside the measured HBM read rate.
 // Validates before timing: each variant's output against the CPU reference (ref::attention_pages on
 // the same bf16 values; NMSE <= 1e-9). Layers are cycled through copies that together exceed the L2
 // three times, so that every timed call reads its K/V from HBM, as a decode step does.
@@ -108,14 +109,20 @@ int main(int argc, char** argv) {
             CHECK(cudaMemcpy(dlast, last_len.data(), last_len.size() * 4, cudaMemcpyHostToDevice));
             const double kv_bytes = static_cast<double>(batch) * ctx * kRow * 2 * 2;  // K and V of every attended token
             const int wave = freekv::cuda::attention_pages_wave(kHead, kHeadKv, kHeadDim, 2);
+            const int wave_vr = freekv::cuda::attention_pages_wave(kHead, kHeadKv, kHeadDim, 2, true);
             int32_t* counters = nullptr;  // the fused combine's, zero between calls
             CHECK(cudaMalloc(&counters, static_cast<size_t>(batch) * kHeadKv * 4));
             CHECK(cudaMemset(counters, 0, static_cast<size_t>(batch) * kHeadKv * 4));
-            // The default (one wave) with the combine kernel and fused into the last block, then other targets.
-            const std::vector<std::pair<int, bool>> variants{{wave, false}, {wave, true}, {1056, false}, {792, false},
-                                                             {528, false}, {264, false}};
-            for (auto [target, fused] : variants) {
-                    const std::string name = std::to_string(target) + (fused ? ", fused combine" : "");
+            // The default (one wave) with the combine kernel and fused into the last block, V in registers
+            // at its own wave, then other targets.
+            struct Variant {
+                int target;
+                bool fused, v_registers;
+            };
+            const std::vector<Variant> variants{{wave, false, false}, {wave, true, false}, {wave_vr, false, true}, {1056, false, false},
+                                                {792, false, false},  {528, false, false}, {264, false, false}};
+            for (auto [target, fused, v_registers] : variants) {
+                    const std::string name = std::to_string(target) + (fused ? ", fused combine" : "") + (v_registers ? ", V in registers" : "");
                     freekv::cuda::PagesAttentionArgs a;
                     a.q = dq, a.page_ids = dlists, a.n_pages = dn, a.last_len = dlast, a.out = dout;
                     a.n_seq = batch, a.n_head = kHead, a.n_head_kv = kHeadKv, a.head_dim = kHeadDim, a.page_size = kPage;
@@ -123,6 +130,7 @@ int main(int argc, char** argv) {
                     a.n_split = split_for(int64_t{batch} * kHeadKv, ctx, 128, target);
                     a.partial = dpart;
                     a.split_counters = fused ? counters : nullptr;
+                    a.v_registers = v_registers;
                     auto run = [&](int copy) {
                         a.k = layers[static_cast<size_t>(copy)];
                         a.v = layers[static_cast<size_t>(copy)] + kPage * kRow;

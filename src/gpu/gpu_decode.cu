@@ -162,12 +162,14 @@ void GpuEngine::Impl::decode(std::span<const int32_t> tokens, std::span<const Se
         mass_scratch.resize(n * c.n_head * max_pages * p);
     }
     if (attention_wave == 0) attention_wave = cuda::attention_pages_wave(static_cast<int>(c.n_head), static_cast<int>(n_kv),
-                                                                         static_cast<int>(c.head_dim), static_cast<int>(g.elem_bytes));
+                                                                         static_cast<int>(c.head_dim), static_cast<int>(g.elem_bytes),
+                                                                         tuning.attn_v_registers);
     const int64_t split_target = tuning.attn_split_blocks > 0 ? tuning.attn_split_blocks : attention_wave;
     const int32_t n_split = split_for(n * n_kv, max_att_tokens, tuning.attn_min_split_tokens, split_target);
     cuda::PagesAttentionArgs att;
     att.n_split = n_split;
     att.pdl = tuning.attn_pdl;
+    att.v_registers = tuning.attn_v_registers;
     if (n_split > 1) {
         partial.resize(n * c.n_head * (c.head_dim + 2) * n_split);
         att.partial = partial.get();

@@ -34,6 +34,7 @@ struct GpuTuning {
     bool pdl = true;                     // decode GEMVs as programmatic dependent launches (weights streamed early)
     bool attn_fused_combine = false;     // decode attention's last blocks merge the split-K partials (no combine kernel)
     bool attn_pdl = false;               // decode attention and its combine as programmatic dependent launches
+    bool attn_v_registers = false;       // decode attention (staged) keeps V rows in registers: half the shared memory
     int32_t sync_gather_ctas = 32;       // thread blocks of the critical-path gather
     int32_t bg_gather_ctas = 12;         // thread blocks of FreeKV's background gather
     bool gemm_sm_reserve = true;         // cuBLAS leaves the background gather its SMs
@@ -53,9 +54,9 @@ struct GpuTuning {
                      prefill_install_ctas);
     }
     std::string describe() const {
-        return fmt::format("gpu tuning: attn-min-split-tokens {} | attn-split-blocks {} | attn-fused-combine {} | attn-pdl {} | cuda-graphs {} | pdl {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
+        return fmt::format("gpu tuning: attn-min-split-tokens {} | attn-split-blocks {} | attn-fused-combine {} | attn-pdl {} | attn-v-registers {} | cuda-graphs {} | pdl {} | sync-gather-ctas {} | bg-gather-ctas {} | gemm-sm-reserve {} "
                            "| prefill-install {} ({} ctas per KV head) | diag-background {}",
-                           attn_min_split_tokens, attn_split_blocks > 0 ? std::to_string(attn_split_blocks) : std::string("one wave"), attn_fused_combine ? "on" : "off", attn_pdl ? "on" : "off", cuda_graphs ? "on" : "off", pdl ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
+                           attn_min_split_tokens, attn_split_blocks > 0 ? std::to_string(attn_split_blocks) : std::string("one wave"), attn_fused_combine ? "on" : "off", attn_pdl ? "on" : "off", attn_v_registers ? "on" : "off", cuda_graphs ? "on" : "off", pdl ? "on" : "off", sync_gather_ctas, bg_gather_ctas, gemm_sm_reserve ? "on" : "off",
                            prefill_install_beside ? "beside" : "inline", prefill_install_ctas, diag_background_name(diag_background));
     }
 };

@@ -519,7 +519,7 @@ TEST(GpuServingEngine, RepeatedRunsAreBitIdenticalInEveryLaunchVariant) {
     const size_t vocab = static_cast<size_t>(m.config.n_vocab);
     struct Variant {
         const char* name;
-        bool graphs, pdl, beside, attn_pdl = false;
+        bool graphs, pdl, beside, attn_pdl = false, v_registers = false;
     };
     const Variant variants[] = {{"serial", false, false, false},
                                 {"default (graphs, pdl, install beside)", true, true, true},
@@ -527,7 +527,9 @@ TEST(GpuServingEngine, RepeatedRunsAreBitIdenticalInEveryLaunchVariant) {
                                 {"graphs", true, false, false},
                                 {"install beside", false, false, true},
                                 {"attention pdl (--attn-pdl)", false, false, false, true},
-                                {"default with --attn-pdl", true, true, true, true}};
+                                {"default with --attn-pdl", true, true, true, true},
+                                {"V in registers (--attn-v-registers)", false, false, false, false, true},
+                                {"default with both", true, true, true, true, true}};
     constexpr int kRepeats = 4;
     for (KvMode kind : {KvMode::kFull, KvMode::kFreekv})
         for (bool chunked : {false, true}) {
@@ -542,6 +544,7 @@ TEST(GpuServingEngine, RepeatedRunsAreBitIdenticalInEveryLaunchVariant) {
                     tuning.pdl = v.pdl;
                     tuning.prefill_install_beside = v.beside;
                     tuning.attn_pdl = v.attn_pdl;
+                    tuning.attn_v_registers = v.v_registers;
                     gpu::GpuEngine engine(weights, mode_for(kind), 1, 400, tuning);
                     const std::vector<float> run = prompt_then_decode(engine, prompt, chunked, 24);
                     if (reference.empty()) reference = run;

@@ -365,49 +365,57 @@ TEST_F(CudaOps, DecodeAttentionOverRaggedPerHeadPageLists) {
 
 // The staged kernel reads a block's page ids from shared memory when at most 512 pages fall in its
 // token range and from the list otherwise: one 600-page list (page 16) in one block, and split so
-// that each block's range fits, both against the reference.
+// that each block's range fits, both against the reference, at head_dim 64 and 128; with V rows in
+// registers (v_registers) the same bits as with V staged.
 TEST_F(CudaOps, DecodeAttentionStagedLongPageLists) {
-    std::mt19937 rng(13);
-    const int page_size = 16, n_pages = 600, head_dim = 64, n_head_kv = 1, group = 4, n_head = n_head_kv * group;
-    const int64_t stride_tok = int64_t{n_head_kv} * head_dim, stride_page = page_size * stride_tok;
-    const auto k_bf16 = to_bf16(randn(static_cast<size_t>(n_pages * stride_page), rng));
-    const auto v_bf16 = to_bf16(randn(k_bf16.size(), rng));
-    const auto k32 = from_bf16(k_bf16), v32 = from_bf16(v_bf16);
-    std::vector<int32_t> list(n_pages);
-    std::iota(list.begin(), list.end(), 0);
-    std::shuffle(list.begin(), list.end(), rng);
-    const std::vector<int32_t> n_list{n_pages}, last_len{11};
-    const auto q = randn(static_cast<size_t>(n_head * head_dim), rng);
-    cuda::PagesAttentionArgs a;
-    a.q = to_device(q);
-    a.k = to_device(k_bf16);
-    a.v = to_device(v_bf16);
-    a.elem_bytes = 2;
-    a.page_ids = to_device(list);
-    a.n_pages = to_device(n_list);
-    a.last_len = to_device(last_len);
-    a.out = poisoned(q.size());
-    a.n_seq = 1, a.n_head = n_head, a.n_head_kv = n_head_kv, a.head_dim = head_dim;
-    a.page_size = page_size, a.max_list = n_pages;
-    a.stride_seq = 0, a.stride_page = stride_page, a.stride_tok = stride_tok;
-    PagedKvView view{k32.data(), v32.data(), list.data(), n_pages, last_len[0], page_size, stride_page, stride_tok, n_pages};
-    std::vector<float> want(q.size());
-    ref::attention_pages(q.data(), {1, n_head, n_head_kv, head_dim, nullptr}, view, want.data());
-    for (int32_t split : {1, 3}) {
-        a.n_split = split;
-        float* partial = nullptr;
-        if (split > 1) {
-            ASSERT_EQ(cudaMalloc(&partial, static_cast<size_t>(a.partial_floats()) * 4), cudaSuccess);
+    for (const int head_dim : {64, 128}) {
+        std::mt19937 rng(13);
+        const int page_size = 16, n_pages = 600, n_head_kv = 1, group = 4, n_head = n_head_kv * group;
+        const int64_t stride_tok = int64_t{n_head_kv} * head_dim, stride_page = page_size * stride_tok;
+        const auto k_bf16 = to_bf16(randn(static_cast<size_t>(n_pages * stride_page), rng));
+        const auto v_bf16 = to_bf16(randn(k_bf16.size(), rng));
+        const auto k32 = from_bf16(k_bf16), v32 = from_bf16(v_bf16);
+        std::vector<int32_t> list(n_pages);
+        std::iota(list.begin(), list.end(), 0);
+        std::shuffle(list.begin(), list.end(), rng);
+        const std::vector<int32_t> n_list{n_pages}, last_len{11};
+        const auto q = randn(static_cast<size_t>(n_head * head_dim), rng);
+        cuda::PagesAttentionArgs a;
+        a.q = to_device(q);
+        a.k = to_device(k_bf16);
+        a.v = to_device(v_bf16);
+        a.elem_bytes = 2;
+        a.page_ids = to_device(list);
+        a.n_pages = to_device(n_list);
+        a.last_len = to_device(last_len);
+        a.out = poisoned(q.size());
+        a.n_seq = 1, a.n_head = n_head, a.n_head_kv = n_head_kv, a.head_dim = head_dim;
+        a.page_size = page_size, a.max_list = n_pages;
+        a.stride_seq = 0, a.stride_page = stride_page, a.stride_tok = stride_tok;
+        PagedKvView view{k32.data(), v32.data(), list.data(), n_pages, last_len[0], page_size, stride_page, stride_tok, n_pages};
+        std::vector<float> want(q.size());
+        ref::attention_pages(q.data(), {1, n_head, n_head_kv, head_dim, nullptr}, view, want.data());
+        for (int32_t split : {1, 3}) {
+            a.n_split = split;
+            float* partial = nullptr;
+            if (split > 1) {
+                ASSERT_EQ(cudaMalloc(&partial, static_cast<size_t>(a.partial_floats()) * 4), cudaSuccess);
+            }
+            a.partial = partial;
+            a.v_registers = false;
+            cuda::attention_pages(a, nullptr);
+            const std::vector<float> staged = to_host(a.out, q.size());
+            EXPECT_LE(test::nmse(staged, want), kNmse) << "head_dim " << head_dim << ", split " << split;
+            a.v_registers = true;
+            cuda::attention_pages(a, nullptr);
+            EXPECT_EQ(to_host(a.out, q.size()), staged) << "head_dim " << head_dim << ", split " << split << ": V in registers";
+            cudaFree(partial);
         }
-        a.partial = partial;
-        cuda::attention_pages(a, nullptr);
-        EXPECT_LE(test::nmse(to_host(a.out, q.size()), want), kNmse) << "split " << split;
-        cudaFree(partial);
+        for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),
+                              static_cast<const void*>(a.page_ids), static_cast<const void*>(a.n_pages),
+                              static_cast<const void*>(a.last_len), static_cast<const void*>(a.out)})
+            cudaFree(const_cast<void*>(p));
     }
-    for (const void* p : {static_cast<const void*>(a.q), static_cast<const void*>(a.k), static_cast<const void*>(a.v),
-                          static_cast<const void*>(a.page_ids), static_cast<const void*>(a.n_pages),
-                          static_cast<const void*>(a.last_len), static_cast<const void*>(a.out)})
-        cudaFree(const_cast<void*>(p));
 }
 
 // Prefill attention (chunked GEMMs + masked softmax) against the reference causal attention: odd

@@ -265,10 +265,12 @@ __device__ __forceinline__ void combine_output(const PagesAttentionArgs& a, cons
 // fit. Same softmax and merge as the generic kernel.
 constexpr int kStTile = 16;        // tokens per warp tile
 constexpr int kStPages = 512;      // page ids held in shared memory (beyond: read from the list)
-template <int G, int HD>
+// VR (--attn-v-registers): V rows go to registers instead of the stage, halving each warp's shared
+// memory, so that twice as many warps fit on an SM (the kernel is latency-bound at 3 blocks per SM).
+template <int G, int HD, bool VR>
 struct StagedLayout {  // dynamic shared memory, in bytes from its start
     static constexpr int kRowK = HD + 8;  // K rows padded by 16 bytes: the two lanes of a token and the 8 lanes of a phase hit distinct banks
-    static constexpr int kStageBytes = kStTile * (kRowK + HD) * 2;
+    static constexpr int kStageBytes = kStTile * (kRowK + (VR ? 0 : HD)) * 2;
     static constexpr int q = 0;                                   // [G][HD] fp32
     static constexpr int p = q + G * HD * 4;                      // [kWarps][G][kStTile] fp32
     static constexpr int pages = p + kWarps * G * kStTile * 4;    // [kStPages] int32
@@ -278,9 +280,9 @@ struct StagedLayout {  // dynamic shared memory, in bytes from its start
 };
 
 
-template <int G, int HD>
+template <int G, int HD, bool VR>
 __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(PagesAttentionArgs a) {
-    using L = StagedLayout<G, HD>;
+    using L = StagedLayout<G, HD, VR>;
     constexpr int kDims = HD / 32, kRowChunks = HD / 8, kCopies = kStTile * kRowChunks / 32;
     extern __shared__ __align__(16) unsigned char st_smem[];
     float* q_shared = reinterpret_cast<float*>(st_smem + L::q);
@@ -328,9 +330,30 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
             const int ci = i * 32 + lane, r = ci / kRowChunks, cc = ci % kRowChunks;
             const int64_t row = __shfl_sync(0xffffffffu, my_row, r);
             cp_async_16(ks + r * L::kRowK + cc * 8, k_head + row + cc * 8, r < nv);
-            cp_async_16(vs + r * HD + cc * 8, v_head + row + cc * 8, r < nv);
+            if constexpr (!VR) cp_async_16(vs + r * HD + cc * 8, v_head + row + cc * 8, r < nv);
         }
         cp_async_commit();
+    };
+    // VR: the tile's V rows straight into registers, this lane's kDims elements of each (a warp reads
+    // each 256-byte row whole), through L2 (the newest row may be the predecessor's write, pdl.cuh).
+    using VWord = std::conditional_t<kDims == 4, uint2, uint32_t>;
+    VWord v_regs[VR ? kStTile : 1];
+    auto load_v = [&](int t0) {
+        if constexpr (VR) {
+            const int nv = min(kStTile, j_end - t0);
+            int64_t my_row = 0;
+            if (lane < nv) {
+                const int j = t0 + lane;
+                my_row = static_cast<int64_t>(page_of(j)) * a.stride_page + (j % a.page_size) * a.stride_tok;
+            }
+#pragma unroll
+            for (int t = 0; t < kStTile; ++t) {
+                const int64_t row = __shfl_sync(0xffffffffu, my_row, t);
+                const VWord* src = reinterpret_cast<const VWord*>(v_head + row + lane * kDims);
+                if constexpr (kDims == 4) v_regs[t] = t < nv ? __ldcg(src) : make_uint2(0, 0);
+                else v_regs[t] = t < nv ? __ldcg(src) : 0u;
+            }
+        }
     };
     float m[G], l[G], acc[G][kMaxDimsPerLane];
 #pragma unroll
@@ -347,6 +370,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
     for (int t0 = t_first; t0 < j_end; t0 += t_step, st ^= 1) {
         if (t0 + t_step < j_end) issue(t0 + t_step, st ^ 1);
         else cp_async_commit();  // an empty group, so that "all but the newest" is this tile
+        load_v(t0);  // VR: in flight while this tile is scored
         cp_async_wait<1>();
         __syncwarp();  // every lane's copies of this tile are visible to the warp
         const bool valid = t0 + tok < j_end;
@@ -372,16 +396,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
         // Both lanes of a token hold its score; the first counts its weight and writes it.
         softmax_tile_step<G, kDims, kStTile>(s, valid, group, m, l, acc, &p_shared[warp][0][tok], kStTile, half == 0, half == 0);
         __syncwarp();
-        const uint16_t* vs = v_stage(st) + lane * kDims;
+        const uint16_t* vs = VR ? nullptr : v_stage(st) + lane * kDims;
 #pragma unroll
         for (int t = 0; t < kStTile; ++t) {
             float vr[4];
             if constexpr (kDims == 4) {
-                const uint2 w = *reinterpret_cast<const uint2*>(vs + t * HD);
+                const uint2 w = VR ? reinterpret_cast<const uint2&>(v_regs[VR ? t : 0]) : *reinterpret_cast<const uint2*>(vs + t * HD);
                 vr[0] = __uint_as_float(w.x << 16), vr[1] = __uint_as_float(w.x & 0xffff0000u);
                 vr[2] = __uint_as_float(w.y << 16), vr[3] = __uint_as_float(w.y & 0xffff0000u);
             } else {
-                const uint32_t w = *reinterpret_cast<const uint32_t*>(vs + t * HD);
+                const uint32_t w = VR ? reinterpret_cast<const uint32_t&>(v_regs[VR ? t : 0]) : *reinterpret_cast<const uint32_t*>(vs + t * HD);
                 vr[0] = __uint_as_float(w << 16), vr[1] = __uint_as_float(w & 0xffff0000u);
             }
 #pragma unroll
@@ -421,20 +445,29 @@ __global__ void __launch_bounds__(kWarps * 32) attention_pages_staged_kernel(Pag
     for (int i = threadIdx.x; i < group * HD; i += blockDim.x) combine_output(a, parts, seq, ikv, i / HD, i % HD, weight + (i / HD) * a.n_split);
 }
 
-template <int G, int HD>
+template <int G, int HD, bool VR>
 int staged_blocks_per_sm() {
-    constexpr int bytes = StagedLayout<G, HD>::bytes;
-    allow_dynamic_smem(attention_pages_staged_kernel<G, HD>, bytes);
+    constexpr int bytes = StagedLayout<G, HD, VR>::bytes;
+    allow_dynamic_smem(attention_pages_staged_kernel<G, HD, VR>, bytes);
     int blocks = 0;
-    FREEKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_pages_staged_kernel<G, HD>, kWarps * 32, bytes));
+    FREEKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_pages_staged_kernel<G, HD, VR>, kWarps * 32, bytes));
     return blocks;
 }
 
+template <int G, int HD, bool VR>
+void launch_staged_as(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
+    constexpr int bytes = StagedLayout<G, HD, VR>::bytes;
+    allow_dynamic_smem(attention_pages_staged_kernel<G, HD, VR>, bytes);
+    launch_maybe_dependent_smem(attention_pages_staged_kernel<G, HD, VR>, grid, dim3(kWarps * 32), bytes, s, a.pdl, a);
+}
 template <int G, int HD>
 void launch_staged(const PagesAttentionArgs& a, dim3 grid, cudaStream_t s) {
-    constexpr int bytes = StagedLayout<G, HD>::bytes;
-    allow_dynamic_smem(attention_pages_staged_kernel<G, HD>, bytes);
-    launch_maybe_dependent_smem(attention_pages_staged_kernel<G, HD>, grid, dim3(kWarps * 32), bytes, s, a.pdl, a);
+    if (a.v_registers) launch_staged_as<G, HD, true>(a, grid, s);
+    else launch_staged_as<G, HD, false>(a, grid, s);
+}
+template <int G, int HD>
+int staged_blocks_per_sm(bool v_registers) {
+    return v_registers ? staged_blocks_per_sm<G, HD, true>() : staged_blocks_per_sm<G, HD, false>();
 }
 
 // Merges the n_split partial states of each (sequence, query head) into the output. One block per
@@ -455,15 +488,15 @@ __global__ void __launch_bounds__(kCombineThreads) attention_combine_kernel(Page
 
 }  // namespace
 
-int attention_pages_wave(int n_head, int n_head_kv, int head_dim, int elem_bytes) {
+int attention_pages_wave(int n_head, int n_head_kv, int head_dim, int elem_bytes, bool v_registers) {
     FREEKV_CHECK(n_head_kv > 0 && n_head % n_head_kv == 0, "attention_pages_wave: {} query heads on {} KV heads", n_head, n_head_kv);
     const int group = n_head / n_head_kv;
     int blocks = 0;
     if (elem_bytes == 2 && (head_dim == 64 || head_dim == 128) && group <= 8) {
         const auto per_sm = [&](auto hd_tag) {
             constexpr int HD = decltype(hd_tag)::value;
-            return group == 1 ? staged_blocks_per_sm<1, HD>() : group == 2 ? staged_blocks_per_sm<2, HD>()
-                 : group <= 4 ? staged_blocks_per_sm<4, HD>() : staged_blocks_per_sm<8, HD>();
+            return group == 1 ? staged_blocks_per_sm<1, HD>(v_registers) : group == 2 ? staged_blocks_per_sm<2, HD>(v_registers)
+                 : group <= 4 ? staged_blocks_per_sm<4, HD>(v_registers) : staged_blocks_per_sm<8, HD>(v_registers);
         };
         blocks = head_dim == 64 ? per_sm(std::integral_constant<int, 64>{}) : per_sm(std::integral_constant<int, 128>{});
     } else {

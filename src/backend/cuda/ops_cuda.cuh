@@ -141,13 +141,16 @@ struct PagesAttentionArgs {
     // engine's --attn-pdl): each waits for the kernel before it before reading anything and lets
     // the next one launch early; without it, plain launches.
     bool pdl = false;
+    // The staged kernel keeps V rows in registers instead of shared memory (the engine's
+    // --attn-v-registers; same arithmetic in the same order, so the same bits).
+    bool v_registers = false;
     int64_t partial_floats() const {
         return static_cast<int64_t>(n_seq) * n_head * (head_dim + 2) * n_split;
     }
 };
 void attention_pages(const PagesAttentionArgs& args, void* stream);
 /// Blocks of attention_pages's kernel for this shape that the current device holds at once (SMs x
-/// resident blocks per SM): the split-K rule's default target, one full wave.
-int attention_pages_wave(int n_head, int n_head_kv, int head_dim, int elem_bytes);
+/// resident blocks per SM, of the variant v_registers picks): the split-K rule's default target, one full wave.
+int attention_pages_wave(int n_head, int n_head_kv, int head_dim, int elem_bytes, bool v_registers = false);
 
 }  // namespace freekv::cuda
