@@ -395,16 +395,22 @@ TEST(GpuServingEngine, ChunkedPrefillMatchesTheWholePrompt) {
     }
 }
 
-// The logits of a prompt's last token, then of `steps` greedy decode steps, concatenated (one
-// sequence in an empty engine).
-std::vector<float> greedy_logits(gpu::GpuEngine& engine, const std::vector<int32_t>& prompt, int steps) {
+// The prompt (whole with chunk 0, else in chunks of `chunk` against the staged K/V), then `steps`
+// greedy decode steps; every step's logits, the prompt's last first.
+std::vector<float> greedy_logits(gpu::GpuEngine& engine, const std::vector<int32_t>& prompt, int steps, int64_t chunk = 0) {
     const int32_t seq = engine.add_sequence();
     const auto n = static_cast<int64_t>(prompt.size());
-    std::vector<float> logits, all;
-    const SequenceSpan span{seq, 0, n, 0};
-    const int64_t last_row[1] = {n - 1};
-    engine.forward(prompt, std::span(&span, 1), last_row, logits);
-    all = logits;
+    std::vector<float> logits;
+    if (chunk > 0 && chunk < n) engine.begin_prompt(seq, n);
+    const int64_t part = chunk > 0 ? chunk : n;
+    for (int64_t pos0 = 0; pos0 < n; pos0 += part) {
+        const int64_t len = std::min(part, n - pos0);
+        const SequenceSpan span{seq, pos0, len, 0};
+        const int64_t row[1] = {len - 1};
+        engine.forward(std::span(prompt).subspan(static_cast<size_t>(pos0), static_cast<size_t>(len)), std::span(&span, 1),
+                       pos0 + len == n ? std::span<const int64_t>(row) : std::span<const int64_t>(), logits);
+    }
+    std::vector<float> all = logits;
     for (int step = 0; step < steps; ++step) {
         const int32_t t[1] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
         const int64_t row[1] = {0};
@@ -480,32 +486,6 @@ TEST(GpuServingEngine, CudaGraphsReplayTheSameLogits) {
     }
 }
 
-// The prompt (whole, or in chunks of 64 against the staged K/V) and then `steps` greedy decode
-// steps; every step's logits, the prompt's last first.
-std::vector<float> prompt_then_decode(gpu::GpuEngine& engine, const std::vector<int32_t>& prompt, bool chunked, int steps) {
-    if (!chunked) return greedy_logits(engine, prompt, steps);
-    const int32_t seq = engine.add_sequence();
-    const auto n = static_cast<int64_t>(prompt.size());
-    std::vector<float> logits, all;
-    engine.begin_prompt(seq, n);
-    for (int64_t pos0 = 0; pos0 < n; pos0 += 64) {
-        const int64_t len = std::min<int64_t>(64, n - pos0);
-        const SequenceSpan chunk{seq, pos0, len, 0};
-        const int64_t row[1] = {len - 1};
-        engine.forward(std::span(prompt).subspan(static_cast<size_t>(pos0), static_cast<size_t>(len)), std::span(&chunk, 1),
-                       pos0 + len == n ? std::span<const int64_t>(row) : std::span<const int64_t>(), logits);
-    }
-    all = logits;
-    for (int step = 0; step < steps; ++step) {
-        const int32_t t[1] = {static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
-        const int64_t row[1] = {0};
-        const SequenceSpan d{seq, engine.n_tokens(seq), 1, 0};
-        engine.forward(t, std::span(&d, 1), row, logits);
-        all.insert(all.end(), logits.begin(), logits.end());
-    }
-    return all;
-}
-
 // A run is a function of its inputs: bf16 engines repeated in every launch variant (CUDA graphs,
 // PDL of the GEMVs and of the attention, the prefill's install beside the next layer or inline) after a whole or a chunked prompt
 // give the logits of the most serialized variant (no graphs, no PDL, install inline) bit for bit,
@@ -546,7 +526,7 @@ TEST(GpuServingEngine, RepeatedRunsAreBitIdenticalInEveryLaunchVariant) {
                     tuning.attn_pdl = v.attn_pdl;
                     tuning.attn_v_registers = v.v_registers;
                     gpu::GpuEngine engine(weights, mode_for(kind), 1, 400, tuning);
-                    const std::vector<float> run = prompt_then_decode(engine, prompt, chunked, 24);
+                    const std::vector<float> run = greedy_logits(engine, prompt, 24, chunked ? 64 : 0);
                     if (reference.empty()) reference = run;
                     ASSERT_EQ(run.size(), reference.size());
                     for (size_t i = 0; i < run.size(); ++i)
